@@ -1,0 +1,28 @@
+"""Error types. Every user-facing failure is an LcronError whose message names the file,
+the field and what was expected; the CLI prints it on one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class LcronError(Exception):
+    """Base class of every error the CLI reports as a clean one-line message."""
+
+
+class DataError(LcronError):
+    """Input data does not follow the RecFlow layout or the shard format."""
+
+
+class UnsafePickleError(DataError):
+    """A pickle asked to construct something outside the allowlist; nothing was executed."""
+
+
+class ConfigError(LcronError, ValueError):
+    """A configuration value (method, option, setting, batch size, ...) is invalid."""
+
+
+class OutputExistsError(LcronError):
+    """An output folder holds a result made with a different configuration."""
+
+
+class NumericalError(LcronError):
+    """Training produced a NaN or infinite loss."""
