@@ -11,6 +11,20 @@ TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 EXPERIMENT ?= lcron
 METHODS ?= bce icc rankflow fs_ranknet fs_lambdaloss arf arf_v2 lcron
 STAGES ?= 2 3
+# Pipeline (docs/pipeline.md): one run's method/stages, the KFP endpoint, GPU request, local roots.
+METHOD ?= lcron
+SEEDS ?= 1,2,3,4,5
+HOST ?=
+VARIANT ?= cpu
+ACCELERATOR ?= nvidia.com/gpu
+ACCELERATOR_COUNT ?= 1
+KFP_LOCAL_ROOT ?= runs/kfp-local
+SWEEP_ROOT ?= runs/sweep-local
+COMPARE_PATHS ?= runs
+COMPARE_OUT ?= runs/compare
+comma := ,
+empty :=
+space := $(empty) $(empty)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test bench pipeline submit sweep-local compare image push lint clean
@@ -28,10 +42,38 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv (if missing) and install the project with its dependencies
 
-run: $(STAMP) ## run the main job on the embedded synthetic data (see README)
-	$(PY) -m lcron generate --out $(RUN_DIR)/recflow
-	$(PY) -m lcron preprocess --source $(RUN_DIR)/recflow --out $(RUN_DIR)/shards-2 --stages 2
-	$(PY) -m lcron preprocess --source $(RUN_DIR)/recflow --out $(RUN_DIR)/shards-3 --stages 3
+run: $(STAMP) ## run the compiled pipeline locally (kfp.local) on the synthetic data; prints the report path
+	$(PY) -m pipelines.run_local --pipeline-root $(KFP_LOCAL_ROOT)
+
+pipeline: $(STAMP) ## compile the KFP pipeline: build/cascade-cpu.yaml and build/cascade-gpu.yaml
+	$(PY) -m pipelines.compile --out build --registry $(REGISTRY) --image $(IMAGE) --tag $(TAG) \
+		--accelerator-type $(ACCELERATOR) --accelerator-count $(ACCELERATOR_COUNT)
+
+submit: pipeline ## submit runs to KFP: make submit HOST=http://... METHOD=lcron STAGES=2 [SEEDS=1,2,3]
+	@test -n "$(HOST)" || { echo "set HOST to the KFP API endpoint, e.g. make submit HOST=http://localhost:8080"; exit 2; }
+	$(PY) -m pipelines.submit --host $(HOST) --experiment $(EXPERIMENT) --package build/cascade-$(VARIANT).yaml \
+		--methods $(subst $(space),$(comma),$(strip $(METHOD))) --stages $(subst $(space),$(comma),$(strip $(STAGES))) \
+		--seeds $(SEEDS)
+
+sweep-local: $(STAMP) ## run METHODS x STAGES locally one after another (resumable), then compare them
+	$(PY) -m pipelines.sweep_local --root $(SWEEP_ROOT) \
+		--methods $(subst $(space),$(comma),$(strip $(METHODS))) --stages $(subst $(space),$(comma),$(strip $(STAGES)))
+
+compare: $(STAMP) ## compare every evaluated run under COMPARE_PATHS (default runs/) into runs/compare
+	$(PY) -m lcron compare $(COMPARE_PATHS) --out $(COMPARE_OUT)
+
+image: ## build the CPU and GPU images REGISTRY/IMAGE:TAG and :TAG-gpu (needs Docker)
+	docker build -f docker/Dockerfile -t $(REGISTRY)/$(IMAGE):$(TAG) .
+	docker build -f docker/Dockerfile.gpu -t $(REGISTRY)/$(IMAGE):$(TAG)-gpu .
+
+push: image ## push both images to REGISTRY
+	docker push $(REGISTRY)/$(IMAGE):$(TAG)
+	docker push $(REGISTRY)/$(IMAGE):$(TAG)-gpu
+
+lint: $(STAMP) ## hadolint both Dockerfiles and check that the pipeline compiles
+	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu
+	$(PY) -m pipelines.compile --out build/lint --tag lint >/dev/null
+	@echo "lint: Dockerfiles clean, pipeline compiles"
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q

@@ -1,0 +1,349 @@
+"""Compare finished runs: the paper's main table, with a paired bootstrap against the best method.
+
+Input: any mix of run folders (holding ``eval/metrics.json``), evaluation folders (holding
+``metrics.json``), metrics.json files, or roots (e.g. a local KFP pipeline root) searched
+recursively for metrics.json files of kind "lcron-evaluation". Runs are grouped by setting:
+one table per setting, rows = methods, columns = end-to-end recall and each stage's
+Recall@10@m and NDCG@10 (mean ± std over seeds); the best mean of every column is marked.
+
+The paired test. Two methods evaluated on the same test requests differ per request, and
+most of the variance of a mean recall is the variance between requests, which both
+methods share. So instead of comparing two means with their own spreads, every method is
+compared with the best one (by end-to-end recall) request by request:
+
+    d_r = x_r(method) - x_r(best),   x_r = the request's end-to-end recall averaged over seeds,
+
+for the requests present in both evaluations (matched by (day, request_id); requests
+without a valid slot dropped). The observed difference is mean_r d_r; its 95% interval is
+the 2.5th and 97.5th percentile of mean(d) over ``bootstrap`` resamples of the requests
+with replacement (a seeded generator; resamples drawn as index matrices, in chunks that
+bound the memory). An interval that excludes 0 means the gap is larger than the
+request-sampling noise of this test set; the best method compared with itself gets
+exactly [0, 0]. The interval speaks about the test requests, not about training seeds:
+the std over seeds in the table shows that other source of variation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+from .report import Section, Table, format_cell, read_json, write_page
+
+COMPARE_KIND = "lcron-comparison"
+HEADLINE = "joint_recall"
+CHUNK_ELEMENTS = 4_000_000  # bootstrap indices drawn per chunk (32 MB of int64)
+
+
+@dataclass
+class Evaluation:
+    """One evaluated run found on disk."""
+
+    metrics_path: Path
+    doc: dict[str, Any]
+    label: str = ""
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.metrics_path.parent
+
+
+# --------------------------------------------------------------------------- discovery
+def _is_evaluation(doc: Any) -> bool:
+    from .evaluate import KIND
+
+    return isinstance(doc, dict) and doc.get("kind") == KIND
+
+
+def find_evaluations(paths: Iterable[str | Path]) -> list[Evaluation]:
+    """Every lcron evaluation under ``paths`` (see the module docstring), each once, in a stable order."""
+    import json
+
+    found: dict[Path, Evaluation] = {}
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file():
+            explicit = [p]
+        elif (p / "metrics.json").is_file():
+            explicit = [p / "metrics.json"]
+        elif (p / "eval" / "metrics.json").is_file():
+            explicit = [p / "eval" / "metrics.json"]
+        elif p.is_dir():
+            explicit = []
+        else:
+            raise DataError(f"{p} does not exist")
+        hits = 0
+        for f in explicit:
+            doc = read_json(f, "evaluation metrics")
+            if not _is_evaluation(doc):
+                raise DataError(f"{f} is not an lcron evaluation (kind {doc.get('kind')!r})")
+            found.setdefault(f.resolve(), Evaluation(f, doc))
+            hits += 1
+        if not explicit:
+            for f in sorted(p.rglob("metrics.json")):
+                try:
+                    doc = json.loads(f.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue  # another tool's metrics file
+                if _is_evaluation(doc):
+                    found.setdefault(f.resolve(), Evaluation(f, doc))
+                    hits += 1
+        if not hits:
+            raise DataError(f"no lcron evaluation (metrics.json of kind 'lcron-evaluation') under {p}; "
+                            "run lcron evaluate first")
+    return list(found.values())
+
+
+def _label_rows(evals: list[Evaluation]) -> None:
+    """Row labels: the method; where methods repeat, the run folder's name is added, then the
+    evaluation folder's (a run evaluated twice), then a counter."""
+    def candidates(e: Evaluation) -> list[str]:
+        method = e.doc["method"]
+        run = Path(e.doc.get("run_dir") or e.eval_dir.parent).name
+        return [method, f"{method} ({run})", f"{method} ({run}/{e.eval_dir.name})"]
+
+    cands = [candidates(e) for e in evals]
+    level = [0] * len(evals)
+    for _ in range(3):
+        labels = [c[lv] for c, lv in zip(cands, level)]
+        dup = {lb for lb in labels if labels.count(lb) > 1}
+        if not dup:
+            break
+        level = [min(lv + 1, 2) if lb in dup else lv for lb, lv in zip(labels, level)]
+    seen: set[str] = set()
+    for e, c, lv in zip(evals, cands, level):
+        label, k = c[lv], 2
+        while label in seen:
+            label, k = f"{c[lv]} #{k}", k + 1
+        seen.add(label)
+        e.label = label
+
+
+# --------------------------------------------------------------------------- the paired test
+def paired_bootstrap(diff: np.ndarray, bootstrap: int = 1000, seed: int = 0,
+                     chunk_elements: int = CHUNK_ELEMENTS) -> tuple[float, float, float]:
+    """(mean difference, 2.5th percentile, 97.5th percentile) of the mean of ``diff`` over
+    ``bootstrap`` resamples of its entries with replacement, from ``np.random.default_rng(seed)``.
+
+    Each chunk draws a [k, n] index matrix and averages the resampled rows at once; the
+    loop only runs over chunks (k * n <= ``chunk_elements``)."""
+    d = np.asarray(diff, dtype=np.float64).ravel()
+    if d.size == 0:
+        raise DataError("paired bootstrap: no request is shared by both evaluations")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 1:
+        raise ConfigError(f"bootstrap must be an integer >= 1, got {bootstrap!r}")
+    rng = np.random.default_rng(seed)
+    n = d.size
+    means = np.empty(bootstrap)
+    step = max(1, chunk_elements // n)
+    for start in range(0, bootstrap, step):
+        k = min(step, bootstrap - start)
+        means[start:start + k] = d[rng.integers(0, n, size=(k, n))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def per_request_headline(e: Evaluation):
+    """A DataFrame (day, request_id, value) of the headline metric averaged over seeds."""
+    import pandas as pd
+
+    from .evaluate import load_per_request, npz_name
+
+    arr = load_per_request(e.eval_dir)
+    name = npz_name(HEADLINE)
+    if name not in arr or "request_id" not in arr:
+        raise DataError(f"{e.eval_dir / 'per_request.npz'} lacks {name!r} or 'request_id'")
+    values = arr[name].astype(np.float64)
+    with np.errstate(all="ignore"):
+        ok = np.isfinite(values)
+        mean = np.where(ok.any(axis=0), np.where(ok, values, 0.0).sum(axis=0) / np.maximum(ok.sum(axis=0), 1), np.nan)
+    day = arr["day"] if "day" in arr else np.full(len(mean), "")
+    return pd.DataFrame({"day": day.astype(str), "request_id": arr["request_id"].astype(np.int64), "value": mean})
+
+
+def paired_difference(e: Evaluation, ref: Evaluation, bootstrap: int, seed: int) -> dict[str, Any]:
+    """The paired bootstrap of ``e`` minus ``ref`` on their shared test requests."""
+    a, b = per_request_headline(e), per_request_headline(ref)
+    both = a.merge(b, on=["day", "request_id"], suffixes=("", "_ref"), validate="one_to_one")
+    both = both[np.isfinite(both["value"]) & np.isfinite(both["value_ref"])]
+    out: dict[str, Any] = {"reference": ref.label, "metric": HEADLINE, "n_requests": int(len(both)),
+                           "bootstrap": bootstrap, "seed": seed}
+    if len(both) == 0:
+        out.update(mean_diff=None, ci_low=None, ci_high=None,
+                   note="no shared test request (evaluated on other days or data)")
+        return out
+    diff = both["value"].to_numpy() - both["value_ref"].to_numpy()
+    mean, lo, hi = paired_bootstrap(diff, bootstrap, seed)
+    out.update(mean_diff=mean, ci_low=lo, ci_high=hi)
+    return out
+
+
+# --------------------------------------------------------------------------- the table
+def _columns(doc: Mapping[str, Any]) -> list[str]:
+    names = list(doc["stage_names"])
+    return [HEADLINE] + [f"recall_at_10_m/{s}" for s in names] + [f"ndcg_at_10/{s}" for s in names]
+
+
+def _column_title(key: str, doc: Mapping[str, Any]) -> str:
+    from .report import metric_label
+
+    return metric_label(key, doc)
+
+
+def compare_setting(evals: list[Evaluation], bootstrap: int, seed: int) -> dict[str, Any]:
+    """The comparison of the runs of one setting (rows sorted by end-to-end recall, best first)."""
+    first = evals[0].doc
+    for e in evals[1:]:
+        if list(e.doc["stage_names"]) != list(first["stage_names"]):
+            raise DataError(f"{e.metrics_path}: setting {e.doc['setting']!r} has stages {e.doc['stage_names']}, "
+                            f"{evals[0].metrics_path} has {first['stage_names']}; cannot share one table")
+    cols = _columns(first)
+
+    def mean_of(e: Evaluation, key: str) -> float:
+        v = e.doc["metrics"].get(key, {}).get("mean")
+        return -math.inf if v is None else float(v)
+
+    evals = sorted(evals, key=lambda e: -mean_of(e, HEADLINE))
+    best = {}
+    for key in cols:
+        top = max(mean_of(e, key) for e in evals)
+        best[key] = [e.label for e in evals if mean_of(e, key) == top and top > -math.inf]
+    ref = evals[0]
+    rows = []
+    for e in evals:
+        rows.append({
+            "label": e.label,
+            "method": e.doc["method"],
+            "loss_options": e.doc.get("loss_options", {}),
+            "run_dir": e.doc.get("run_dir"),
+            "eval_dir": str(e.eval_dir),
+            "seeds": e.doc.get("seeds", []),
+            "days": e.doc.get("days", []),
+            "streaming": e.doc.get("streaming", False),
+            "requests": e.doc.get("requests", {}),
+            "values": {k: dict(e.doc["metrics"].get(k, {"mean": None, "std": None, "n": 0, "per_seed": []}))
+                       for k in cols},
+            "best": [k for k in cols if e.label in best[k]],
+            "paired": paired_difference(e, ref, bootstrap, seed),
+        })
+    notes = []
+    fps = {e.doc.get("data_fingerprint") for e in evals}
+    if len(fps) > 1:
+        notes.append("the runs were evaluated on different data (data fingerprints differ); compare with care")
+    days = {tuple(e.doc.get("days", [])) for e in evals}
+    if len(days) > 1:
+        notes.append("the runs were evaluated on different test days; the paired test uses the shared requests")
+    ties = {e.doc.get("tie_seed") for e in evals}
+    if len(ties) > 1:
+        notes.append("the runs used different tie-break seeds; GT membership of tied labels may differ")
+    return {"setting": first["setting"], "stage_names": list(first["stage_names"]), "quotas": list(first["quotas"]),
+            "columns": cols, "column_titles": [_column_title(k, first) for k in cols], "reference": ref.label,
+            "best": best, "rows": rows, "notes": notes}
+
+
+def _table(res: Mapping[str, Any]) -> Table:
+    cols = res["columns"]
+    header = (["method"] + list(res["column_titles"]) + ["seeds (n)", f"Δ end-to-end recall vs {res['reference']}",
+                                                         "95% interval", "paired requests"])
+    rows, marks = [], []
+    for i, r in enumerate(res["rows"]):
+        cells: list[Any] = [r["label"]]
+        for j, k in enumerate(cols):
+            v = r["values"][k]
+            cells.append({"mean": v.get("mean"), "std": v.get("std")})
+            if k in r["best"]:
+                marks.append((i, j + 1))
+        p = r["paired"]
+        n_seeds = r["values"][HEADLINE].get("n")
+        ci = None if p["ci_low"] is None else {"low": p["ci_low"], "high": p["ci_high"]}
+        cells += [n_seeds, p["mean_diff"], ci, p["n_requests"]]
+        rows.append(cells)
+    note = ("mean ± std over seeds (ddof = 1); bold = best mean of the column; Δ = paired difference of "
+            "end-to-end recall per test request (averaged over seeds) against the best method, with a 95% "
+            f"paired-bootstrap interval over requests ({res['rows'][0]['paired']['bootstrap']} resamples)")
+    return Table(f"compare-{res['setting']}", f"Setting {res['setting']} (quotas "
+                 + " -> ".join(map(str, res["quotas"])) + ")", header, rows, best=marks, note=note)
+
+
+def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None = None, bootstrap: int = 1000,
+            seed: int = 0) -> dict[str, Any]:
+    """Compare evaluated runs; writes compare.md, compare.html, compare.json (and one bar
+    chart per setting) into ``out``. Returns compare.json's content plus ``"paths"``."""
+    from . import plots, provenance
+
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 1:
+        raise ConfigError(f"bootstrap must be an integer >= 1, got {bootstrap!r}")
+    if not paths:
+        raise ConfigError("compare: give at least one run, evaluation folder or root")
+    evals = find_evaluations(paths)
+    groups: dict[str, list[Evaluation]] = {}
+    for e in evals:
+        groups.setdefault(e.doc["setting"], []).append(e)
+    if setting is not None:
+        if setting not in groups:
+            raise ConfigError(f"no evaluated run of setting {setting!r} among the inputs; found: "
+                              f"{', '.join(sorted(groups))}")
+        groups = {setting: groups[setting]}
+
+    results, sections = {}, []
+    for name in sorted(groups):
+        group = groups[name]
+        _label_rows(group)
+        res = compare_setting(group, bootstrap, seed)
+        results[name] = res
+        png = plots.bar_chart_png([r["label"] for r in res["rows"]],
+                                  [r["values"][HEADLINE].get("mean") for r in res["rows"]],
+                                  [r["values"][HEADLINE].get("std") for r in res["rows"]],
+                                  best=[HEADLINE in r["best"] for r in res["rows"]],
+                                  title=f"end-to-end recall, {name}\n(error bars: std over seeds)")
+        sections.append(Section(f"setting-{name}", f"Setting {name}", text=list(res["notes"]), tables=[_table(res)],
+                                images=[(f"compare_{name}.png", f"End-to-end recall per method, {name}", png)]))
+    sources = Table("sources", "Evaluations compared", ["setting", "method", "metrics file", "test days"],
+                    [[e.doc["setting"], e.label, str(e.metrics_path), ", ".join(e.doc.get("days", []))]
+                     for name in sorted(groups) for e in groups[name]])
+    prov = provenance.collect()
+    sections.append(Section("sources", "Sources", tables=[sources],
+                            text=[f"Written {prov['date_utc']} by lcron {prov['lcron_version']}."]))
+    doc = {"kind": COMPARE_KIND, "bootstrap": bootstrap, "seed": seed, "settings": results, "provenance": prov}
+    paths_out = write_page(Path(out), "compare", "lcron comparison", sections, doc)
+    for name, res in results.items():
+        print_summary(res)
+    return {**doc, "paths": {k: str(v) for k, v in paths_out.items()}}
+
+
+def print_summary(res: Mapping[str, Any]) -> None:
+    """One line per method on stderr: end-to-end recall and the paired difference."""
+    import sys
+
+    print(f"setting {res['setting']}:", file=sys.stderr)
+    for r in res["rows"]:
+        p = r["paired"]
+        diff = "" if p["mean_diff"] is None else (
+            f"  Δ {p['mean_diff']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]")
+        print(f"  {r['label']:<28} {format_cell(r['values'][HEADLINE])}{diff}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- CLI
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``lcron compare``."""
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR",
+                        help="run folders, evaluation folders or roots searched for metrics.json")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--setting", default=None, metavar="NAME", help="only this setting (e.g. two_stage)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``lcron compare``: write the comparison and print where it is."""
+    res = compare(args.paths, args.out, setting=args.setting, bootstrap=args.bootstrap, seed=args.seed)
+    print(f"comparison: {res['paths']['html']}")
+    print(f"  markdown: {res['paths']['markdown']}")
+    print(f"  json: {res['paths']['json']}")
+    return 0

@@ -1,0 +1,262 @@
+"""Where RecFlow files come from: a local folder or ``gs://bucket/prefix``.
+
+The reader only needs four things from a source: list the days (the names of
+``all_stage/*.feather``), read a small file's bytes (the pickles), give a local path
+for a large file (Feather is memory-mapped, so a GCS object is downloaded once into a
+temporary cache), and fingerprint a file so preprocessing can tell whether a day's
+input changed. Local fingerprints are size + sha256 of the content; GCS fingerprints are
+size + generation + md5 from the object's metadata (no download needed).
+
+With ``STORAGE_EMULATOR_HOST`` set (tests, local emulators) the GCS client uses anonymous
+credentials and the project ``test``; otherwise the default Google credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from lcron.errors import DataError
+
+__all__ = ["Source", "LocalSource", "GCSSource", "open_source", "DAY_RE"]
+
+DAY_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.feather$")
+_HASH_CHUNK = 1 << 20
+
+
+class Source(ABC):
+    """Read access to one RecFlow root. Paths are relative to the root, with ``/``."""
+
+    uri: str
+    # True when fingerprint() reads and hashes the content (worth running in parallel).
+    hashes_content: bool = False
+
+    @abstractmethod
+    def exists(self, rel: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, rel: str) -> int:
+        """Size in bytes; DataError naming the file if it does not exist."""
+
+    @abstractmethod
+    def read_bytes(self, rel: str) -> bytes: ...
+
+    @abstractmethod
+    def local_path(self, rel: str) -> Path:
+        """A local file with the content of ``rel`` (the file itself, or a cached download)."""
+
+    @abstractmethod
+    def fingerprint(self, rel: str, *, keep: bool = False) -> dict[str, Any]:
+        """Identity of the file's content. ``keep=True`` (local files) keeps the bytes read
+        for hashing so the next :meth:`read_bytes` of ``rel`` does not read the file again."""
+
+    @abstractmethod
+    def list_names(self, folder: str) -> list[str]:
+        """Base names of the files directly in ``folder``."""
+
+    def describe(self, rel: str) -> str:
+        """The full location of ``rel`` for messages."""
+        return f"{self.uri.rstrip('/')}/{rel}"
+
+    def list_days(self) -> list[str]:
+        """Days that have an ``all_stage/<day>.feather`` file, sorted."""
+        return sorted(m.group(1) for n in self.list_names("all_stage") if (m := DAY_RE.match(n)))
+
+    def release(self, rel: str) -> None:
+        """Drop anything cached for ``rel`` (kept bytes, a downloaded copy)."""
+
+    def close(self) -> None:
+        """Release temporary files (GCS cache)."""
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalSource(Source):
+    hashes_content = True
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._kept: dict[str, bytes] = {}
+        if not self.root.is_dir():
+            raise DataError(f"RecFlow source {self.root} is not a folder (expected all_stage/, request_id_dict/, "
+                            "seq_effective_50_dict/, others/)")
+        self.uri = str(self.root)
+
+    def _path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def describe(self, rel: str) -> str:
+        return str(self._path(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self._path(rel).is_file()
+
+    def _require(self, rel: str) -> Path:
+        p = self._path(rel)
+        if not p.is_file():
+            raise DataError(f"{p}: file is missing")
+        return p
+
+    def size(self, rel: str) -> int:
+        return self._require(rel).stat().st_size
+
+    def read_bytes(self, rel: str) -> bytes:
+        kept = self._kept.pop(rel, None)
+        return kept if kept is not None else self._require(rel).read_bytes()
+
+    def local_path(self, rel: str) -> Path:
+        return self._require(rel)
+
+    def fingerprint(self, rel: str, *, keep: bool = False) -> dict[str, Any]:
+        p = self._require(rel)
+        if keep:
+            data = p.read_bytes()
+            self._kept[rel] = data
+            return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        h = hashlib.sha256()
+        size = 0
+        with open(p, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+        return {"size": size, "sha256": h.hexdigest()}
+
+    def release(self, rel: str) -> None:
+        self._kept.pop(rel, None)
+
+    def close(self) -> None:
+        self._kept.clear()
+
+    def list_names(self, folder: str) -> list[str]:
+        d = self._path(folder)
+        if not d.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(d) if e.is_file())
+
+
+class GCSSource(Source):
+    """``gs://bucket/prefix`` through google-cloud-storage."""
+
+    def __init__(self, uri: str, client: Any = None) -> None:
+        m = re.match(r"^gs://([^/]+)/?(.*)$", uri)
+        if not m:
+            raise DataError(f"{uri}: not a gs://bucket/prefix URI")
+        self.uri = uri.rstrip("/")
+        self.bucket_name, self.prefix = m.group(1), m.group(2).strip("/")
+        self._client = client or _gcs_client()
+        self._bucket = self._client.bucket(self.bucket_name)
+        self._blobs: dict[str, Any] = {}
+        self._cache_dir: Path | None = None
+        self._cached: dict[str, Path] = {}
+
+    def _name(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _blob(self, rel: str, required: bool = True) -> Any:
+        if rel not in self._blobs:
+            try:
+                self._blobs[rel] = self._bucket.get_blob(self._name(rel))
+            except Exception as exc:  # network, permissions: name the object
+                raise DataError(f"{self.describe(rel)}: cannot read object metadata ({exc})") from None
+        blob = self._blobs[rel]
+        if blob is None and required:
+            raise DataError(f"{self.describe(rel)}: file is missing")
+        return blob
+
+    def exists(self, rel: str) -> bool:
+        return self._blob(rel, required=False) is not None
+
+    def size(self, rel: str) -> int:
+        return int(self._blob(rel).size)
+
+    def read_bytes(self, rel: str) -> bytes:
+        if rel in self._cached:
+            return self._cached[rel].read_bytes()
+        blob = self._blob(rel)
+        try:
+            return blob.download_as_bytes()
+        except Exception as exc:
+            raise DataError(f"{self.describe(rel)}: download failed ({exc})") from None
+
+    def local_path(self, rel: str) -> Path:
+        if rel in self._cached:
+            return self._cached[rel]
+        blob = self._blob(rel)
+        if self._cache_dir is None:
+            self._cache_dir = Path(tempfile.mkdtemp(prefix="lcron-gcs-"))
+        dest = self._cache_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            blob.download_to_filename(str(dest))
+        except Exception as exc:
+            raise DataError(f"{self.describe(rel)}: download failed ({exc})") from None
+        self._cached[rel] = dest
+        return dest
+
+    def fingerprint(self, rel: str, *, keep: bool = False) -> dict[str, Any]:
+        blob = self._blob(rel)
+        return {"size": int(blob.size), "generation": int(blob.generation or 0), "md5": blob.md5_hash}
+
+    def list_names(self, folder: str) -> list[str]:
+        prefix = self._name(folder).rstrip("/") + "/"
+        try:
+            blobs = list(self._client.list_blobs(self.bucket_name, prefix=prefix))
+        except Exception as exc:
+            raise DataError(f"{self.uri}/{folder}: cannot list objects ({exc})") from None
+        names = []
+        for b in blobs:
+            rest = b.name[len(prefix):]
+            if rest and "/" not in rest:
+                names.append(rest)
+                self._blobs.setdefault(f"{folder.rstrip('/')}/{rest}", b)
+        return sorted(names)
+
+    def release(self, rel: str) -> None:
+        path = self._cached.pop(rel, None)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._cache_dir is not None:
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
+            self._cache_dir = None
+            self._cached.clear()
+
+
+def _gcs_client() -> Any:
+    try:
+        from google.cloud import storage
+    except ImportError as exc:  # pragma: no cover - dependency declared in pyproject
+        raise DataError(f"gs:// sources need google-cloud-storage ({exc})") from None
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "test"),
+                              credentials=AnonymousCredentials())
+    try:
+        return storage.Client()
+    except Exception as exc:
+        raise DataError(f"cannot create a Google Cloud Storage client ({exc}); set up application default "
+                        "credentials or STORAGE_EMULATOR_HOST") from None
+
+
+def open_source(uri: "str | Path | Source") -> Source:
+    """A :class:`Source` for a local folder or a ``gs://bucket/prefix`` URI."""
+    if isinstance(uri, Source):
+        return uri
+    text = str(uri)
+    if text.startswith("gs://"):
+        return GCSSource(text)
+    if "://" in text:
+        raise DataError(f"{text}: unsupported source; give a local folder or gs://bucket/prefix")
+    return LocalSource(text)

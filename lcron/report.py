@@ -1,0 +1,489 @@
+"""The report of one run: HTML (self-contained), Markdown and JSON views of the same tables.
+
+Why three files: the HTML page is for people (plots embedded as base64 PNG, CSS inline,
+so it can be mailed or attached as a KFP artifact and opens anywhere offline), the
+Markdown is for reviews and READMEs, and the JSON holds exactly the numbers of the tables
+for machines. All three are rendered from one list of :class:`Section` objects, so they
+cannot disagree.
+
+Contents: configuration; the metric table (mean ± std over seeds, with n); the GT funnel;
+the quota sweep (table + plot); streaming results per day (streaming evaluations);
+training-loss curves per loss part (one line per seed, from ``train_log.jsonl``); learned
+loss weights (ARF, LCRON; from ``summary.json``); provenance.
+
+The table/page renderers here are shared with :mod:`lcron.compare`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import atomic
+from .errors import ConfigError, DataError
+
+REPORT_KIND = "lcron-report"
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
+       color: #1b1b1b; padding: 0 1em; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #1f4e79; padding-bottom: .3em; }
+h2 { font-size: 1.25em; margin-top: 1.8em; color: #1f4e79; }
+table { border-collapse: collapse; margin: .6em 0 1em; font-size: .9em; }
+th, td { border: 1px solid #c8c8c8; padding: .3em .7em; text-align: left; vertical-align: top; }
+th { background: #eef3f8; }
+tr:nth-child(even) td { background: #fafafa; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.best { font-weight: bold; background: #e3f1e3 !important; }
+img { max-width: 100%; border: 1px solid #ddd; margin: .5em 0; }
+p.note { color: #555; font-size: .9em; }
+caption { caption-side: top; text-align: left; font-weight: bold; padding: .2em 0; }
+"""
+
+
+# --------------------------------------------------------------------------- tables and pages
+@dataclass
+class Table:
+    """A table whose cells are raw values; :func:`format_cell` renders every view of it.
+
+    ``best`` lists (row, column) positions to emphasise (bold in Markdown, highlighted in HTML).
+    """
+
+    id: str
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    best: list[tuple[int, int]] = field(default_factory=list)
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"title": self.title, "columns": self.columns, "rows": self.rows,
+                "best": [list(b) for b in self.best], "note": self.note}
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    text: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    images: list[tuple[str, str, bytes]] = field(default_factory=list)  # (file name, alt text, PNG bytes)
+
+
+def format_cell(value: Any) -> str:
+    """The text of a cell: mean ± std for an aggregate ({"mean", "std"}), "[low, high]" for an
+    interval ({"low", "high"}), 4 decimals for floats, n/a for None."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "n/a" if value != value else f"{value:.4f}"
+    if isinstance(value, Mapping) and "mean" in value:
+        if value["mean"] is None:
+            return "n/a"
+        text = f"{value['mean']:.4f}"
+        if value.get("std") is not None:
+            text += f" ± {value['std']:.4f}"
+        return text
+    if isinstance(value, Mapping) and "low" in value and "high" in value:
+        return f"[{value['low']:+.4f}, {value['high']:+.4f}]"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_cell(v) for v in value)
+    return str(value)
+
+
+def _is_numeric(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+        isinstance(value, Mapping) and ("mean" in value or "low" in value))
+
+
+def _numeric_column(table: Table, j: int) -> bool:
+    """Right-align a column whose filled cells are all numbers."""
+    cells = [r[j] for r in table.rows if r[j] is not None]
+    return bool(cells) and all(_is_numeric(v) for v in cells)
+
+
+def markdown_table(table: Table) -> str:
+    """A GitHub-flavoured Markdown table; '|' in cells is escaped, best cells are bold."""
+    def cell(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+    best = set(map(tuple, table.best))
+    lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |",
+             "|" + "|".join("---:" if _numeric_column(table, j) else "---"
+                            for j in range(len(table.columns))) + "|"]
+    for i, row in enumerate(table.rows):
+        texts = [cell(format_cell(v)) for v in row]
+        texts = [f"**{t}**" if (i, j) in best else t for j, t in enumerate(texts)]
+        lines.append("| " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def html_table(table: Table) -> str:
+    best = set(map(tuple, table.best))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = []
+    for i, row in enumerate(table.rows):
+        cells = []
+        for j, v in enumerate(row):
+            cls = " ".join(c for c in ("num" if _is_numeric(v) else "", "best" if (i, j) in best else "") if c)
+            attr = f' class="{cls}"' if cls else ""
+            cells.append(f"<td{attr}>{html.escape(format_cell(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table id="table-{html.escape(table.id)}"><caption>{html.escape(table.title)}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def render_html(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
+    """A self-contained page: CSS inline, images as data: URIs, every text escaped."""
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    if subtitle:
+        parts.append(f'<p class="note">{html.escape(subtitle)}</p>')
+    for sec in sections:
+        parts.append(f'<section id="{html.escape(sec.id)}"><h2>{html.escape(sec.title)}</h2>')
+        for t in sec.text:
+            parts.append(f"<p>{html.escape(t)}</p>")
+        for tab in sec.tables:
+            parts.append(html_table(tab))
+            if tab.note:
+                parts.append(f'<p class="note">{html.escape(tab.note)}</p>')
+        for name, alt, png in sec.images:
+            data = base64.b64encode(png).decode("ascii")
+            parts.append(f'<figure><img id="img-{html.escape(Path(name).stem)}" alt="{html.escape(alt)}" '
+                         f'src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>')
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def render_markdown(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
+    """The Markdown view; images are referenced as files written beside it."""
+    out = [f"# {title}", ""]
+    if subtitle:
+        out += [subtitle, ""]
+    for sec in sections:
+        out += [f"## {sec.title}", ""]
+        for t in sec.text:
+            out += [t, ""]
+        for tab in sec.tables:
+            out += [f"**{tab.title}**", "", markdown_table(tab), ""]
+            if tab.note:
+                out += [f"_{tab.note}_", ""]
+        for name, alt, _ in sec.images:
+            out += [f"![{alt}]({name})", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_page(out: Path, stem: str, title: str, sections: Sequence[Section], doc: dict[str, Any],
+               subtitle: str = "") -> dict[str, Path]:
+    """Write <stem>.html, <stem>.md, <stem>.json and the PNG files; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for sec in sections:
+        for name, _, png in sec.images:
+            atomic.write_bytes(out / name, png)
+            paths[Path(name).stem] = out / name
+    doc = {**doc, "tables": {t.id: t.to_json() for s in sections for t in s.tables},
+           "images": [name for s in sections for name, _, _ in s.images]}
+    atomic.write_json(out / f"{stem}.json", doc)
+    atomic.write_text(out / f"{stem}.md", render_markdown(title, sections, subtitle))
+    atomic.write_text(out / f"{stem}.html", render_html(title, sections, subtitle))
+    paths.update({"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "html": out / f"{stem}.html"})
+    return paths
+
+
+# --------------------------------------------------------------------------- inputs
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def load_metrics(eval_dir: Path) -> dict[str, Any]:
+    """An evaluation's metrics.json, checked to be one."""
+    from .evaluate import KIND
+
+    doc = read_json(eval_dir / "metrics.json", "evaluation metrics")
+    if doc.get("kind") != KIND:
+        raise DataError(f"{eval_dir / 'metrics.json'} is not an lcron evaluation (kind {doc.get('kind')!r}, "
+                        f"expected {KIND!r})")
+    return doc
+
+
+def read_train_logs(run_dir: Path, seeds: Sequence[int]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """Loss curves from every seed's train_log.jsonl: ``{part: {"seed N": (steps, values)}}``."""
+    curves: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for seed in seeds:
+        path = run_dir / f"seed-{seed}" / "train_log.jsonl"
+        if not path.is_file():
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {n} is not valid JSON: {exc}") from None
+            for part, value in rec.items():
+                if part in ("seed", "day", "step") or not isinstance(value, (int, float)):
+                    continue
+                steps, values = curves.setdefault(part, {}).setdefault(f"seed {seed}", ([], []))
+                steps.append(int(rec.get("step", len(steps) + 1)))
+                values.append(float(value))
+    # "total" first, then the parts in the order they were logged.
+    return dict(sorted(curves.items(), key=lambda kv: kv[0] != "total"))
+
+
+def read_summaries(run_dir: Path, seeds: Sequence[int]) -> dict[int, dict[str, Any]]:
+    out = {}
+    for seed in seeds:
+        path = run_dir / f"seed-{seed}" / "summary.json"
+        if path.is_file():
+            out[seed] = read_json(path, "seed summary")
+    return out
+
+
+# --------------------------------------------------------------------------- the report
+def _config_table(cfg: Mapping[str, Any], m: Mapping[str, Any]) -> Table:
+    train_cfg = cfg.get("train", {})
+    rows = [
+        ["method", m["method"]],
+        ["loss options", json.dumps(m.get("loss_options") or {}, sort_keys=True)],
+        ["setting", m["setting"]],
+        ["stages", ", ".join(m["stage_names"])],
+        ["quotas", ", ".join(str(q) for q in m["quotas"])],
+        ["candidate list size N", str(m["list_size"])],
+        ["batch size (training)", str(train_cfg.get("batch_size"))],
+        ["learning rate", str(train_cfg.get("lr"))],
+        ["embedding dim", str(train_cfg.get("dim"))],
+        ["trained days", _day_range(cfg.get("days", []))],
+        ["test days", _day_range(m["days"])],
+        ["evaluation", "streaming (checkpoint after day t-1 on day t)" if m.get("streaming") else "final model"],
+        ["seeds", ", ".join(str(s) for s in m["seeds"])],
+        ["requests evaluated", str(m["requests"]["evaluated"])],
+        ["requests skipped (no valid slot)", str(m["requests"]["skipped"])],
+        ["run folder", m["run_dir"]],
+        ["shards", m["shards"]],
+    ]
+    return Table("config", "Configuration", ["field", "value"], rows)
+
+
+def _day_range(days: Sequence[str]) -> str:
+    days = list(days)
+    if not days:
+        return "n/a"
+    return days[0] if len(days) == 1 else f"{days[0]} .. {days[-1]} ({len(days)} days)"
+
+
+def metric_label(key: str, m: Mapping[str, Any]) -> str:
+    """A readable name of a metric key, e.g. 'Recall@10@30 (retrieval)'."""
+    names, quotas = list(m["stage_names"]), list(m["quotas"])
+    if key == "joint_recall":
+        return "end-to-end recall (" + " -> ".join(map(str, quotas)) + ")"
+    kind, _, stage = key.rpartition("/")
+    quota = quotas[names.index(stage)] if stage in names else "m"
+    if kind == "recall_at_10_m":
+        return f"Recall@10@{quota} ({stage})"
+    if kind == "ndcg_at_10":
+        return f"NDCG@10 ({stage})"
+    if kind == "funnel/gt_after":
+        return f"GT alive after {stage}"
+    if kind == "funnel/lost_share":
+        return f"share of lost GT dropped by {stage}"
+    return key
+
+
+def _metric_table(m: Mapping[str, Any]) -> Table:
+    rows = []
+    for key, entry in m["metrics"].items():
+        if key.startswith("funnel/"):
+            continue
+        rows.append([metric_label(key, m), key, {"mean": entry["mean"], "std": entry["std"]}, entry["n"],
+                     entry["per_seed"]])
+    note = ("mean ± sample standard deviation (ddof = 1) over seeds; n = number of seeds; "
+            "each seed's value is the mean over the test requests")
+    return Table("metrics", "Metrics on the test day(s)", ["metric", "key", "mean ± std", "n", "per seed"], rows,
+                 note=note)
+
+
+def _funnel_table(m: Mapping[str, Any]) -> Table:
+    rows = [["candidates (GT per request)", None, {"mean": m.get("gt_per_request"), "std": None}, None]]
+    for stage, quota in zip(m["stage_names"], m["quotas"]):
+        after = m["metrics"][f"funnel/gt_after/{stage}"]
+        share = m["metrics"][f"funnel/lost_share/{stage}"]
+        rows.append([stage, quota, {"mean": after["mean"], "std": after["std"]},
+                     {"mean": share["mean"], "std": share["std"]}])
+    note = ("GT alive = ground-truth items still in the cascade after the stage (mean per request); "
+            "lost share = of the GT items the cascade loses, the share this stage drops (sums to 1 over stages)")
+    return Table("funnel", "GT funnel", ["stage", "quota", "GT alive after (mean ± std)", "share of lost GT"],
+                 rows, note=note)
+
+
+def _sweep_table(m: Mapping[str, Any]) -> Table:
+    names = list(m["stage_names"])
+    rows = []
+    best = max((r["joint_recall"]["mean"] for r in m["quota_sweep"] if r["joint_recall"]["mean"] is not None),
+               default=None)
+    marks = []
+    for i, r in enumerate(m["quota_sweep"]):
+        rows.append([",".join(map(str, r["quotas"])), r["default"]]
+                    + [r["items_scored"][s] for s in names]
+                    + [r["items_scored_after_first"], {"mean": r["joint_recall"]["mean"], "std": r["joint_recall"]["std"]},
+                       r["joint_recall"]["n"]])
+        if best is not None and r["joint_recall"]["mean"] == best:
+            marks.append((i, len(names) + 3))
+    cols = (["quotas", "setting's own"] + [f"items scored by {s}" for s in names]
+            + ["items scored after stage 1", "end-to-end recall", "n"])
+    note = ("the same trained scores cut with other quotas; stage 1 scores the n valid slots, stage s the "
+            "min(quota of stage s-1, n) survivors")
+    return Table("quota_sweep", "Quota sweep", cols, rows, best=marks, note=note)
+
+
+def _streaming_table(stream: Mapping[str, Any], m: Mapping[str, Any]) -> Table:
+    names = list(m["stage_names"])
+    keys = ["joint_recall"] + [f"recall_at_10_m/{s}" for s in names] + [f"ndcg_at_10/{s}" for s in names]
+    rows = []
+    for d in stream["days"]:
+        rows.append([d["day"], d["checkpoint_day"], d["requests"]["evaluated"]]
+                    + [{"mean": d["metrics"][k]["mean"], "std": d["metrics"][k]["std"]} for k in keys])
+    avg = stream["average"]
+    rows.append(["average", None, None] + [{"mean": avg[k]["mean"], "std": avg[k]["std"]} for k in keys])
+    return Table("streaming", "Streaming evaluation per test day",
+                 ["test day", "model after day", "requests"] + [metric_label(k, m) for k in keys], rows,
+                 note="each day scored by the checkpoint saved after the previous day; the average is taken per "
+                      "seed over days, then over seeds")
+
+
+def _training_table(summaries: Mapping[int, Mapping[str, Any]]) -> Table:
+    rows = [[f"seed {s}", d.get("steps"), d.get("requests"), d.get("final_loss"), d.get("steady_requests_per_s"),
+             d.get("device")] for s, d in summaries.items()]
+    return Table("training", "Training summary",
+                 ["seed", "steps", "requests", "final loss", "requests/s (steady)", "device"], rows)
+
+
+def _weights_table(summaries: Mapping[int, Mapping[str, Any]]) -> Table | None:
+    names: list[str] = []
+    for d in summaries.values():
+        for k in (d.get("learned_weights") or {}):
+            if k not in names:
+                names.append(k)
+    if not names:
+        return None
+    seeds = list(summaries)
+    rows = [[name] + [(summaries[s].get("learned_weights") or {}).get(name) for s in seeds] for name in names]
+    return Table("loss_weights", "Learned loss weights", ["parameter"] + [f"seed {s}" for s in seeds], rows,
+                 note="the learned scalars w of the method's uncertainty weighting (0.5 / w^2 * L + log w), "
+                      "initial value 1")
+
+
+def _provenance_table(prov: Mapping[str, Any]) -> Table:
+    git = prov.get("git") or {}
+    rows = [[f"package {k}", v if v is not None else "not installed"] for k, v in (prov.get("packages") or {}).items()]
+    rows += [
+        ["lcron version", prov.get("lcron_version")],
+        ["git commit", (git.get("commit", "") + (" (modified working tree)" if git.get("dirty") else ""))
+         if git else "n/a (not a git checkout, or no commit yet)"],
+        ["data fingerprint", prov.get("data_fingerprint")],
+        ["device", prov.get("device")],
+        ["python", prov.get("python")],
+        ["platform", prov.get("platform")],
+        ["date (UTC)", prov.get("date_utc")],
+    ]
+    return Table("provenance", "Provenance", ["item", "value"], rows)
+
+
+def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
+                 out: str | Path | None = None) -> dict[str, Path]:
+    """Write report.html, report.md, report.json (and the plot PNGs) for an evaluated run;
+    returns ``{"html", "markdown", "json", <plot name>: path}``."""
+    from . import plots, provenance
+    from .evaluate import read_run_config
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    eval_dir = Path(eval_dir) if eval_dir is not None else run_dir / "eval"
+    m = load_metrics(eval_dir)
+    out = Path(out) if out is not None else run_dir / "report"
+    seeds = list(m["seeds"])
+    summaries = read_summaries(run_dir, seeds)
+    curves = read_train_logs(run_dir, seeds)
+    title = f"lcron report: {m['method']} ({m['setting']})"
+
+    sections = [Section("config", "Configuration", tables=[_config_table(cfg, m)])]
+    sections.append(Section("metrics", "Metrics", tables=[_metric_table(m)],
+                            text=[f"{m['requests']['evaluated']} test requests evaluated, "
+                                  f"{m['requests']['skipped']} skipped (no valid slot)."]))
+    fun = _funnel_table(m)
+    funnel_png = plots.funnel_png(m["stage_names"], m.get("gt_per_request"),
+                                  [m["metrics"][f"funnel/gt_after/{s}"]["mean"] for s in m["stage_names"]],
+                                  [m["metrics"][f"funnel/lost_share/{s}"]["mean"] for s in m["stage_names"]],
+                                  title=f"GT funnel, {m['method']}")
+    sections.append(Section("funnel", "GT funnel", tables=[fun],
+                            images=[("funnel.png", "GT funnel: GT items alive per stage and where they are lost",
+                                     funnel_png)]))
+    sweep_png = plots.quota_sweep_png(m["quota_sweep"], m["stage_names"], title=f"quota sweep, {m['method']}")
+    sections.append(Section("quota-sweep", "Quota sweep", tables=[_sweep_table(m)],
+                            images=[("quota_sweep.png", "End-to-end recall against items scored by later stages",
+                                     sweep_png)]))
+    stream_path = eval_dir / "streaming.json"
+    if m.get("streaming") and stream_path.is_file():
+        sections.append(Section("streaming", "Streaming evaluation",
+                                tables=[_streaming_table(read_json(stream_path, "streaming results"), m)]))
+    train_tables = [_training_table(summaries)] if summaries else []
+    loss_png = plots.loss_curves_png(curves, title=f"training loss, {m['method']}")
+    sections.append(Section("training-loss", "Training loss", tables=train_tables,
+                            text=[] if curves else ["No training steps were logged."],
+                            images=[("loss_curves.png", "Training loss per loss part, one line per seed", loss_png)]))
+    weights = _weights_table(summaries)
+    if weights is not None:
+        sections.append(Section("loss-weights", "Learned loss weights", tables=[weights]))
+    prov = dict(m.get("provenance") or {})
+    report_prov = provenance.collect(data_fingerprint=m.get("data_fingerprint"), device=m.get("device"))
+    sections.append(Section("provenance", "Provenance", tables=[_provenance_table(prov or report_prov)],
+                            text=[f"Evaluated {prov.get('date_utc', 'n/a')}; report written {report_prov['date_utc']}."]))
+
+    doc = {"kind": REPORT_KIND, "run_dir": str(run_dir), "eval_dir": str(eval_dir), "method": m["method"],
+           "setting": m["setting"], "metrics": m["metrics"], "provenance": prov, "report_provenance": report_prov}
+    return write_page(out, "report", title, sections, doc, subtitle=f"run {run_dir}")
+
+
+# --------------------------------------------------------------------------- CLI
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``lcron report``."""
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated training run folder(s)")
+    parser.add_argument("--eval", dest="eval_dir", default=None, metavar="DIR",
+                        help="evaluation folder (default: RUN_DIR/eval; only with one run)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="report folder (default: RUN_DIR/report; with several runs: DIR/<run name>)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``lcron report``: write each run's report and print where it is."""
+    runs = [Path(p) for p in args.run_dirs]
+    if args.eval_dir is not None and len(runs) > 1:
+        raise ConfigError("--eval names one evaluation folder; give one RUN_DIR with it")
+    names = [p.resolve().name for p in runs]
+    if args.out is not None and len(runs) > 1 and len(set(names)) != len(names):
+        raise ConfigError(f"run folders share a name ({names}); report them one at a time with --out")
+    for run in runs:
+        out = None
+        if args.out is not None:
+            out = Path(args.out) if len(runs) == 1 else Path(args.out) / run.resolve().name
+        paths = build_report(run, args.eval_dir, out)
+        print(f"report: {paths['html']}")
+        print(f"  markdown: {paths['markdown']}")
+        print(f"  json: {paths['json']}")
+    return 0

@@ -1,0 +1,550 @@
+"""Serving-style evaluation: the trained cascade retrieving from the whole item corpus.
+
+The paper's evaluation runs the cascade inside each request's 40-50 logged candidates.
+At serving time the first stage retrieves from the whole corpus instead; this module
+measures what the trained cascade would do then. Per seed and test request:
+
+1. user vector from the DSSM user tower; top-K1 of the corpus by inner product (faiss);
+2. the later stage models score the retrieved items and keep their quotas
+   (``setting.quotas[1:]``: two-stage 20; three-stage 30 then 20), the same code the
+   exported cascade serves with (:func:`lcron.serving.loader.run_cascade`);
+3. the request's ground truth is its logged top group: the valid slots of
+   ``setting.groups[0]``, the ``gt_size`` best by label (seeded tie-break,
+   :func:`lcron.metrics.gt_mask`), identified by video id.
+
+Measured per K1, as a share of the request's GT items (|GT| = number of GT slots):
+
+* ``gt_in_corpus``      - GT items present in the corpus at all (an upper bound for the rest);
+* ``recall_retrieval``  - GT items among the top-K1 retrieved;
+* ``recall_after/<s>``  - GT items still alive after later stage s; the last one is
+* ``recall_e2e``        - GT items among the final survivors (end-to-end);
+* ``index_recall``      - ivf/hnsw only: |approximate top-K1 ∩ exact top-K1| / K1.
+
+Each is averaged over the requests with a GT (others skipped and counted), per seed, then
+reported as mean, sample std (ddof = 1, None for one seed) and n over seeds.
+
+Efficiency: one faiss search per batch with k = max K1; each K1 uses the prefix of that
+ranked list. For ``flat`` (exact) and ``ivf`` (the probed cells depend only on the query)
+the prefix is exactly what a search with k = K1 returns; for ``hnsw`` a search with
+k = max K1 uses a wider beam (max(efSearch, k)), so a smaller K1 gets a prefix at least as
+good as its own search would. The first later stage scores the max-K1 list once (stage
+models score each candidate independently, so those scores hold for every prefix);
+deeper stages score only the survivors, per K1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from lcron import atomic
+from lcron.errors import ConfigError, DataError
+from lcron.progress import Progress
+from lcron.serving.index import (Corpus, IndexOptions, build_corpus, build_index, check_kind, clamp_k1,
+                                 overlap_recall, retrieval_tower, rows_in, search, stage_modules, user_vectors)
+from lcron.serving.loader import DEFAULT_MAX_SLOTS, run_cascade, score_items
+from lcron.settings import Setting
+
+KIND = "lcron-serving-evaluation"
+FORMAT_VERSION = 1
+REQUEST_NAMES = ("context", "user", "seq", "seq_mask")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def summarize(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean over seeds, sample std (ddof = 1; None for fewer than 2 values), n, per_seed."""
+    per_seed = [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
+    ok = np.array([v for v in per_seed if v is not None], dtype=np.float64)
+    return {"mean": float(ok.mean()) if ok.size else None,
+            "std": float(ok.std(ddof=1)) if ok.size > 1 else None,
+            "n": int(ok.size), "per_seed": per_seed}
+
+
+def parse_k1(text: "str | Sequence[int]") -> tuple[int, ...]:
+    """``"100,500,1000"`` (or a sequence) -> sorted distinct positive K1 values."""
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()] if isinstance(text, str) else [int(v) for v in text]
+    except (TypeError, ValueError):
+        raise ConfigError(f"--k1 must be comma-separated positive integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise ConfigError(f"--k1 must be comma-separated positive integers, got {text!r}")
+    return tuple(sorted(set(vals)))
+
+
+# ------------------------------------------------------------------ ground truth
+def logged_gt(arrays: Mapping[str, np.ndarray], rows: "slice | np.ndarray", setting: Setting,
+              seed: int) -> np.ndarray:
+    """GT video ids [b, group_size] of the requests ``rows`` (-1 = not a GT slot).
+
+    GT = the request's logged top group (``setting.groups[0]``): its valid slots, the
+    ``gt_size`` best by label with the seeded tie-break of :func:`lcron.metrics.gt_mask`.
+    """
+    from lcron.metrics import gt_mask
+
+    sl = setting.group_slice(setting.groups[0])
+    vid = np.asarray(arrays["items"][rows, sl, 0], dtype=np.int64)
+    mask = np.asarray(arrays["mask"][rows, sl]) > 0
+    label = np.asarray(arrays["label"][rows, sl], dtype=np.float64)
+    if vid.shape[0] == 0:
+        return vid
+    gt = gt_mask(label, mask, gt=setting.gt_size, seed=seed)
+    return np.where(gt & (vid > 0), vid, -1)
+
+
+# --------------------------------------------------------------- one batch, one seed
+def _model_fn(model: torch.nn.Module):
+    def fn(context, user, seq, seq_mask, items):
+        return model({"context": context, "user": user, "seq": seq, "seq_mask": seq_mask, "items": items})
+    return fn
+
+
+class CompiledStage:
+    """A later stage model under ``torch.compile`` for inference, eager if compiling fails.
+
+    Why the whole model and not only DIN's attention core (what ``build_cascade(compile=True)``
+    fuses): at serving time the head MLP over K1 candidates costs more than the attention,
+    and inductor fuses its broadcast add and ReLUs into the matrix products (measured, 1
+    thread, 100 candidates per request: 434 requests/s eager, 3,548 with the compiled
+    attention core, 4,872 with the whole model compiled).
+    ``dynamic=False`` compiles once per input shape (the benchmark keeps one shape per K1);
+    ``None`` lets torch switch to shape-generic code after a recompile (the evaluation's
+    last partial batch).
+    """
+
+    def __init__(self, model: torch.nn.Module, dynamic: bool | None = None) -> None:
+        self.model = model
+        self.compiled = torch.compile(model, dynamic=dynamic)
+        self.error: BaseException | None = None
+
+    def __call__(self, context: torch.Tensor, user: torch.Tensor, seq: torch.Tensor, seq_mask: torch.Tensor,
+                 items: torch.Tensor) -> torch.Tensor:
+        batch = {"context": context, "user": user, "seq": seq, "seq_mask": seq_mask, "items": items}
+        if self.error is None:
+            try:
+                return self.compiled(batch)
+            except Exception as exc:  # compiler/toolchain failure: eager from now on
+                self.error = exc
+                import warnings
+
+                warnings.warn(f"torch.compile of {type(self.model).__name__} failed ({type(exc).__name__}); "
+                              "serving it eager (slower)", RuntimeWarning, stacklevel=2)
+        return self.model(batch)
+
+
+def stage_fns(cascade: torch.nn.Module, setting: Setting, compile: bool, dynamic: bool | None = None) -> list:
+    """Callables (context, user, seq, seq_mask, items) -> [B, N] of the later stages."""
+    models = stage_modules(cascade, setting)[1:]
+    return [CompiledStage(m, dynamic) if compile else _model_fn(m) for m in models]
+
+
+class _SeedEvaluator:
+    """Everything one seed needs to serve a batch of requests."""
+
+    def __init__(self, cascade: torch.nn.Module, setting: Setting, corpus: Corpus, exact_index: Any,
+                 k1: list[int], device: torch.device, seed: int, max_slots: int, compile: bool = False) -> None:
+        self.setting, self.corpus, self.exact_index = setting, corpus, exact_index
+        self.k1, self.kmax = k1, max(k1)
+        self.device, self.seed, self.max_slots = device, seed, max_slots
+        self.tower = retrieval_tower(cascade, setting)
+        self.later = stage_fns(cascade, setting, compile)
+        self.quotas = list(setting.quotas[1:])
+        self.features = torch.from_numpy(corpus.features).to(device)
+        self.timing = {"retrieval_s": 0.0, "scoring_s": 0.0}
+
+    def batch(self, request: dict[str, torch.Tensor], gt: np.ndarray, batch_no: int) -> dict[str, np.ndarray]:
+        """Per request counts for one batch: GT size, GT in corpus, GT retrieved / alive per K1."""
+        t0 = time.perf_counter()
+        u = user_vectors(self.tower, request)
+        _, rows = search(self.corpus.index, u, self.kmax)
+        t1 = time.perf_counter()
+        b = rows.shape[0]
+        rows_t = torch.from_numpy(rows).to(self.device)
+        items = self.features[rows_t.clamp_min(0)]
+        found = rows >= 0
+        with torch.inference_mode():
+            first = score_items(self.later[0], request, items, self.max_slots) if self.later else None
+        gen = np.random.default_rng([self.seed, batch_no])
+        priority = torch.from_numpy(gen.random(rows.shape, dtype=np.float32)).to(self.device)
+
+        vids = np.where(found, self.corpus.video_ids[np.maximum(rows, 0)], -1)
+        n_gt = (gt >= 0).sum(1)
+        out = {"gt": n_gt, "in_corpus": (np.isin(gt, self.corpus.video_ids) & (gt >= 0)).sum(1)}
+        stages = self.setting.stage_names[1:]
+        retrieved = np.zeros((b, len(self.k1)), np.int64)
+        after = np.zeros((len(stages), b, len(self.k1)), np.int64)
+        positions = np.arange(self.kmax)
+        for j, k in enumerate(self.k1):
+            prefix = found & (positions < k)
+            retrieved[:, j] = rows_in(gt, np.where(prefix, vids, -1)).sum(1)
+            with torch.inference_mode():
+                survivors, _ = run_cascade(self.later, self.quotas, request, items,
+                                           torch.from_numpy(prefix).to(self.device), priority,
+                                           first_scores=first, max_slots=self.max_slots)
+            for s, alive in enumerate(survivors):
+                after[s, :, j] = rows_in(gt, np.where(alive.cpu().numpy(), vids, -1)).sum(1)
+        out["retrieved"] = retrieved
+        out["after"] = after
+        t2 = time.perf_counter()
+        self.timing["retrieval_s"] += t1 - t0
+        self.timing["scoring_s"] += t2 - t1
+        if self.exact_index is not None:  # the approximate index against the exact search (not timed)
+            _, exact = search(self.exact_index, u, self.kmax)
+            out["index_recall"] = np.stack([overlap_recall(rows[:, :k], exact[:, :k]) for k in self.k1], 1)
+        return out
+
+
+def _request_batches(arrays: Mapping[str, np.ndarray], n: int, batch_size: int, device: torch.device):
+    from lcron.batches import gather
+
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(start + batch_size, n))
+        yield sl, gather(arrays, sl, REQUEST_NAMES, device)
+
+
+def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1: list[int]) -> dict[str, Any]:
+    """Per-seed means over requests with a GT; counts of evaluated / skipped requests."""
+    gt = np.concatenate([p["gt"] for p in parts]).astype(np.float64)
+    ok = gt > 0
+    denom = np.where(ok, gt, 1.0)
+
+    def share(counts: np.ndarray) -> float:
+        return float((counts[ok] / denom[ok]).mean()) if ok.any() else float("nan")
+
+    res: dict[str, Any] = {"evaluated": int(ok.sum()), "skipped": int((~ok).sum()),
+                           "gt_in_corpus": share(np.concatenate([p["in_corpus"] for p in parts]))}
+    retrieved = np.concatenate([p["retrieved"] for p in parts])
+    after = np.concatenate([p["after"] for p in parts], axis=1)
+    has_index = "index_recall" in parts[0]
+    index_recall = np.concatenate([p["index_recall"] for p in parts]) if has_index else None
+    for j, k in enumerate(k1):
+        entry = {"recall_retrieval": share(retrieved[:, j])}
+        for s, name in enumerate(stages):
+            entry[f"recall_after/{name}"] = share(after[s, :, j])
+        entry["recall_e2e"] = share(after[-1, :, j]) if len(stages) else entry["recall_retrieval"]
+        if index_recall is not None:
+            entry["index_recall"] = float(index_recall[:, j].mean()) if len(index_recall) else float("nan")
+        res[str(k)] = entry
+    return res
+
+
+# ------------------------------------------------------------------------ the run
+def _open_shards(shards: Any, cfg: Mapping[str, Any], setting: Setting):
+    from lcron.data.shards import ShardSet
+
+    if shards is None:
+        if not cfg.get("shards"):
+            raise ConfigError("run.json names no shard set; pass --shards DIR")
+        shards = cfg["shards"]
+    shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards)
+    ss = shard_set.setting
+    if ss.groups != setting.groups or ss.group_size != setting.group_size:
+        raise ConfigError(f"shard set {shard_set.root} has setting {ss.name!r} (groups {list(ss.groups)}); the run "
+                          f"was trained for {setting.name!r} (groups {list(setting.groups)})")
+    sizes = {k: int(v) for k, v in shard_set.embedding_sizes.items()}
+    trained = {k: int(v) for k, v in cfg["embedding_sizes"].items()}
+    if sizes != trained:
+        diff = sorted(k for k in set(sizes) | set(trained) if sizes.get(k) != trained.get(k))
+        raise ConfigError(f"shard set {shard_set.root} has other vocabulary sizes than the run was trained with "
+                          f"(fields {diff}); ids would not match the embedding tables")
+    return shard_set
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise DataError(f"{run_dir} is not a training run folder (no run.json)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from None
+    for key in ("setting", "embedding_sizes"):
+        if key not in cfg:
+            raise DataError(f"{path} lacks the field {key!r}; was it written by lcron train?")
+    return cfg
+
+
+def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = None,
+                     k1: "Sequence[int] | str" = (100, 500, 1000), index: str = "flat", batch_size: int = 1024,
+                     device: str = "auto", seed: int = 0, index_options: "Mapping[str, Any] | None" = None,
+                     out: "str | Path | None" = None, max_requests: int | None = None, compile: bool = False,
+                     max_slots: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Serving-style evaluation of every completed seed of a run; writes ``serving.json``.
+
+    ``shards`` defaults to the run's shard set, ``day`` to its last day (the test day);
+    ``k1`` values larger than the corpus are clamped (and noted); ``index`` flat / ivf /
+    hnsw (``index_options``: nlist, nprobe, hnsw_m, ef_search, ef_construction);
+    ``seed`` fixes the GT and cut-off tie-breaks; ``out`` defaults to ``<run_dir>/eval``;
+    ``max_requests`` evaluates only the first requests of the day. Returns the document.
+    """
+    from lcron.train import load_cascade, resolve_device, run_seeds
+
+    run_dir = Path(run_dir)
+    check_kind(index)
+    opts = IndexOptions.from_mapping(index_options)
+    k1_req = parse_k1(k1)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    cfg = _read_run(run_dir)
+    setting = Setting.from_dict(cfg["setting"])
+    seed_dirs = run_seeds(run_dir)
+    shard_set = _open_shards(shards, cfg, setting)
+    if not shard_set.days:
+        raise DataError(f"shard set {shard_set.root} holds no complete day")
+    test_day = day or shard_set.days[-1]
+    if test_day not in shard_set.days:
+        raise DataError(f"day {test_day} is not a complete day of {shard_set.root}; days: {', '.join(shard_set.days)}")
+    notes = []
+    if test_day in cfg.get("days", []):
+        notes.append(f"day {test_day} was a training day of this run: the numbers are not held-out")
+    dev = resolve_device(device)
+    slots = int(max_slots or DEFAULT_MAX_SLOTS.get(dev.type, DEFAULT_MAX_SLOTS["cpu"]))
+    video_ids, features = shard_set.item_table()
+    k1_list, clamp_notes = clamp_k1(k1_req, len(video_ids))
+    notes += clamp_notes
+    for note in notes:
+        log(f"serve-eval: {note}")
+    k1_list = sorted(set(k1_list))
+    arrays = shard_set.load_day(test_day)
+    n_req = int(arrays["request_id"].shape[0])
+    if max_requests is not None:
+        n_req = min(n_req, int(max_requests))
+
+    per_seed: dict[int, dict[str, Any]] = {}
+    corpus_info: dict[str, Any] = {}
+    timings: dict[str, Any] = {}
+    stages = list(setting.stage_names[1:])
+    for seed_dir in seed_dirs:
+        seed_no = int(seed_dir.name.split("-", 1)[1])
+        t0 = time.perf_counter()
+        cascade, _ = load_cascade(seed_dir / "model.pt", dev, compile=compile)
+        corpus = build_corpus(retrieval_tower(cascade, setting), video_ids, features, index, opts, device=dev)
+        exact = build_index(corpus.vectors, "flat", device=dev) if index != "flat" else None
+        t_build = time.perf_counter() - t0
+        corpus_info = {"items": corpus.size, **corpus.describe()}
+        ev = _SeedEvaluator(cascade, setting, corpus, exact, k1_list, dev, seed, slots, compile)
+        parts = []
+        bar = Progress(n_req, f"serve-eval seed {seed_no} day {test_day}", unit="req", enabled=progress)
+        for batch_no, (sl, request) in enumerate(_request_batches(arrays, n_req, batch_size, dev)):
+            parts.append(ev.batch(request, logged_gt(arrays, sl, setting, seed), batch_no))
+            bar.update(sl.stop - sl.start)
+        bar.close()
+        if not parts:
+            raise DataError(f"day {test_day} of {shard_set.root} has no request to evaluate")
+        per_seed[seed_no] = _seed_metrics(parts, stages, k1_list)
+        total = ev.timing["retrieval_s"] + ev.timing["scoring_s"]
+        timings[str(seed_no)] = {"corpus_and_index_s": t_build, **ev.timing,
+                                 "requests_per_s": n_req / total if total > 0 else None}
+
+    seeds = sorted(per_seed)
+    results: dict[str, Any] = {"gt_in_corpus": summarize([per_seed[s]["gt_in_corpus"] for s in seeds])}
+    for k in k1_list:
+        keys = per_seed[seeds[0]][str(k)].keys()
+        results[str(k)] = {key: summarize([per_seed[s][str(k)][key] for s in seeds]) for key in keys}
+    doc = {
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "run_dir": str(run_dir),
+        "method": cfg.get("method"),
+        "setting": setting.name,
+        "stage_names": list(setting.stage_names),
+        "later_quotas": list(setting.quotas[1:]),
+        "shards": str(shard_set.root),
+        "day": test_day,
+        "requests": n_req,
+        "evaluated": per_seed[seeds[0]]["evaluated"],
+        "skipped_no_gt": per_seed[seeds[0]]["skipped"],
+        "seeds": seeds,
+        "k1": k1_list,
+        "k1_requested": list(k1_req),
+        "index": corpus_info,
+        "device": str(dev),
+        "tie_seed": seed,
+        "notes": notes,
+        "results": results,
+        "per_seed": {str(s): per_seed[s] for s in seeds},
+        "timing": timings,
+    }
+    out_dir = Path(out) if out is not None else run_dir / "eval"
+    atomic.write_json(out_dir / "serving.json", doc)
+    return doc
+
+
+# ---------------------------------------------------------------------------- bench
+def bench_serving(shards: Any, run_dir: "str | Path", k1_list: Sequence[int], *, requests: int = 4096,
+                  compile: bool = True, max_slots: int = 32768, seed_dir: "str | Path | None" = None,
+                  repeats: int = 3, threads: int | None = None) -> list[dict[str, Any]]:
+    """Serving throughput on CPU with the exact index: one row per K1.
+
+    Per K1, requests of the shard set's last day are served in batches of
+    ``max(1, max_slots // K1)`` requests (so every scoring call has one shape and compiles
+    once): retrieval (user tower + faiss top-K1) and cascade scoring (the later stages over
+    the K1 items with their quotas, :func:`lcron.serving.loader.run_cascade`) are timed
+    separately, in requests/s, best of ``repeats`` passes after a warm-up pass (which
+    compiles). ``compile``: the later stage models under torch.compile (see CompiledStage)
+    with DIN's fused attention core; False runs them eager. ``threads``: torch and faiss
+    threads for the measurement (restored afterwards; default: as they are).
+    """
+    if threads is None:
+        return _bench_serving(shards, run_dir, k1_list, requests=requests, compile=compile, max_slots=max_slots,
+                              seed_dir=seed_dir, repeats=repeats)
+    from lcron.serving.index import import_faiss
+
+    faiss = import_faiss()
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(int(threads))
+    faiss.omp_set_num_threads(int(threads))
+    try:
+        return _bench_serving(shards, run_dir, k1_list, requests=requests, compile=compile, max_slots=max_slots,
+                              seed_dir=seed_dir, repeats=repeats)
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
+
+
+def _bench_serving(shards: Any, run_dir: "str | Path", k1_list: Sequence[int], *, requests: int, compile: bool,
+                   max_slots: int, seed_dir: "str | Path | None", repeats: int) -> list[dict[str, Any]]:
+    from lcron.train import load_cascade, run_seeds
+
+    run_dir = Path(run_dir)
+    cfg = _read_run(run_dir)
+    setting = Setting.from_dict(cfg["setting"])
+    shard_set = _open_shards(shards, cfg, setting)
+    dev = torch.device("cpu")
+    folder = Path(seed_dir) if seed_dir is not None else run_seeds(run_dir)[0]
+    cascade, _ = load_cascade(folder / "model.pt", dev, compile=compile)
+    video_ids, features = shard_set.item_table()
+    tower = retrieval_tower(cascade, setting)
+    corpus = build_corpus(tower, video_ids, features, "flat")
+    arrays = shard_set.load_day(shard_set.days[-1])
+    available = int(arrays["request_id"].shape[0])
+    later = stage_fns(cascade, setting, compile, dynamic=False)
+    quotas = list(setting.quotas[1:])
+    feats = torch.from_numpy(corpus.features)
+    rows_out = []
+    for k_req in k1_list:
+        k = min(int(k_req), corpus.size)
+        per_batch = max(1, min(max_slots // k, int(requests), available))
+        n = max(1, min(int(requests), available) // per_batch) * per_batch
+        batches = [r for _, r in _request_batches(arrays, n, per_batch, dev)]
+        priorities = [torch.from_numpy(np.random.default_rng([0, i]).random((per_batch, k), dtype=np.float32))
+                      for i in range(len(batches))]
+
+        def one_pass() -> tuple[float, float, float]:
+            t_ret = t_score = 0.0
+            cpu0 = time.process_time()
+            for request, priority in zip(batches, priorities):
+                t0 = time.perf_counter()
+                _, rows = search(corpus.index, user_vectors(tower, request), k)
+                t1 = time.perf_counter()
+                rows_t = torch.from_numpy(rows)
+                with torch.inference_mode():
+                    run_cascade(later, quotas, request, feats[rows_t.clamp_min(0)], rows_t >= 0, priority,
+                                max_slots=per_batch * k)
+                t_ret += t1 - t0
+                t_score += time.perf_counter() - t1
+            return t_ret, t_score, time.process_time() - cpu0
+
+        t0 = time.perf_counter()
+        one_pass()  # warm-up (and compile)
+        warmup = time.perf_counter() - t0
+        passes = [one_pass() for _ in range(max(1, repeats))]
+        best_ret = min(p[0] for p in passes)
+        best_score = min(p[1] for p in passes)
+        best_total = min(p[0] + p[1] for p in passes)
+        best_cpu = min(p[2] for p in passes)
+        threads = torch.get_num_threads()
+        rows_out.append({
+            "name": f"serving {setting.name} K1={k}",
+            "setting": setting.name,
+            "k1": k,
+            "k1_requested": int(k_req),
+            "corpus_items": corpus.size,
+            "requests": n,
+            "batch_requests": per_batch,
+            "index": "flat",
+            "device": "cpu",
+            "threads": threads,
+            "compile": compile,
+            "warmup_s": warmup,
+            "retrieval_requests_per_s": n / best_ret if best_ret > 0 else None,
+            "scoring_requests_per_s": n / best_score if best_score > 0 else None,
+            "requests_per_s": n / best_total if best_total > 0 else None,
+            # Wall-clock rates suffer when other processes share the cores; this one counts the
+            # process's own CPU seconds spread over its threads (an estimate for dedicated cores,
+            # pessimistic where idle worker threads spin).
+            "requests_per_cpu_s_per_thread": n * threads / best_cpu if best_cpu > 0 else None,
+        })
+    return rows_out
+
+
+# ---------------------------------------------------------------------------- CLI
+def add_serve_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """``lcron serve-eval --model RUN_DIR [--shards DIR] [--day DAY] [--k1 100,500,1000] ...``."""
+    from lcron.serving.export import add_index_option_arguments
+
+    parser.add_argument("--model", required=True, metavar="RUN_DIR", help="training run folder (holds run.json)")
+    parser.add_argument("--shards", default=None, metavar="DIR", help="shard set (default: the run's)")
+    parser.add_argument("--day", default=None, help="test day YYYY-MM-DD (default: the shard set's last day)")
+    parser.add_argument("--k1", default="100,500,1000", help="retrieval sizes, comma-separated (default 100,500,1000)")
+    parser.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat",
+                        help="faiss index (default flat = exact; ivf/hnsw also report their recall vs exact)")
+    add_index_option_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=1024, help="requests per batch (default 1024)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--tie-seed", type=int, default=0, help="seed of the GT and cut-off tie-breaks (default 0)")
+    parser.add_argument("--max-requests", type=int, default=None, help="evaluate only the first N requests")
+    parser.add_argument("--out", default=None, metavar="DIR", help="folder for serving.json (default RUN_DIR/eval)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="compile the DIN attention core (faster on large days; default off)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line")
+
+
+def format_table(doc: Mapping[str, Any]) -> str:
+    """A plain-text table of serving.json's results (one line per K1)."""
+    stages = doc["stage_names"][1:]
+    head = ["K1", "retrieval"] + [f"after {s}" for s in stages]
+    has_ir = any("index_recall" in doc["results"][str(k)] for k in doc["k1"])
+    if has_ir:
+        head.append("index recall")
+
+    def cell(e: Mapping[str, Any]) -> str:
+        if e["mean"] is None:
+            return "n/a"
+        return f"{e['mean']:.4f}" + (f" ± {e['std']:.4f}" if e["std"] is not None else "")
+
+    lines = ["\t".join(head)]
+    for k in doc["k1"]:
+        r = doc["results"][str(k)]
+        row = [str(k), cell(r["recall_retrieval"])] + [cell(r[f"recall_after/{s}"]) for s in stages]
+        if has_ir:
+            row.append(cell(r["index_recall"]))
+        lines.append("\t".join(row))
+    gic = doc["results"]["gt_in_corpus"]
+    lines.append(f"GT in corpus: {cell(gic)}; seeds {doc['seeds']}; {doc['evaluated']} requests "
+                 f"({doc['skipped_no_gt']} without GT skipped); corpus {doc['index'].get('items')} items, "
+                 f"index {doc['index'].get('kind')}")
+    return "\n".join(lines)
+
+
+def run_serve_eval(args: argparse.Namespace) -> int:
+    from lcron.serving.export import index_options_from_args
+
+    doc = serving_evaluate(args.model, args.shards, day=args.day, k1=parse_k1(args.k1), index=args.index,
+                           batch_size=args.batch_size, device=args.device, seed=args.tie_seed,
+                           index_options=index_options_from_args(args), out=args.out,
+                           max_requests=args.max_requests, compile=args.compile, progress=not args.no_progress)
+    print(format_table(doc))
+    out_dir = Path(args.out) if args.out else Path(args.model) / "eval"
+    log(f"serve-eval: wrote {out_dir / 'serving.json'}")
+    return 0

@@ -1,0 +1,350 @@
+"""The item corpus of a trained cascade and its faiss inner-product index.
+
+Why: the paper measures a cascade inside each request's 40-50 logged candidates, but in
+production the first stage (the two-tower DSSM) retrieves from the whole corpus. The DSSM
+logit is the inner product <user vector, item vector>, so retrieving the top-K1 items of
+a request is a maximum-inner-product search of the request's user vector over the item
+vectors of the corpus - exactly what a faiss ``METRIC_INNER_PRODUCT`` index answers.
+
+Index kinds:
+
+* ``flat``  - ``IndexFlatIP``: exact search (the default, and the reference for the others).
+* ``ivf``   - ``IndexIVFFlat``: k-means into ``nlist`` cells, search the ``nprobe`` cells
+  whose centroids score highest. Only the probed cells depend on the query (not on k),
+  so the top-K1 of a search for k > K1 is exactly the top-K1 of a search for K1.
+* ``hnsw``  - ``IndexHNSWFlat``: a navigable small-world graph with ``M`` links per node,
+  searched with a beam of ``max(efSearch, k)``.
+
+The approximate kinds are reported with their recall@K1 against the exact search
+(:func:`overlap_recall`): |approx top-K1 intersect exact top-K1| / K1.
+
+faiss-cpu here, faiss-gpu in the GPU image: the same code. When faiss was built with GPU
+support, sees a GPU and the device is CUDA, flat and IVF indexes are moved to every GPU
+with ``faiss.index_cpu_to_all_gpus``; HNSW has no GPU version and stays on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lcron.data import fields
+from lcron.errors import ConfigError, DataError
+from lcron.settings import Setting
+
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+# Items embedded per forward pass of the item tower (memory: ~ this x 64 floats of activations).
+ITEM_BATCH = 65536
+
+
+def import_faiss():
+    """Import faiss with a clear error (it is a hard dependency of the serving code only)."""
+    try:
+        import faiss  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - faiss-cpu is a project dependency
+        raise ConfigError(f"the serving evaluation needs faiss (pip install faiss-cpu): {exc}") from None
+    return faiss
+
+
+# ------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class IndexOptions:
+    """Tuning knobs of the approximate indexes (ignored by ``flat``).
+
+    ``nlist`` None -> ``round(4 * sqrt(I))`` clamped so every cell gets at least 39
+    training points (faiss warns below that); ``nprobe`` is clamped to ``nlist``.
+    ``hnsw_m`` links per node; ``ef_search`` / ``ef_construction`` beam widths.
+    """
+
+    nlist: int | None = None
+    nprobe: int = 16
+    hnsw_m: int = 32
+    ef_search: int = 128
+    ef_construction: int = 80
+
+    def __post_init__(self) -> None:
+        for name in ("nprobe", "hnsw_m", "ef_search", "ef_construction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"index option {name!r} must be an integer >= 1, got {v!r}")
+        if self.nlist is not None and (isinstance(self.nlist, bool) or not isinstance(self.nlist, int)
+                                       or self.nlist < 1):
+            raise ConfigError(f"index option 'nlist' must be an integer >= 1 or None, got {self.nlist!r}")
+
+    @classmethod
+    def from_mapping(cls, options: "IndexOptions | Mapping[str, Any] | None") -> "IndexOptions":
+        """Accept an IndexOptions, a dict of its fields, or None (defaults)."""
+        if options is None:
+            return cls()
+        if isinstance(options, IndexOptions):
+            return options
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown index option(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(options))
+
+    def resolved_nlist(self, num_items: int) -> int:
+        """The IVF cell count used for a corpus of ``num_items`` vectors."""
+        most = max(1, num_items // 39)
+        want = self.nlist if self.nlist is not None else int(round(4 * math.sqrt(max(num_items, 1))))
+        return int(min(max(1, want), most, max(1, num_items)))
+
+
+def check_kind(kind: str) -> str:
+    if kind not in INDEX_KINDS:
+        raise ConfigError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
+    return kind
+
+
+# ---------------------------------------------------------------------- the towers
+def stage_modules(cascade: nn.Module, setting: Setting) -> list[nn.Module]:
+    """The cascade's stage models in stage order.
+
+    Accepts ``cascade.stages`` / ``cascade.models`` as an ``nn.ModuleDict`` keyed by stage
+    name, or ``cascade.models`` as a list in stage order.
+    """
+    for attr in ("stages", "models"):
+        group = getattr(cascade, attr, None)
+        if isinstance(group, nn.ModuleDict):
+            missing = [n for n in setting.stage_names if n not in group]
+            if missing:
+                raise ConfigError(f"cascade lacks stage model(s) {missing} of setting {setting.name!r}")
+            return [group[n] for n in setting.stage_names]
+    models = list(getattr(cascade, "models", []))
+    if len(models) != setting.num_stages:
+        raise ConfigError(f"cascade has {len(models)} stage models, setting {setting.name!r} has "
+                          f"{setting.num_stages} stages")
+    return models
+
+
+def retrieval_tower(cascade: nn.Module, setting: Setting) -> nn.Module:
+    """The first-stage two-tower model; it must offer ``user_vectors`` and ``item_vectors``."""
+    model = stage_modules(cascade, setting)[0]
+    for method in ("user_vectors", "item_vectors"):
+        if not callable(getattr(model, method, None)):
+            raise ConfigError(
+                f"the first stage {setting.stage_names[0]!r} ({type(model).__name__}) has no {method}(); "
+                "serving retrieval needs a two-tower first stage (DSSM)")
+    return model
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def embed_items(tower: nn.Module, features: np.ndarray, *, batch_size: int = ITEM_BATCH) -> np.ndarray:
+    """Item vectors [I, D] (float32, C-contiguous) of the item feature table [I, 8].
+
+    Runs the item tower alone in inference mode on the tower's device, ``batch_size``
+    items per pass.
+    """
+    features = np.asarray(features)
+    if features.ndim != 2 or features.shape[1] != len(fields.ITEM_FIELDS):
+        raise DataError(f"item feature table must be [I, {len(fields.ITEM_FIELDS)}] "
+                        f"(columns {list(fields.ITEM_FIELDS)}), got shape {features.shape}")
+    device = _model_device(tower)
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(features), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(features[start:start + batch_size], dtype=np.int64))
+            parts.append(tower.item_vectors(chunk.to(device)).float().cpu().numpy())
+    if not parts:
+        raise DataError("the item feature table is empty: no corpus to retrieve from")
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+def user_vectors(tower: nn.Module, batch: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """User vectors [B, D] (float32 numpy) of a request batch (context, user, seq, seq_mask)."""
+    with torch.inference_mode():
+        return np.ascontiguousarray(tower.user_vectors(batch).float().cpu().numpy())
+
+
+# --------------------------------------------------------------------- the index
+def build_index(vectors: np.ndarray, kind: str = "flat", options: "IndexOptions | Mapping | None" = None, *,
+                device: "str | torch.device" = "cpu"):
+    """A faiss inner-product index over ``vectors`` [I, D] (row i = corpus item i).
+
+    ``device`` cuda moves flat/IVF indexes to the GPUs when faiss has GPU support.
+    """
+    faiss = import_faiss()
+    check_kind(kind)
+    opts = IndexOptions.from_mapping(options)
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise DataError(f"corpus vectors must be a non-empty [I, D] array, got shape {x.shape}")
+    dim = x.shape[1]
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+        index.add(x)
+    elif kind == "ivf":
+        nlist = opts.resolved_nlist(len(x))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        index.add(x)
+        index.nprobe = min(opts.nprobe, nlist)
+    else:
+        index = faiss.IndexHNSWFlat(dim, opts.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = opts.ef_construction
+        index.hnsw.efSearch = opts.ef_search
+        index.add(x)
+    return to_device(index, kind, device)
+
+
+def to_device(index, kind: str, device: "str | torch.device"):
+    """Move a flat/IVF index to every GPU when faiss and the device allow it, else keep it."""
+    faiss = import_faiss()
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if (dev.type == "cuda" and kind in ("flat", "ivf") and hasattr(faiss, "index_cpu_to_all_gpus")
+            and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0):
+        return faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def to_cpu(index):
+    """A CPU copy of a (possibly GPU) index, for serialisation."""
+    faiss = import_faiss()
+    if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+        return faiss.index_gpu_to_cpu(index)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores [B, k] float32, corpus rows [B, k] int64) per query, best first.
+
+    Rows are -1 where the index returned fewer than k results (possible for IVF when the
+    probed cells hold fewer than k items).
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if q.ndim != 2:
+        raise DataError(f"queries must be [B, D], got shape {q.shape}")
+    if q.shape[0] == 0:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    scores, rows = index.search(q, int(k))
+    return scores, rows.astype(np.int64, copy=False)
+
+
+def index_options_used(index, kind: str) -> dict[str, Any]:
+    """The parameters an index was built/searched with (for the report)."""
+    cpu = to_cpu(index)
+    out: dict[str, Any] = {"kind": kind, "ntotal": int(cpu.ntotal), "dim": int(cpu.d)}
+    if kind == "ivf":
+        faiss = import_faiss()
+        ivf = faiss.extract_index_ivf(cpu)
+        out.update(nlist=int(ivf.nlist), nprobe=int(ivf.nprobe))
+    elif kind == "hnsw":
+        out.update(ef_search=int(cpu.hnsw.efSearch), ef_construction=int(cpu.hnsw.efConstruction))
+    return out
+
+
+# ---------------------------------------------------------------------- recall
+def overlap_recall(approx_rows: np.ndarray, exact_rows: np.ndarray) -> np.ndarray:
+    """Per query: |approx top-k intersect exact top-k| / k (float64 [B]).
+
+    Both arrays are [B, k] corpus rows without repeats inside a row; -1 (no result) never
+    matches. Vectorised: the two rows are concatenated and sorted, and an element equal
+    to its right neighbour is one shared item.
+    """
+    a = np.asarray(approx_rows, dtype=np.int64)
+    e = np.asarray(exact_rows, dtype=np.int64)
+    if a.shape != e.shape or a.ndim != 2:
+        raise DataError(f"overlap_recall: rows must be two [B, k] arrays of one shape, got {a.shape} and {e.shape}")
+    if a.shape[1] == 0:
+        return np.ones(a.shape[0])
+    # Missing results: -1 in the approximate rows, -2 in the exact ones, so they never pair up.
+    both = np.sort(np.concatenate([np.where(a < 0, -1, a), np.where(e < 0, -2, e)], axis=1), axis=1)
+    shared = ((both[:, 1:] == both[:, :-1]) & (both[:, 1:] >= 0)).sum(axis=1)
+    return shared / a.shape[1]
+
+
+def rows_in(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Row-wise membership: ``out[b, g] = values[b, g] in pool[b, :]`` (bool [B, G]).
+
+    Both are non-negative integer arrays with the same number of rows; negative entries
+    are never members (padding / missing). One global sort of ``row * M + value``
+    (M = 1 + the largest value) and a binary search: no loop per row.
+    """
+    v = np.asarray(values, dtype=np.int64)
+    p = np.asarray(pool, dtype=np.int64)
+    if v.ndim != 2 or p.ndim != 2 or v.shape[0] != p.shape[0]:
+        raise DataError(f"rows_in: expected [B, G] and [B, K] arrays, got {v.shape} and {p.shape}")
+    if v.size == 0 or p.size == 0:
+        return np.zeros(v.shape, dtype=bool)
+    span = int(max(v.max(initial=0), p.max(initial=0))) + 1
+    if span * v.shape[0] >= 2**62:
+        raise DataError(f"rows_in: ids up to {span - 1} over {v.shape[0]} rows overflow int64 keys")
+    rows = np.arange(v.shape[0], dtype=np.int64)[:, None] * span
+    keys = np.sort(np.where(p >= 0, rows + p, -1).ravel())
+    q = rows + v
+    pos = np.minimum(np.searchsorted(keys, q), keys.size - 1)
+    return (keys[pos] == q) & (v >= 0)
+
+
+# --------------------------------------------------------------------- the corpus
+@dataclass
+class Corpus:
+    """The embedded item table: ids, features, vectors and an index over the vectors.
+
+    ``video_ids`` [I] are shifted ids (raw + 1, as in the shards); row i of ``features``
+    [I, 8] and ``vectors`` [I, D] is item i; faiss returns rows into these arrays.
+    """
+
+    video_ids: np.ndarray
+    features: np.ndarray
+    vectors: np.ndarray
+    index: Any
+    kind: str
+    options: IndexOptions = field(default_factory=IndexOptions)
+
+    @property
+    def size(self) -> int:
+        return int(len(self.video_ids))
+
+    def describe(self) -> dict[str, Any]:
+        return {**index_options_used(self.index, self.kind), "options": asdict(self.options)}
+
+
+def check_item_table(video_ids: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an item table: [I] ids matching column 0 of [I, 8] features, no repeated id."""
+    ids = np.asarray(video_ids)
+    feats = np.asarray(features)
+    if ids.ndim != 1 or feats.ndim != 2 or feats.shape[0] != ids.shape[0] or feats.shape[1] != len(fields.ITEM_FIELDS):
+        raise DataError(f"item table must be video_id [I] and features [I, {len(fields.ITEM_FIELDS)}], "
+                        f"got {ids.shape} and {feats.shape}")
+    if ids.size == 0:
+        raise DataError("the item table is empty: no corpus to retrieve from")
+    if not np.array_equal(ids, feats[:, 0]):
+        raise DataError("item table: video_id does not match column 0 (video_id) of the features")
+    if np.unique(ids).size != ids.size:
+        raise DataError(f"item table: {ids.size - np.unique(ids).size} repeated video_id(s); one row per item expected")
+    return ids.astype(np.int64, copy=False), feats.astype(np.int64, copy=False)
+
+
+def build_corpus(tower: nn.Module, video_ids: np.ndarray, features: np.ndarray, kind: str = "flat",
+                 options: "IndexOptions | Mapping | None" = None, *,
+                 device: "str | torch.device" = "cpu") -> Corpus:
+    """Embed the item table with the item tower and index it."""
+    ids, feats = check_item_table(video_ids, features)
+    opts = IndexOptions.from_mapping(options)
+    vectors = embed_items(tower, feats)
+    return Corpus(ids, feats, vectors, build_index(vectors, kind, opts, device=device), check_kind(kind), opts)
+
+
+def clamp_k1(k1: Sequence[int], corpus_size: int) -> tuple[list[int], list[str]]:
+    """K1 values clamped to the corpus size, and a note for each one that was clamped."""
+    out, notes = [], []
+    for k in k1:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"K1 must be a positive integer, got {k!r}")
+        if k > corpus_size:
+            notes.append(f"K1 = {k} exceeds the corpus of {corpus_size} items; clamped to {corpus_size}")
+        out.append(int(min(k, corpus_size)))
+    return out, notes

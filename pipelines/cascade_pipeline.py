@@ -1,0 +1,119 @@
+"""The DAG for one method / cascade configuration.
+
+    fingerprint (never cached) -> ingest -> preprocess -> train -> evaluate -> report
+
+Caching (KFP v2 keys a step on its parameters and its input artifacts' identities, not on
+the bytes behind a URI): ``fingerprint`` runs on every submission and outputs a string
+that changes exactly when the chosen data changes; ``ingest`` takes it as a parameter, so
+unchanged data is a cache hit that returns the *same* staged artifact, and ``preprocess``
+(keyed by that artifact and the setting) is then a cache hit too. Sixteen runs over the
+same data (8 methods x 2 settings) therefore share one staged copy and one shard set per
+setting, while changed data can never be served from the cache. docs/pipeline.md has the
+long version.
+
+The image is fixed at compile time, hence :func:`build_pipeline` builds a CPU or a GPU
+variant (GPU: the GPU image on every step and an accelerator request on train and
+evaluate).
+"""
+
+from typing import Callable, NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
+
+from components import evaluate, fingerprint, ingest, preprocess, report, train
+from components.common import CPU_IMAGE
+
+PIPELINE_NAME = "lcron-cascade"
+DEFAULT_SEEDS = [1, 2, 3, 4, 5]  # METHODS.md section 3: mean and std over 5 seeds
+
+
+class PipelineOutputs(NamedTuple):
+    metrics: Metrics
+    report: HTML
+    report_markdown: Markdown
+    report_files: Dataset
+    evaluation: Dataset
+    model: Model
+
+
+def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = None, accelerator_count: int = 1,
+                   compile_default: bool = False, name: str = PIPELINE_NAME) -> Callable:
+    """The pipeline function for one image.
+
+    ``accelerator_type`` (e.g. ``nvidia.com/gpu`` on KFP, ``NVIDIA_TESLA_T4`` on Vertex AI)
+    adds a request for ``accelerator_count`` accelerators to train and evaluate.
+    ``compile_default`` is the default of the pipeline's ``compile`` parameter
+    (torch.compile; worth it on a GPU, mostly compile time on small CPU runs).
+    """
+    if accelerator_type is not None and accelerator_count < 1:
+        raise ValueError(f"accelerator_count must be >= 1 when an accelerator type is set, got {accelerator_count}")
+
+    @dsl.pipeline(name=name, description=(
+        "Train and evaluate one cascade ranking configuration (method x setting) on RecFlow-format data: "
+        "fingerprint -> ingest -> preprocess -> train (all seeds) -> evaluate -> report."))
+    def cascade_pipeline(
+        source: str = "synthetic",
+        days: str = "",
+        synthetic_days: int = 4,
+        synthetic_start_date: str = "2024-01-13",
+        synthetic_requests_per_day: int = 2000,
+        synthetic_users: int = 500,
+        synthetic_items: int = 5000,
+        synthetic_seed: int = 0,
+        stages: int = 2,
+        setting: dict = {},  # noqa: B006 - KFP reads the default from the signature
+        tz_offset_hours: int = 8,
+        max_missing_fraction: float = 0.01,
+        method: str = "lcron",
+        loss_options: dict = {},  # noqa: B006
+        seeds: list = DEFAULT_SEEDS,
+        batch_size: int = 1024,
+        lr: float = 0.01,
+        dim: int = 8,
+        train_days: str = "",
+        max_steps_per_day: int = 0,
+        device: str = "auto",
+        compile: bool = compile_default,
+        eval_days: str = "",
+        streaming: bool = False,
+        eval_batch_size: int = 4096,
+        tie_seed: int = 0,
+    ) -> PipelineOutputs:
+        synthetic = {"synthetic_days": synthetic_days, "synthetic_start_date": synthetic_start_date,
+                     "synthetic_requests_per_day": synthetic_requests_per_day, "synthetic_users": synthetic_users,
+                     "synthetic_items": synthetic_items, "synthetic_seed": synthetic_seed}
+        fp = fingerprint(source=source, days=days, **synthetic)
+        fp.set_caching_options(False)
+        fp.set_display_name("fingerprint data")
+        staged = ingest(source=source, days=days, fingerprint=fp.output, **synthetic)
+        staged.set_display_name("ingest")
+        shards = preprocess(raw_data=staged.outputs["raw_data"], stages=stages, setting=setting,
+                            tz_offset_hours=tz_offset_hours, max_missing_fraction=max_missing_fraction)
+        shards.set_display_name("preprocess")
+        trained = train(shards=shards.outputs["shards"], method=method, loss_options=loss_options, seeds=seeds,
+                        batch_size=batch_size, lr=lr, dim=dim, days=train_days,
+                        max_steps_per_day=max_steps_per_day, device=device, compile=compile)
+        trained.set_display_name("train")
+        evaluated = evaluate(model=trained.outputs["model"], shards=shards.outputs["shards"], days=eval_days,
+                             streaming=streaming, batch_size=eval_batch_size, device=device, compile=compile,
+                             tie_seed=tie_seed)
+        evaluated.set_display_name("evaluate")
+        reported = report(model=trained.outputs["model"], evaluation=evaluated.outputs["evaluation"])
+        reported.set_display_name("report")
+
+        for task in (fp, staged, shards, trained, evaluated, reported):
+            task.set_container_image(image)
+        if accelerator_type is not None:
+            for task in (trained, evaluated):
+                task.set_accelerator_type(accelerator_type)
+                task.set_accelerator_limit(accelerator_count)
+        return PipelineOutputs(metrics=evaluated.outputs["metrics"], report=reported.outputs["html"],
+                               report_markdown=reported.outputs["markdown"],
+                               report_files=reported.outputs["report_files"],
+                               evaluation=evaluated.outputs["evaluation"], model=trained.outputs["model"])
+
+    return cascade_pipeline
+
+
+cascade_pipeline = build_pipeline()

@@ -1,0 +1,182 @@
+"""Run the compiled pipeline on this machine with kfp.local (no cluster, no Docker needed).
+
+    python -m pipelines.run_local [KEY=VALUE ...] [--package build/cascade-cpu.yaml]
+                                  [--pipeline-root runs/kfp-local] [--docker]
+
+Compiles the CPU package first if it is missing or older than the pipeline's sources,
+then runs it through ``kfp.local`` with the SubprocessRunner (every step a subprocess of
+this Python, ``use_venv=False``: the library must be installed here, as ``make install``
+does). ``KEY=VALUE`` pairs are pipeline parameters, parsed as ``kfp run submit`` parses
+them (JSON first, then true/false, numbers, else a string): ``method=arf stages=3
+seeds=[1,2]``. Laptop-sized defaults apply unless overridden: one seed, batch size 256,
+no torch.compile, on the generator's default synthetic data.
+
+``--docker`` runs every step in the project image with kfp.local's DockerRunner instead
+(needs a Docker engine and the image from ``make image``; a local-folder source is not
+visible inside the container - use the synthetic data or gs://).
+
+kfp.local does not cache: every step runs each time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipelines.compile import is_stale, package_path
+
+DEFAULT_PACKAGE = package_path("build", "cpu")
+DEFAULT_ROOT = Path("runs/kfp-local")
+# What makes `make run` fit a laptop: one seed, small batches (the default synthetic data
+# has 2000 requests a day), eager models (torch.compile costs more than it saves here).
+LOCAL_DEFAULTS: dict[str, Any] = {"seeds": [1], "batch_size": 256, "compile": False}
+OUTPUTS = ("metrics", "report", "report_markdown", "report_files", "evaluation", "model")
+
+
+@dataclass
+class LocalRun:
+    """Where a local run put its outputs (artifact paths) and its scalar metrics."""
+
+    pipeline_root: Path
+    params: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pipeline_root": str(self.pipeline_root), "params": self.params,
+                "paths": {k: str(v) for k, v in self.paths.items()}, "metrics": self.metrics}
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> parameters, with the value rules of ``kfp run submit``."""
+    from kfp.cli.utils.parsing import parse_parameter_value
+
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"pipeline parameter {pair!r} is not KEY=VALUE")
+        params[key.strip()] = parse_parameter_value(value)
+    return params
+
+
+def ensure_package(package: str | Path = DEFAULT_PACKAGE) -> Path:
+    """Compile the CPU variant to ``package`` if it is missing or stale; return its path."""
+    from pipelines.compile import compile_variant
+
+    package = Path(package)
+    if is_stale(package):
+        print(f"compiling {package}", file=sys.stderr)
+        compile_variant("cpu", package)
+    return package
+
+
+def check_params(component: Any, params: Mapping[str, Any]) -> None:
+    """Unknown parameter names are an error that lists the known ones."""
+    known = set(component.component_spec.inputs or {})
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"unknown pipeline parameter(s) {unknown}; known: {', '.join(sorted(known))}")
+
+
+def run_pipeline(package: str | Path, params: Mapping[str, Any], pipeline_root: str | Path, *,
+                 docker: bool = False) -> LocalRun:
+    """Run the compiled ``package`` with ``params`` under ``pipeline_root``; outputs and metrics."""
+    from kfp import components, local
+
+    root = Path(pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if docker:
+        # The image's entry point is `lcron`; KFP passes the step's command as the container
+        # command, so `env` (which runs its arguments) stands in as entry point. Steps run as
+        # the calling user so the outputs in the mounted pipeline root stay writable.
+        runner: Any = local.DockerRunner(entrypoint=["env"], user=f"{os.getuid()}:{os.getgid()}",
+                                         environment={"HOME": "/tmp"})
+    else:
+        runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
+    pipeline = components.load_component_from_file(str(package))
+    check_params(pipeline, params)
+    with warnings.catch_warnings():
+        # The SubprocessRunner warns that the project image is "not a Python image": the
+        # steps run in this Python instead, which is what we want here.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        task = pipeline(**params)
+    run = LocalRun(root, dict(params))
+    for name in OUTPUTS:
+        artifact = task.outputs.get(name)
+        if artifact is not None:
+            run.paths[name] = Path(artifact.path)
+    metrics = task.outputs.get("metrics")
+    if metrics is not None:
+        run.metrics = {k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float))}
+    return run
+
+
+def report_locations(run: LocalRun) -> list[tuple[str, Path]]:
+    """What to print after a run: the report pages (with their file extensions, from the
+    report folder, so a browser opens them), the evaluation, the model and the metrics file."""
+    out = []
+    folder = run.paths.get("report_files")
+    for label, key, name in (("report (HTML)", "report", "report.html"),
+                             ("report (Markdown)", "report_markdown", "report.md")):
+        if folder is not None and (folder / name).is_file():
+            out.append((label, folder / name))
+        elif key in run.paths:
+            out.append((label, run.paths[key]))
+    for label, key in (("evaluation", "evaluation"), ("model", "model")):
+        if key in run.paths:
+            out.append((label, run.paths[key]))
+    if "evaluation" in run.paths:
+        out.append(("metrics", run.paths["evaluation"] / "metrics.json"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="pipeline parameters")
+    parser.add_argument("--package", default=str(DEFAULT_PACKAGE),
+                        help=f"compiled pipeline (default {DEFAULT_PACKAGE}; compiled if missing or stale)")
+    parser.add_argument("--pipeline-root", default=str(DEFAULT_ROOT),
+                        help=f"where the steps' outputs go (default {DEFAULT_ROOT})")
+    parser.add_argument("--docker", action="store_true", help="run the steps in the project image (DockerRunner)")
+    parser.add_argument("--no-local-defaults", action="store_true",
+                        help=f"use the pipeline's own defaults instead of {LOCAL_DEFAULTS}")
+    args = parser.parse_args(argv)
+    try:
+        params = parse_params(args.params)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not args.no_local_defaults:
+        params = {**LOCAL_DEFAULTS, **params}
+    package = Path(args.package)
+    if package.resolve() == DEFAULT_PACKAGE.resolve():
+        package = ensure_package(package)
+    elif not package.is_file():
+        parser.error(f"--package {package} does not exist")
+    try:
+        run = run_pipeline(package, params, args.pipeline_root, docker=args.docker)
+    except ValueError as exc:
+        parser.error(str(exc))
+    except RuntimeError as exc:  # kfp.local: a step failed (its log is above)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from lcron import atomic
+
+    atomic.write_json(Path(args.pipeline_root) / "latest.json", run.to_dict())
+    print()
+    for label, path in report_locations(run):
+        print(f"{label:18s} {path}")
+    if "joint_recall" in run.metrics:
+        print(f"{'joint recall':18s} {run.metrics['joint_recall']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

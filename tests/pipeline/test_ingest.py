@@ -1,0 +1,255 @@
+"""lcron.ingest: fingerprints that change exactly with the data, and staging of chosen days."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.feather as feather
+import pytest
+
+from lcron import __version__
+from lcron.data.source import Source
+from lcron.errors import ConfigError, DataError, OutputExistsError
+from lcron.ingest import (MANIFEST_NAME, add_fingerprint_arguments, add_ingest_arguments, ingest, is_synthetic,
+                          read_manifest, run_fingerprint, run_ingest, source_fingerprint)
+
+from .conftest import TINY_SYNTHETIC
+
+DAYS = ["2024-01-13", "2024-01-14", "2024-01-15"]
+
+
+def _day_files(day: str) -> list[str]:
+    return [f"all_stage/{day}.feather", f"request_id_dict/{day}.pkl", f"seq_effective_50_dict/{day}.pkl"]
+
+
+def _hand_fingerprint(root: Path, rels: list[str]) -> str:
+    """The documented recipe, computed independently: sha256 of the canonical JSON of sizes + sha256s."""
+    files = {rel: {"size": (root / rel).stat().st_size, "sha256": hashlib.sha256((root / rel).read_bytes()).hexdigest()}
+             for rel in rels}
+    doc = {"kind": "recflow-files", "files": files}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@pytest.fixture()
+def src(tiny_recflow, tmp_path) -> Path:
+    """A private copy of the tiny RecFlow folder (tests modify it)."""
+    return Path(shutil.copytree(tiny_recflow, tmp_path / "src"))
+
+
+def test_is_synthetic():
+    assert is_synthetic("") and is_synthetic(None) and is_synthetic("synthetic") and is_synthetic(" synthetic ")
+    assert not is_synthetic("/data/recflow") and not is_synthetic("gs://b/p")
+
+
+def test_local_fingerprint_is_the_documented_hash_of_the_chosen_files(src):
+    rels = _day_files("2024-01-14") + _day_files("2024-01-15") + ["others/id_cnt.pkl",
+                                                                  "others/realshow_video_info.feather"]
+    assert source_fingerprint(src, "2024-01-14:") == _hand_fingerprint(src, rels)
+    # realshow/ is not staged, so it is not part of the fingerprint
+    (src / "realshow" / "2024-01-14.feather").write_bytes(b"changed")
+    assert source_fingerprint(src, "2024-01-14:") == _hand_fingerprint(src, rels)
+
+
+def test_local_fingerprint_follows_content_not_timestamps(src):
+    before = source_fingerprint(src)
+    path = src / "request_id_dict" / "2024-01-14.pkl"
+    data = path.read_bytes()
+    path.write_bytes(data)  # same bytes, new mtime
+    assert source_fingerprint(src) == before
+    path.write_bytes(data + b"\0")
+    assert source_fingerprint(src) != before
+    # a day outside the selection does not matter
+    assert source_fingerprint(src, "2024-01-15") == source_fingerprint(src, "2024-01-15:2024-01-15")
+
+
+def test_synthetic_fingerprint_depends_on_parameters_days_and_generator(monkeypatch):
+    a = source_fingerprint("synthetic", synthetic=TINY_SYNTHETIC)
+    assert a == source_fingerprint("", synthetic=dict(TINY_SYNTHETIC))
+    assert a != source_fingerprint("synthetic", synthetic={**TINY_SYNTHETIC, "seed": 2})
+    assert a != source_fingerprint("synthetic", "2024-01-14:", synthetic=TINY_SYNTHETIC)
+    import lcron.ingest as ing
+
+    monkeypatch.setattr(ing, "_generator_hash", lambda: "another generator")
+    assert a != source_fingerprint("synthetic", synthetic=TINY_SYNTHETIC)
+    monkeypatch.undo()
+    monkeypatch.setattr(ing, "__version__", __version__ + ".post1")
+    assert a != source_fingerprint("synthetic", synthetic=TINY_SYNTHETIC)
+
+
+def test_synthetic_parameters_are_checked():
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        source_fingerprint("synthetic", synthetic={"num_dayz": 3})
+    with pytest.raises(ConfigError, match="items"):
+        source_fingerprint("synthetic", synthetic={"items": 10})
+
+
+def test_ingest_stages_only_the_chosen_days(src, tmp_path):
+    fp = source_fingerprint(src, "2024-01-14:2024-01-15")
+    res = ingest(src, tmp_path / "out", days="2024-01-14:2024-01-15", expected_fingerprint=fp, progress=False)
+    assert res.days == ["2024-01-14", "2024-01-15"] and res.fingerprint == fp and not res.skipped
+    staged = sorted(str(p.relative_to(res.path)) for p in res.path.rglob("*") if p.is_file())
+    expected = sorted(_day_files("2024-01-14") + _day_files("2024-01-15") +
+                      ["others/id_cnt.pkl", "others/realshow_video_info.feather", MANIFEST_NAME])
+    assert staged == expected
+    for rel in expected:
+        if rel != MANIFEST_NAME:
+            assert (res.path / rel).read_bytes() == (src / rel).read_bytes()
+    manifest = read_manifest(res.path)
+    assert manifest["fingerprint"] == fp and manifest["days"] == res.days and manifest["source"] == str(src)
+    assert manifest["files"]["others/id_cnt.pkl"]["sha256"] == \
+        hashlib.sha256((src / "others/id_cnt.pkl").read_bytes()).hexdigest()
+    # the staged folder is itself a RecFlow source with the same fingerprint
+    assert source_fingerprint(res.path) == fp
+
+
+def test_ingest_reuses_refuses_and_overwrites(src, tmp_path):
+    out = tmp_path / "out"
+    first = ingest(src, out, days="2024-01-15", progress=False)
+    again = ingest(src, out, days="2024-01-15", progress=False)
+    assert again.skipped and again.fingerprint == first.fingerprint
+    with pytest.raises(OutputExistsError, match="already holds staged data"):
+        ingest(src, out, days="2024-01-14", progress=False)
+    other = ingest(src, out, days="2024-01-14", overwrite=True, progress=False)
+    assert other.days == ["2024-01-14"] and not (out / "all_stage" / "2024-01-15.feather").exists()
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not a complete ingest output"):
+        ingest(src, junk, progress=False)
+
+
+def test_ingest_refuses_data_changed_after_fingerprinting(src, tmp_path):
+    fp = source_fingerprint(src)
+    path = src / "seq_effective_50_dict" / "2024-01-13.pkl"
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(DataError, match="changed after it was fingerprinted"):
+        ingest(src, tmp_path / "out", expected_fingerprint=fp, progress=False)
+    assert not (tmp_path / "out" / MANIFEST_NAME).exists()
+
+
+def test_missing_files_and_columns_are_named(src, tmp_path):
+    (src / "request_id_dict" / "2024-01-14.pkl").unlink()
+    (src / "seq_effective_50_dict" / "2024-01-14.pkl").unlink()
+    with pytest.raises(DataError, match=r"2 required file\(s\) missing: .*request_id_dict/2024-01-14.pkl.*"
+                                        r"seq_effective_50_dict/2024-01-14.pkl"):
+        source_fingerprint(src)
+    with pytest.raises(DataError, match="outside the available range"):
+        source_fingerprint(src, "2024-02-01")
+    table = feather.read_table(src / "all_stage" / "2024-01-15.feather")
+    feather.write_feather(table.drop_columns(["rank_index"]), src / "all_stage" / "2024-01-15.feather")
+    with pytest.raises(DataError, match=r"all_stage/2024-01-15.feather: required column\(s\) missing: rank_index"):
+        ingest(src, tmp_path / "out", days="2024-01-15", progress=False)
+
+
+def test_ingest_synthetic_matches_its_fingerprint(tmp_path):
+    syn = {**TINY_SYNTHETIC, "num_days": 2}
+    fp = source_fingerprint("synthetic", "2024-01-14", synthetic=syn)
+    res = ingest("synthetic", tmp_path / "raw", days="2024-01-14", synthetic=syn, expected_fingerprint=fp,
+                 progress=False)
+    assert res.fingerprint == fp and res.days == ["2024-01-14"] and res.source == "synthetic"
+    manifest = read_manifest(res.path)
+    assert manifest["synthetic"]["seed"] == 1 and manifest["synthetic"]["requests_per_day"] == 80
+    assert not (res.path / "all_stage" / "2024-01-13.feather").exists()
+    assert ingest("synthetic", tmp_path / "raw", days="2024-01-14", synthetic=syn, progress=False).skipped
+    with pytest.raises(DataError, match="changed after it was fingerprinted"):
+        ingest("synthetic", tmp_path / "raw2", synthetic=syn, expected_fingerprint=fp, progress=False)
+
+
+class MemorySource(Source):
+    """An object-store-like source: metadata fingerprints (size, generation, md5), bytes on demand."""
+
+    def __init__(self, root: Path, tmp: Path) -> None:
+        self.uri = "gs://bucket/recflow"
+        self.files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        self.generation = {rel: 1 for rel in self.files}
+        self.reported: dict[str, bytes] = {}  # what the metadata claims, if it differs from the bytes
+        self.tmp = tmp
+
+    def exists(self, rel):
+        return rel in self.files
+
+    def size(self, rel):
+        return len(self.files[rel])
+
+    def read_bytes(self, rel):
+        return self.files[rel]
+
+    def local_path(self, rel):
+        p = self.tmp / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(self.files[rel])
+        return p
+
+    def fingerprint(self, rel):
+        data = self.reported.get(rel, self.files[rel])
+        return {"size": len(data), "generation": self.generation[rel],
+                "md5": base64.b64encode(hashlib.md5(data).digest()).decode()}
+
+    def list_names(self, folder):
+        return sorted(r.split("/", 1)[1] for r in self.files if r.startswith(folder + "/") and r.count("/") == 1)
+
+
+def test_object_store_sources_use_metadata_and_check_the_copy(src, tmp_path, monkeypatch):
+    import lcron.data.source as source_module
+
+    mem = MemorySource(src, tmp_path / "cache")
+    monkeypatch.setattr(source_module, "open_source", lambda uri: mem)
+    fp = source_fingerprint(mem.uri, "2024-01-13")
+    assert source_fingerprint(mem.uri, "2024-01-13") == fp
+    mem.generation["all_stage/2024-01-13.feather"] = 2  # a rewrite with the same bytes is a new generation
+    fp2 = source_fingerprint(mem.uri, "2024-01-13")
+    assert fp2 != fp
+    res = ingest(mem.uri, tmp_path / "out", days="2024-01-13", expected_fingerprint=fp2, progress=False)
+    assert res.fingerprint == fp2
+    assert (res.path / "others" / "id_cnt.pkl").read_bytes() == (src / "others" / "id_cnt.pkl").read_bytes()
+    # metadata that does not match the downloaded bytes (the object changed mid-copy) is refused
+    mem.reported["request_id_dict/2024-01-13.pkl"] = b"x" * len(mem.files["request_id_dict/2024-01-13.pkl"])
+    with pytest.raises(DataError, match="md5 of the copied bytes"):
+        ingest(mem.uri, tmp_path / "out2", days="2024-01-13", progress=False)
+
+
+def _parse(add, argv):
+    """Parse like `lcron` does: the CLI adds -q/--quiet to every subcommand."""
+    p = argparse.ArgumentParser()
+    p.add_argument("-q", "--quiet", action="store_true")
+    add(p)
+    return p.parse_args(argv)
+
+
+def test_cli_commands(src, tmp_path, capsys):
+    assert run_fingerprint(_parse(add_fingerprint_arguments, ["--source", str(src), "--days", "2024-01-15"])) == 0
+    fp = capsys.readouterr().out.strip()
+    assert fp == source_fingerprint(src, "2024-01-15")
+    args = _parse(add_ingest_arguments, ["--source", str(src), "--days", "2024-01-15", "--out", str(tmp_path / "o"),
+                                         "--expect-fingerprint", fp, "--quiet"])
+    assert run_ingest(args) == 0
+    out = capsys.readouterr().out
+    assert f"staged: {tmp_path / 'o'} (1 day(s): 2024-01-15..2024-01-15)" in out and f"fingerprint: {fp}" in out
+    syn = _parse(add_fingerprint_arguments, ["--synthetic-days", "2", "--synthetic-requests", "80",
+                                             "--synthetic-users", "50", "--synthetic-items", "300",
+                                             "--synthetic-seed", "1"])
+    run_fingerprint(syn)
+    assert capsys.readouterr().out.strip() == source_fingerprint(
+        "synthetic", synthetic={**TINY_SYNTHETIC, "num_days": 2})
+
+
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(DataError, match="missing"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"kind": "other"}))
+    with pytest.raises(DataError, match="not an ingest manifest"):
+        read_manifest(tmp_path)
+
+
+def test_arrow_schema_only_check_accepts_any_integer_width(src, tmp_path):
+    path = src / "all_stage" / "2024-01-13.feather"
+    table = feather.read_table(path)
+    idx = table.schema.get_field_index("rank_index")
+    feather.write_feather(table.set_column(idx, "rank_index", table["rank_index"].cast(pa.int16())), path)
+    assert ingest(src, tmp_path / "out", days="2024-01-13", progress=False).days == ["2024-01-13"]

@@ -1,0 +1,138 @@
+"""The compiled pipeline YAML run end to end with kfp.local (SubprocessRunner, use_venv=False).
+
+Two configurations on tiny synthetic data (3 days x 80 requests, batch 16, one seed, no
+torch.compile): two-stage LCRON through ``pipelines.run_local``'s command line, and
+three-stage BCE through ``pipelines.sweep_local`` (which also compares and resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lcron.errors import ConfigError
+from pipelines import run_local, sweep_local
+from pipelines.compile import compile_variant
+from pipelines.run_local import LocalRun
+
+TINY = {"synthetic_days": 3, "synthetic_requests_per_day": 80, "synthetic_users": 50, "synthetic_items": 300,
+        "synthetic_seed": 1, "seeds": [1], "batch_size": 16, "compile": False, "eval_batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    return compile_variant("cpu", tmp_path_factory.mktemp("build") / "cascade-cpu.yaml")
+
+
+def _pairs(params: dict) -> list[str]:
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in params.items()]
+
+
+@pytest.mark.slow
+def test_two_stage_run_local(package, tmp_path, capsys):
+    root = tmp_path / "kfp-local"
+    argv = ["--package", str(package), "--pipeline-root", str(root), "method=lcron", "stages=2", *_pairs(TINY)]
+    assert run_local.main(argv) == 0
+    out = capsys.readouterr().out
+    latest = json.loads((root / "latest.json").read_text())
+    paths = {k: Path(v) for k, v in latest["paths"].items()}
+    assert f"report (HTML)      {paths['report_files'] / 'report.html'}" in out
+    assert f"metrics            {paths['evaluation'] / 'metrics.json'}" in out
+    assert "joint recall" in out
+    html = paths["report"].read_text()  # the KFP HTML artifact, the same page
+    assert html == (paths["report_files"] / "report.html").read_text()
+    assert "<html" in html[:300].lower() and "lcron" in html
+    assert paths["report_markdown"].read_text().strip()
+    recall = latest["metrics"]["joint_recall"]
+    assert 0.0 <= recall <= 1.0 and math.isfinite(recall)
+    doc = json.loads((paths["evaluation"] / "metrics.json").read_text())
+    assert doc["setting"] == "two_stage" and doc["method"] == "lcron" and doc["seeds"] == [1]
+    assert doc["metrics"]["joint_recall"]["mean"] == pytest.approx(recall)
+    assert str(paths["report"]).startswith(str(root.resolve()))
+    assert (paths["model"] / "seed-1" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_three_stage_sweep_local_compares_and_resumes(package, tmp_path):
+    root = tmp_path / "sweep"
+    summary = sweep_local.sweep_local(["bce"], [3], root, TINY, package=package)
+    assert summary["ran"] == ["bce-3stage"] and summary["skipped"] == []
+    marker = json.loads((root / "bce-3stage" / "done.json").read_text())
+    metrics = marker["metrics"]
+    assert 0.0 <= metrics["joint_recall"] <= 1.0
+    assert {"recall_at_10_m/rank", "ndcg_at_10/prerank", "recall_at_10_m/retrieval"} <= set(metrics)
+    assert Path(marker["paths"]["report"]).is_file()
+    assert Path(summary["compare"]["paths"]["html"]).is_file()
+    assert list(summary["compare"]["settings"]) == ["three_stage"]
+    again = sweep_local.sweep_local(["bce"], [3], root, TINY, package=package, compare=False)
+    assert again["ran"] == [] and again["skipped"] == ["bce-3stage"]
+
+
+def test_sweep_resumes_and_reruns_changed_configurations(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(package, params, pipeline_root, docker=False):
+        calls.append((params["method"], params["stages"]))
+        return LocalRun(Path(pipeline_root), dict(params), {"evaluation": Path(pipeline_root) / "eval"},
+                        {"joint_recall": 0.5})
+
+    monkeypatch.setattr(sweep_local, "run_pipeline", fake_run)
+    root = tmp_path / "sweep"
+    first = sweep_local.sweep_local(["bce", "lcron"], [2, 3], root, {"batch_size": 16}, package="p.yaml",
+                                    compare=False)
+    assert calls == [("bce", 2), ("bce", 3), ("lcron", 2), ("lcron", 3)]
+    assert first["ran"] == ["bce-2stage", "bce-3stage", "lcron-2stage", "lcron-3stage"]
+    (root / "lcron-3stage" / "done.json").unlink()  # as if interrupted during that configuration
+    calls.clear()
+    second = sweep_local.sweep_local(["bce", "lcron"], [2, 3], root, {"batch_size": 16}, package="p.yaml",
+                                     compare=False)
+    assert calls == [("lcron", 3)] and len(second["skipped"]) == 3
+    calls.clear()
+    sweep_local.sweep_local(["bce"], [2], root, {"batch_size": 32}, package="p.yaml", compare=False)
+    assert calls == [("bce", 2)]  # other parameters: not the same configuration any more
+    with pytest.raises(ConfigError, match="unknown method"):
+        sweep_local.sweep_local(["nope"], [2], root, {}, package="p.yaml", compare=False)
+    with pytest.raises(ConfigError, match="--methods/--stages"):
+        sweep_local.sweep_local(["bce"], [2], root, {"method": "x"}, package="p.yaml", compare=False)
+
+
+def test_unknown_pipeline_parameter_is_refused(package, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown pipeline parameter\(s\) \['methd'\]"):
+        run_local.run_pipeline(package, {"methd": "lcron"}, tmp_path / "root")
+
+
+def test_docker_option_wires_the_docker_runner(tmp_path, monkeypatch):
+    """--docker: kfp.local's DockerRunner with `env` as entry point (the image's is `lcron`),
+    the calling user, and HOME set; no Docker engine is needed to check the wiring."""
+    import os
+    import types
+
+    from kfp import components, local
+
+    seen = {}
+    monkeypatch.setattr(local, "init", lambda **kwargs: seen.update(kwargs))
+
+    class FakePipeline:
+        component_spec = types.SimpleNamespace(inputs={"method": None})
+
+        def __call__(self, **params):
+            seen["params"] = params
+            html = types.SimpleNamespace(path=str(tmp_path / "r.html"), metadata={})
+            metrics = types.SimpleNamespace(path=str(tmp_path / "m"), metadata={"joint_recall": 0.25})
+            return types.SimpleNamespace(outputs={"report": html, "metrics": metrics})
+
+    monkeypatch.setattr(components, "load_component_from_file", lambda path: FakePipeline())
+    run = run_local.run_pipeline("p.yaml", {"method": "lcron"}, tmp_path / "root", docker=True)
+    runner = seen["runner"]
+    assert isinstance(runner, local.DockerRunner)
+    assert runner.container_run_args == {"entrypoint": ["env"], "user": f"{os.getuid()}:{os.getgid()}",
+                                         "environment": {"HOME": "/tmp"}}
+    assert seen["pipeline_root"] == str((tmp_path / "root").resolve()) and seen["raise_on_error"] is True
+    assert seen["params"] == {"method": "lcron"}
+    assert run.metrics == {"joint_recall": 0.25}
+    assert run.paths == {"report": tmp_path / "r.html", "metrics": tmp_path / "m"}
+    run_local.run_pipeline("p.yaml", {}, tmp_path / "root")
+    assert isinstance(seen["runner"], local.SubprocessRunner) and seen["runner"].use_venv is False

@@ -1,0 +1,134 @@
+"""Serving-style evaluation on tiny trained runs, and its ground truth by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lcron.data.shards import ShardSet
+from lcron.errors import ConfigError, DataError
+from lcron.serving.evaluate import (add_serve_eval_arguments, bench_serving, logged_gt, parse_k1, run_serve_eval,
+                                    serving_evaluate)
+from lcron.serving.export import load_exported
+from lcron.settings import THREE_STAGE, TWO_STAGE
+
+
+def _shards(run: Path) -> ShardSet:
+    return ShardSet(json.loads((run / "run.json").read_text())["shards"])
+
+
+def _share(entry: dict) -> float:
+    assert entry["n"] == 1 and entry["std"] is None and len(entry["per_seed"]) == 1
+    return entry["mean"]
+
+
+def test_logged_gt_is_the_valid_top_group_by_video_id():
+    n = TWO_STAGE.list_size
+    items = np.zeros((2, n, 8), np.int64)
+    items[:, :, 0] = np.arange(1, n + 1) + 100          # video ids 101..140 in slot order
+    mask = np.zeros((2, n), np.int64)
+    mask[0, :] = 1                                        # request 0: everything valid
+    mask[1, [0, 4, 7, 12]] = 1                            # request 1: three top-group slots (and one rank_neg)
+    label = np.where(mask > 0, 5, 0)
+    label[:, :10] = np.where(mask[:, :10] > 0, 30 - np.arange(10), 0)
+    arrays = {"items": items, "mask": mask, "label": label}
+    gt = logged_gt(arrays, slice(0, 2), TWO_STAGE, seed=0)
+    assert gt.shape == (2, 10)
+    assert gt[0].tolist() == list(range(101, 111))
+    assert sorted(gt[1][gt[1] >= 0].tolist()) == [101, 105, 108]
+    # three-stage: the top group is rerank_pos (slots 0..9) as well
+    arrays3 = {"items": np.zeros((1, 50, 8), np.int64), "mask": np.ones((1, 50), np.int64),
+               "label": np.full((1, 50), 5)}
+    arrays3["items"][0, :, 0] = np.arange(1, 51)
+    arrays3["label"][0, :10] = 30 - np.arange(10)
+    assert logged_gt(arrays3, slice(0, 1), THREE_STAGE, seed=0)[0].tolist() == list(range(1, 11))
+
+
+def test_two_stage_serving_shares_are_consistent(run_2: Path, tmp_path: Path):
+    corpus = len(_shards(run_2).item_table()[0])
+    doc = serving_evaluate(run_2, k1=(5, 20, 100, 10**6), out=tmp_path, progress=False)
+    assert json.loads((tmp_path / "serving.json").read_text()) == json.loads(json.dumps(doc))
+    assert doc["k1"] == [5, 20, 100, corpus] and doc["k1_requested"] == [5, 20, 100, 10**6]
+    assert any(f"K1 = {10**6}" in n for n in doc["notes"])
+    assert doc["seeds"] == [1] and doc["requests"] == 60 and doc["index"]["kind"] == "flat"
+    res = doc["results"]
+    in_corpus = _share(res["gt_in_corpus"])
+    retrieval = [_share(res[str(k)]["recall_retrieval"]) for k in doc["k1"]]
+    e2e = [_share(res[str(k)]["recall_e2e"]) for k in doc["k1"]]
+    for v in [in_corpus] + retrieval + e2e:
+        assert 0.0 <= v <= 1.0
+    assert retrieval == sorted(retrieval)                       # monotone in K1
+    assert all(e <= r + 1e-12 for e, r in zip(e2e, retrieval))  # the later stage only removes
+    assert retrieval[-1] == pytest.approx(in_corpus)            # K1 = whole corpus retrieves every GT item in it
+    assert e2e[0] == retrieval[0]                                # K1 = 5 < quota 20: the pre-rank keeps all 5
+    assert res["100"]["recall_e2e"] == res["100"]["recall_after/prerank"]
+    assert "index_recall" not in res["100"]
+
+
+def test_three_stage_and_approximate_indexes(run_3: Path, tmp_path: Path):
+    doc = serving_evaluate(run_3, k1=(50, 200), index="ivf", out=tmp_path / "ivf", progress=False)
+    for k in ("50", "200"):
+        r = doc["results"][k]
+        ret, pre, rank = (_share(r[key]) for key in ("recall_retrieval", "recall_after/prerank", "recall_after/rank"))
+        assert 0.0 <= rank <= pre <= ret <= 1.0
+        assert r["recall_e2e"] == r["recall_after/rank"]
+        # the default nprobe (16) covers every cell of this small corpus: an exhaustive search
+        assert doc["index"]["nprobe"] == doc["index"]["nlist"]
+        assert _share(r["index_recall"]) == pytest.approx(1.0)
+    hnsw = serving_evaluate(run_3, k1=(50,), index="hnsw", index_options={"ef_search": 16, "hnsw_m": 4},
+                            out=tmp_path / "hnsw", progress=False)
+    assert 0.0 <= _share(hnsw["results"]["50"]["index_recall"]) <= 1.0
+
+
+def test_serving_evaluation_matches_the_exported_cascade(run_2: Path, exported_2: Path, tmp_path: Path):
+    from lcron.serving.index import rows_in
+
+    doc = serving_evaluate(run_2, k1=(100,), out=tmp_path, progress=False)
+    shards = _shards(run_2)
+    arrays = shards.load_day(shards.days[-1])
+    served = load_exported(exported_2)
+    res = served.score({k: np.asarray(arrays[k]) for k in ("context", "user", "seq", "seq_mask")}, 100)
+    gt = logged_gt(arrays, slice(0, None), shards.setting, seed=0)
+    n_gt = (gt >= 0).sum(1)
+    ok = n_gt > 0
+    e2e = rows_in(gt, np.where(res.video_ids > 0, res.video_ids, -1)).sum(1)[ok] / n_gt[ok]
+    retrieved = rows_in(gt, res.retrieved).sum(1)[ok] / n_gt[ok]
+    assert _share(doc["results"]["100"]["recall_e2e"]) == pytest.approx(e2e.mean(), abs=1e-12)
+    assert _share(doc["results"]["100"]["recall_retrieval"]) == pytest.approx(retrieved.mean(), abs=1e-12)
+
+
+def test_cli_and_errors(run_2: Path, tmp_path: Path, capsys):
+    parser = argparse.ArgumentParser()
+    add_serve_eval_arguments(parser)
+    args = parser.parse_args(["--model", str(run_2), "--k1", "10,40", "--batch-size", "7", "--device", "cpu",
+                              "--out", str(tmp_path), "--no-progress"])
+    assert run_serve_eval(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split("\t") == ["K1", "retrieval", "after prerank"]
+    assert json.loads((tmp_path / "serving.json").read_text())["k1"] == [10, 40]
+    with pytest.raises(ConfigError, match="--k1"):
+        parse_k1("10,x")
+    with pytest.raises(DataError, match="1999-01-01"):
+        serving_evaluate(run_2, day="1999-01-01", out=tmp_path, progress=False)
+    with pytest.raises(DataError, match="no run.json"):
+        serving_evaluate(tmp_path, out=tmp_path, progress=False)
+
+
+def test_bench_rows(run_2: Path):
+    import torch
+
+    threads = torch.get_num_threads()
+    rows = bench_serving(_shards(run_2), run_2, [10, 50], requests=32, max_slots=400, compile=False, repeats=1,
+                         threads=1)
+    assert torch.get_num_threads() == threads  # restored
+    assert [r["k1"] for r in rows] == [10, 50]
+    # one batch shape per K1: 400 // 10 = 40 requests -> all 32; 400 // 50 = 8 requests -> 4 batches of 8
+    assert [r["batch_requests"] for r in rows] == [32, 8]
+    for r in rows:
+        assert r["requests"] == 32 and r["index"] == "flat" and r["device"] == "cpu" and r["threads"] == 1
+        assert r["retrieval_requests_per_s"] > 0 and r["scoring_requests_per_s"] > 0
+        assert r["requests_per_s"] < min(r["retrieval_requests_per_s"], r["scoring_requests_per_s"])

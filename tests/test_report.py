@@ -1,0 +1,201 @@
+"""The run report (HTML/Markdown/JSON agree), its inputs (loss logs, learned weights,
+provenance), escaping, the CLI function, and compare on real evaluation outputs."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import platform
+import re
+import shutil
+import struct
+from types import SimpleNamespace
+
+import pytest
+
+from lcron.compare import compare
+from lcron.errors import ConfigError, DataError
+from lcron.evaluate import evaluate
+from lcron.report import (
+    Section,
+    Table,
+    add_report_arguments,
+    build_report,
+    format_cell,
+    markdown_table,
+    read_train_logs,
+    render_html,
+    run_report,
+)
+from lcron.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_shards_2, tmp_path_factory):
+    base = tmp_path_factory.mktemp("report")
+    run = base / "run"
+    train(tiny_shards_2, run, TrainConfig(method="bce", batch_size=16, seeds=(1, 2), compile=False), progress=False,
+          max_steps_per_day=1)
+    res = evaluate(run, compile=False, progress=False, batch_size=64)
+    paths = build_report(run)
+    return SimpleNamespace(run=run, res=res, paths=paths, base=base)
+
+
+def _md_tables(md: str) -> dict[str, list[list[str]]]:
+    """Markdown tables keyed by the bold title line above them: header + rows as cell texts."""
+    out, lines = {}, md.splitlines()
+    for i, line in enumerate(lines):
+        m = re.fullmatch(r"\*\*(.+)\*\*", line)
+        if m and i + 2 < len(lines) and lines[i + 2].startswith("|"):
+            rows, j = [], i + 2
+            while j < len(lines) and lines[j].startswith("|"):
+                rows.append([c.strip() for c in re.split(r"(?<!\\)\|", lines[j].strip())[1:-1]])
+                j += 1
+            out[m.group(1)] = [rows[0]] + rows[2:]
+    return out
+
+
+def test_format_cell_hand_checked():
+    assert format_cell({"mean": 0.123456, "std": 0.01}) == "0.1235 ± 0.0100"
+    assert format_cell({"mean": 0.5, "std": None}) == "0.5000"
+    assert format_cell({"mean": None, "std": None}) == "n/a"
+    assert format_cell({"low": -0.01, "high": 0.02}) == "[-0.0100, +0.0200]"
+    assert format_cell(3) == "3" and format_cell(0.25) == "0.2500" and format_cell(None) == "n/a"
+    assert format_cell(True) == "yes" and format_cell([0.5, None]) == "0.5000, n/a"
+
+
+def test_report_files_and_json_matches_markdown(evaluated):
+    paths = evaluated.paths
+    for key in ("html", "markdown", "json", "funnel", "quota_sweep", "loss_curves"):
+        assert paths[key].is_file(), key
+    doc = json.loads(paths["json"].read_text())
+    assert doc["kind"] == "lcron-report" and doc["method"] == "bce"
+    md_tables = _md_tables(paths["markdown"].read_text())
+    assert {"config", "metrics", "funnel", "quota_sweep", "training", "provenance"} <= set(doc["tables"])
+    for tid, tab in doc["tables"].items():
+        md = md_tables[tab["title"]]
+        assert md[0] == tab["columns"], tid
+        assert len(md) - 1 == len(tab["rows"]), tid
+        best = {tuple(b) for b in tab["best"]}
+        for i, row in enumerate(tab["rows"]):
+            expected = [format_cell(v).replace("|", "\\|") for v in row]
+            expected = [f"**{t}**" if (i, j) in best else t for j, t in enumerate(expected)]
+            assert md[i + 1] == expected, (tid, i)
+
+
+def test_report_numbers_are_the_evaluation_numbers(evaluated):
+    doc = json.loads(evaluated.paths["json"].read_text())
+    metrics = json.loads((evaluated.run / "eval" / "metrics.json").read_text())["metrics"]
+    rows = doc["tables"]["metrics"]["rows"]
+    assert [r[1] for r in rows] == ["joint_recall", "recall_at_10_m/retrieval", "recall_at_10_m/prerank",
+                                    "ndcg_at_10/retrieval", "ndcg_at_10/prerank"]
+    for label, key, cell, n, per_seed in rows:
+        assert cell == {"mean": metrics[key]["mean"], "std": metrics[key]["std"]}
+        assert n == 2 and per_seed == metrics[key]["per_seed"]
+    funnel = doc["tables"]["funnel"]["rows"]
+    assert [r[0] for r in funnel[1:]] == ["retrieval", "prerank"]
+    assert funnel[2][2]["mean"] == metrics["funnel/gt_after/prerank"]["mean"]
+    shares = [r[3]["mean"] for r in funnel[1:]]
+    assert sum(shares) == pytest.approx(1.0)
+    sweep = doc["tables"]["quota_sweep"]["rows"]
+    own = [r for r in sweep if r[1] is True]
+    assert len(own) == 1 and own[0][0] == "30,20" and own[0][5]["mean"] == metrics["joint_recall"]["mean"]
+
+
+def test_html_is_self_contained_with_decodable_plots(evaluated):
+    page = evaluated.paths["html"].read_text()
+    assert "<style>" in page and "<script" not in page and "<link" not in page
+    srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(srcs) == 3
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+        width, height = struct.unpack(">II", png[16:24])
+        assert width > 300 and height > 200
+    for sid in ("config", "metrics", "funnel", "quota-sweep", "training-loss", "provenance"):
+        assert f'<section id="{sid}">' in page
+
+
+def test_escaping():
+    tab = Table("t", "A <table> & more", ["col|1", "<b>"], [["<script>alert(1)</script>", "a|b"]])
+    page = render_html("<title>", [Section("s", "S & <h>", text=["<i>x</i>"], tables=[tab])])
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;i&gt;x&lt;/i&gt;" in page and "A &lt;table&gt; &amp; more" in page
+    md = markdown_table(tab)
+    assert "col\\|1" in md and "a\\|b" in md
+
+
+def test_training_loss_curves_from_the_logs(evaluated):
+    curves = read_train_logs(evaluated.run, [1, 2])
+    assert list(curves)[0] == "total"
+    assert {"single/retrieval", "single/prerank"} <= set(curves)
+    for seed in (1, 2):
+        log = [json.loads(x) for x in (evaluated.run / f"seed-{seed}" / "train_log.jsonl").read_text().splitlines()]
+        steps, values = curves["total"][f"seed {seed}"]
+        assert steps == [r["step"] for r in log] and values == [r["total"] for r in log]
+    doc = json.loads(evaluated.paths["json"].read_text())
+    summary = json.loads((evaluated.run / "seed-1" / "summary.json").read_text())
+    assert doc["tables"]["training"]["rows"][0][:4] == ["seed 1", summary["steps"], summary["requests"],
+                                                        summary["final_loss"]]
+    assert "loss_weights" not in doc["tables"]  # BCE learns no loss weights
+
+
+def test_learned_weights_and_provenance(evaluated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(evaluated.run, run, ignore=shutil.ignore_patterns("report"))
+    for seed, w in ((1, 0.9), (2, 1.1)):
+        path = run / f"seed-{seed}" / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["learned_weights"] = {"log_w.retrieval": w, "log_w.prerank": 2 * w}
+        path.write_text(json.dumps(summary))
+    paths = build_report(run, out=tmp_path / "rep")
+    doc = json.loads(paths["json"].read_text())
+    assert doc["tables"]["loss_weights"]["rows"] == [["log_w.retrieval", 0.9, 1.1], ["log_w.prerank", 1.8, 2.2]]
+    assert "| log_w.prerank | 1.8000 | 2.2000 |" in paths["markdown"].read_text()
+    prov = doc["provenance"]
+    assert prov["packages"]["torch"] and prov["packages"]["numpy"] and prov["packages"]["pyarrow"]
+    assert prov["python"] == platform.python_version()
+    assert prov["date_utc"].endswith("Z")
+    stamp = dt.datetime.fromisoformat(prov["date_utc"].replace("Z", "+00:00"))
+    assert stamp.utcoffset() == dt.timedelta(0)
+    assert prov["data_fingerprint"] == json.loads((run / "eval" / "metrics.json").read_text())["data_fingerprint"]
+
+
+def test_streaming_section(evaluated, tmp_path):
+    days = json.loads((evaluated.run / "run.json").read_text())["days"]
+    ev = evaluate(evaluated.run, out=tmp_path / "stream", streaming=True, compile=False, progress=False,
+                  batch_size=64)
+    paths = build_report(evaluated.run, eval_dir=tmp_path / "stream", out=tmp_path / "rep")
+    rows = json.loads(paths["json"].read_text())["tables"]["streaming"]["rows"]
+    assert [r[0] for r in rows] == ev["days"] + ["average"]
+    assert [r[1] for r in rows[:-1]] == days  # each test day scored by the model after the day before
+    assert rows[-1][3]["mean"] == ev["metrics"]["joint_recall"]["mean"]
+
+
+def test_missing_evaluation_and_cli(evaluated, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    shutil.copytree(evaluated.run, bare, ignore=shutil.ignore_patterns("eval", "report"))
+    with pytest.raises(DataError, match="metrics.json"):
+        build_report(bare)
+    parser = argparse.ArgumentParser()
+    add_report_arguments(parser)
+    assert run_report(parser.parse_args([str(evaluated.run), "--out", str(tmp_path / "one")])) == 0
+    assert str(tmp_path / "one" / "report.html") in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="--eval"):
+        run_report(parser.parse_args([str(evaluated.run), str(bare), "--eval", str(evaluated.run / "eval")]))
+
+
+def test_compare_reads_real_evaluations(evaluated, tmp_path):
+    """The run against a copy of its own evaluation: same requests, difference exactly 0."""
+    other = tmp_path / "copy" / "run-copy" / "eval"
+    shutil.copytree(evaluated.run / "eval", other)
+    res = compare([evaluated.run, tmp_path / "copy"], tmp_path / "cmp", bootstrap=200)
+    rows = res["settings"]["two_stage"]["rows"]
+    assert len(rows) == 2 and rows[0]["label"] != rows[1]["label"]
+    for r in rows:
+        assert r["paired"]["n_requests"] == evaluated.res["requests"]["evaluated"]
+        assert (r["paired"]["mean_diff"], r["paired"]["ci_low"], r["paired"]["ci_high"]) == (0.0, 0.0, 0.0)
+        assert r["values"]["joint_recall"] == {**evaluated.res["metrics"]["joint_recall"]}

@@ -1,0 +1,97 @@
+"""The report page renders in a real browser: headless Chromium loads report.html, decodes
+every embedded plot, and draws a non-blank page.
+
+Chromium is Debian's ``chromium`` package (CI installs it). Without it this test FAILS,
+because a report nobody checked in a browser is not tested; set LCRON_SKIP_BROWSER_TESTS=1
+to skip it deliberately.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lcron.evaluate import evaluate
+from lcron.report import build_report
+from lcron.train import TrainConfig, train
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+# Added to a copy of the page only: records, after load, whether each image decoded.
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  document.body.setAttribute('data-decoded', imgs.map(
+    i => (i.complete && i.naturalWidth > 0) ? (i.naturalWidth + 'x' + i.naturalHeight) : 'broken').join(' '));
+});
+</script>"""
+
+
+def _chromium() -> str:
+    """The browser, looked up before any data is built (fail fast with a clear message)."""
+    exe = shutil.which("chromium")
+    if exe is None:
+        if os.environ.get("LCRON_SKIP_BROWSER_TESTS") == "1":
+            pytest.skip("LCRON_SKIP_BROWSER_TESTS=1: report rendering in a browser not checked")
+        pytest.fail("the report rendering test needs Chromium ('chromium' on PATH, Debian package 'chromium': "
+                    "apt-get install chromium); set LCRON_SKIP_BROWSER_TESTS=1 to skip it deliberately")
+    return exe
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"chromium did not finish within 120 s: {' '.join(cmd)}")
+
+
+@pytest.fixture(scope="module")
+def report(tiny_shards_2, tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("render")
+    run = base / "run"
+    train(tiny_shards_2, run, TrainConfig(method="bce", batch_size=16, seeds=(1, 2), compile=False), progress=False,
+          max_steps_per_day=1)
+    evaluate(run, compile=False, progress=False, batch_size=64)
+    return build_report(run)["html"]
+
+
+def test_report_renders_in_headless_chromium(request, tmp_path):
+    exe = _chromium()
+    report: Path = request.getfixturevalue("report")
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    dom = _run([exe, *FLAGS, f"--user-data-dir={tmp_path / 'profile-dom'}", "--virtual-time-budget=10000",
+                "--dump-dom", probe.as_uri()])
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    for sid in ("config", "metrics", "funnel", "quota-sweep", "training-loss", "provenance"):
+        assert f'<section id="{sid}">' in html, sid
+    srcs = re.findall(r'<img [^>]*src="([^"]*)"', html)
+    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    for name in ("funnel", "quota_sweep", "loss_curves"):
+        assert f'id="img-{name}"' in html
+    decoded = re.search(r'data-decoded="([^"]*)"', html)
+    assert decoded, "the page's load event did not run"
+    sizes = decoded.group(1).split()
+    assert len(sizes) == 3 and "broken" not in sizes, sizes
+    assert all(int(w) > 300 and int(h) > 200 for w, h in (s.split("x") for s in sizes))
+
+    shot = tmp_path / "report.png"
+    res = _run([exe, *FLAGS, f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={shot}",
+                "--window-size=1280,4000", "--hide-scrollbars", report.as_uri()])
+    assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
+    assert shot.stat().st_size > 20_000
+    from matplotlib.image import imread
+
+    pixels = imread(shot)[..., :3]
+    assert pixels.shape[:2] == (4000, 1280)
+    ink = (pixels.mean(axis=-1) < 0.9).mean()  # share of non-white pixels
+    assert ink > 0.02, f"the screenshot is nearly blank ({ink:.3%} non-white pixels)"
+    assert np.unique(pixels.reshape(-1, 3)[::97], axis=0).shape[0] > 50  # text, tables and plots, not a flat fill
