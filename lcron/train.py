@@ -150,7 +150,8 @@ def _check_finite(out, cfg: TrainConfig, seed: int, day: str, step: int) -> None
         return
     bad = [k for k, v in out.parts.items() if not torch.isfinite(torch.as_tensor(v)).all()]
     raise NumericalError(
-        f"method {cfg.method!r} (seed {seed}): the loss became {float(out.total)} at day {day}, step {step}; "
+        f"method {cfg.method!r} (seed {seed}): the loss became {float(out.total.detach())} at day {day}, "
+        f"step {step}; "
         f"loss part(s) that went bad: {', '.join(bad) if bad else 'total only'}. "
         "Lower --lr or check the input data.")
 
@@ -181,7 +182,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except FileNotFoundError:
         raise DataError(f"model file {path} does not exist") from None
     except Exception as exc:
-        raise DataError(f"model file {path} cannot be loaded safely (weights only): {exc}") from None
+        # torch's own message suggests weights_only=False: never do that with a file you did not write.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        useful = [ln for ln in lines if ln.lower().startswith(("trying to load unsupported", "unsupported"))]
+        reason = useful[0] if useful else ("not a valid checkpoint" if "Weights only" in str(exc) else lines[0])
+        raise DataError(f"model file {path} cannot be loaded safely (weights only; nothing was executed): "
+                        f"{reason}") from None
 
 
 def load_cascade(path: str | Path, device: str | torch.device = "cpu", compile: bool = False):

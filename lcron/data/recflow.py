@@ -118,7 +118,7 @@ def select_days(available: Sequence[str], spec: str | None, *, where: str) -> li
     avail = sorted(available)
     if not avail:
         raise DataError(f"{where}: no days available")
-    rng = f"{avail[0]}..{avail[-1]} ({len(avail)} days)"
+    rng = f"{avail[0]}..{avail[-1]} ({len(avail)} day{'s' if len(avail) != 1 else ''})"
     if spec is None or spec.strip() in ("", ":"):
         return avail
     spec = spec.strip()
