@@ -10,6 +10,7 @@ from components.evaluate import evaluate
 from components.ingest import fingerprint, ingest
 from components.preprocess import preprocess
 from components.report import report
+from components.serving import serving
 from components.train import train
 
-__all__ = ["fingerprint", "ingest", "preprocess", "train", "evaluate", "report"]
+__all__ = ["fingerprint", "ingest", "preprocess", "train", "evaluate", "serving", "report"]

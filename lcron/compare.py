@@ -21,6 +21,13 @@ bound the memory). An interval that excludes 0 means the gap is larger than the
 request-sampling noise of this test set; the best method compared with itself gets
 exactly [0, 0]. The interval speaks about the test requests, not about training seeds:
 the std over seeds in the table shows that other source of variation.
+
+Serving columns. A run whose serving-style evaluation was run (``serving.json`` of
+``lcron serve-eval``: beside its metrics.json, or anywhere under the given folders with
+the same ``run_dir`` and one of the evaluation's test days - the pipeline's serving
+artifact) adds the end-to-end recall from the whole corpus at each K1 that every such run
+of the setting evaluated (``serving/recall_e2e@K1=<k>``, mean ± std over seeds); runs
+without one show n/a there. The best mean of those columns is marked as well.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .report import Section, Table, format_cell, read_json, write_page
+from .report import (SERVING_FILE, Section, Table, format_cell, load_serving, read_json, serving_metric_key,
+                     write_page)
 
 COMPARE_KIND = "lcron-comparison"
 HEADLINE = "joint_recall"
@@ -48,6 +56,8 @@ class Evaluation:
     metrics_path: Path
     doc: dict[str, Any]
     label: str = ""
+    serving_path: Path | None = None
+    serving: dict[str, Any] | None = None
 
     @property
     def eval_dir(self) -> Path:
@@ -98,6 +108,63 @@ def find_evaluations(paths: Iterable[str | Path]) -> list[Evaluation]:
             raise DataError(f"no lcron evaluation (metrics.json of kind 'lcron-evaluation') under {p}; "
                             "run lcron evaluate first")
     return list(found.values())
+
+
+def _resolved(path: Any) -> Path | None:
+    return None if not path else Path(path).resolve()
+
+
+def attach_serving(evals: list[Evaluation], paths: Iterable[str | Path]) -> list[str]:
+    """Give every evaluation its serving.json, if it has one; returns notes for the reader.
+
+    Beside metrics.json first (``lcron serve-eval`` writes RUN_DIR/eval/serving.json); else a
+    serving.json found under the folders in ``paths`` whose ``run_dir`` is the evaluation's
+    and whose day is one of its test days (a pipeline keeps the serving artifact in another
+    folder than the evaluation). Of several such files the newest is taken, with a note.
+    """
+    import json
+
+    from .serving.evaluate import KIND
+
+    found: dict[Path, list[tuple[Path, dict[str, Any]]]] = {}
+    searched: set[Path] = set()
+    for raw in paths:
+        p = Path(raw)
+        if not p.is_dir() or p.resolve() in searched:
+            continue
+        searched.add(p.resolve())
+        for f in sorted(p.rglob(SERVING_FILE)):
+            try:
+                doc = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue  # another tool's file
+            run = _resolved(doc.get("run_dir")) if isinstance(doc, dict) else None
+            if run is not None and doc.get("kind") == KIND:
+                known = found.setdefault(run, [])
+                if all(g.resolve() != f.resolve() for g, _ in known):
+                    known.append((f, doc))
+    notes = []
+    for e in evals:
+        days = set(e.doc.get("days", []))
+        beside = e.eval_dir / SERVING_FILE
+        if beside.is_file():
+            chosen = beside
+        else:
+            cands = [f for f, doc in found.get(_resolved(e.doc.get("run_dir")), []) if doc.get("day") in days]
+            if not cands:
+                continue
+            chosen = max(cands, key=lambda f: f.stat().st_mtime)
+            if len(cands) > 1:
+                notes.append(f"{len(cands)} serving evaluations belong to {e.eval_dir}; the newest, {chosen}, "
+                             "is used")
+        doc = load_serving(chosen)
+        if doc.get("setting") != e.doc["setting"] or list(doc["stage_names"]) != list(e.doc["stage_names"]):
+            raise DataError(f"{chosen} is a serving evaluation of setting {doc.get('setting')!r}, but "
+                            f"{e.metrics_path} evaluates {e.doc['setting']!r}")
+        if doc.get("day") not in days:
+            notes.append(f"{chosen} was served on {doc.get('day')}, not on a test day of {e.metrics_path}")
+        e.serving_path, e.serving = chosen, doc
+    return notes
 
 
 def _label_rows(evals: list[Evaluation]) -> None:
@@ -196,6 +263,42 @@ def _column_title(key: str, doc: Mapping[str, Any]) -> str:
     return metric_label(key, doc)
 
 
+EMPTY = {"mean": None, "std": None, "n": 0, "per_seed": []}
+
+
+def _serving_columns(evals: list[Evaluation]) -> tuple[list[int], list[str]]:
+    """K1 values every run with a serving evaluation has (sorted), and notes on the rest."""
+    served = [e for e in evals if e.serving is not None]
+    if not served:
+        return [], []
+    k1_sets = [{int(k) for k in e.serving["k1"]} for e in served]
+    common = sorted(set.intersection(*k1_sets))
+    notes = []
+    missing = [e.label for e in evals if e.serving is None]
+    if missing:
+        notes.append(f"no serving evaluation for {', '.join(missing)} (n/a in the serving columns)")
+    dropped = sorted(set.union(*k1_sets) - set(common))
+    if dropped:
+        notes.append("serving K1 not evaluated by every run left out: " + ", ".join(map(str, dropped)))
+    if len({e.serving["index"].get("kind") for e in served}) > 1:
+        notes.append("the serving evaluations used different faiss indexes (" + ", ".join(
+            f"{e.label}: {e.serving['index'].get('kind')}" for e in served) + "); approximate indexes lose recall")
+    if len({e.serving.get("day") for e in served}) > 1:
+        notes.append("the serving evaluations ran on different test days")
+    return common, notes
+
+
+def _entry(e: Evaluation, key: str) -> dict[str, Any]:
+    """A column's {mean, std, n, per_seed} of one run: from metrics.json, or for a
+    ``serving/recall_e2e@K1=k`` column from its serving.json (empty if it has none)."""
+    if key.startswith("serving/"):
+        k1 = key.rsplit("@K1=", 1)[1]
+        if e.serving is None or k1 not in e.serving["results"]:
+            return dict(EMPTY)
+        return dict(e.serving["results"][k1]["recall_e2e"])
+    return dict(e.doc["metrics"].get(key, EMPTY))
+
+
 def compare_setting(evals: list[Evaluation], bootstrap: int, seed: int) -> dict[str, Any]:
     """The comparison of the runs of one setting (rows sorted by end-to-end recall, best first)."""
     first = evals[0].doc
@@ -203,10 +306,12 @@ def compare_setting(evals: list[Evaluation], bootstrap: int, seed: int) -> dict[
         if list(e.doc["stage_names"]) != list(first["stage_names"]):
             raise DataError(f"{e.metrics_path}: setting {e.doc['setting']!r} has stages {e.doc['stage_names']}, "
                             f"{evals[0].metrics_path} has {first['stage_names']}; cannot share one table")
-    cols = _columns(first)
+    serving_k1, serving_notes = _serving_columns(evals)
+    serving_cols = [serving_metric_key("recall_e2e", k) for k in serving_k1]
+    cols = _columns(first) + serving_cols
 
     def mean_of(e: Evaluation, key: str) -> float:
-        v = e.doc["metrics"].get(key, {}).get("mean")
+        v = _entry(e, key).get("mean")
         return -math.inf if v is None else float(v)
 
     evals = sorted(evals, key=lambda e: -mean_of(e, HEADLINE))
@@ -227,8 +332,8 @@ def compare_setting(evals: list[Evaluation], bootstrap: int, seed: int) -> dict[
             "days": e.doc.get("days", []),
             "streaming": e.doc.get("streaming", False),
             "requests": e.doc.get("requests", {}),
-            "values": {k: dict(e.doc["metrics"].get(k, {"mean": None, "std": None, "n": 0, "per_seed": []}))
-                       for k in cols},
+            "values": {k: _entry(e, k) for k in cols},
+            "serving_file": None if e.serving_path is None else str(e.serving_path),
             "best": [k for k in cols if e.label in best[k]],
             "paired": paired_difference(e, ref, bootstrap, seed),
         })
@@ -242,9 +347,12 @@ def compare_setting(evals: list[Evaluation], bootstrap: int, seed: int) -> dict[
     ties = {e.doc.get("tie_seed") for e in evals}
     if len(ties) > 1:
         notes.append("the runs used different tie-break seeds; GT membership of tied labels may differ")
+    notes += serving_notes
+    titles = [_column_title(k, first) for k in _columns(first)]
+    titles += [f"serving end-to-end recall, K1={k}" for k in serving_k1]
     return {"setting": first["setting"], "stage_names": list(first["stage_names"]), "quotas": list(first["quotas"]),
-            "columns": cols, "column_titles": [_column_title(k, first) for k in cols], "reference": ref.label,
-            "best": best, "rows": rows, "notes": notes}
+            "columns": cols, "column_titles": titles, "serving_columns": serving_cols, "serving_k1": serving_k1,
+            "reference": ref.label, "best": best, "rows": rows, "notes": notes}
 
 
 def _table(res: Mapping[str, Any]) -> Table:
@@ -267,6 +375,9 @@ def _table(res: Mapping[str, Any]) -> Table:
     note = ("mean ± std over seeds (ddof = 1); bold = best mean of the column; Δ = paired difference of "
             "end-to-end recall per test request (averaged over seeds) against the best method, with a 95% "
             f"paired-bootstrap interval over requests ({res['rows'][0]['paired']['bootstrap']} resamples)")
+    if res.get("serving_columns"):
+        note += ("; serving columns = end-to-end recall when the first stage retrieves the top-K1 of the whole "
+                 "item corpus (serving.json), n/a where a run has no serving evaluation")
     return Table(f"compare-{res['setting']}", f"Setting {res['setting']} (quotas "
                  + " -> ".join(map(str, res["quotas"])) + ")", header, rows, best=marks, note=note)
 
@@ -282,6 +393,7 @@ def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None
     if not paths:
         raise ConfigError("compare: give at least one run, evaluation folder or root")
     evals = find_evaluations(paths)
+    serving_notes = attach_serving(evals, paths)
     groups: dict[str, list[Evaluation]] = {}
     for e in evals:
         groups.setdefault(e.doc["setting"], []).append(e)
@@ -304,12 +416,14 @@ def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None
                                   title=f"end-to-end recall, {name}\n(error bars: std over seeds)")
         sections.append(Section(f"setting-{name}", f"Setting {name}", text=list(res["notes"]), tables=[_table(res)],
                                 images=[(f"compare_{name}.png", f"End-to-end recall per method, {name}", png)]))
-    sources = Table("sources", "Evaluations compared", ["setting", "method", "metrics file", "test days"],
-                    [[e.doc["setting"], e.label, str(e.metrics_path), ", ".join(e.doc.get("days", []))]
+    sources = Table("sources", "Evaluations compared",
+                    ["setting", "method", "metrics file", "test days", "serving file"],
+                    [[e.doc["setting"], e.label, str(e.metrics_path), ", ".join(e.doc.get("days", [])),
+                      None if e.serving_path is None else str(e.serving_path)]
                      for name in sorted(groups) for e in groups[name]])
     prov = provenance.collect()
     sections.append(Section("sources", "Sources", tables=[sources],
-                            text=[f"Written {prov['date_utc']} by lcron {prov['lcron_version']}."]))
+                            text=serving_notes + [f"Written {prov['date_utc']} by lcron {prov['lcron_version']}."]))
     doc = {"kind": COMPARE_KIND, "bootstrap": bootstrap, "seed": seed, "settings": results, "provenance": prov}
     paths_out = write_page(Path(out), "compare", "lcron comparison", sections, doc)
     for name, res in results.items():

@@ -9,7 +9,9 @@ cannot disagree.
 Contents: configuration; the metric table (mean ± std over seeds, with n); the GT funnel;
 the quota sweep (table + plot); streaming results per day (streaming evaluations);
 training-loss curves per loss part (one line per seed, from ``train_log.jsonl``); learned
-loss weights (ARF, LCRON; from ``summary.json``); provenance.
+loss weights (ARF, LCRON; from ``summary.json``); the serving-style evaluation (retrieval
+from the whole corpus, ``serving.json`` of :mod:`lcron.serving.evaluate`) when one was run;
+provenance.
 
 The table/page renderers here are shared with :mod:`lcron.compare`.
 """
@@ -20,6 +22,7 @@ import argparse
 import base64
 import html
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -256,6 +259,144 @@ def read_summaries(run_dir: Path, seeds: Sequence[int]) -> dict[int, dict[str, A
     return out
 
 
+# --------------------------------------------------------------------------- serving results
+SERVING_FILE = "serving.json"
+
+
+def find_serving(serving_dir: str | Path | None, eval_dir: str | Path | None) -> Path | None:
+    """The serving.json that belongs to a report: in ``serving_dir`` first (the pipeline's
+    serving artifact), else in ``eval_dir`` (``lcron serve-eval`` writes RUN_DIR/eval/serving.json
+    beside metrics.json); None when neither holds one (the serving evaluation was not run)."""
+    for folder in (serving_dir, eval_dir):
+        if folder is not None and (Path(folder) / SERVING_FILE).is_file():
+            return Path(folder) / SERVING_FILE
+    return None
+
+
+def load_serving(path: str | Path) -> dict[str, Any]:
+    """A serving.json, checked to be one (kind, and the fields the tables read)."""
+    from .serving.evaluate import KIND
+
+    path = Path(path)
+    doc = read_json(path, "serving evaluation")
+    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        raise DataError(f"{path} is not an lcron serving evaluation (kind {kind!r}, expected {KIND!r})")
+    missing = [k for k in ("stage_names", "k1", "results", "index", "seeds") if k not in doc]
+    missing += [str(k) for k in doc.get("k1", []) if str(k) not in doc.get("results", {})]
+    if missing:
+        raise DataError(f"{path} lacks the field(s) {missing}; was it written by lcron serve-eval?")
+    return doc
+
+
+def serving_metric_key(name: str, k1: int | str) -> str:
+    """The scalar name of a per-K1 serving number, e.g. ``serving/recall_e2e@K1=100``."""
+    return f"serving/{name}@K1={k1}"
+
+
+def serving_metric_means(doc: Mapping[str, Any]) -> dict[str, float]:
+    """The mean over seeds of every serving number as flat scalars (the KFP Metrics view).
+
+    ``serving/gt_in_corpus`` (independent of K1), and per K1 ``serving/recall_retrieval@K1=k``,
+    ``serving/recall_after/<stage>@K1=k`` for the later stages before the last,
+    ``serving/recall_e2e@K1=k`` (= recall after the last stage, logged once under this name)
+    and, for ivf/hnsw, ``serving/index_recall@K1=k``. Means that are None or NaN are left out
+    (NaN is not valid JSON for the KFP UI)."""
+    out: dict[str, float] = {}
+
+    def put(key: str, entry: Mapping[str, Any] | None) -> None:
+        mean = (entry or {}).get("mean")
+        if mean is not None and math.isfinite(float(mean)):
+            out[key] = float(mean)
+
+    put("serving/gt_in_corpus", doc["results"].get("gt_in_corpus"))
+    later = list(doc["stage_names"][1:])
+    for k in doc["k1"]:
+        res = doc["results"][str(k)]
+        put(serving_metric_key("recall_retrieval", k), res.get("recall_retrieval"))
+        for stage in later[:-1]:
+            put(serving_metric_key(f"recall_after/{stage}", k), res.get(f"recall_after/{stage}"))
+        put(serving_metric_key("recall_e2e", k), res.get("recall_e2e"))
+        if "index_recall" in res:
+            put(serving_metric_key("index_recall", k), res["index_recall"])
+    return out
+
+
+def _mean_std(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if entry is None else {"mean": entry.get("mean"), "std": entry.get("std")}
+
+
+def _serving_table(s: Mapping[str, Any]) -> Table:
+    """One row per K1: GT in corpus, recall after retrieval, after each later stage, end to end."""
+    names = list(s["stage_names"])
+    later = names[1:]
+    has_ir = any("index_recall" in s["results"][str(k)] for k in s["k1"])
+    cols = (["K1", "GT in corpus", f"recall after {names[0]} (top-K1)"]
+            + [f"recall after {stage}" for stage in later[:-1]]
+            + [f"end-to-end recall (after {later[-1]})" if later else "end-to-end recall (retrieval only)", "n"]
+            + (["index recall vs exact"] if has_ir else []))
+    gic = _mean_std(s["results"].get("gt_in_corpus"))
+    rows = []
+    for k in s["k1"]:
+        res = s["results"][str(k)]
+        row = ([k, gic, _mean_std(res["recall_retrieval"])]
+               + [_mean_std(res.get(f"recall_after/{stage}")) for stage in later[:-1]]
+               + [_mean_std(res["recall_e2e"]), res["recall_e2e"].get("n")])
+        if has_ir:
+            row.append(_mean_std(res.get("index_recall")))
+        rows.append(row)
+    quotas = " -> ".join(str(q) for q in s.get("later_quotas", []))
+    note = ("shares of the request's ground-truth items (its logged top group), averaged over the test requests "
+            "with a GT, per seed; mean ± sample std (ddof = 1) over seeds, n = number of seeds. The first stage "
+            f"retrieves the top-K1 of the whole corpus, the later stages keep their quotas ({quotas or 'none'}). "
+            "GT in corpus is the ceiling of every other column")
+    if has_ir:
+        note += "; index recall = |approximate top-K1 ∩ exact top-K1| / K1"
+    return Table("serving", "Serving-style evaluation per K1", cols, rows, note=note)
+
+
+def _index_text(index: Mapping[str, Any]) -> str:
+    kind = index.get("kind", "n/a")
+    opts = index.get("options") or {}
+    if kind == "ivf":
+        return f"ivf (nlist {index.get('nlist')}, nprobe {index.get('nprobe')})"
+    if kind == "hnsw":
+        return (f"hnsw (M {opts.get('hnsw_m')}, efSearch {index.get('ef_search')}, "
+                f"efConstruction {index.get('ef_construction')})")
+    return "flat (exact inner product)" if kind == "flat" else str(kind)
+
+
+def _serving_details_table(s: Mapping[str, Any], path: Path) -> Table:
+    rates = [t.get("requests_per_s") for t in (s.get("timing") or {}).values()
+             if t.get("requests_per_s") is not None]
+    k1_text = ", ".join(map(str, s["k1"]))
+    if list(s.get("k1_requested", s["k1"])) != list(s["k1"]):
+        k1_text += f" (requested {', '.join(map(str, s['k1_requested']))})"
+    rows = [
+        ["test day", s.get("day")],
+        ["requests evaluated", s.get("evaluated")],
+        ["requests skipped (no GT)", s.get("skipped_no_gt")],
+        ["seeds", ", ".join(str(x) for x in s["seeds"])],
+        ["corpus items", s["index"].get("items")],
+        ["index", _index_text(s["index"])],
+        ["K1", k1_text],
+        ["device", s.get("device")],
+        ["tie seed", s.get("tie_seed")],
+        ["requests/s (retrieval + scoring, mean over seeds)", sum(rates) / len(rates) if rates else None],
+        ["file", str(path)],
+    ]
+    return Table("serving_setup", "Serving evaluation setup", ["field", "value"], rows)
+
+
+def serving_section(s: Mapping[str, Any], path: Path) -> Section:
+    """The report section of a serving evaluation: the per-K1 table, its setup, its notes."""
+    text = ["The trained cascade serving from the whole item corpus: the first stage retrieves the top-K1 "
+            "items by the DSSM inner product (faiss), the later stages score only those."]
+    text += [f"Note: {n}" for n in s.get("notes", [])]
+    return Section("serving", "Serving-style evaluation", text=text,
+                   tables=[_serving_table(s), _serving_details_table(s, path)])
+
+
 # --------------------------------------------------------------------------- the report
 def _config_table(cfg: Mapping[str, Any], m: Mapping[str, Any]) -> Table:
     train_cfg = cfg.get("train", {})
@@ -406,9 +547,12 @@ def _provenance_table(prov: Mapping[str, Any]) -> Table:
 
 
 def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
-                 out: str | Path | None = None) -> dict[str, Path]:
+                 out: str | Path | None = None, serving_dir: str | Path | None = None) -> dict[str, Path]:
     """Write report.html, report.md, report.json (and the plot PNGs) for an evaluated run;
-    returns ``{"html", "markdown", "json", <plot name>: path}``."""
+    returns ``{"html", "markdown", "json", <plot name>: path}``.
+
+    The serving section is there when a serving.json is found (:func:`find_serving`: in
+    ``serving_dir``, else in the evaluation folder); it must describe the same setting."""
     from . import plots, provenance
     from .evaluate import read_run_config
 
@@ -450,6 +594,14 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
     weights = _weights_table(summaries)
     if weights is not None:
         sections.append(Section("loss-weights", "Learned loss weights", tables=[weights]))
+    serving_path = find_serving(serving_dir, eval_dir)
+    serving = load_serving(serving_path) if serving_path is not None else None
+    if serving is not None:
+        if serving.get("setting") != m["setting"] or list(serving["stage_names"]) != list(m["stage_names"]):
+            raise DataError(f"{serving_path} is a serving evaluation of setting {serving.get('setting')!r} "
+                            f"(stages {serving['stage_names']}); the run's evaluation is {m['setting']!r} "
+                            f"(stages {m['stage_names']})")
+        sections.append(serving_section(serving, serving_path))
     prov = dict(m.get("provenance") or {})
     report_prov = provenance.collect(data_fingerprint=m.get("data_fingerprint"), device=m.get("device"))
     sections.append(Section("provenance", "Provenance", tables=[_provenance_table(prov or report_prov)],
@@ -457,6 +609,10 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
 
     doc = {"kind": REPORT_KIND, "run_dir": str(run_dir), "eval_dir": str(eval_dir), "method": m["method"],
            "setting": m["setting"], "metrics": m["metrics"], "provenance": prov, "report_provenance": report_prov}
+    if serving is not None:
+        doc["serving"] = {"path": str(serving_path), "day": serving.get("day"), "k1": list(serving["k1"]),
+                          "index": serving["index"], "seeds": list(serving["seeds"]),
+                          "results": serving["results"], "metrics": serving_metric_means(serving)}
     return write_page(out, "report", title, sections, doc, subtitle=f"run {run_dir}")
 
 
@@ -468,6 +624,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluation folder (default: RUN_DIR/eval; only with one run)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="report folder (default: RUN_DIR/report; with several runs: DIR/<run name>)")
+    parser.add_argument("--serving", dest="serving_dir", default=None, metavar="DIR",
+                        help="folder holding serving.json (default: the evaluation folder; only with one run)")
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -475,14 +633,19 @@ def run_report(args: argparse.Namespace) -> int:
     runs = [Path(p) for p in args.run_dirs]
     if args.eval_dir is not None and len(runs) > 1:
         raise ConfigError("--eval names one evaluation folder; give one RUN_DIR with it")
+    serving_dir = getattr(args, "serving_dir", None)
+    if serving_dir is not None and len(runs) > 1:
+        raise ConfigError("--serving names one serving folder; give one RUN_DIR with it")
     names = [p.resolve().name for p in runs]
     if args.out is not None and len(runs) > 1 and len(set(names)) != len(names):
         raise ConfigError(f"run folders share a name ({names}); report them one at a time with --out")
+    if serving_dir is not None and not (Path(serving_dir) / SERVING_FILE).is_file():
+        raise DataError(f"--serving {serving_dir}: no {SERVING_FILE} there; run lcron serve-eval --out {serving_dir}")
     for run in runs:
         out = None
         if args.out is not None:
             out = Path(args.out) if len(runs) == 1 else Path(args.out) / run.resolve().name
-        paths = build_report(run, args.eval_dir, out)
+        paths = build_report(run, args.eval_dir, out, serving_dir)
         print(f"report: {paths['html']}")
         print(f"  markdown: {paths['markdown']}")
         print(f"  json: {paths['json']}")

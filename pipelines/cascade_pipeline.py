@@ -1,6 +1,11 @@
 """The DAG for one method / cascade configuration.
 
-    fingerprint (never cached) -> ingest -> preprocess -> train -> evaluate -> report
+    fingerprint (never cached) -> ingest -> preprocess -> train -> evaluate -> serving -> report
+
+``serving`` is the serving-style evaluation (the cascade retrieving from the whole item
+corpus). It costs minutes on real data, so it runs only with ``serving_eval=true``; with
+the default false the step still runs but only writes a marker (a ``dsl.If`` branch does
+not run under kfp.local 2.16.1; see components/serving.py and docs/pipeline.md).
 
 Caching (KFP v2 keys a step on its parameters and its input artifacts' identities, not on
 the bytes behind a URI): ``fingerprint`` runs on every submission and outputs a string
@@ -12,8 +17,8 @@ setting, while changed data can never be served from the cache. docs/pipeline.md
 long version.
 
 The image is fixed at compile time, hence :func:`build_pipeline` builds a CPU or a GPU
-variant (GPU: the GPU image on every step and an accelerator request on train and
-evaluate).
+variant (GPU: the GPU image on every step and an accelerator request on train, evaluate
+and serving).
 """
 
 from typing import Callable, NamedTuple
@@ -21,7 +26,7 @@ from typing import Callable, NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 
-from components import evaluate, fingerprint, ingest, preprocess, report, train
+from components import evaluate, fingerprint, ingest, preprocess, report, serving, train
 from components.common import CPU_IMAGE
 
 PIPELINE_NAME = "lcron-cascade"
@@ -35,6 +40,8 @@ class PipelineOutputs(NamedTuple):
     report_files: Dataset
     evaluation: Dataset
     model: Model
+    serving: Dataset
+    serving_metrics: Metrics
 
 
 def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = None, accelerator_count: int = 1,
@@ -42,7 +49,7 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
     """The pipeline function for one image.
 
     ``accelerator_type`` (e.g. ``nvidia.com/gpu`` on KFP, ``NVIDIA_TESLA_T4`` on Vertex AI)
-    adds a request for ``accelerator_count`` accelerators to train and evaluate.
+    adds a request for ``accelerator_count`` accelerators to train, evaluate and serving.
     ``compile_default`` is the default of the pipeline's ``compile`` parameter
     (torch.compile; worth it on a GPU, mostly compile time on small CPU runs).
     """
@@ -51,7 +58,8 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
 
     @dsl.pipeline(name=name, description=(
         "Train and evaluate one cascade ranking configuration (method x setting) on RecFlow-format data: "
-        "fingerprint -> ingest -> preprocess -> train (all seeds) -> evaluate -> report."))
+        "fingerprint -> ingest -> preprocess -> train (all seeds) -> evaluate -> serving (if serving_eval) "
+        "-> report."))
     def cascade_pipeline(
         source: str = "synthetic",
         days: str = "",
@@ -79,6 +87,12 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         streaming: bool = False,
         eval_batch_size: int = 4096,
         tie_seed: int = 0,
+        serving_eval: bool = False,
+        serving_k1: list = [100, 500, 1000],  # noqa: B006
+        serving_index: str = "flat",
+        serving_index_options: dict = {},  # noqa: B006
+        serving_day: str = "",
+        serving_batch_size: int = 1024,
     ) -> PipelineOutputs:
         synthetic = {"synthetic_days": synthetic_days, "synthetic_start_date": synthetic_start_date,
                      "synthetic_requests_per_day": synthetic_requests_per_day, "synthetic_users": synthetic_users,
@@ -99,19 +113,27 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
                              streaming=streaming, batch_size=eval_batch_size, device=device, compile=compile,
                              tie_seed=tie_seed)
         evaluated.set_display_name("evaluate")
-        reported = report(model=trained.outputs["model"], evaluation=evaluated.outputs["evaluation"])
+        # Always a task, evaluating only when serving_eval is true (no dsl.If: see the module docstring).
+        served = serving(model=trained.outputs["model"], shards=shards.outputs["shards"], enabled=serving_eval,
+                         k1=serving_k1, index=serving_index, index_options=serving_index_options, day=serving_day,
+                         batch_size=serving_batch_size, device=device, compile=compile, tie_seed=tie_seed)
+        served.after(evaluated)  # one accelerator-hungry step at a time
+        served.set_display_name("serving evaluation")
+        reported = report(model=trained.outputs["model"], evaluation=evaluated.outputs["evaluation"],
+                          serving=served.outputs["serving"])
         reported.set_display_name("report")
 
-        for task in (fp, staged, shards, trained, evaluated, reported):
+        for task in (fp, staged, shards, trained, evaluated, served, reported):
             task.set_container_image(image)
         if accelerator_type is not None:
-            for task in (trained, evaluated):
+            for task in (trained, evaluated, served):
                 task.set_accelerator_type(accelerator_type)
                 task.set_accelerator_limit(accelerator_count)
         return PipelineOutputs(metrics=evaluated.outputs["metrics"], report=reported.outputs["html"],
                                report_markdown=reported.outputs["markdown"],
                                report_files=reported.outputs["report_files"],
-                               evaluation=evaluated.outputs["evaluation"], model=trained.outputs["model"])
+                               evaluation=evaluated.outputs["evaluation"], model=trained.outputs["model"],
+                               serving=served.outputs["serving"], serving_metrics=served.outputs["metrics"])
 
     return cascade_pipeline
 

@@ -4,8 +4,8 @@
                                 [--accelerator-type nvidia.com/gpu --accelerator-count 1]
 
 writes ``build/cascade-cpu.yaml`` (CPU image on every step) and ``build/cascade-gpu.yaml``
-(GPU image on every step, an accelerator request on train and evaluate, torch.compile on
-by default). Both files are plain pipeline packages: submit them with ``kfp run submit``,
+(GPU image on every step, an accelerator request on train, evaluate and serving,
+torch.compile on by default). Both files are plain pipeline packages: submit them with ``kfp run submit``,
 ``pipelines.submit`` or Vertex AI, or run them locally with ``pipelines.run_local``.
 """
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default=IMAGE, help=f"image name (default {IMAGE})")
     parser.add_argument("--tag", default=TAG, help=f"image tag; the GPU image is TAG-gpu (default {TAG})")
     parser.add_argument("--accelerator-type", default=DEFAULT_ACCELERATOR_TYPE,
-                        help="GPU variant: accelerator of train and evaluate, e.g. nvidia.com/gpu (KFP) or "
+                        help="GPU variant: accelerator of train, evaluate and serving, e.g. nvidia.com/gpu (KFP) or "
                              f"NVIDIA_TESLA_T4 (Vertex AI) (default {DEFAULT_ACCELERATOR_TYPE})")
     parser.add_argument("--accelerator-count", type=int, default=1, help="GPU variant: accelerators per step")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of cpu,gpu")

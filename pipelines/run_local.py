@@ -35,7 +35,10 @@ DEFAULT_ROOT = Path("runs/kfp-local")
 # What makes `make run` fit a laptop: one seed, small batches (the default synthetic data
 # has 2000 requests a day), eager models (torch.compile costs more than it saves here).
 LOCAL_DEFAULTS: dict[str, Any] = {"seeds": [1], "batch_size": 256, "compile": False}
-OUTPUTS = ("metrics", "report", "report_markdown", "report_files", "evaluation", "model")
+OUTPUTS = ("metrics", "report", "report_markdown", "report_files", "evaluation", "model", "serving",
+           "serving_metrics")
+# Metrics artifacts merged into LocalRun.metrics (the serving keys all start with "serving/").
+METRICS_OUTPUTS = ("metrics", "serving_metrics")
 
 
 @dataclass
@@ -112,9 +115,11 @@ def run_pipeline(package: str | Path, params: Mapping[str, Any], pipeline_root: 
         artifact = task.outputs.get(name)
         if artifact is not None:
             run.paths[name] = Path(artifact.path)
-    metrics = task.outputs.get("metrics")
-    if metrics is not None:
-        run.metrics = {k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float))}
+    for name in METRICS_OUTPUTS:
+        metrics = task.outputs.get(name)
+        if metrics is not None:
+            run.metrics.update({k: float(v) for k, v in metrics.metadata.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return run
 
 
@@ -134,6 +139,8 @@ def report_locations(run: LocalRun) -> list[tuple[str, Path]]:
             out.append((label, run.paths[key]))
     if "evaluation" in run.paths:
         out.append(("metrics", run.paths["evaluation"] / "metrics.json"))
+    if "serving" in run.paths and (run.paths["serving"] / "serving.json").is_file():
+        out.append(("serving", run.paths["serving"] / "serving.json"))
     return out
 
 
@@ -175,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:18s} {path}")
     if "joint_recall" in run.metrics:
         print(f"{'joint recall':18s} {run.metrics['joint_recall']:.4f}")
+    for key, value in run.metrics.items():
+        if key.startswith("serving/recall_e2e@"):  # serving_eval=true: end to end from the corpus per K1
+            print(f"{'serving e2e ' + key.split('@', 1)[1]:18s} {value:.4f}")
     return 0
 
 

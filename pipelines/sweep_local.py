@@ -85,11 +85,16 @@ def sweep_local(methods: Sequence[str], stages: Sequence[int], root: str | Path 
 
 
 def compare_configs(markers: Iterable[Mapping[str, Any]], out: Path) -> dict[str, Any] | None:
-    """Compare the configurations' evaluation folders (one table per setting) into ``out``."""
+    """Compare the configurations (one table per setting, serving columns where they ran) into ``out``."""
     from lcron.compare import compare
 
-    paths = [m["paths"]["evaluation"] for m in markers if m.get("paths", {}).get("evaluation")]
-    return compare(paths, out) if paths else None
+    # Each configuration's pipeline-run folder (<run>/<step>/<output>) holds its evaluation
+    # and, when it ran, its serving.json: compare finds both by searching the folder.
+    paths = sorted({str(Path(m["paths"]["evaluation"]).parents[1])
+                    for m in markers if m.get("paths", {}).get("evaluation")})
+    if not paths:
+        return None
+    return compare(paths, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 
@@ -188,3 +189,96 @@ def test_cli_functions(three_methods, tmp_path_factory, capsys):
     printed = capsys.readouterr().out
     assert str(out / "compare.html") in printed and str(out / "compare.md") in printed
     assert re.search(r"\| lcron \| \*\*", (out / "compare.md").read_text())
+
+
+# --------------------------------------------------------------------------- serving columns
+def make_serving(folder: Path, run_dir: Path, e2e: dict, *, day: str = DAY, index: str = "flat",
+                 setting: str = "two_stage", stages=("retrieval", "prerank")) -> Path:
+    """A serving.json written by hand into ``folder``: ``e2e`` = {K1: per-seed end-to-end recalls}."""
+    from lcron.serving.evaluate import summarize
+
+    results = {"gt_in_corpus": summarize([1.0])}
+    for k, values in e2e.items():
+        results[str(k)] = {"recall_retrieval": summarize([1.0] * len(values)), "recall_e2e": summarize(values)}
+    doc = {"kind": "lcron-serving-evaluation", "run_dir": str(run_dir), "setting": setting,
+           "stage_names": list(stages), "day": day, "k1": sorted(e2e), "index": {"kind": index, "items": 300},
+           "seeds": [1, 2], "results": results}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "serving.json").write_text(json.dumps(doc))
+    return folder / "serving.json"
+
+
+def test_serving_columns_common_k1_best_marked_and_na(three_methods, tmp_path_factory):
+    root, _ = three_methods
+    make_serving(root / "runA" / "eval", root / "runA", {100: [0.30, 0.40], 500: [0.50, 0.52]})
+    make_serving(root / "runB" / "eval", root / "runB", {100: [0.40, 0.44], 500: [0.45, 0.47], 1000: [0.6, 0.6]},
+                 index="hnsw")
+    out = tmp_path_factory.mktemp("cmp-serving")
+    res = compare([root / "runA", root / "runB", root / "runC"], out, bootstrap=50)
+    tab = res["settings"]["two_stage"]
+    assert tab["serving_k1"] == [100, 500]  # 1000 only in B's evaluation
+    assert tab["serving_columns"] == ["serving/recall_e2e@K1=100", "serving/recall_e2e@K1=500"]
+    assert tab["columns"][-2:] == tab["serving_columns"]
+    assert tab["column_titles"][-2:] == ["serving end-to-end recall, K1=100", "serving end-to-end recall, K1=500"]
+    assert tab["best"]["serving/recall_e2e@K1=100"] == ["arf"] and tab["best"]["serving/recall_e2e@K1=500"] == ["lcron"]
+    rows = {r["label"]: r for r in tab["rows"]}
+    assert rows["lcron"]["values"]["serving/recall_e2e@K1=500"]["mean"] == pytest.approx(0.51)
+    assert rows["bce"]["values"]["serving/recall_e2e@K1=100"] == {"mean": None, "std": None, "n": 0, "per_seed": []}
+    assert rows["bce"]["serving_file"] is None and rows["arf"]["serving_file"] == str(root / "runB" / "eval" /
+                                                                                      "serving.json")
+    notes = " ".join(tab["notes"])
+    assert "no serving evaluation for bce" in notes and "left out: 1000" in notes and "different faiss indexes" in notes
+    md = (out / "compare.md").read_text()
+    header = next(ln for ln in md.splitlines() if ln.startswith("| method "))
+    assert "serving end-to-end recall, K1=100 | serving end-to-end recall, K1=500 | seeds (n)" in header
+    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip().strip("|").split("|")]
+             for ln in md.splitlines() if ln.startswith(("| lcron ", "| arf ", "| bce "))}
+    n = len(tab["columns"])
+    assert cells["arf"][n - 1:n + 1] == ["**0.4200 ± 0.0283**", "0.4600 ± 0.0141"]
+    assert cells["lcron"][n - 1:n + 1] == ["0.3500 ± 0.0707", "**0.5100 ± 0.0141**"]
+    assert cells["bce"][n - 1:n + 1] == ["n/a", "n/a"]
+    saved = json.loads((out / "compare.json").read_text())["settings"]["two_stage"]
+    assert saved["best"] == tab["best"] and saved["rows"][0]["values"] == tab["rows"][0]["values"]
+    assert "<th>serving end-to-end recall, K1=500</th>" in (out / "compare.html").read_text()
+
+
+def test_no_serving_no_serving_columns(three_methods, tmp_path_factory):
+    root, _ = three_methods
+    tab = compare([root], tmp_path_factory.mktemp("plain"), bootstrap=20)["settings"]["two_stage"]
+    assert tab["serving_columns"] == [] and not any(c.startswith("serving/") for c in tab["columns"])
+    assert not any("serving" in n for n in tab["notes"])
+
+
+def test_serving_found_by_run_dir_under_a_pipeline_root(tmp_path):
+    """The pipeline layout: the evaluation and the serving artifact are sibling folders; the
+    serving.json is matched by run_dir (the model artifact) and test day."""
+    root = tmp_path / "kfp"
+    model = root / "train" / "model"
+    ev = make_eval(root / "evaluate", "evaluation", "lcron", np.full((2, 5), 0.5), np.arange(5), folder="out")
+    doc = json.loads((ev / "metrics.json").read_text())
+    doc["run_dir"] = str(model)
+    (ev / "metrics.json").write_text(json.dumps(doc))
+    served = make_serving(root / "serving" / "serving", model, {100: [0.2, 0.3]})
+    make_serving(root / "other-day" / "serving", model, {100: [0.9, 0.9]}, day="2024-01-17")  # not a test day
+    make_serving(root / "other-run" / "serving", tmp_path / "elsewhere", {100: [0.9, 0.9]})  # another run
+    (root / "junk").mkdir()
+    (root / "junk" / "serving.json").write_text("not json")
+    res = compare([root], tmp_path / "out", bootstrap=20)
+    row = res["settings"]["two_stage"]["rows"][0]
+    assert row["serving_file"] == str(served)
+    assert row["values"]["serving/recall_e2e@K1=100"]["mean"] == pytest.approx(0.25)
+    # a second serving evaluation of the same run and day: the newest one, with a note
+    newer = make_serving(root / "serving-2" / "serving", model, {100: [0.4, 0.4]})
+    os.utime(served, (1_000_000, 1_000_000))
+    os.utime(newer, (2_000_000, 2_000_000))
+    res = compare([root], tmp_path / "out2", bootstrap=20)
+    assert res["settings"]["two_stage"]["rows"][0]["serving_file"] == str(newer)
+    assert "the newest" in (tmp_path / "out2" / "compare.md").read_text()
+
+
+def test_serving_of_another_setting_is_refused(tmp_path):
+    make_eval(tmp_path, "run", "bce", np.full((1, 5), 0.5), np.arange(5))
+    make_serving(tmp_path / "run" / "eval", tmp_path / "run", {100: [0.2]}, setting="three_stage",
+                 stages=("retrieval", "prerank", "rank"))
+    with pytest.raises(DataError, match="three_stage"):
+        compare([tmp_path / "run"], tmp_path / "out", bootstrap=20)

@@ -1,5 +1,5 @@
 """The run report (HTML/Markdown/JSON agree), its inputs (loss logs, learned weights,
-provenance), escaping, the CLI function, and compare on real evaluation outputs."""
+provenance, serving.json), escaping, the CLI function, and compare on real evaluation outputs."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from lcron.report import (
     read_train_logs,
     render_html,
     run_report,
+    serving_metric_means,
 )
 from lcron.train import TrainConfig, train
 
@@ -66,14 +67,10 @@ def test_format_cell_hand_checked():
     assert format_cell(True) == "yes" and format_cell([0.5, None]) == "0.5000, n/a"
 
 
-def test_report_files_and_json_matches_markdown(evaluated):
-    paths = evaluated.paths
-    for key in ("html", "markdown", "json", "funnel", "quota_sweep", "loss_curves"):
-        assert paths[key].is_file(), key
+def assert_json_matches_markdown(paths) -> None:
+    """Every table of report.json is the Markdown table of the same title, cell by cell."""
     doc = json.loads(paths["json"].read_text())
-    assert doc["kind"] == "lcron-report" and doc["method"] == "bce"
     md_tables = _md_tables(paths["markdown"].read_text())
-    assert {"config", "metrics", "funnel", "quota_sweep", "training", "provenance"} <= set(doc["tables"])
     for tid, tab in doc["tables"].items():
         md = md_tables[tab["title"]]
         assert md[0] == tab["columns"], tid
@@ -83,6 +80,16 @@ def test_report_files_and_json_matches_markdown(evaluated):
             expected = [format_cell(v).replace("|", "\\|") for v in row]
             expected = [f"**{t}**" if (i, j) in best else t for j, t in enumerate(expected)]
             assert md[i + 1] == expected, (tid, i)
+
+
+def test_report_files_and_json_matches_markdown(evaluated):
+    paths = evaluated.paths
+    for key in ("html", "markdown", "json", "funnel", "quota_sweep", "loss_curves"):
+        assert paths[key].is_file(), key
+    doc = json.loads(paths["json"].read_text())
+    assert doc["kind"] == "lcron-report" and doc["method"] == "bce"
+    assert {"config", "metrics", "funnel", "quota_sweep", "training", "provenance"} <= set(doc["tables"])
+    assert_json_matches_markdown(paths)
 
 
 def test_report_numbers_are_the_evaluation_numbers(evaluated):
@@ -199,3 +206,101 @@ def test_compare_reads_real_evaluations(evaluated, tmp_path):
         assert r["paired"]["n_requests"] == evaluated.res["requests"]["evaluated"]
         assert (r["paired"]["mean_diff"], r["paired"]["ci_low"], r["paired"]["ci_high"]) == (0.0, 0.0, 0.0)
         assert r["values"]["joint_recall"] == {**evaluated.res["metrics"]["joint_recall"]}
+
+
+# --------------------------------------------------------------------------- the serving section
+def serving_doc(run_dir, *, k1=(100, 500), index=None, day="2024-01-15", setting="two_stage",
+                stages=("retrieval", "prerank"), e2e=None) -> dict:
+    """A serving.json written by hand: per-seed values [0.5, 0.7] everywhere except ``e2e``
+    ({k1: [seed values]}); index recall only for a non-flat ``index``."""
+    from lcron.serving.evaluate import summarize
+
+    index = index or {"kind": "flat", "items": 300, "ntotal": 300, "dim": 32, "options": {}}
+    results = {"gt_in_corpus": summarize([0.9, 1.0])}
+    for k in k1:
+        res = {"recall_retrieval": summarize([0.5, 0.7])}
+        for s in stages[1:]:
+            res[f"recall_after/{s}"] = summarize([0.3, 0.5])
+        res["recall_e2e"] = summarize((e2e or {}).get(k, [0.3, 0.5]))
+        if index["kind"] != "flat":
+            res["index_recall"] = summarize([0.95, 1.0])
+        results[str(k)] = res
+    return {"kind": "lcron-serving-evaluation", "format_version": 1, "run_dir": str(run_dir), "method": "bce",
+            "setting": setting, "stage_names": list(stages), "later_quotas": [20] if len(stages) == 2 else [30, 20],
+            "shards": "shards", "day": day, "requests": 60, "evaluated": 58, "skipped_no_gt": 2, "seeds": [1, 2],
+            "k1": list(k1), "k1_requested": list(k1), "index": index, "device": "cpu", "tie_seed": 0,
+            "notes": ["a note <b>"], "results": results, "per_seed": {},
+            "timing": {"1": {"requests_per_s": 100.0}, "2": {"requests_per_s": 300.0}}}
+
+
+def test_serving_metric_means_hand_checked():
+    doc = serving_doc("r", k1=(100,), stages=("retrieval", "prerank", "rank"),
+                      index={"kind": "hnsw", "items": 9, "options": {"hnsw_m": 32}}, e2e={100: [0.2, 0.4]})
+    doc["results"]["100"]["recall_after/rank"] = doc["results"]["100"]["recall_e2e"]
+    doc["results"]["gt_in_corpus"] = {"mean": float("nan"), "std": None, "n": 0, "per_seed": []}
+    assert serving_metric_means(doc) == pytest.approx({
+        "serving/recall_retrieval@K1=100": 0.6, "serving/recall_after/prerank@K1=100": 0.4,
+        "serving/recall_e2e@K1=100": 0.3, "serving/index_recall@K1=100": 0.975})  # NaN left out, rank = e2e
+
+
+def test_report_serving_section_from_the_serving_folder(evaluated, tmp_path):
+    folder = tmp_path / "serving"
+    folder.mkdir()
+    (folder / "serving.json").write_text(json.dumps(serving_doc(evaluated.run, e2e={500: [0.25, 0.75]})))
+    paths = build_report(evaluated.run, out=tmp_path / "rep", serving_dir=folder)
+    doc = json.loads(paths["json"].read_text())
+    tab = doc["tables"]["serving"]
+    assert tab["columns"] == ["K1", "GT in corpus", "recall after retrieval (top-K1)",
+                              "end-to-end recall (after prerank)", "n"]
+    assert [r[0] for r in tab["rows"]] == [100, 500] and [r[4] for r in tab["rows"]] == [2, 2]
+    # [0.25, 0.75]: mean 0.5, sample std sqrt((0.25² + 0.25²) / 1) = sqrt(0.125)
+    assert tab["rows"][1][3] == {"mean": 0.5, "std": pytest.approx(0.125 ** 0.5, rel=1e-12)}
+    md = paths["markdown"].read_text()
+    assert "| 500 | 0.9500 ± 0.0707 | 0.6000 ± 0.1414 | 0.5000 ± 0.3536 | 2 |" in md
+    setup = dict((r[0], r[1]) for r in doc["tables"]["serving_setup"]["rows"])
+    assert setup["index"] == "flat (exact inner product)" and setup["requests evaluated"] == 58
+    assert setup["requests/s (retrieval + scoring, mean over seeds)"] == 200.0
+    assert setup["file"] == str(folder / "serving.json")
+    assert doc["serving"]["metrics"]["serving/recall_e2e@K1=500"] == 0.5
+    assert doc["serving"]["k1"] == [100, 500]
+    page = paths["html"].read_text()
+    assert '<section id="serving">' in page and "Note: a note &lt;b&gt;" in page
+    assert_json_matches_markdown(paths)  # every table, the serving ones included
+
+
+def test_report_serving_beside_metrics_and_absent_without(evaluated, tmp_path):
+    assert "serving" not in json.loads(evaluated.paths["json"].read_text())["tables"]
+    assert '<section id="serving">' not in evaluated.paths["html"].read_text()
+    run = tmp_path / "run"
+    shutil.copytree(evaluated.run, run, ignore=shutil.ignore_patterns("report"))
+    index = {"kind": "ivf", "items": 300, "nlist": 4, "nprobe": 2, "options": {}}
+    (run / "eval" / "serving.json").write_text(json.dumps(serving_doc(run, index=index)))
+    empty = tmp_path / "skipped"
+    empty.mkdir()  # a serving folder without serving.json (the step was off): the evaluation folder is used
+    paths = build_report(run, out=tmp_path / "rep", serving_dir=empty)
+    doc = json.loads(paths["json"].read_text())
+    assert doc["tables"]["serving"]["columns"][-1] == "index recall vs exact"
+    assert doc["tables"]["serving"]["rows"][0][-1] == {"mean": 0.975, "std": pytest.approx(0.0353553, abs=1e-6)}
+    setup = dict((r[0], r[1]) for r in doc["tables"]["serving_setup"]["rows"])
+    assert setup["index"] == "ivf (nlist 4, nprobe 2)"
+
+
+def test_report_serving_errors(evaluated, tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "serving.json").write_text(json.dumps({"kind": "something-else"}))
+    with pytest.raises(DataError, match="not an lcron serving evaluation"):
+        build_report(evaluated.run, out=tmp_path / "r1", serving_dir=folder)
+    three = serving_doc(evaluated.run, setting="three_stage", stages=("retrieval", "prerank", "rank"))
+    (folder / "serving.json").write_text(json.dumps(three))
+    with pytest.raises(DataError, match="three_stage"):
+        build_report(evaluated.run, out=tmp_path / "r2", serving_dir=folder)
+    broken = serving_doc(evaluated.run)
+    del broken["results"]["500"]
+    (folder / "serving.json").write_text(json.dumps(broken))
+    with pytest.raises(DataError, match=r"lacks the field\(s\) \['500'\]"):
+        build_report(evaluated.run, out=tmp_path / "r3", serving_dir=folder)
+    parser = argparse.ArgumentParser()
+    add_report_arguments(parser)
+    with pytest.raises(DataError, match="no serving.json"):
+        run_report(parser.parse_args([str(evaluated.run), "--serving", str(tmp_path / "nothing")]))

@@ -1,4 +1,5 @@
-"""The compiled pipeline: both variants, their images, artifacts, accelerators, caching, defaults."""
+"""The compiled pipeline: both variants, their images, artifacts, accelerators, caching, defaults,
+and the serving step switched by the ``serving_eval`` parameter."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import yaml
 from components.common import image_ref
 from pipelines import compile as pcompile
 
-STEPS = ("fingerprint", "ingest", "preprocess", "train", "evaluate", "report")
+STEPS = ("fingerprint", "ingest", "preprocess", "train", "evaluate", "serving", "report")
+ACCELERATED = ("train", "evaluate", "serving")
 
 
 def _load(path):
@@ -63,19 +65,23 @@ def test_artifact_types(compiled):
     assert _artifact_type(spec, "evaluate", "evaluation") == "system.Dataset"
     assert _artifact_type(spec, "report", "html") == "system.HTML"
     assert _artifact_type(spec, "report", "markdown") == "system.Markdown"
+    assert _artifact_type(spec, "serving", "serving") == "system.Dataset"
+    assert _artifact_type(spec, "serving", "metrics") == "system.Metrics"
+    assert _artifact_type(spec, "report", "serving", "inputDefinitions") == "system.Dataset"
     outputs = spec["root"]["outputDefinitions"]["artifacts"]
     assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
         "metrics": "system.Metrics", "report": "system.HTML", "report_markdown": "system.Markdown",
-        "report_files": "system.Dataset", "evaluation": "system.Dataset", "model": "system.Model"}
+        "report_files": "system.Dataset", "evaluation": "system.Dataset", "model": "system.Model",
+        "serving": "system.Dataset", "serving_metrics": "system.Metrics"}
     assert spec["components"]["comp-fingerprint"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == \
         "STRING"
 
 
-def test_accelerator_only_on_train_and_evaluate_of_the_gpu_variant(compiled):
+def test_accelerator_only_on_train_evaluate_and_serving_of_the_gpu_variant(compiled):
     for step in STEPS:
         assert "resources" not in _container(compiled["cpu"], step)
         res = _container(compiled["gpu"], step).get("resources", {})
-        if step in ("train", "evaluate"):
+        if step in ACCELERATED:
             assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert str(res["accelerator"]["resourceCount"]) == "1"
         else:
@@ -150,3 +156,38 @@ def test_main_writes_selected_variants(tmp_path, capsys):
     assert ":t1-gpu" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         pcompile.main(["--out", str(tmp_path), "--variants", "tpu"])
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_serving_step_is_switched_by_serving_eval_and_feeds_the_report(compiled, variant):
+    """The serving step is in both variants; ``serving_eval`` reaches it as ``enabled`` (no
+    trigger condition anywhere: kfp.local 2.16.1 does not run dsl.If branches), it runs after
+    evaluate, and the report takes its artifact through the optional ``serving`` input."""
+    spec = compiled[variant]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert all("triggerPolicy" not in t for t in tasks.values())
+    serving = tasks["serving"]
+    params = serving["inputs"]["parameters"]
+    assert params["enabled"] == {"componentInputParameter": "serving_eval"}
+    for name, source in (("k1", "serving_k1"), ("index", "serving_index"), ("index_options", "serving_index_options"),
+                         ("day", "serving_day"), ("batch_size", "serving_batch_size"), ("device", "device"),
+                         ("compile", "compile"), ("tie_seed", "tie_seed")):
+        assert params[name] == {"componentInputParameter": source}, name
+    arts = serving["inputs"]["artifacts"]
+    assert arts["model"]["taskOutputArtifact"] == {"outputArtifactKey": "model", "producerTask": "train"}
+    assert arts["shards"]["taskOutputArtifact"] == {"outputArtifactKey": "shards", "producerTask": "preprocess"}
+    assert "evaluate" in serving["dependentTasks"]
+    assert serving["taskInfo"]["name"] == "serving evaluation"
+    report_in = tasks["report"]["inputs"]["artifacts"]["serving"]["taskOutputArtifact"]
+    assert report_in == {"outputArtifactKey": "serving", "producerTask": "serving"}
+    assert spec["components"]["comp-report"]["inputDefinitions"]["artifacts"]["serving"]["isOptional"] is True
+    text = " ".join(_container(spec, "serving")["command"])
+    assert "serving_evaluate(" in text and "serving_metric_means" in text
+    root = spec["root"]["outputDefinitions"]["artifacts"]
+    assert set(root) >= {"serving", "serving_metrics"}
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["serving_eval"] == {"defaultValue": False, "isOptional": True, "parameterType": "BOOLEAN"}
+    assert defaults["serving_k1"]["defaultValue"] == [100, 500, 1000]
+    assert defaults["serving_index"]["defaultValue"] == "flat"
+    assert defaults["serving_index_options"]["defaultValue"] == {}
+    assert defaults["serving_day"]["defaultValue"] == "" and defaults["serving_batch_size"]["defaultValue"] == 1024

@@ -1,8 +1,9 @@
 """The compiled pipeline YAML run end to end with kfp.local (SubprocessRunner, use_venv=False).
 
 Two configurations on tiny synthetic data (3 days x 80 requests, batch 16, one seed, no
-torch.compile): two-stage LCRON through ``pipelines.run_local``'s command line, and
-three-stage BCE through ``pipelines.sweep_local`` (which also compares and resumes).
+torch.compile): two-stage LCRON with the serving evaluation (``serving_eval=true``) through
+``pipelines.run_local``'s command line, and three-stage BCE without it (the default)
+through ``pipelines.sweep_local`` (which also compares and resumes).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def _pairs(params: dict) -> list[str]:
 @pytest.mark.slow
 def test_two_stage_run_local(package, tmp_path, capsys):
     root = tmp_path / "kfp-local"
-    argv = ["--package", str(package), "--pipeline-root", str(root), "method=lcron", "stages=2", *_pairs(TINY)]
+    serving = {"serving_eval": True, "serving_k1": [5, 50], "serving_batch_size": 64}
+    argv = ["--package", str(package), "--pipeline-root", str(root), "method=lcron", "stages=2", *_pairs(TINY),
+            *_pairs(serving)]
     assert run_local.main(argv) == 0
     out = capsys.readouterr().out
     latest = json.loads((root / "latest.json").read_text())
@@ -53,6 +56,16 @@ def test_two_stage_run_local(package, tmp_path, capsys):
     assert doc["metrics"]["joint_recall"]["mean"] == pytest.approx(recall)
     assert str(paths["report"]).startswith(str(root.resolve()))
     assert (paths["model"] / "seed-1" / "model.pt").is_file()
+    # the serving step ran: serving.json, its means in the metrics, a report section, a printed line
+    served = json.loads((paths["serving"] / "serving.json").read_text())
+    assert served["k1"] == [5, 50] and served["run_dir"] == str(paths["model"])
+    for k in (5, 50):
+        e2e = latest["metrics"][f"serving/recall_e2e@K1={k}"]
+        assert e2e == pytest.approx(served["results"][str(k)]["recall_e2e"]["mean"]) and 0.0 <= e2e <= 1.0
+        assert f"serving e2e K1={k}" in out
+    assert f"serving            {paths['serving'] / 'serving.json'}" in out
+    assert "## Serving-style evaluation" in paths["report_markdown"].read_text()
+    assert '<section id="serving">' in html
 
 
 @pytest.mark.slow
@@ -65,6 +78,10 @@ def test_three_stage_sweep_local_compares_and_resumes(package, tmp_path):
     assert 0.0 <= metrics["joint_recall"] <= 1.0
     assert {"recall_at_10_m/rank", "ndcg_at_10/prerank", "recall_at_10_m/retrieval"} <= set(metrics)
     assert Path(marker["paths"]["report"]).is_file()
+    # serving_eval defaults to false: the step leaves only its marker, the report has no serving section
+    assert not any(k.startswith("serving/") for k in metrics)
+    assert sorted(p.name for p in Path(marker["paths"]["serving"]).iterdir()) == ["serving_skipped.json"]
+    assert '<section id="serving">' not in Path(marker["paths"]["report"]).read_text()
     assert Path(summary["compare"]["paths"]["html"]).is_file()
     assert list(summary["compare"]["settings"]) == ["three_stage"]
     again = sweep_local.sweep_local(["bce"], [3], root, TINY, package=package, compare=False)
