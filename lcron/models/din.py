@@ -61,7 +61,9 @@ class DIN(nn.Module):
         seq_w = seq_e.shape[-1]
         seq_proj = F.linear(seq_e, w[:, :seq_w], att_in.bias)          # [B, L, 80], once per request
         item_proj = F.linear(item_e[..., :n_id], w[:, seq_w:])          # [B, N, 80], once per candidate
-        pool = compiled_attention_pool() if self.use_compile else attention_pool
+        # Inside a torch.compile of the whole model, the plain core lets inductor fuse it there.
+        fused = self.use_compile and not torch.compiler.is_compiling()
+        pool = compiled_attention_pool() if fused else attention_pool
         interest = pool(item_proj, seq_proj, att_out.weight[0], att_out.bias[0], seq_e, mask)
         request = torch.cat([ctx_e, user_e], -1)                        # [B, 8d]
         return score_candidates(self.head, request, [interest, item_e]).squeeze(-1)

@@ -154,7 +154,9 @@ class FeatureEmbedding(nn.Module):
             raise DataError(f"batch field {name!r} must have shape {shape_text} (columns {list(col_kinds)}), "
                             f"got {tuple(ids.shape)}")
         sizes = getattr(self, f"_{name}_sizes")
-        if ids.numel():
+        # The range check reads values (a graph break under torch.compile of a whole model);
+        # callers that compile the whole model check ids before (the serving loader does).
+        if ids.numel() and not torch.compiler.is_compiling():
             lo, hi = ids.reshape(-1, ids.shape[-1]).aminmax(dim=0)
             bad = (lo.long() < 0) | (hi.long() >= sizes)
             if bool(bad.any()):

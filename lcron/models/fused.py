@@ -80,8 +80,10 @@ class ReluScores(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, item_proj: Tensor, seq_proj: Tensor, out_weight: Tensor, out_bias: Tensor,  # type: ignore[override]
-                forward_fn: Callable[..., Tensor], backward_fn: Callable[..., tuple]) -> Tensor:
+    def forward(  # type: ignore[override]
+        ctx, item_proj: Tensor, seq_proj: Tensor, out_weight: Tensor, out_bias: Tensor,
+        forward_fn: Callable[..., Tensor], backward_fn: Callable[..., tuple],
+    ) -> Tensor:
         ctx.save_for_backward(item_proj, seq_proj, out_weight)
         ctx.backward_fn = backward_fn
         return forward_fn(item_proj, seq_proj, out_weight, out_bias)

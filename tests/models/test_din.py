@@ -12,7 +12,7 @@ from lcron.data import fields
 from lcron.models import DIN, build_model
 from lcron.models.fused import (FallbackCompiled, ReluScores, attention_pool, compiled_attention_pool, relu_scores,
                                 relu_scores_backward, split_attention_pool)
-from model_batches import SIZES, make_batch
+from .model_batches import SIZES, make_batch
 
 
 def _embed(model, ids: torch.Tensor, kinds: tuple[str, ...]) -> torch.Tensor:
@@ -65,8 +65,9 @@ def test_attention_pool_hand_checked():
 
 def test_relu_scores_backward_matches_autograd():
     g = torch.Generator().manual_seed(0)
-    args = [torch.randn(2, 3, 4, generator=g, dtype=torch.float64), torch.randn(2, 5, 4, generator=g, dtype=torch.float64),
-            torch.randn(4, generator=g, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)]
+    f64 = dict(generator=g, dtype=torch.float64)
+    args = [torch.randn(2, 3, 4, **f64), torch.randn(2, 5, 4, **f64), torch.randn(4, **f64),
+            torch.tensor(0.3, dtype=torch.float64)]
     args = [a.requires_grad_() for a in args]
     assert torch.autograd.gradcheck(lambda *a: ReluScores.apply(*a, relu_scores, relu_scores_backward), args)
     upstream = torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
@@ -142,6 +143,7 @@ def test_fallback_compiled_switches_to_eager_on_compile_error():
 
 @pytest.mark.slow
 def test_compiled_din_matches_eager():
+    """Fused core (training, forward + backward) and whole-model compile (inference) match eager."""
     torch.manual_seed(0)
     eager = build_model("din", SIZES, compile=False)
     torch.manual_seed(0)
@@ -154,3 +156,7 @@ def test_compiled_din_matches_eager():
     for (name, pe), (_, pf) in zip(eager.named_parameters(), fused.named_parameters()):
         torch.testing.assert_close(pf.grad, pe.grad, rtol=1e-4, atol=1e-5, msg=name)
     assert compiled_attention_pool().active, compiled_attention_pool().error
+    # the whole model compiles as one graph too (serving compiles it for inference)
+    with torch.no_grad():
+        whole = torch.compile(eager, fullgraph=True, dynamic=False)
+        torch.testing.assert_close(whole(batch), out_e, rtol=1e-5, atol=1e-5)

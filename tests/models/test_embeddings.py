@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from lcron.data import fields
 from lcron.errors import ConfigError, DataError
 from lcron.models import DSSM, EMBEDDING_KINDS, FeatureEmbedding, build_model
-from model_batches import SIZES, make_batch
+from .model_batches import SIZES, make_batch
 
 
 def test_layout_one_block_per_kind():

@@ -8,7 +8,7 @@ import torch
 from lcron.models import DIN, DSSM, MLP, MODELS, Cascade, build_cascade, build_model
 from lcron.models.layers import masked_mean
 from lcron.settings import THREE_STAGE, TWO_STAGE, Setting
-from model_batches import SIZES, make_batch
+from .model_batches import SIZES, make_batch
 
 
 def test_models_registry():
@@ -107,7 +107,8 @@ def test_same_seed_same_weights_whatever_the_size_order():
         assert ka == kb and torch.equal(va, vb), ka
     torch.manual_seed(4)
     c = build_cascade(TWO_STAGE, SIZES)
-    assert not torch.equal(c.state_dict()["stages.prerank.head.0.weight"], a.state_dict()["stages.prerank.head.0.weight"])
+    key = "stages.prerank.head.0.weight"
+    assert not torch.equal(c.state_dict()[key], a.state_dict()[key])
     # the models of a cascade share no parameter
     ids = [id(p) for m in a.models for p in m.parameters()]
     assert len(ids) == len(set(ids))
