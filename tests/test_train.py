@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from lcron.batches import gather
+from lcron.data.fields import MODEL_INPUTS
 from lcron.data.shards import ShardSet, preprocess
 from lcron.data.synthetic import generate
 from lcron.errors import ConfigError, NumericalError, OutputExistsError
@@ -40,8 +42,7 @@ def _stage_recalls(run_dir: Path, shards: ShardSet) -> tuple[list[float], list[f
     """Mean Recall@10@m per stage of the trained model and of a random scorer on the test day."""
     cascade, _ = load_cascade(run_dir / "seed-1" / "model.pt")
     arrays = shards.load_day(shards.days[-1])
-    batch = {k: torch.from_numpy(np.asarray(arrays[k])).long() for k in ("context", "user", "seq", "items")}
-    batch["seq_mask"] = torch.from_numpy(np.asarray(arrays["seq_mask"])).float()
+    batch = gather(arrays, slice(None), MODEL_INPUTS)
     with torch.no_grad():
         logits = [z.numpy() for z in cascade(batch)]
     labels, mask = np.asarray(arrays["label"]), np.asarray(arrays["mask"])
@@ -73,8 +74,6 @@ def _fixed_batch_loss(run_dir: Path, shards: ShardSet, method: str, payload_path
         cascade.load_state_dict(state["model_state"])
         loss.load_state_dict(state["loss_state"])
     arrays = shards.load_day(shards.days[-1])
-    from lcron.batches import gather
-
     batch = gather(arrays, np.arange(64), ("context", "user", "seq", "seq_mask", "items", "label", "mask"))
     with torch.no_grad():
         out = loss(cascade(batch), batch["label"], batch["mask"])
