@@ -362,7 +362,8 @@ def _next_day(all_days: list[str], day: str) -> str:
     return all_days[i + 1] if 0 <= i < len(all_days) - 1 else "(none)"
 
 
-def _open_shards(shards: Any, cfg: Mapping[str, Any], setting: Setting) -> Any:
+def open_run_shards(shards: Any, cfg: Mapping[str, Any], setting: Setting) -> Any:
+    """The shard set to evaluate a run on (run.json's by default), checked against what the run was trained on."""
     from .data.shards import ShardSet
 
     if shards is None:
@@ -422,7 +423,7 @@ def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = N
     setting = Setting.from_dict(cfg["setting"])
     seed_dirs = run_seeds(run_dir)
     seeds = [_seed_number(p) for p in seed_dirs]
-    shard_set = _open_shards(shards, cfg, setting)
+    shard_set = open_run_shards(shards, cfg, setting)
     grid = resolve_quota_grid(quota_grid, setting)
     units = plan_units(shard_set, cfg, seed_dirs, days, streaming, run_dir)
     fingerprint = shard_set.fingerprint()

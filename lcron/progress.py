@@ -41,12 +41,13 @@ class Progress:
     def _draw(self, final: bool) -> None:
         elapsed = time.perf_counter() - self.start
         rate = self.count / elapsed if elapsed > 0 else 0.0
+        rate_text = f"{rate:,.1f}" if rate < 10 else f"{rate:,.0f}"
         if self.total:
             pct = 100.0 * self.count / self.total
             eta = (self.total - self.count) / rate if rate > 0 else float("nan")
-            body = f"{self.count}/{self.total} {self.unit} ({pct:5.1f}%) {rate:,.0f} {self.unit}/s eta {eta:5.0f}s"
+            body = f"{self.count}/{self.total} {self.unit} ({pct:5.1f}%) {rate_text} {self.unit}/s eta {eta:5.0f}s"
         else:
-            body = f"{self.count} {self.unit} {rate:,.0f} {self.unit}/s"
+            body = f"{self.count} {self.unit} {rate_text} {self.unit}/s"
         line = f"{self.desc}: {body} {self.postfix}".rstrip()
         if self.tty:
             self.stream.write("\r" + line + ("\n" if final else ""))

@@ -171,3 +171,23 @@ class CascadeLoss(nn.Module):
         zs = tuple(z.masked_fill(~valid, 0.0) for z in logits)
         y = labels.to(dtype).masked_fill(~valid, 0.0)
         return LossInputs(logits=zs, labels=y, mask=valid, maskf=maskf, counts=maskf.sum(dim=-1))
+
+
+class SameLossEveryStage(CascadeLoss):
+    """A method that gives every stage model the same loss on its own logits (full-stage methods).
+
+    Subclasses implement :meth:`stage_loss`; the total is the sum over stages and each stage's
+    term is logged as ``single/<stage>``.
+    """
+
+    def stage_loss(self, z: Tensor, inputs: LossInputs) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def compute(self, inputs: LossInputs) -> LossOutput:
+        total = inputs.labels.new_zeros(())
+        parts = {}
+        for stage, z in zip(self.stage_names, inputs.logits):
+            term = self.stage_loss(z, inputs)
+            parts[f"single/{stage}"] = term.detach()
+            total = total + term
+        return LossOutput(total, parts)

@@ -28,7 +28,7 @@ from torch import Tensor
 from lcron.errors import ConfigError
 from lcron.settings import Setting
 
-from .base import CascadeLoss, LossInputs, LossOutput, bce_with_logits
+from .base import LossInputs, SameLossEveryStage, bce_with_logits
 from .registry import register
 
 
@@ -76,7 +76,7 @@ def lambda_weights(scores: Tensor, labels: Tensor, mask: Tensor, *, mu: float, t
 
 
 @register("fs_lambdaloss")
-class FSLambdaLoss(CascadeLoss):
+class FSLambdaLoss(SameLossEveryStage):
     """LambdaLoss (NDCG-Loss2++) on graded labels for every stage model."""
 
     def __init__(self, setting: Setting, *, mu: float = 0.8, topn: int = 30) -> None:
@@ -96,12 +96,3 @@ class FSLambdaLoss(CascadeLoss):
         per_request = (w * bce_with_logits(diff, target)).sum(dim=(-1, -2))
         has_pair = (inputs.counts >= 2).to(z.dtype)
         return (per_request * has_pair).sum() / has_pair.sum().clamp(min=1.0)
-
-    def compute(self, inputs: LossInputs) -> LossOutput:
-        total = inputs.labels.new_zeros(())
-        parts = {}
-        for stage, z in zip(self.stage_names, inputs.logits):
-            term = self.stage_loss(z, inputs)
-            parts[f"single/{stage}"] = term.detach()
-            total = total + term
-        return LossOutput(total, parts)

@@ -16,12 +16,12 @@ from torch import Tensor
 
 from lcron.settings import Setting
 
-from .base import CascadeLoss, LossInputs, LossOutput
+from .base import LossInputs, SameLossEveryStage
 from .registry import register
 
 
 @register("fs_ranknet")
-class FSRankNetLoss(CascadeLoss):
+class FSRankNetLoss(SameLossEveryStage):
     """Group-versus-lower-groups RankNet loss for every stage model; no options."""
 
     uses_slot_groups = True
@@ -40,12 +40,3 @@ class FSRankNetLoss(CascadeLoss):
             count = pairs.sum()
             total = total + (F.softplus(-diff) * pairs).sum() / count.clamp(min=1.0)
         return total
-
-    def compute(self, inputs: LossInputs) -> LossOutput:
-        total = inputs.labels.new_zeros(())
-        parts = {}
-        for stage, z in zip(self.stage_names, inputs.logits):
-            term = self.stage_loss(z, inputs)
-            parts[f"single/{stage}"] = term.detach()
-            total = total + term
-        return LossOutput(total, parts)

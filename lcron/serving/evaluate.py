@@ -35,7 +35,6 @@ deeper stages score only the survivors, per K1.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -47,6 +46,7 @@ import torch
 
 from lcron import atomic
 from lcron.errors import ConfigError, DataError
+from lcron.evaluate import open_run_shards, read_run_config
 from lcron.progress import Progress
 from lcron.serving.index import (Corpus, IndexOptions, build_corpus, build_index, check_kind, clamp_k1,
                                  overlap_recall, retrieval_tower, rows_in, search, stage_modules, user_vectors)
@@ -239,41 +239,6 @@ def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1:
 
 
 # ------------------------------------------------------------------------ the run
-def _open_shards(shards: Any, cfg: Mapping[str, Any], setting: Setting):
-    from lcron.data.shards import ShardSet
-
-    if shards is None:
-        if not cfg.get("shards"):
-            raise ConfigError("run.json names no shard set; pass --shards DIR")
-        shards = cfg["shards"]
-    shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards)
-    ss = shard_set.setting
-    if ss.groups != setting.groups or ss.group_size != setting.group_size:
-        raise ConfigError(f"shard set {shard_set.root} has setting {ss.name!r} (groups {list(ss.groups)}); the run "
-                          f"was trained for {setting.name!r} (groups {list(setting.groups)})")
-    sizes = {k: int(v) for k, v in shard_set.embedding_sizes.items()}
-    trained = {k: int(v) for k, v in cfg["embedding_sizes"].items()}
-    if sizes != trained:
-        diff = sorted(k for k in set(sizes) | set(trained) if sizes.get(k) != trained.get(k))
-        raise ConfigError(f"shard set {shard_set.root} has other vocabulary sizes than the run was trained with "
-                          f"(fields {diff}); ids would not match the embedding tables")
-    return shard_set
-
-
-def _read_run(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise DataError(f"{run_dir} is not a training run folder (no run.json)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from None
-    for key in ("setting", "embedding_sizes"):
-        if key not in cfg:
-            raise DataError(f"{path} lacks the field {key!r}; was it written by lcron train?")
-    return cfg
-
-
 def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = None,
                      k1: "Sequence[int] | str" = (100, 500, 1000), index: str = "flat", batch_size: int = 1024,
                      device: str = "auto", seed: int = 0, index_options: "Mapping[str, Any] | None" = None,
@@ -295,10 +260,10 @@ def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | No
     k1_req = parse_k1(k1)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
-    cfg = _read_run(run_dir)
+    cfg = read_run_config(run_dir)
     setting = Setting.from_dict(cfg["setting"])
     seed_dirs = run_seeds(run_dir)
-    shard_set = _open_shards(shards, cfg, setting)
+    shard_set = open_run_shards(shards, cfg, setting)
     if not shard_set.days:
         raise DataError(f"shard set {shard_set.root} holds no complete day")
     test_day = day or shard_set.days[-1]
@@ -417,9 +382,9 @@ def _bench_serving(shards: Any, run_dir: "str | Path", k1_list: Sequence[int], *
     from lcron.train import load_cascade, run_seeds
 
     run_dir = Path(run_dir)
-    cfg = _read_run(run_dir)
+    cfg = read_run_config(run_dir)
     setting = Setting.from_dict(cfg["setting"])
-    shard_set = _open_shards(shards, cfg, setting)
+    shard_set = open_run_shards(shards, cfg, setting)
     dev = torch.device("cpu")
     folder = Path(seed_dir) if seed_dir is not None else run_seeds(run_dir)[0]
     cascade, _ = load_cascade(folder / "model.pt", dev, compile=compile)
