@@ -1,29 +1,50 @@
-"""Benchmarks behind ``lcron bench`` / ``make bench``.
+"""Benchmarks behind ``lcron bench`` / ``make bench``, and the training profiler.
 
 A benchmark is a function ``fn(ctx: BenchContext) -> list[dict]`` registered with
-:func:`register`; each row it returns has ``name``, ``setting``, ``value``, ``unit`` and
-any extra fields. :func:`run_benchmarks` runs the registered functions, prints one table
-and writes everything to JSON (default ``build/bench.json``) with the environment
-(device, threads) and the data shape, so numbers from different machines or commits can
-be compared. Later work adds benchmarks (training steps/s, evaluation, serving) with one
-decorated function each.
+:func:`register`; each row it returns has ``name``, ``setting``, ``value``, ``unit``, often
+a ``case`` (the method, the K1) and any extra fields. :func:`run_benchmarks` runs the
+registered functions, prints one table and writes everything to JSON (default
+``build/bench.json``) with the environment (device, threads, load) and the data shape, so
+numbers from different machines or commits can be compared. The rows (docs/benchmarks.md):
+
+==========  ===============================================================================
+preprocess  RecFlow files -> shards, requests/s (best of the mode's repeats)
+train       one row per method and setting: steady training requests/s of
+            :func:`lcron.train.train` (data loading included), its own ``summary.json``
+            accounting; the first step (compile) is reported apart
+evaluate    the whole evaluation step, :func:`lcron.evaluate.evaluate` on a trained LCRON
+            run: loading shards + inference of every stage model + metrics + outputs
+metrics     :func:`lcron.metrics.cascade_metrics` alone on the stored scores of that run
+serving     :func:`lcron.serving.evaluate.bench_serving` per K1 (a note if it is absent)
+==========  ===============================================================================
 
 Each timed step runs in a fresh child process (``python -m lcron.bench --worker ...``):
 the timing excludes interpreter start-up and imports, and the child's own peak resident
-memory (``ru_maxrss``) is the step's peak, not the parent's.
+memory is the step's peak (VmHWM, reset just before the step), not the parent's. The
+parent never imports torch.
 
 Data sets are generated once per mode under ``build/bench-data/<mode>`` with a fixed seed
-and reused while their parameters match:
+and reused while their parameters match; the shards and the trained LCRON runs of a
+bench run live in a scratch folder that is removed at the end:
 
 =======  ====================================================================
-quick    2 days x 100 requests (CI: checks every benchmark runs)
-default  4 days x 2,000 requests (the synthetic generator's defaults)
-full     8 days x 10,000 requests, 2,000 users, 20,000 items
+quick    2 days x 100 requests (CI: checks every benchmark runs; batch 32, 1
+         measured step per method, compile off)
+default  4 days x 2,000 requests (the synthetic generator's defaults); batch 1024,
+         1 warm-up + 3 measured steps per method, torch.compile on
+full     8 days x 10,000 requests, 2,000 users, 20,000 items; batch 1024, 1 warm-up
+         + 15 measured steps per method
 =======  ====================================================================
+
+``python -m lcron.bench --profile METHOD [--stages 2|3]`` profiles training steps with
+torch.profiler (:func:`profile_training`): time per phase of the trainer's loop, the top
+operators and their shares, autograd nodes, NeuralSort calls per step, ids gathered per
+batch, the fixed per-step cost and, with ``--memory``, the peak tensor memory by category.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -32,20 +53,39 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from lcron.atomic import write_json
+from lcron.atomic import atomic_open, write_json
 from lcron.errors import ConfigError, LcronError
 
-__all__ = ["BenchContext", "BENCHMARKS", "SIZES", "register", "run_benchmarks", "environment", "format_table"]
+__all__ = ["BenchContext", "BENCHMARKS", "SIZES", "RUN_PARAMS", "METHOD_ORDER", "register", "run_benchmarks",
+           "environment", "format_table", "profile_training", "format_profile", "main"]
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {"num_days": 2, "requests_per_day": 100, "users": 100, "items": 1000, "seed": 0, "repeats": 1},
     "default": {"num_days": 4, "requests_per_day": 2000, "users": 500, "items": 5000, "seed": 0, "repeats": 3},
     "full": {"num_days": 8, "requests_per_day": 10000, "users": 2000, "items": 20000, "seed": 0, "repeats": 3},
 }
+
+# How the model benchmarks run in each mode (kept apart from SIZES: SIZES keys the cached data).
+# Training uses every day of the data set, ``steps_per_day`` batches each: the first step is
+# the warm-up (compile), the others are measured - default 4 days x 1 = 1 + 3 steps.
+RUN_PARAMS: dict[str, dict[str, Any]] = {
+    "quick": {"batch_size": 32, "steps_per_day": 1, "compile": False, "process_per_method": False,
+              "k1": (100,), "serving_requests": 64, "serving_repeats": 1, "metrics_repeats": 1},
+    "default": {"batch_size": 1024, "steps_per_day": 1, "compile": True, "process_per_method": True,
+                "k1": (100, 500), "serving_requests": 1024, "serving_repeats": 2, "metrics_repeats": 5},
+    "full": {"batch_size": 1024, "steps_per_day": 2, "compile": True, "process_per_method": True,
+             "k1": (100, 500, 1000), "serving_requests": 4096, "serving_repeats": 3, "metrics_repeats": 5},
+}
+
+#: The eight methods of METHODS.md section 5, in its order (the training rows' order).
+METHOD_ORDER: tuple[str, ...] = ("bce", "fs_ranknet", "fs_lambdaloss", "icc", "rankflow", "arf", "arf_v2", "lcron")
+STAGES: tuple[int, ...] = (2, 3)
+SETTING_NAMES = {2: "two_stage", 3: "three_stage"}
 
 BenchFn = Callable[["BenchContext"], list[dict[str, Any]]]
 BENCHMARKS: dict[str, BenchFn] = {}
@@ -63,17 +103,28 @@ def register(name: str) -> Callable[[BenchFn], BenchFn]:
 
 @dataclass
 class BenchContext:
-    """What a benchmark gets: the mode, the shared data set and a scratch folder."""
+    """What a benchmark gets: the mode, the shared data set and a scratch folder.
+
+    Shard sets and trained LCRON runs are made on first use and shared by the benchmarks of
+    one bench run (the evaluation and serving rows reuse the run the training row made).
+    """
 
     mode: str
     data_dir: Path
     work_dir: Path
     progress: bool = True
     data_shape: dict[str, Any] = field(default_factory=dict)
+    shard_dirs: dict[int, Path] = field(default_factory=dict)
+    runs: dict[tuple[str, int], Path] = field(default_factory=dict)
+    scores: dict[int, Path] = field(default_factory=dict)
 
     @property
     def size(self) -> dict[str, Any]:
         return SIZES[self.mode]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return RUN_PARAMS[self.mode]
 
     def recflow(self) -> Path:
         """The mode's synthetic RecFlow folder, generated on first use and reused after."""
@@ -93,6 +144,47 @@ class BenchContext:
         generate(root, progress=self.progress, **params)
         write_json(marker, params)
         return root
+
+    def shards(self, stages: int) -> Path:
+        """The mode's data preprocessed for ``stages`` (in a child process), made once per bench run."""
+        if stages not in self.shard_dirs:
+            out = self.work_dir / f"shards-{stages}"
+            res = _run_worker(["preprocess", str(self.recflow()), str(out), str(stages)])
+            self.note_shape(res)
+            self.shard_dirs[stages] = out
+        return self.shard_dirs[stages]
+
+    def train(self, methods: list[str], stages: int) -> list[dict[str, Any]]:
+        """Train ``methods`` for ``stages`` in one child process (fresh run folders) and keep
+        the runs (the evaluation and serving rows reuse LCRON's): one worker result per method."""
+        p = self.params
+        outs = [self.work_dir / "runs" / f"{m}-{stages}" for m in methods]
+        for out in outs:
+            shutil.rmtree(out, ignore_errors=True)
+        res = _run_worker(["train", json.dumps({
+            "shards": str(self.shards(stages)), "outs": [str(o) for o in outs], "methods": list(methods),
+            "batch_size": p["batch_size"], "steps_per_day": p["steps_per_day"], "compile": p["compile"]})])
+        for m, out in zip(methods, outs):
+            self.runs[(m, stages)] = out
+        return res["runs"]
+
+    def lcron_run(self, stages: int) -> Path:
+        """A trained LCRON run of ``stages`` for the evaluation and serving rows."""
+        if ("lcron", stages) not in self.runs:
+            self.log(f"  training an LCRON run ({SETTING_NAMES[stages]}) for evaluation ...")
+            self.train(["lcron"], stages)
+        return self.runs[("lcron", stages)]
+
+    def stored_scores(self, stages: int) -> Path:
+        """The scores the evaluation benchmark stored (made by running it when it did not run)."""
+        if stages not in self.scores:
+            run_evaluate_worker(self, stages)
+        return self.scores[stages]
+
+    def note_shape(self, res: dict[str, Any]) -> None:
+        """Record the stored candidates per label (mean) that a preprocess child reported."""
+        for lb, mean in res.get("items_per_label", {}).items():
+            self.data_shape.setdefault("stored_items_per_label_mean", {})[lb] = round(mean, 2)
 
     def log(self, msg: str) -> None:
         if self.progress:
@@ -168,6 +260,18 @@ def _reset_peak_memory() -> None:
         pass
 
 
+@contextmanager
+def _measured() -> Iterator[dict[str, float]]:
+    """Wall seconds, CPU seconds and peak/baseline RSS (MiB) of the block, filled in on exit."""
+    _reset_peak_memory()
+    stats: dict[str, float] = {"baseline_rss_mb": _memory_mb()[0]}
+    t0, c0 = time.perf_counter(), time.process_time()
+    yield stats
+    stats["wall_s"] = time.perf_counter() - t0
+    stats["cpu_s"] = time.process_time() - c0
+    stats["peak_rss_mb"] = _memory_mb()[1]
+
+
 def _worker_preprocess(source: str, out: str, stages: str) -> dict[str, Any]:
     import pyarrow.ipc  # noqa: F401 - imported before the clock starts, as in a warm process
 
@@ -186,41 +290,166 @@ def _worker_preprocess(source: str, out: str, stages: str) -> dict[str, Any]:
             "items_per_label": {k: v["mean"] for k, v in first["items_per_label"].items()}}
 
 
+def _all_days(shard_set: Any) -> str:
+    return f"{shard_set.days[0]}:{shard_set.days[-1]}"
+
+
+def _worker_train(p: dict[str, Any]) -> dict[str, Any]:
+    """:func:`lcron.train.train` of each of ``methods`` on every day of the shard set,
+    ``steps_per_day`` batches each, one after the other in this process.
+
+    The trainer's summary.json gives the steady rate (every step after the first, batch
+    gathering included) and the first step's time; the first step minus a steady step is
+    the compile (and first-call) cost. The peak memory is reset before each method.
+    """
+    import torch
+
+    from lcron.data.shards import ShardSet
+    from lcron.train import TrainConfig, train
+
+    shard_set = ShardSet(p["shards"])
+    runs = []
+    for method, out in zip(p["methods"], p["outs"]):
+        cfg = TrainConfig(method=method, batch_size=int(p["batch_size"]), seeds=(1,), days=_all_days(shard_set),
+                          compile=bool(p["compile"]))
+        with _measured() as m:
+            result = train(shard_set, out, cfg, overwrite=True, progress=False,
+                           max_steps_per_day=int(p["steps_per_day"]))
+        s = result[0].summary
+        steady = s["steady_requests_per_s"]
+        step_s = cfg.batch_size / steady if steady else None
+        first = s["first_step_seconds"]
+        runs.append({**m, "method": method, "setting": s["setting"], "steps": s["steps"], "requests": s["requests"],
+                     "steady": steady, "first_step_s": first, "step_s": step_s,
+                     "compile_s": max(first - step_s, 0.0) if first is not None and step_s is not None else None,
+                     "device": s["device"], "threads": torch.get_num_threads(), "compile": s["compile"],
+                     "batch_size": cfg.batch_size, "final_loss": s["final_loss"], "load_1m": _loadavg()})
+    return {"runs": runs}
+
+
+def _worker_evaluate(p: dict[str, Any]) -> dict[str, Any]:
+    """The whole evaluation step twice in one process: cold (compiles) and warm (the rate);
+    once (cold = the rate) when ``warm_call`` is false.
+
+    Afterwards (not timed) the scores of every stage model are stored for the metrics row.
+    """
+    import numpy as np
+    import torch
+
+    from lcron.data.shards import ShardSet
+    from lcron.evaluate import evaluate, score_arrays
+    from lcron.train import load_cascade, resolve_device, run_seeds
+
+    shard_set = ShardSet(p["shards"])
+    days = _all_days(shard_set)
+    kwargs = dict(days=days, overwrite=True, progress=False, compile=bool(p["compile"]))
+    with _measured() as m:
+        t0, c0 = time.perf_counter(), time.process_time()
+        doc = evaluate(p["run"], shard_set, p["out"], **kwargs)
+        first_s = wall = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+        if p.get("warm_call", True):
+            t0, c0 = time.perf_counter(), time.process_time()
+            doc = evaluate(p["run"], shard_set, p["out"], **kwargs)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if p.get("scores_out"):
+        dev = resolve_device("auto")
+        cascade, _ = load_cascade(run_seeds(p["run"])[0] / "model.pt", dev, compile=bool(p["compile"]))
+        parts = [(score_arrays(cascade, a, device=dev, pad_last=bool(p["compile"])), a)
+                 for a in (shard_set.load_day(d) for d in shard_set.days)]
+        with atomic_open(p["scores_out"], "wb") as fh:
+            np.savez(fh, scores=np.stack([np.concatenate([sc[s] for sc, _ in parts]) for s in range(len(parts[0][0]))]),
+                     label=np.concatenate([np.asarray(a["label"]) for _, a in parts]),
+                     mask=np.concatenate([np.asarray(a["mask"]) for _, a in parts]),
+                     quotas=np.asarray(shard_set.setting.quotas), gt=np.asarray(shard_set.setting.gt_size))
+    t = doc["timing"]
+    return {**m, "wall_s": wall, "cpu_s": cpu, "first_call_s": first_s, "requests": t["requests_scored"],
+            "load_and_inference_s": t["load_and_inference_seconds"], "metrics_s": t["metrics_seconds"],
+            "setting": doc["setting"], "device": doc["device"], "compile": doc["compile"],
+            "threads": torch.get_num_threads(), "load_1m": _loadavg()}
+
+
+def _worker_metrics(p: dict[str, Any]) -> dict[str, Any]:
+    """:func:`lcron.metrics.cascade_metrics` on stored scores, best of ``repeats`` passes."""
+    import numpy as np
+
+    from lcron.metrics import cascade_metrics
+
+    with np.load(p["scores"], allow_pickle=False) as z:
+        scores, label, mask = z["scores"], z["label"], z["mask"]
+        quotas, gt = [int(q) for q in z["quotas"]], int(z["gt"])
+    times = []
+    with _measured() as m:
+        for _ in range(max(1, int(p["repeats"]))):
+            t0 = time.perf_counter()
+            res = cascade_metrics(list(scores), label, mask, quotas, gt=gt, seed=0)
+            times.append(time.perf_counter() - t0)
+    return {**m, "requests": int(label.shape[0]), "times_s": times, "joint_recall": float(np.nanmean(res.joint_recall)),
+            "load_1m": _loadavg()}
+
+
+def _worker_serving(p: dict[str, Any]) -> dict[str, Any]:
+    """The serving engineer's ``bench_serving`` rows, or why they are missing."""
+    try:
+        from lcron.serving.evaluate import bench_serving
+    except ImportError as exc:
+        return {"skipped": f"lcron.serving.evaluate.bench_serving is not available ({exc})"}
+    import torch
+
+    with _measured() as m:
+        rows = bench_serving(p["shards"], p["run"], list(p["k1"]), requests=int(p["requests"]),
+                             repeats=int(p["repeats"]), compile=bool(p["compile"]))
+    return {**m, "rows": rows, "threads": torch.get_num_threads(), "load_1m": _loadavg()}
+
+
+WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "train": _worker_train, "evaluate": _worker_evaluate, "metrics": _worker_metrics, "serving": _worker_serving,
+}
+
+
 def _worker_main(argv: list[str]) -> int:
     if not argv or argv[0] != "--worker" or len(argv) < 2:
-        print("usage: python -m lcron.bench --worker STEP ARGS...", file=sys.stderr)
+        print("usage: python -m lcron.bench --worker STEP ARGS... (a benchmark child) | "
+              "--profile METHOD [--stages 2|3] [--memory] ...", file=sys.stderr)
         return 2
     step, args = argv[1], argv[2:]
     if step == "preprocess":
         result = _worker_preprocess(*args)
+    elif step in WORKERS and len(args) == 1:
+        result = WORKERS[step](json.loads(args[0]))
     else:
-        print(f"unknown benchmark step {step!r}", file=sys.stderr)
+        print(f"unknown benchmark step {step!r} (or bad arguments {args!r})", file=sys.stderr)
         return 2
     print(json.dumps(result))
     return 0
 
 
 # ------------------------------------------------------------------ benchmarks
+def _r(x: float | None, nd: int = 1) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
 @register("preprocess")
 def bench_preprocess(ctx: BenchContext) -> list[dict[str, Any]]:
     """RecFlow files in -> shards out (feather, both pickles, hashing, writing) per setting,
     fresh output folder each run; value = requests/s (best of the runs)."""
     source = ctx.recflow()
     rows = []
-    for stages in (2, 3):
+    for stages in STAGES:
         runs = []
         for _ in range(ctx.size["repeats"]):
             out = Path(tempfile.mkdtemp(prefix="shards-", dir=ctx.work_dir))
             shutil.rmtree(out)
             try:
                 runs.append(_run_worker(["preprocess", str(source), str(out), str(stages)]))
+                if stages not in ctx.shard_dirs:  # the first output is the bench run's shard set
+                    ctx.shard_dirs[stages] = out.rename(ctx.work_dir / f"shards-{stages}")
             finally:
                 shutil.rmtree(out, ignore_errors=True)
         rates = [r["requests"] / r["wall_s"] for r in runs]
         best = max(range(len(runs)), key=lambda i: rates[i])
         r = runs[best]
-        for lb, mean in r["items_per_label"].items():
-            ctx.data_shape.setdefault("stored_items_per_label_mean", {})[lb] = round(mean, 2)
+        ctx.note_shape(r)
         rows.append({
             "name": "preprocess", "setting": r["setting"], "value": round(rates[best], 1), "unit": "requests/s",
             "requests": r["requests"], "days": r["days"], "wall_s": round(r["wall_s"], 4),
@@ -232,15 +461,146 @@ def bench_preprocess(ctx: BenchContext) -> list[dict[str, Any]]:
     return rows
 
 
+@register("train")
+def bench_train(ctx: BenchContext) -> list[dict[str, Any]]:
+    """Training requests/s of every method in both settings.
+
+    value = the trainer's steady rate (summary.json ``steady_requests_per_s``: every step
+    after the first; gathering the batch from the memory-mapped shards, forward, loss,
+    backward, optimizer steps and the per-step logging). ``compile_s`` = first step minus
+    a steady step. Default and full modes train each method in a fresh process (its own
+    compile, its own peak memory); quick mode trains a setting's methods in one process.
+    The LCRON runs are kept for the evaluation and serving rows.
+    """
+    rows = []
+    for stages in STAGES:
+        if ctx.params["process_per_method"]:
+            results = []
+            for method in METHOD_ORDER:
+                ctx.log(f"  train {method} ({SETTING_NAMES[stages]}) ...")
+                results.extend(ctx.train([method], stages))
+        else:
+            ctx.log(f"  train {', '.join(METHOD_ORDER)} ({SETTING_NAMES[stages]}) ...")
+            results = ctx.train(list(METHOD_ORDER), stages)
+        for r in results:
+            rows.append({
+                "name": "train", "case": r["method"], "setting": r["setting"], "value": _r(r["steady"]),
+                "unit": "requests/s", "batch_size": r["batch_size"], "steps": r["steps"],
+                "measured_steps": r["steps"] - 1, "step_s": _r(r["step_s"], 3),
+                "first_step_s": _r(r["first_step_s"], 2), "compile_s": _r(r["compile_s"], 2),
+                "compile": r["compile"], "train_call_s": _r(r["wall_s"], 2), "cpu_s": _r(r["cpu_s"], 2),
+                "peak_rss_mb": _r(r["peak_rss_mb"]), "baseline_rss_mb": _r(r["baseline_rss_mb"]),
+                "device": r["device"], "threads": r["threads"], "load_1m": r["load_1m"],
+            })
+    return rows
+
+
+def run_evaluate_worker(ctx: BenchContext, stages: int) -> dict[str, Any]:
+    """Run the evaluation worker on the LCRON run of ``stages`` and remember its stored scores."""
+    scores = ctx.work_dir / f"scores-{stages}.npz"
+    res = _run_worker(["evaluate", json.dumps({
+        "shards": str(ctx.shards(stages)), "run": str(ctx.lcron_run(stages)),
+        "out": str(ctx.work_dir / f"eval-{stages}"), "compile": ctx.params["compile"], "scores_out": str(scores),
+        "warm_call": ctx.params["compile"]})])
+    ctx.scores[stages] = scores
+    return res
+
+
+@register("evaluate")
+def bench_evaluate(ctx: BenchContext) -> list[dict[str, Any]]:
+    """The whole evaluation step (:func:`lcron.evaluate.evaluate`) of a trained LCRON run on
+    every day of the data set: opening the shards, inference of every stage model, every
+    metric, the quota sweep and the output files. value = requests / wall time of a warm
+    call; the first call (which compiles) is reported apart."""
+    rows = []
+    for stages in STAGES:
+        ctx.log(f"  evaluate ({SETTING_NAMES[stages]}) ...")
+        r = run_evaluate_worker(ctx, stages)
+        rows.append({
+            "name": "evaluate", "case": "lcron", "setting": r["setting"], "value": _r(r["requests"] / r["wall_s"]),
+            "unit": "requests/s", "requests": r["requests"], "wall_s": _r(r["wall_s"], 3),
+            "first_call_s": _r(r["first_call_s"], 2), "load_and_inference_s": _r(r["load_and_inference_s"], 3),
+            "metrics_s": _r(r["metrics_s"], 3), "cpu_s": _r(r["cpu_s"], 2), "compile": r["compile"],
+            "peak_rss_mb": _r(r["peak_rss_mb"]), "baseline_rss_mb": _r(r["baseline_rss_mb"]),
+            "device": r["device"], "threads": r["threads"], "load_1m": r["load_1m"],
+        })
+    return rows
+
+
+@register("metrics")
+def bench_metrics(ctx: BenchContext) -> list[dict[str, Any]]:
+    """:func:`lcron.metrics.cascade_metrics` (joint recall, Recall@10@m and NDCG@10 of every
+    stage, GT funnel) on the stored scores of the evaluated run; value = requests/s, best of
+    the mode's repeats."""
+    rows = []
+    for stages in STAGES:
+        ctx.log(f"  metrics ({SETTING_NAMES[stages]}) ...")
+        r = _run_worker(["metrics", json.dumps({"scores": str(ctx.stored_scores(stages)),
+                                                "repeats": ctx.params["metrics_repeats"]})])
+        best = min(r["times_s"])
+        rows.append({
+            "name": "metrics", "case": "cascade_metrics", "setting": SETTING_NAMES[stages],
+            "value": _r(r["requests"] / best), "unit": "requests/s", "requests": r["requests"],
+            "best_s": _r(best, 4), "runs": len(r["times_s"]), "peak_rss_mb": _r(r["peak_rss_mb"]),
+            "baseline_rss_mb": _r(r["baseline_rss_mb"]), "load_1m": r["load_1m"],
+            "all_values": [_r(r["requests"] / t) for t in r["times_s"]],
+        })
+    return rows
+
+
+@register("serving")
+def bench_serving_rows(ctx: BenchContext) -> list[dict[str, Any]]:
+    """Serving-style evaluation per K1 (user tower + exact faiss top-K1 over the item corpus,
+    then the later stages with their quotas), from ``lcron.serving.evaluate.bench_serving``;
+    value = requests/s (best pass). One row with a note when that function is missing."""
+    rows = []
+    p = ctx.params
+    for stages in STAGES:
+        ctx.log(f"  serving ({SETTING_NAMES[stages]}, K1 {list(p['k1'])}) ...")
+        r = _run_worker(["serving", json.dumps({
+            "shards": str(ctx.shards(stages)), "run": str(ctx.lcron_run(stages)), "k1": list(p["k1"]),
+            "requests": p["serving_requests"], "repeats": p["serving_repeats"], "compile": p["compile"]})])
+        rows.extend(serving_rows(r, SETTING_NAMES[stages]))
+    return rows
+
+
+def serving_rows(result: dict[str, Any], setting: str) -> list[dict[str, Any]]:
+    """Table rows from the serving worker's result: one per K1, or one row with a note (value
+    None) when the serving benchmark is not available."""
+    if "skipped" in result:
+        return [{"name": "serving", "case": "-", "setting": setting, "value": None, "unit": "requests/s",
+                 "note": result["skipped"]}]
+    return [{
+        "name": "serving", "case": f"K1={s['k1']}", "setting": s["setting"], "value": _r(s["requests_per_s"]),
+        "unit": "requests/s", "k1": s["k1"], "requests": s["requests"], "batch_requests": s["batch_requests"],
+        "corpus_items": s["corpus_items"], "retrieval_requests_per_s": _r(s["retrieval_requests_per_s"]),
+        "scoring_requests_per_s": _r(s["scoring_requests_per_s"]),
+        "requests_per_cpu_s_per_thread": _r(s.get("requests_per_cpu_s_per_thread")),
+        "warmup_s": _r(s["warmup_s"], 2), "compile": s["compile"], "index": s["index"],
+        "peak_rss_mb": _r(result["peak_rss_mb"]), "baseline_rss_mb": _r(result["baseline_rss_mb"]),
+        "device": s["device"], "threads": s["threads"], "load_1m": result["load_1m"],
+    } for s in result["rows"]]
+
+
 # ------------------------------------------------------------------ runner
+_MAIN_KEYS = ("name", "case", "setting", "value", "unit", "peak_rss_mb")
+
+
+def _fmt_extra(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """One line per row: name, setting, value, unit and the extra scalar fields."""
-    head = f"{'benchmark':<14}{'setting':<13}{'value':>14}  {'unit':<12}details"
+    """One line per row: benchmark, case, setting, value, unit, peak memory, then the other scalar fields."""
+    head = f"{'benchmark':<11}{'case':<16}{'setting':<13}{'value':>12}  {'unit':<12}{'peak MiB':>9}  details"
     lines = [head, "-" * len(head)]
     for r in rows:
-        extra = ", ".join(f"{k}={v}" for k, v in r.items()
-                          if k not in ("name", "setting", "value", "unit") and not isinstance(v, (list, dict)))
-        lines.append(f"{r['name']:<14}{str(r.get('setting', '')):<13}{r['value']:>14,.1f}  {r['unit']:<12}{extra}")
+        extra = ", ".join(f"{k}={_fmt_extra(v)}" for k, v in r.items()
+                          if k not in _MAIN_KEYS and not isinstance(v, (list, dict)))
+        value = "n/a" if r.get("value") is None else f"{r['value']:,.1f}"
+        peak = "" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:,.0f}"
+        lines.append(f"{r['name']:<11}{str(r.get('case', '')):<16}{str(r.get('setting', '')):<13}{value:>12}  "
+                     f"{r['unit']:<12}{peak:>9}  {extra}")
     return "\n".join(lines)
 
 
@@ -257,6 +617,9 @@ def run_benchmarks(mode: str = "default", json_path: str | Path | None = "build/
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     size = SIZES[mode]
+    load_before = _loadavg()
+    t_start = time.perf_counter()
+    seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lcron-bench-", dir=data_dir) as work:
         ctx = BenchContext(mode=mode, data_dir=data_dir, work_dir=Path(work), progress=progress,
                            data_shape={"days": size["num_days"], "requests_per_day": size["requests_per_day"],
@@ -265,20 +628,314 @@ def run_benchmarks(mode: str = "default", json_path: str | Path | None = "build/
         rows: list[dict[str, Any]] = []
         for name in names:
             ctx.log(f"bench {name} ...")
+            t0 = time.perf_counter()
             rows.extend(BENCHMARKS[name](ctx))
+            seconds[name] = round(time.perf_counter() - t0, 1)
     env = environment()
+    env["load_average_1m_before"] = load_before
+    threads = sorted({r["threads"] for r in rows if isinstance(r.get("threads"), int)})
+    env["torch_threads"] = threads[0] if len(threads) == 1 else threads or None
+    devices = sorted({str(r["device"]) for r in rows if r.get("device")})
+    if devices:  # what the model benchmarks ran on (the children import torch; this process does not)
+        env["device"] = devices[0] if len(devices) == 1 else devices
     shape = ctx.data_shape
     print(f"data ({mode}): {shape['requests']} requests = {shape['days']} days x {shape['requests_per_day']}, "
           f"stored candidates per label (mean): {shape.get('stored_items_per_label_mean', 'n/a')}")
-    print(f"device: {env['device']} ({env['cpu']}), {env['usable_cpus']} usable CPU(s), load {env['load_average_1m']}")
+    print(f"device: {env['device']} ({env['cpu']}), {env['usable_cpus']} usable CPU(s), torch threads "
+          f"{env['torch_threads'] if env['torch_threads'] is not None else 'n/a'}, load (1 min) "
+          f"{load_before} before / {env['load_average_1m']} after")
     print(format_table(rows))
+    run_params = {k: list(v) if isinstance(v, tuple) else v for k, v in RUN_PARAMS[mode].items()}
     result = {"schema": "lcron-bench/1", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "mode": mode, "environment": env, "data": shape, "results": rows}
+              "mode": mode, "run_params": run_params, "environment": env, "data": shape,
+              "seconds": {**seconds, "total": round(time.perf_counter() - t_start, 1)}, "results": rows}
     if json_path is not None:
         write_json(json_path, result)
         print(f"wrote {json_path}")
     return result
 
 
+# ------------------------------------------------------------------ training profiler
+PHASES = ("gather", "forward", "loss", "check_finite", "zero_grad", "backward", "optimizer", "log")
+_INSTRUMENTED = ("neural_sort", "label_permutation")
+
+
+def _endless_batches(shard_set: Any, batch_size: int, device: Any) -> Iterator[dict[str, Any]]:
+    """The trainer's batches (days in order, each shuffled by (seed 1, day index)), cycling
+    through the days again when they run out."""
+    from lcron.batches import day_order, iter_batches
+
+    if all(shard_set.num_requests(d) < batch_size for d in shard_set.days):
+        raise ConfigError(f"shard set {shard_set.root}: no day holds a full batch of {batch_size} requests "
+                          f"(requests per day: {[shard_set.num_requests(d) for d in shard_set.days]})")
+    while True:
+        for i, day in enumerate(shard_set.days):
+            arrays = shard_set.load_day(day)
+            yield from iter_batches(arrays, day_order(len(arrays["label"]), 1, i, True), batch_size,
+                                    drop_last=True, device=device)
+
+
+def _train_step(cascade: Any, loss: Any, optimizers: dict[str, Any], batches: Iterator[dict[str, Any]],
+                mark: Callable[[str], Any]) -> dict[str, float]:
+    """One step exactly as the loop body of :func:`lcron.train._train_seed`, each phase under
+    ``mark(phase)`` (a profiler label, or nothing); returns the step's log record (total
+    loss and every part, as the trainer logs them)."""
+    import torch
+
+    with mark("gather"):
+        batch = next(batches)
+    with mark("forward"):
+        logits = cascade(batch)
+    with mark("loss"):
+        result = loss(logits, batch["label"], batch["mask"])
+    with mark("check_finite"):
+        torch.isfinite(result.total).item()
+    with mark("zero_grad"):
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+    with mark("backward"):
+        result.total.backward()
+    with mark("optimizer"):
+        for opt in optimizers.values():
+            opt.step()
+    with mark("log"):
+        rec = {"total": float(result.total.detach())}
+        rec.update({k: float(torch.as_tensor(v).detach()) for k, v in result.parts.items()})
+    return rec
+
+
+@contextmanager
+def _instrument(loss: Any) -> Iterator[None]:
+    """Put a profiler label ``fn/<name>`` around the sorting helpers the loss's module calls,
+    so the profile counts how often NeuralSort runs per step and what it costs."""
+    from torch.profiler import record_function
+
+    module = sys.modules[type(loss).__module__]
+    saved = {name: getattr(module, name) for name in _INSTRUMENTED if hasattr(module, name)}
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def labelled(*args: Any, **kwargs: Any) -> Any:
+            with record_function(f"fn/{name}"):
+                return fn(*args, **kwargs)
+        return labelled
+
+    for name, fn in saved.items():
+        setattr(module, name, wrap(name, fn))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(module, name, fn)
+
+
+def _timed_steps(n: int, step: Callable[[], None]) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _memory_by_category(prof: Any) -> dict[str, float]:
+    """Peak of the live tensor memory during the profiled step, in MiB, split by the
+    profiler's categories (parameter, optimizer state, input, activation, gradient, ...)."""
+    import numpy as np
+    import warnings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "timeline.json"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    sizes = np.asarray(sizes, dtype=np.float64)
+    # Columns: [unused, parameter, optimizer state, input, temporary, activation, gradient,
+    # autograd detail, unknown] (torch.profiler._memory_profiler category order, shifted by one).
+    names = ("parameter", "optimizer_state", "input", "temporary", "activation", "gradient", "autograd_detail",
+             "unknown")
+    total = sizes.sum(axis=1)
+    i = int(total.argmax())
+    out = {"peak_total_mb": round(total[i] / 2**20, 1)}
+    out.update({n: round(sizes[i, j + 1] / 2**20, 1) for j, n in enumerate(names)})
+    return out
+
+
+def profile_training(shards: str | Path, method: str, *, batch_size: int = 1024, steps: int = 3, warmup: int = 2,
+                     compile: bool = True, top: int = 20, memory: bool = False,
+                     small_batch: int = 8) -> dict[str, Any]:
+    """Profile training steps of ``method`` on a shard set with torch.profiler.
+
+    Runs ``warmup`` steps (the first one compiles), ``steps`` timed steps without the
+    profiler, then ``steps`` steps under it (CPU activities, with FLOP counts of the matmul
+    family), and reports per step: time per phase of the trainer's loop; the top operators
+    by self time and their share of the profiled time; the autograd nodes by time; the
+    calls and time of NeuralSort and of the label permutation (``fn/...``); the ids gathered
+    per batch; and the fixed per-step cost, i.e. the step time at ``small_batch`` requests,
+    where the arithmetic is negligible (Python, dispatch, optimizer loops). ``memory``
+    profiles one more step with memory tracking and reports the peak live tensor memory
+    by category (host tensors; on CUDA also the caching allocator's peak of one more step).
+    The loop body's logging converts the loss parts to floats, which synchronises a GPU
+    every step, so the step times are complete. Everything runs in this process.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from lcron.data.fields import MODEL_INPUTS
+    from lcron.data.shards import ShardSet
+    from lcron.train import TrainConfig, build_training_objects, resolve_device
+
+    if steps < 1 or warmup < 1:
+        raise ConfigError(f"profile: steps and warmup must be >= 1, got steps={steps}, warmup={warmup}")
+    shard_set = ShardSet(shards)
+    cfg = TrainConfig(method=method, batch_size=batch_size, compile=compile)
+    cfg.validate()
+    device = resolve_device("auto")
+    cascade, loss, optimizers = build_training_objects(shard_set.setting, shard_set.embedding_sizes, cfg, 1, device)
+    cascade.train()
+    batches = _endless_batches(shard_set, batch_size, device)
+
+    def plain() -> None:
+        _train_step(cascade, loss, optimizers, batches, lambda _: nullcontext())
+
+    warm = _timed_steps(warmup, plain)
+    timed = _timed_steps(steps, plain)
+    step_s = sorted(timed)[len(timed) // 2]
+
+    with _instrument(loss), profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for _ in range(steps):
+            _train_step(cascade, loss, optimizers, batches, lambda ph: record_function(f"phase/{ph}"))
+    events = prof.key_averages()
+    profiled_us = sum(e.self_cpu_time_total for e in events)
+    per_step = lambda us: round(us / steps / 1000.0, 2)  # noqa: E731 - µs over the profiled steps -> ms/step
+
+    phases = {e.key.split("/", 1)[1]: e.cpu_time_total for e in events if e.key.startswith("phase/")}
+    ops = [e for e in events if not e.key.startswith(("phase/", "fn/", "autograd::engine"))]
+    ops.sort(key=lambda e: -e.self_cpu_time_total)
+    nodes = [e for e in events if e.key.startswith("autograd::engine::evaluate_function: ")]
+    nodes.sort(key=lambda e: -e.cpu_time_total)
+    flops = sum(e.flops or 0 for e in events)
+
+    sample = next(batches)
+    model_ids = {k: int(sample[k].numel()) for k in MODEL_INPUTS if k != "seq_mask"}
+    lookups = sum(model_ids.values())
+    n_models = len(shard_set.setting.stage_names)
+
+    result: dict[str, Any] = {
+        "method": method, "setting": shard_set.setting.name, "batch_size": batch_size, "device": str(device),
+        "threads": torch.get_num_threads(), "compile": compile, "load_1m": _loadavg(),
+        "first_step_s": round(warm[0], 3), "step_s": round(step_s, 4), "timed_steps_s": [round(t, 4) for t in timed],
+        "requests_per_s": round(batch_size / step_s, 1),
+        "profiled_ms_per_step": per_step(profiled_us),
+        # Self time of the phase labels: time inside the loop body spent outside every
+        # operator - the Python of models, losses and trainer (plus the profiler's own cost).
+        "python_ms_per_step": per_step(sum(e.self_cpu_time_total for e in events
+                                           if e.key.startswith(("phase/", "fn/")))),
+        "phases_ms": {ph: per_step(phases.get(ph, 0.0)) for ph in PHASES},
+        "top_ops": [{"name": e.key, "self_ms": per_step(e.self_cpu_time_total),
+                     "share": round(e.self_cpu_time_total / profiled_us, 4), "calls": e.count / steps,
+                     "gflop": round((e.flops or 0) / steps / 1e9, 3)} for e in ops[:top]],
+        "autograd_nodes": [{"name": e.key.split(": ", 1)[1], "ms": per_step(e.cpu_time_total), "calls": e.count / steps}
+                           for e in nodes[:top]],
+        "instrumented": {e.key.split("/", 1)[1]: {"calls": e.count / steps, "ms": per_step(e.cpu_time_total)}
+                         for e in events if e.key.startswith("fn/")},
+        "matmul_gflop_per_step": round(flops / steps / 1e9, 3),
+        "ids_per_batch": {**model_ids, "embedding_lookups_per_model": lookups,
+                          "embedding_lookups_per_step": lookups * n_models,
+                          "batch_bytes": int(sum(t.element_size() * t.numel() for t in sample.values()))},
+        "stage_models": n_models,
+    }
+    if memory:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as mprof:
+            plain()
+        result["memory_mb"] = _memory_by_category(mprof)
+        if device.type == "cuda":  # the CPU timeline misses device tensors: the allocator's own peak
+            torch.cuda.reset_peak_memory_stats(device)
+            plain()
+            result["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+            result["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+    if small_batch:
+        small = _endless_batches(shard_set, small_batch, device)
+
+        def tiny() -> None:
+            _train_step(cascade, loss, optimizers, small, lambda _: nullcontext())
+
+        _timed_steps(2, tiny)  # a new shape compiles the fused kernels once more
+        ts = sorted(_timed_steps(max(steps, 3), tiny))
+        result["fixed_step_ms"] = {"batch_size": small_batch, "ms": round(ts[len(ts) // 2] * 1000, 2)}
+    return result
+
+
+def format_profile(res: dict[str, Any]) -> str:
+    """A readable summary of :func:`profile_training`'s result."""
+    step_ms = res["step_s"] * 1000
+    lines = [f"profile {res['method']} ({res['setting']}), batch {res['batch_size']}, {res['device']}, "
+             f"{res['threads']} threads, compile {res['compile']}, load {res['load_1m']}",
+             f"step {step_ms:.1f} ms ({res['requests_per_s']:,.0f} requests/s), "
+             f"first step {res['first_step_s']:.2f} s; "
+             f"under the profiler {res['profiled_ms_per_step']:.1f} ms/step; matmul family "
+             f"{res['matmul_gflop_per_step']:.2f} GFLOP/step; outside any operator (Python) "
+             f"{res['python_ms_per_step']:.1f} ms/step"]
+    if "fixed_step_ms" in res:
+        f = res["fixed_step_ms"]
+        lines.append(f"fixed per-step cost (batch {f['batch_size']}): {f['ms']:.1f} ms = "
+                     f"{100 * f['ms'] / step_ms:.1f}% of a step")
+    total = res["profiled_ms_per_step"]
+    lines.append("phases (ms/step, share): " + ", ".join(
+        f"{k} {v:.1f} ({100 * v / total:.1f}%)" for k, v in res["phases_ms"].items()))
+    if res["instrumented"]:
+        lines.append("sorting: " + ", ".join(f"{k} {v['calls']:g} calls/step, {v['ms']:.1f} ms"
+                                             for k, v in res["instrumented"].items()))
+    ids = res["ids_per_batch"]
+    lines.append(f"ids per batch: {ids['embedding_lookups_per_model']:,} lookups per model x {res['stage_models']} "
+                 f"models = {ids['embedding_lookups_per_step']:,}; batch tensors {ids['batch_bytes'] / 2**20:.1f} MiB")
+    if "memory_mb" in res:
+        lines.append("peak tensor memory (MiB): " + ", ".join(f"{k} {v:,.1f}" for k, v in res["memory_mb"].items()))
+    lines.append(f"{'operator':<48}{'ms/step':>9}{'share':>8}{'calls':>7}{'GFLOP':>8}")
+    for op in res["top_ops"]:
+        lines.append(f"{op['name'][:47]:<48}{op['self_ms']:>9.1f}{100 * op['share']:>7.1f}%{op['calls']:>7g}"
+                     f"{op['gflop']:>8.2f}")
+    lines.append(f"{'autograd node':<48}{'ms/step':>9}{'calls':>15}")
+    for nd in res["autograd_nodes"][:10]:
+        lines.append(f"{nd['name'][:47]:<48}{nd['ms']:>9.1f}{nd['calls']:>15g}")
+    return "\n".join(lines)
+
+
+def _profile_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lcron.bench --profile",
+                                 description="profile training steps of one method (torch.profiler)")
+    ap.add_argument("method", help="training method, e.g. lcron")
+    ap.add_argument("--stages", type=int, choices=STAGES, default=2)
+    ap.add_argument("--mode", choices=sorted(SIZES), default="default", help="bench data set to use")
+    ap.add_argument("--data-dir", default="build/bench-data")
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--memory", action="store_true", help="also the peak tensor memory by category")
+    ap.add_argument("--json", metavar="FILE", help="write the result as JSON too")
+    a = ap.parse_args(argv)
+    from lcron.data.shards import preprocess
+
+    with tempfile.TemporaryDirectory(prefix="lcron-profile-") as tmp:
+        ctx = BenchContext(mode=a.mode, data_dir=Path(a.data_dir), work_dir=Path(tmp))
+        preprocess(ctx.recflow(), Path(tmp) / "shards", a.stages, progress=False)
+        res = profile_training(Path(tmp) / "shards", a.method, batch_size=a.batch_size, steps=a.steps,
+                               warmup=a.warmup, compile=not a.no_compile, top=a.top, memory=a.memory)
+    print(format_profile(res))
+    if a.json:
+        write_json(a.json, res)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """``python -m lcron.bench --worker STEP ARGS`` (a benchmark child) or ``--profile METHOD ...``."""
+    if argv and argv[0] == "--profile":
+        return _profile_main(argv[1:])
+    return _worker_main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

@@ -1,50 +1,203 @@
-"""lcron.bench: the CI-sized run completes and writes valid JSON (no timing assertions)."""
+"""lcron.bench: the CI-sized run completes and writes valid JSON with every expected row
+(no timing assertions), and the training profiler reports what it claims to."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
 from lcron import bench, cli
 from lcron.errors import ConfigError
 
+SETTINGS = ["two_stage", "three_stage"]
 
-def test_quick_bench_writes_valid_json(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    code = cli.main(["bench", "--quick", "--json", str(out), "--data-dir", str(tmp_path / "data"), "-q"])
-    stdout = capsys.readouterr().out
-    assert code == 0
-    result = json.loads(out.read_text())
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One ``lcron bench --quick`` run shared by the tests that read its output."""
+    root = tmp_path_factory.mktemp("bench")
+    out = root / "bench.json"
+    code = cli.main(["bench", "--quick", "--json", str(out), "--data-dir", str(root / "data"), "-q"])
+    return {"code": code, "root": root, "json": out}
+
+
+def _rows(result, name):
+    return [r for r in result["results"] if r["name"] == name]
+
+
+def test_quick_bench_writes_valid_json(quick_run):
+    assert quick_run["code"] == 0
+    result = json.loads(quick_run["json"].read_text())
     assert result["schema"] == "lcron-bench/1" and result["mode"] == "quick"
-    assert result["environment"]["device"] == "cpu" and result["environment"]["usable_cpus"] >= 1
+    env = result["environment"]
+    assert env["device"] == "cpu" and env["usable_cpus"] >= 1 and env["torch_threads"] >= 1
     assert result["data"]["requests"] == 200 and result["data"]["days"] == 2
-    rows = [r for r in result["results"] if r["name"] == "preprocess"]
-    assert [r["setting"] for r in rows] == ["two_stage", "three_stage"]
+    assert set(result["data"]["stored_items_per_label_mean"]) >= {"rank_pos", "rank_neg", "coarse_neg", "prerank_neg"}
+    assert result["run_params"]["batch_size"] == 32 and result["run_params"]["compile"] is False
+    assert list(result["seconds"]) == ["preprocess", "train", "evaluate", "metrics", "serving", "total"]
+
+    rows = _rows(result, "preprocess")
+    assert [r["setting"] for r in rows] == SETTINGS
     for r in rows:
         assert r["unit"] == "requests/s" and r["value"] > 0 and r["requests"] == 200
         assert r["peak_rss_mb"] >= r["baseline_rss_mb"] > 0
-    assert "preprocess" in stdout and "requests/s" in stdout
-    # The data set is reused on the next run (same parameters): the marker stays.
-    marker = tmp_path / "data" / "quick.json"
+
+
+def test_quick_bench_has_a_training_row_per_method_and_setting(quick_run):
+    result = json.loads(quick_run["json"].read_text())
+    rows = _rows(result, "train")
+    assert [(r["setting"], r["case"]) for r in rows] == [(s, m) for s in SETTINGS for m in bench.METHOD_ORDER]
+    for r in rows:
+        # 2 days x 1 step: the first step is the warm-up, one step is measured.
+        assert r["unit"] == "requests/s" and r["value"] > 0
+        assert r["batch_size"] == 32 and r["steps"] == 2 and r["measured_steps"] == 1
+        assert r["compile"] is False and r["first_step_s"] > 0 and r["compile_s"] >= 0
+        assert r["peak_rss_mb"] >= r["baseline_rss_mb"] > 0 and r["threads"] >= 1
+
+
+def test_quick_bench_evaluation_metrics_and_serving_rows(quick_run):
+    result = json.loads(quick_run["json"].read_text())
+    for name in ("evaluate", "metrics"):
+        rows = _rows(result, name)
+        assert [r["setting"] for r in rows] == SETTINGS
+        for r in rows:
+            # Every request of the data set (2 days x 100) is evaluated.
+            assert r["unit"] == "requests/s" and r["value"] > 0 and r["requests"] == 200
+            assert r["peak_rss_mb"] >= r["baseline_rss_mb"] > 0
+    for r in _rows(result, "evaluate"):
+        assert r["load_and_inference_s"] > 0 and r["first_call_s"] > 0
+    rows = _rows(result, "serving")
+    assert [r["setting"] for r in rows] == SETTINGS
+    for r in rows:
+        assert r["case"] == "K1=100" and r["k1"] == 100 and r["value"] > 0
+        assert r["retrieval_requests_per_s"] > 0 and r["scoring_requests_per_s"] > 0
+
+
+def test_quick_bench_reuses_its_data(quick_run):
+    data = quick_run["root"] / "data"
+    marker = data / "quick.json"
     assert json.loads(marker.read_text())["requests_per_day"] == 100
-    config = tmp_path / "data" / "quick" / "synthetic_config.json"
+    config = data / "quick" / "synthetic_config.json"
     before = config.stat().st_mtime_ns
-    ctx = bench.BenchContext(mode="quick", data_dir=tmp_path / "data", work_dir=tmp_path, progress=False)
+    ctx = bench.BenchContext(mode="quick", data_dir=data, work_dir=quick_run["root"], progress=False)
     assert ctx.recflow() == config.parent and config.stat().st_mtime_ns == before
+    # The scratch folder (shards, runs, scores) is gone after the run.
+    assert [p.name for p in data.iterdir() if p.name.startswith("lcron-bench-")] == []
+
+
+def test_quick_bench_prints_one_table(quick_run, capsys):
+    # The printed table of a run restricted to one benchmark, on the data the module already made.
+    result = bench.run_benchmarks(mode="quick", json_path=None, data_dir=quick_run["root"] / "data",
+                                  only=["preprocess"], progress=False)
+    out = capsys.readouterr().out
+    assert "data (quick): 200 requests = 2 days x 100" in out and "load (1 min)" in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("preprocess ")]
+    assert len(lines) == 2 and all("requests/s" in ln for ln in lines)
+    assert [r["name"] for r in result["results"]] == ["preprocess", "preprocess"]
+
+
+def test_profile_training_counts_sorts_and_ids(quick_run, tmp_path):
+    from lcron.data.shards import preprocess
+
+    shards = tmp_path / "shards"
+    preprocess(quick_run["root"] / "data" / "quick", shards, 2, progress=False)
+    res = bench.profile_training(shards, "lcron", batch_size=16, steps=1, warmup=1, compile=False, memory=True,
+                                 small_batch=4)
+    assert res["setting"] == "two_stage" and res["batch_size"] == 16
+    assert list(res["phases_ms"]) == list(bench.PHASES) and res["phases_ms"]["backward"] > 0
+    # LCRON: one NeuralSort per stage model (2) shared by its two loss parts, one label permutation.
+    assert res["instrumented"]["neural_sort"]["calls"] == 2
+    assert res["instrumented"]["label_permutation"]["calls"] == 1
+    # Per request: context 3 + user 5 + seq 50 x 5 + items 40 x 8 = 578 ids; 16 requests.
+    ids = res["ids_per_batch"]
+    assert (ids["context"], ids["user"], ids["seq"], ids["items"]) == (48, 80, 4000, 5120)
+    assert ids["embedding_lookups_per_model"] == 16 * 578 and ids["embedding_lookups_per_step"] == 2 * 16 * 578
+    assert res["matmul_gflop_per_step"] > 0 and res["top_ops"] and res["autograd_nodes"]
+    assert 0 < sum(op["share"] for op in res["top_ops"]) <= 1.0
+    assert res["memory_mb"]["peak_total_mb"] > 0 and res["fixed_step_ms"]["batch_size"] == 4
+    text = bench.format_profile(res)
+    assert "neural_sort 2 calls/step" in text and "9,248 lookups per model x 2 models = 18,496" in text
+    # The loss module's helpers are restored after profiling.
+    from lcron.losses import lcron as lcron_loss
+    from lcron.losses import sorting
+
+    assert lcron_loss.neural_sort is sorting.neural_sort
+
+
+def test_profile_training_needs_a_full_batch(quick_run, tmp_path):
+    from lcron.data.shards import preprocess
+
+    shards = tmp_path / "shards"
+    preprocess(quick_run["root"] / "data" / "quick", shards, 2, progress=False)
+    with pytest.raises(ConfigError, match="no day holds a full batch of 1000 requests"):
+        bench.profile_training(shards, "bce", batch_size=1000, compile=False)
+    with pytest.raises(ConfigError, match="steps and warmup"):
+        bench.profile_training(shards, "bce", steps=0, compile=False)
 
 
 def test_registry_and_bad_arguments():
-    assert "preprocess" in bench.BENCHMARKS
+    assert list(bench.BENCHMARKS)[:5] == ["preprocess", "train", "evaluate", "metrics", "serving"]
     with pytest.raises(ConfigError, match="registered twice"):
         bench.register("preprocess")(lambda ctx: [])
     with pytest.raises(ConfigError, match="unknown benchmark"):
         bench.run_benchmarks(mode="quick", only=["nope"], json_path=None)
     with pytest.raises(ConfigError, match="bench mode"):
         bench.run_benchmarks(mode="huge", json_path=None)
+    assert set(bench.RUN_PARAMS) == set(bench.SIZES)
+    assert sorted(bench.METHOD_ORDER) == sorted(["bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf",
+                                                 "arf_v2", "lcron"])
+
+
+def test_worker_entry_point_rejects_bad_steps(capsys):
+    assert bench.main([]) == 2
+    assert bench.main(["--worker", "nope", "{}"]) == 2
+    assert bench.main(["--worker", "train"]) == 2
+    assert "unknown benchmark step" in capsys.readouterr().err
+
+
+def test_serving_rows_note_when_unavailable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lcron.serving.evaluate", None)  # import fails
+    res = bench._worker_serving({"shards": "x", "run": "y", "k1": [100], "requests": 1, "repeats": 1,
+                                 "compile": False})
+    assert "not available" in res["skipped"]
+    rows = bench.serving_rows(res, "two_stage")
+    assert rows == [{"name": "serving", "case": "-", "setting": "two_stage", "value": None, "unit": "requests/s",
+                     "note": res["skipped"]}]
+    assert "n/a" in bench.format_table(rows)
 
 
 def test_format_table():
-    text = bench.format_table([{"name": "preprocess", "setting": "two_stage", "value": 12345.6,
-                                "unit": "requests/s", "wall_s": 0.5, "all_values": [1, 2]}])
-    assert "12,345.6" in text and "wall_s=0.5" in text and "all_values" not in text
+    text = bench.format_table([
+        {"name": "preprocess", "setting": "two_stage", "value": 12345.6, "unit": "requests/s", "wall_s": 0.5,
+         "all_values": [1, 2], "peak_rss_mb": 214.3},
+        {"name": "train", "case": "lcron", "setting": "three_stage", "value": None, "unit": "requests/s",
+         "compile_s": 1.23456},
+    ])
+    lines = text.splitlines()
+    assert "peak MiB" in lines[0] and "case" in lines[0]
+    assert "12,345.6" in lines[2] and "wall_s=0.5" in lines[2] and "all_values" not in text and " 214 " in lines[2]
+    assert "lcron" in lines[3] and "n/a" in lines[3] and "compile_s=1.235" in lines[3]
+
+
+def test_profiled_step_is_the_trainers_step(quick_run, tmp_path):
+    """The profiler's loop body reproduces lcron.train.train step for step: same batches (seed 1,
+    day 0), same initial weights, same losses in the trainer's log."""
+    import torch
+
+    from lcron.data.shards import ShardSet, preprocess
+    from lcron.train import TrainConfig, build_training_objects, train
+
+    shards = ShardSet(preprocess(quick_run["root"] / "data" / "quick", tmp_path / "shards", 2, progress=False).root)
+    cfg = TrainConfig(method="lcron", batch_size=16, compile=False, days=f"{shards.days[0]}:{shards.days[-1]}")
+    train(shards, tmp_path / "run", cfg, progress=False, max_steps_per_day=3)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "seed-1" / "train_log.jsonl").read_text().splitlines()]
+    cascade, loss, optimizers = build_training_objects(shards.setting, shards.embedding_sizes, cfg, 1,
+                                                       torch.device("cpu"))
+    batches = bench._endless_batches(shards, 16, "cpu")
+    for expected in logged[:3]:  # day 0
+        rec = bench._train_step(cascade, loss, optimizers, batches, lambda _: bench.nullcontext())
+        assert set(rec) == set(expected) - {"seed", "day", "step"}
+        for key, value in rec.items():
+            assert value == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
