@@ -173,6 +173,29 @@ def _by_rows(b: int, fn: Callable[[slice], Any]) -> list[Any]:
     return [fn(slice(lo, min(lo + CHUNK_ROWS, b))) for lo in range(0, max(b, 1), CHUNK_ROWS)]
 
 
+class _CascadeInputs(NamedTuple):
+    """Validated inputs of a whole-cascade metric: labels, validity, stage scores, quotas,
+    |GT| cap and the two tie-break priority sources (GT set, score ties)."""
+
+    y: np.ndarray
+    valid: np.ndarray
+    zs: list[np.ndarray]
+    qs: tuple[int, ...]
+    g: int
+    gsrc: Callable[[], np.ndarray]
+    psrc: Callable[[], np.ndarray]
+
+
+def _cascade_inputs(scores: Sequence[ArrayLike], labels: ArrayLike, mask: ArrayLike | None, quotas: Sequence[int],
+                    gt: int, seed: int, priority: ArrayLike | None, gt_priority: ArrayLike | None,
+                    fn: str) -> _CascadeInputs:
+    y, valid = _labels_mask(labels, mask, fn)
+    zs = _stage_scores(scores, y.shape, fn)
+    return _CascadeInputs(y, valid, zs, _check_quotas(quotas, len(zs), fn), _check_int(gt, "gt"),
+                          _priority_source(gt_priority, y.shape, seed, GT_STREAM, "gt_priority"),
+                          _priority_source(priority, y.shape, seed, 0, "priority"))
+
+
 # ------------------------------------------------------------------------ selection
 def _sort_key(values: np.ndarray, valid: np.ndarray, name: str) -> np.ndarray:
     """Ascending sort key: ``-value`` at valid slots, ``+inf`` at padding.
@@ -282,12 +305,8 @@ def joint_recall(scores: Sequence[ArrayLike], labels: ArrayLike, mask: ArrayLike
     with the cascade run for real (see :func:`cascade_survivors`); NaN without valid slots.
 
     ``scores``: one [B, N] array per stage, first stage first; ``quotas`` likewise."""
-    y, valid = _labels_mask(labels, mask, "joint_recall")
-    zs = _stage_scores(scores, y.shape, "joint_recall")
-    qs = _check_quotas(quotas, len(zs), "joint_recall")
-    g = _check_int(gt, "gt")
-    gsrc = _priority_source(gt_priority, y.shape, seed, GT_STREAM, "gt_priority")
-    psrc = _priority_source(priority, y.shape, seed, 0, "priority")
+    y, valid, zs, qs, g, gsrc, psrc = _cascade_inputs(scores, labels, mask, quotas, gt, seed, priority,
+                                                      gt_priority, "joint_recall")
 
     def block(r: slice) -> np.ndarray:
         v = valid[r]
@@ -455,13 +474,9 @@ def cascade_metrics(scores: Sequence[ArrayLike], labels: ArrayLike, mask: ArrayL
 
     Equal, request for request, to calling :func:`joint_recall`, :func:`recall_at_k_m`
     (m = the stage's quota) and :func:`ndcg_at_k` with the same seed."""
-    y, valid = _labels_mask(labels, mask, "cascade_metrics")
-    zs = _stage_scores(scores, y.shape, "cascade_metrics")
-    qs = _check_quotas(quotas, len(zs), "cascade_metrics")
-    g = _check_int(gt, "gt")
+    y, valid, zs, qs, g, gsrc, psrc = _cascade_inputs(scores, labels, mask, quotas, gt, seed, priority,
+                                                      gt_priority, "cascade_metrics")
     disc = _discounts(min(_check_int(ndcg_k, "ndcg_k"), y.shape[1]))
-    gsrc = _priority_source(gt_priority, y.shape, seed, GT_STREAM, "gt_priority")
-    psrc = _priority_source(priority, y.shape, seed, 0, "priority")
     parts = _by_rows(y.shape[0], lambda r: _cascade_metrics_rows(
         [z[r] for z in zs], y[r], valid[r], qs, g, disc, _rows(gsrc, r), _rows(psrc, r)))
     return RequestMetrics.concat(parts)
@@ -545,12 +560,8 @@ def funnel(scores: Sequence[ArrayLike], labels: ArrayLike, mask: ArrayLike | Non
            priority: ArrayLike | None = None, gt_priority: ArrayLike | None = None) -> dict[str, Any]:
     """The GT funnel of one batch: how many GT items survive each stage of the cascade and
     which stage drops the lost ones (see :func:`summarize_funnel` for the fields)."""
-    y, valid = _labels_mask(labels, mask, "funnel")
-    zs = _stage_scores(scores, y.shape, "funnel")
-    qs = _check_quotas(quotas, len(zs), "funnel")
-    g = _check_int(gt, "gt")
-    gsrc = _priority_source(gt_priority, y.shape, seed, GT_STREAM, "gt_priority")
-    psrc = _priority_source(priority, y.shape, seed, 0, "priority")
+    y, valid, zs, qs, g, gsrc, psrc = _cascade_inputs(scores, labels, mask, quotas, gt, seed, priority,
+                                                      gt_priority, "funnel")
 
     def block(r: slice) -> np.ndarray:
         gmask = _gt(y[r], valid[r], g, _rows(gsrc, r))
