@@ -144,18 +144,18 @@ def report_locations(run: LocalRun) -> list[tuple[str, Path]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="pipeline parameters")
+def add_local_options(parser: argparse.ArgumentParser) -> None:
+    """The options every local runner shares: which package, Docker or not, which defaults."""
     parser.add_argument("--package", default=str(DEFAULT_PACKAGE),
                         help=f"compiled pipeline (default {DEFAULT_PACKAGE}; compiled if missing or stale)")
-    parser.add_argument("--pipeline-root", default=str(DEFAULT_ROOT),
-                        help=f"where the steps' outputs go (default {DEFAULT_ROOT})")
     parser.add_argument("--docker", action="store_true", help="run the steps in the project image (DockerRunner)")
     parser.add_argument("--no-local-defaults", action="store_true",
                         help=f"use the pipeline's own defaults instead of {LOCAL_DEFAULTS}")
-    args = parser.parse_args(argv)
+
+
+def resolve_local_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """The run's parameters (laptop defaults under the user's KEY=VALUE) and the compiled package
+    (the default one compiled when missing or stale); a bad value is a usage error."""
     try:
         params = parse_params(args.params)
     except ValueError as exc:
@@ -167,6 +167,18 @@ def main(argv: list[str] | None = None) -> int:
         package = ensure_package(package)
     elif not package.is_file():
         parser.error(f"--package {package} does not exist")
+    return params, package
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="pipeline parameters")
+    parser.add_argument("--pipeline-root", default=str(DEFAULT_ROOT),
+                        help=f"where the steps' outputs go (default {DEFAULT_ROOT})")
+    add_local_options(parser)
+    args = parser.parse_args(argv)
+    params, package = resolve_local_options(parser, args)
     try:
         run = run_pipeline(package, params, args.pipeline_root, docker=args.docker)
     except ValueError as exc:

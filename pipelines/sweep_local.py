@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from lcron.errors import ConfigError, LcronError
-from pipelines.run_local import DEFAULT_PACKAGE, LOCAL_DEFAULTS, ensure_package, parse_params, run_pipeline
+from pipelines.run_local import (DEFAULT_PACKAGE, add_local_options, resolve_local_options, run_pipeline)
 from pipelines.submit import ALL_METHODS, ALL_STAGES
 
 DEFAULT_ROOT = Path("runs/sweep-local")
@@ -104,22 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods (default: all 8)")
     parser.add_argument("--stages", default="2,3", help="comma-separated subset of 2,3 (default both)")
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help=f"sweep folder (default {DEFAULT_ROOT})")
-    parser.add_argument("--package", default=str(DEFAULT_PACKAGE), help="compiled pipeline (compiled if stale)")
-    parser.add_argument("--docker", action="store_true", help="run the steps in the project image (DockerRunner)")
-    parser.add_argument("--no-local-defaults", action="store_true",
-                        help=f"use the pipeline's own defaults instead of {LOCAL_DEFAULTS}")
+    add_local_options(parser)
     args = parser.parse_args(argv)
     try:
-        params = parse_params(args.params)
         methods = [m.strip() for m in args.methods.replace(" ", ",").split(",") if m.strip()]
         stages = [int(s) for s in args.stages.replace(" ", ",").split(",") if s.strip()]
     except ValueError as exc:
         parser.error(str(exc))
-    if not args.no_local_defaults:
-        params = {**LOCAL_DEFAULTS, **params}
-    package = Path(args.package)
-    if package.resolve() == DEFAULT_PACKAGE.resolve():
-        package = ensure_package(package)
+    params, package = resolve_local_options(parser, args)
     try:
         summary = sweep_local(methods, stages, args.root, params, package=package, docker=args.docker)
     except (LcronError, ValueError) as exc:
