@@ -36,6 +36,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         ok = True
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # ENOSPC and friends come from write/fsync without a file name: name the output.
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     finally:
         if not ok:
             with contextlib.suppress(FileNotFoundError):

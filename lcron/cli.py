@@ -86,6 +86,9 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-missing-fraction", type=float, default=0.01, metavar="F",
                    help="largest fraction of a day's requests that may be dropped for missing from a pkl "
                         "(default 0.01)")
+    p.add_argument("--max-no-gt-fraction", type=float, default=0.5, metavar="F",
+                   help="largest fraction of a day's requests that may have no item of the ground-truth "
+                        "(top) group; more is an error, fewer a warning with the count (default 0.5)")
 
 
 def _preprocess_args(p: argparse.ArgumentParser) -> None:
@@ -105,7 +108,8 @@ def _preprocess_run(a: argparse.Namespace) -> int:
 
     setting = a.stages if a.stages is not None else a.setting
     shards = preprocess(a.source, a.out, setting, a.days, tz_offset_hours=a.tz_offset_hours,
-                        max_missing_fraction=a.max_missing_fraction, overwrite=a.overwrite, progress=not a.quiet)
+                        max_missing_fraction=a.max_missing_fraction, overwrite=a.overwrite, progress=not a.quiet,
+                        max_no_gt_fraction=a.max_no_gt_fraction)
     total = sum(shards.num_requests(d) for d in shards.days)
     print(f"{shards.root}: setting {shards.setting.name}, {len(shards.days)} day(s), {total} requests, "
           f"N = {shards.setting.list_size}")
@@ -116,7 +120,8 @@ def _preprocess_run(a: argparse.Namespace) -> int:
 def _validate_run(a: argparse.Namespace) -> int:
     from lcron.data.validate import format_summary, validate
 
-    summaries = validate(a.source, a.days, max_missing_fraction=a.max_missing_fraction)
+    summaries = validate(a.source, a.days, max_missing_fraction=a.max_missing_fraction,
+                         max_no_gt_fraction=a.max_no_gt_fraction)
     print(format_summary(summaries))
     bad = [s["day"] for s in summaries if not s["ok"]]
     if bad:
@@ -194,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     cmd: Command = args._command
     _setup_logging(quiet=args.quiet)
-    with warnings.catch_warnings():
+    from lcron.outputs import command_line
+
+    with warnings.catch_warnings(), command_line(["lcron", *argv]):
         warnings.showwarning = _show_warning
         return _run(cmd, args)
 

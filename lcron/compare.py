@@ -93,6 +93,9 @@ def find_evaluations(paths: Iterable[str | Path]) -> list[Evaluation]:
             doc = read_json(f, "evaluation metrics")
             if not _is_evaluation(doc):
                 raise DataError(f"{f} is not an lcron evaluation (kind {doc.get('kind')!r})")
+            from .evaluate import require_complete_evaluation
+
+            require_complete_evaluation(f.parent)
             found.setdefault(f.resolve(), Evaluation(f, doc))
             hits += 1
         if not explicit:

@@ -26,3 +26,11 @@ class OutputExistsError(LcronError):
 
 class NumericalError(LcronError):
     """Training produced a NaN or infinite loss."""
+
+
+class IncompleteOutputError(DataError):
+    """A multi-file output (shard set, run, evaluation, ...) has no valid completion marker."""
+
+
+class OutputLockedError(LcronError):
+    """Another process is writing the same output folder."""

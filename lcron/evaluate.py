@@ -51,7 +51,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import atomic, metrics
+from . import atomic, metrics, outputs
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
 from .progress import Progress
 from .settings import Setting, SettingError
@@ -399,8 +399,42 @@ def evaluation_inputs(cfg: Mapping[str, Any], seeds: list[int], units: list[Unit
     }
 
 
+# --------------------------------------------------------------------------- completion
+EVALUATION_KIND = "evaluation"
+
+
+def _legacy_evaluation_problem(eval_dir: Path) -> str | None:
+    """An evaluation written before completion markers: complete when metrics.json (written
+    last) exists and names files that all exist."""
+    try:
+        doc = json.loads((eval_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return f"{eval_dir / 'metrics.json'} is missing or not readable"
+    files = doc.get("files") if isinstance(doc, dict) else None
+    for name in (files or {}).values():
+        if not (eval_dir / str(name)).is_file():
+            return f"{eval_dir / str(name)} is missing"
+    return None
+
+
+def require_complete_evaluation(eval_dir: str | Path) -> None:
+    """Refuse an evaluation folder that ``lcron evaluate`` has not finished."""
+    eval_dir = Path(eval_dir)
+    outputs.require_complete(eval_dir, EVALUATION_KIND, "evaluation",
+                             f"lcron evaluate --model RUN_DIR --out {eval_dir} (the same options as before)",
+                             legacy=_legacy_evaluation_problem)
+
+
+def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Evaluate a run (see :func:`_evaluate`) while holding the lock of the output folder."""
+    folder = Path(out) if out is not None else Path(run_dir) / "eval"
+    fallback = f"lcron evaluate --model {run_dir} --out {folder}"
+    with outputs.output_lock(folder, outputs.current_command(fallback)):
+        return _evaluate(run_dir, shards, folder, **kwargs)
+
+
 # --------------------------------------------------------------------------- the evaluation
-def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = None, *, days: str | None = None,
+def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = None, *, days: str | None = None,
              streaming: bool = False, batch_size: int = 4096, device: str = "auto", compile: bool = True,
              quota_grid: "str | Iterable[Sequence[int]] | None" = None, tie_seed: int = 0, overwrite: bool = False,
              progress: bool = True) -> dict[str, Any]:
@@ -437,10 +471,11 @@ def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = N
             old = json.loads(metrics_path.read_text())
         except json.JSONDecodeError:
             old = {}
-        if old.get("inputs_hash") == inputs_hash and not overwrite:
+        if (old.get("inputs_hash") == inputs_hash and not overwrite
+                and outputs.is_complete(out, EVALUATION_KIND, _legacy_evaluation_problem)):
             log(f"evaluation of {run_dir} already in {out} (same run, seeds, days and options); skipped")
             return {**old, "skipped": True, "out": str(out)}
-        if not overwrite:
+        if not overwrite and old.get("inputs_hash") != inputs_hash:
             before = old.get("inputs") or {}
             diff = [f"{k} {before.get(k)!r} -> {inputs[k]!r}" for k in inputs if before.get(k) != inputs[k]]
             raise OutputExistsError(
@@ -478,7 +513,8 @@ def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = N
 
     from . import plots, provenance
 
-    out.mkdir(parents=True, exist_ok=True)
+    # Marked "being written" only now: a failure before this point leaves a previous evaluation intact.
+    outputs.begin(out, EVALUATION_KIND, outputs.current_command(f"lcron evaluate --model {run_dir} --out {out}"))
     _write_per_request(out / "per_request.npz", results, keys, seeds)
     sweep_doc = {"kind": "lcron-quota-sweep", "method": cfg["method"], "setting": setting.name,
                  "stage_names": list(setting.stage_names), "default_quotas": list(setting.quotas),
@@ -534,6 +570,7 @@ def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = N
         "provenance": provenance.collect(data_fingerprint=fingerprint, device=str(dev)),
     }
     atomic.write_json(metrics_path, doc)
+    outputs.finish(out, EVALUATION_KIND, [out / name for name in files.values()] + [metrics_path])
     log(f"evaluated {cfg['method']} ({len(seeds)} seed(s), {evaluated} requests"
         f"{f', {skipped} skipped' if skipped else ''}): joint recall "
         f"{_fmt(metric_table['joint_recall'])}; {doc['timing']['requests_per_s'] or 0:,.0f} requests/s "
@@ -662,6 +699,8 @@ def _streaming_doc(results: list[UnitResult], keys: list[str], seeds: list[int],
 def load_per_request(eval_dir: str | Path) -> dict[str, np.ndarray]:
     """per_request.npz of an evaluation folder as a dict of arrays (no pickle)."""
     path = Path(eval_dir) / "per_request.npz"
+    if path.is_file():
+        require_complete_evaluation(eval_dir)
     if not path.is_file():
         raise DataError(f"{path} does not exist; evaluate the run first")
     with np.load(path, allow_pickle=False) as z:

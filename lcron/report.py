@@ -217,9 +217,11 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 
 def load_metrics(eval_dir: Path) -> dict[str, Any]:
     """An evaluation's metrics.json, checked to be one."""
-    from .evaluate import KIND
+    from .evaluate import KIND, require_complete_evaluation
 
     doc = read_json(eval_dir / "metrics.json", "evaluation metrics")
+    if doc.get("kind") == KIND:
+        require_complete_evaluation(eval_dir)
     if doc.get("kind") != KIND:
         raise DataError(f"{eval_dir / 'metrics.json'} is not an lcron evaluation (kind {doc.get('kind')!r}, "
                         f"expected {KIND!r})")

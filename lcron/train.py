@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import atomic
+from . import atomic, outputs
 from .batches import day_order, iter_batches
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
 from .progress import Progress
@@ -243,13 +243,79 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
         "data_fingerprint": shard_set.fingerprint(),
     }
     run_cfg["config_hash"] = config_hash({k: v for k, v in run_cfg.items() if k != "shards"})
-    _claim_run_folder(out, run_cfg, cfg, overwrite)
-
-    results = []
-    for seed in cfg.seeds:
-        results.append(_train_seed(shard_set, out, run_cfg, run_setting, days, cfg, seed, device, progress,
-                                   max_steps_per_day))
+    command = outputs.current_command(_train_command(out, run_cfg, cfg.seeds))
+    with outputs.output_lock(out, command):
+        _claim_run_folder(out, run_cfg, cfg, overwrite)
+        outputs.begin(out, RUN_KIND, command)
+        results = []
+        for seed in cfg.seeds:
+            results.append(_train_seed(shard_set, out, run_cfg, run_setting, days, cfg, seed, device, progress,
+                                       max_steps_per_day))
+        _finish_run(out, run_cfg)
     return results
+
+
+RUN_KIND = "run"
+
+
+def _train_command(out: Path, run_cfg: Mapping[str, Any], seeds: Sequence[int]) -> str:
+    """The ``lcron train`` command that completes the run at ``out`` (a hint; the writer's own is preferred)."""
+    t = run_cfg.get("train", {})
+    days = run_cfg.get("days") or []
+    cmd = (f"lcron train --shards {run_cfg.get('shards')} --out {out} --method {run_cfg.get('method')} "
+           f"--seeds {','.join(str(s) for s in seeds)} --batch-size {t.get('batch_size')} --lr {t.get('lr')}")
+    if days:
+        cmd += f" --days {days[0]}:{days[-1]}"
+    if t.get("max_steps_per_day") is not None:
+        cmd += f" --max-steps-per-day {t['max_steps_per_day']}"
+    for k, v in (run_cfg.get("loss_options") or {}).items():
+        cmd += f" --loss-option {k}={v}"
+    return cmd
+
+
+def _seed_complete(folder: Path, chash: Any) -> bool:
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("config_hash") == chash and (folder / "model.pt").is_file()
+
+
+def _finish_run(out: Path, run_cfg: Mapping[str, Any]) -> None:
+    """The run's completion marker: run.json and, of every seed run.json lists, model.pt,
+    summary.json and train_log.jsonl (checkpoints stay out: they may be pruned)."""
+    seeds = json.loads((out / "run.json").read_text()).get("seeds", [])
+    done = [s for s in seeds if _seed_complete(out / f"seed-{s}", run_cfg["config_hash"])]
+    files = [out / "run.json"]
+    for s in done:
+        files += [out / f"seed-{s}" / name for name in ("model.pt", "summary.json", "train_log.jsonl")
+                  if (out / f"seed-{s}" / name).is_file()]
+    outputs.finish(out, RUN_KIND, files, {"seeds": done})
+
+
+def _legacy_run_problem(run_dir: Path) -> str | None:
+    """A run written before completion markers: complete when every seed that run.json
+    lists has model.pt and a summary.json (written last) of the same configuration."""
+    try:
+        cfg = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return f"{run_dir / 'run.json'} is not readable"
+    missing = [s for s in cfg.get("seeds", []) if not _seed_complete(run_dir / f"seed-{s}", cfg.get("config_hash"))]
+    if missing:
+        return (f"seed(s) {', '.join(map(str, missing))} have no summary.json or model.pt of this configuration "
+                "(training did not finish)")
+    return None
+
+
+def require_complete_run(run_dir: str | Path) -> None:
+    """Refuse a run folder that training has not finished (see :mod:`lcron.outputs`)."""
+    run_dir = Path(run_dir)
+    try:
+        cfg = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    hint = _train_command(run_dir, cfg, cfg.get("seeds") or [1]) if cfg else f"lcron train ... --out {run_dir}"
+    outputs.require_complete(run_dir, RUN_KIND, "run folder", hint, legacy=_legacy_run_problem)
 
 
 def _resolve_setting(shard_setting: Setting, override, stages: int | None) -> Setting:
@@ -269,7 +335,7 @@ def _claim_run_folder(out: Path, run_cfg: dict, cfg: TrainConfig, overwrite: boo
     run_json = out / "run.json"
     seeds = list(cfg.seeds)
     if run_json.exists():
-        old = json.loads(run_json.read_text())
+        old = _read_json_or_fail(run_json, "--overwrite")
         if old.get("config_hash") == run_cfg["config_hash"]:
             seeds = sorted(set(seeds) | set(old.get("seeds", [])))
         elif not overwrite:
@@ -290,7 +356,7 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
     folder = out / f"seed-{seed}"
     summary_path = folder / "summary.json"
     if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
+        summary = _read_json_or_fail(summary_path, "delete it to retrain the seed")
         if summary.get("config_hash") == run_cfg["config_hash"]:
             log(f"seed {seed}: complete in {folder}, skipped")
             return SeedResult(seed, folder, True, summary)
@@ -389,6 +455,17 @@ def _latest_checkpoint(ckpt_dir: Path, days: list[str]) -> Path | None:
     return latest
 
 
+def _read_json_or_fail(path: Path, remedy: str) -> dict:
+    """A JSON object lcron wrote earlier; damage is a DataError naming the file and the remedy."""
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path} is damaged (not valid JSON: {exc}); {remedy}") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path} is damaged (not a JSON object); {remedy}")
+    return doc
+
+
 def _read_log(path: Path, max_step: int) -> list[dict]:
     if not path.exists():
         return []
@@ -405,6 +482,7 @@ def run_seeds(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").exists():
         raise DataError(f"{run_dir} is not a training run folder (no run.json)")
+    require_complete_run(run_dir)
     seeds = sorted((p for p in run_dir.glob("seed-*") if (p / "summary.json").exists() and (p / "model.pt").exists()),
                    key=lambda p: int(p.name.split("-", 1)[1]))
     if not seeds:

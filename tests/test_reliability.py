@@ -14,6 +14,7 @@ bit-identical preprocessing and evaluation reruns, and a failing pipeline step.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import pickle
 import re
@@ -354,6 +355,13 @@ def test_evaluate_batch_size_below_1(trained, tmp_path, capsys):
 def _poisoned_copy(run: Path, dest: Path, rel: str, marker: Path) -> Path:
     shutil.copytree(run, dest, ignore=shutil.ignore_patterns("eval"))
     torch.save({"config": _RunsShell(f"touch {marker}"), "model_state": {}}, dest / rel)
+    # Whoever can replace a file can rewrite the completion marker too: the marker catches
+    # damage, it is no security boundary, so the poisoned copy is re-marked as complete.
+    marker_file = dest / "_complete-run.json"
+    doc = json.loads(marker_file.read_text())
+    if rel in doc["files"]:
+        doc["files"][rel] = (dest / rel).stat().st_size
+        marker_file.write_text(json.dumps(doc))
     return dest
 
 
@@ -397,8 +405,10 @@ def test_numerical_guard_through_the_cli(tiny_shards_2, tmp_path, capsys):
     assert last.startswith("lcron train: error: method 'bce' (seed 1): the loss became nan at day "
                            f"{tiny_shards_2.days[0]}, step ")
     assert "loss part(s) that went bad: single/" in last and last.endswith("Lower --lr or check the input data.")
-    # Nothing that looks like a result: no model, no summary, no checkpoint of the NaN weights.
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["run.json"]
+    # Nothing that looks like a result: no model, no summary, no checkpoint of the NaN weights,
+    # and the run is recorded as unfinished (no completion marker).
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "_pending-run.json", "run.json"]
 
 
 # ------------------------------------------------------------------ reruns: skip, mismatch, identical
@@ -494,9 +504,11 @@ def test_preprocess_resumes_after_a_crash_mid_day(handmade, tmp_path, monkeypatc
     with pytest.raises(OSError, match="Input/output error"):
         preprocess(src, out, 2, progress=False)
     monkeypatch.undo()
-    assert ShardSet(out).days == ["2024-01-15"]
+    with pytest.raises(DataError, match="incomplete: the step writing it did not finish"):
+        ShardSet(out)  # the set as a whole: refused
+    assert ShardSet(out, require_complete=False).days == ["2024-01-15"]
     with pytest.raises(DataError, match="day 2024-01-16 is not complete or not present"):
-        ShardSet(out).load_day("2024-01-16")
+        ShardSet(out, require_complete=False).load_day("2024-01-16")
     assert not list(out.rglob("*.tmp"))
     stamp = (out / "days" / "2024-01-15" / "items.npy").stat().st_mtime_ns
     assert preprocess(src, out, 2, progress=False).days == ["2024-01-15", "2024-01-16"]

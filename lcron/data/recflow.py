@@ -211,9 +211,13 @@ def _int_column(col: Any) -> np.ndarray:
 class RecFlowReader:
     """Validating reader of a RecFlow root (local folder or ``gs://bucket/prefix``)."""
 
-    def __init__(self, source: "str | Source", *, max_missing_fraction: float = 0.01) -> None:
+    def __init__(self, source: "str | Source", *, max_missing_fraction: float = 0.01,
+                 max_no_gt_fraction: float = 0.5) -> None:
         if not 0.0 <= max_missing_fraction <= 1.0:
             raise ConfigError(f"max_missing_fraction must be in [0, 1], got {max_missing_fraction}")
+        if not 0.0 <= max_no_gt_fraction <= 1.0:
+            raise ConfigError(f"max_no_gt_fraction must be in [0, 1], got {max_no_gt_fraction}")
+        self.max_no_gt_fraction = float(max_no_gt_fraction)
         self.source = open_source(source)
         self.max_missing_fraction = float(max_missing_fraction)
         self._days: list[str] | None = None
@@ -547,6 +551,8 @@ class RecFlowReader:
                  "requests_with_items": int((c.stored > 0).sum()), "kept_mean": float(c.lengths.mean())}
             for lb, c in cands.items()}
         stats["top_index_missing_rows"] = index_missing_rows
+        stats["degenerate"] = check_degenerate(f"day {day} ({self.source.uri})", cands, index_labels,
+                                               self.max_no_gt_fraction)
         sel = order[idx_out]
         return RecFlowDay(day=day, request_id=req_k, request_timestamp=ts_u[sel], user=user_u[sel],
                           seq=seq, candidates=cands, stats=stats)
@@ -647,3 +653,37 @@ def _locate_bad_sequence(sd: dict, req: np.ndarray, where: str, shape: tuple[int
         if a.dtype.kind not in "iu":
             raise DataError(f"{where}: request_id {r}: sequence dtype {a.dtype}; expected integers")
     raise DataError(f"{where}: sequences cannot be stacked (mixed shapes or types)")
+
+
+def check_degenerate(where: str, cands: dict[str, Candidates], gt_labels: Iterable[str],
+                     max_no_gt_fraction: float) -> dict[str, int]:
+    """Degenerate requests of a day: a DataError for what would leave nothing to learn from
+    (every candidate list empty; no request with a ground-truth (top-group) item; more than
+    ``max_no_gt_fraction`` of the requests without one), a warning with counts otherwise.
+    Returns the counts (``no_candidates``, ``no_gt/<label>``) for the day's statistics."""
+    lengths = [c.lengths for c in cands.values()]
+    n = int(lengths[0].shape[0]) if lengths else 0
+    if n == 0:
+        return {}
+    total = np.sum(lengths, axis=0)
+    labels = ", ".join(cands)
+    counts = {"no_candidates": int((total == 0).sum())}
+    if counts["no_candidates"] == n:
+        raise DataError(f"{where}: every candidate list is empty ({n} request(s), labels {labels}): "
+                        "there is nothing to train or evaluate on")
+    if counts["no_candidates"]:
+        warnings.warn(f"{where}: {counts['no_candidates']} of {n} request(s) have no candidate in {labels}",
+                      RecFlowWarning, stacklevel=3)
+    for lb in gt_labels:
+        k = int((cands[lb].lengths == 0).sum())
+        counts[f"no_gt/{lb}"] = k
+        if k == n:
+            raise DataError(f"{where}: no request has an item of the ground-truth group {lb} ({n} request(s)): "
+                            "no positive to learn from")
+        if k / n > max_no_gt_fraction:
+            raise DataError(f"{where}: {k} of {n} requests ({k / n:.2%}) have no item of the ground-truth group "
+                            f"{lb} (> max_no_gt_fraction {max_no_gt_fraction:.2%}, --max-no-gt-fraction)")
+        if k:
+            warnings.warn(f"{where}: {k} of {n} request(s) ({k / n:.2%}) have no item of the ground-truth group "
+                          f"{lb}; they add nothing to recall", RecFlowWarning, stacklevel=3)
+    return counts

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from lcron import outputs
 from lcron.atomic import save_npy, write_json
 from lcron.data import fields
 from lcron.data import schemas as S
@@ -167,12 +168,17 @@ def _read_json(path: Path, what: str) -> dict:
 class ShardSet:
     """A preprocessed shard folder for one setting (see the module docstring)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, require_complete: bool = True) -> None:
+        """``require_complete=False`` opens a shard set that preprocessing has not finished
+        (preprocess itself, inspection); every other reader gets an IncompleteOutputError."""
         self.root = Path(root)
         meta = _read_json(self.root / "dataset.json", "dataset.json (is this a preprocessed shard folder?)")
         if meta.get("format_version") != FORMAT_VERSION:
             raise DataError(f"{self.root / 'dataset.json'}: format_version {meta.get('format_version')!r}; "
                             f"this lcron reads format_version {FORMAT_VERSION} (preprocess again)")
+        if require_complete:
+            outputs.require_complete(self.root, SHARDS_KIND, "shard set", _complete_command(self.root, meta),
+                                     legacy=_legacy_problem)
         try:
             self.setting: Setting = Setting.from_dict(meta["setting"])
             self.id_counts: dict[str, int] = {k: int(v) for k, v in meta["id_counts"].items()}
@@ -249,6 +255,58 @@ class ShardSet:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# --------------------------------------------------------------------------- completion
+SHARDS_KIND = "shards"
+
+
+def _complete_command(out: Path, meta: dict, days: str | None = None) -> str:
+    """The ``lcron preprocess`` command that completes (or redoes) the shard set at ``out``."""
+    setting = (meta.get("setting") or {}).get("name", "SETTING") if isinstance(meta.get("setting"), dict) else "SETTING"
+    cmd = f"lcron preprocess --source {meta.get('source') or 'SOURCE'} --out {out} --setting {setting}"
+    if meta.get("tz_offset_hours") not in (None, 8):
+        cmd += f" --tz-offset-hours {meta['tz_offset_hours']}"
+    return cmd + (f" --days {days}" if days else "") + " (days already complete are skipped)"
+
+
+def _legacy_problem(root: Path) -> str | None:
+    """A shard set written before completion markers: complete when its item table (written
+    last by that version) covers exactly its complete days and every day has every array."""
+    days = _complete_days(root)
+    m = root / "item_table" / "manifest.json"
+    try:
+        table_days = json.loads(m.read_text()).get("days")
+    except (OSError, ValueError, AttributeError):
+        return f"it has no completion marker and its item table {m} is missing or unreadable"
+    if table_days != days:
+        return (f"it has no completion marker and its item table covers days {table_days}, "
+                f"while the complete days are {days}")
+    for day in days:
+        for a in fields.SHARD_ARRAYS:
+            if not (root / "days" / day / f"{a}.npy").is_file():
+                return f"{root / 'days' / day / (a + '.npy')} is missing"
+    return None
+
+
+def _shard_files(out: Path, days: list[str]) -> list[Path]:
+    files = [out / "dataset.json", out / "item_table" / "manifest.json", out / "item_table" / "video_id.npy",
+             out / "item_table" / "features.npy"]
+    for day in days:
+        files += [out / "days" / day / f"{a}.npy" for a in fields.SHARD_ARRAYS] + [out / "days" / day / "manifest.json"]
+    return files
+
+
+def preprocess(source: "str | Path", out: str | Path, setting: "str | int | Setting | Path" = "two_stage",
+               days: str | None = None, **kwargs: Any) -> ShardSet:
+    """Turn the RecFlow ``days`` of ``source`` (folder or ``gs://``) into a shard set at ``out``.
+
+    Holds the lock of ``out`` for the whole step; see :func:`_preprocess` for the arguments.
+    """
+    name = setting.name if isinstance(setting, Setting) else setting
+    fallback = f"lcron preprocess --source {source} --out {out} --setting {name}" + (f" --days {days}" if days else "")
+    with outputs.output_lock(out, outputs.current_command(fallback)):
+        return _preprocess(source, out, setting, days, **kwargs)
+
+
 # --------------------------------------------------------------------------- preprocess
 def _prepare_out(out: Path, dataset: dict[str, Any], overwrite: bool) -> bool:
     """Check ``out`` is empty or a compatible shard set; returns True if days must be redone."""
@@ -274,7 +332,7 @@ def _prepare_out(out: Path, dataset: dict[str, Any], overwrite: bool) -> bool:
             _clear(out)
             return True
         return overwrite
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(not p.name.startswith("_pending-") for p in out.iterdir()):
         raise OutputExistsError(f"{out}: folder is not empty and is not a shard set (no dataset.json); "
                                 "choose an empty or new folder")
     return False
@@ -284,6 +342,7 @@ def _clear(out: Path) -> None:
     for name in ("days", "item_table"):
         shutil.rmtree(out / name, ignore_errors=True)
     (out / "dataset.json").unlink(missing_ok=True)
+    outputs.marker_path(out, SHARDS_KIND).unlink(missing_ok=True)
 
 
 def _up_to_date(day_dir: Path, fingerprint: dict, chash: str) -> bool:
@@ -294,8 +353,18 @@ def _up_to_date(day_dir: Path, fingerprint: dict, chash: str) -> bool:
         old = json.loads(m.read_text())
     except (OSError, ValueError):
         return False
-    return (old.get("source_fingerprint") == fingerprint and old.get("config_hash") == chash
-            and all((day_dir / f"{a}.npy").is_file() for a in fields.SHARD_ARRAYS))
+    if not (old.get("source_fingerprint") == fingerprint and old.get("config_hash") == chash):
+        return False
+    # Every array must still be readable with the shape the manifest recorded (a truncated
+    # or replaced file makes the day be redone).
+    for a in fields.SHARD_ARRAYS:
+        try:
+            arr = np.load(day_dir / f"{a}.npy", mmap_mode="r", allow_pickle=False)
+            if list(arr.shape) != list(old["arrays"][a]["shape"]) or str(arr.dtype) != old["arrays"][a]["dtype"]:
+                return False
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+    return True
 
 
 def _complete_days(out: Path) -> list[str]:
@@ -381,9 +450,9 @@ def _write_day(day_dir: Path, arrays: dict[str, np.ndarray], manifest: dict[str,
     write_json(day_dir / "manifest.json", manifest)
 
 
-def preprocess(source: "str | Path", out: str | Path, setting: "str | int | Setting | Path" = "two_stage",
+def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Setting | Path" = "two_stage",
                days: str | None = None, *, tz_offset_hours: int = 8, max_missing_fraction: float = 0.01,
-               overwrite: bool = False, progress: bool = True) -> ShardSet:
+               overwrite: bool = False, progress: bool = True, max_no_gt_fraction: float = 0.5) -> ShardSet:
     """Turn the RecFlow ``days`` of ``source`` (folder or ``gs://``) into a shard set at ``out``.
 
     ``setting``: a Setting, a built-in name, 2/3 (stages) or a setting file. ``days``:
@@ -399,13 +468,17 @@ def preprocess(source: "str | Path", out: str | Path, setting: "str | int | Sett
         raise ConfigError(f"tz_offset_hours must be an integer in [-12, 14], got {tz_offset_hours!r}")
     out = Path(out)
     chash = config_hash(st, tz_offset_hours)
-    with RecFlowReader(source, max_missing_fraction=max_missing_fraction) as reader:
+    with RecFlowReader(source, max_missing_fraction=max_missing_fraction,
+                       max_no_gt_fraction=max_no_gt_fraction) as reader:
         chosen = reader.select_days(days)
         counts = reader.id_counts()
         dataset = {"format_version": FORMAT_VERSION, "setting": st.to_dict(), "id_counts": counts,
                    "embedding_sizes": fields.embedding_sizes(counts), "tz_offset_hours": tz_offset_hours,
                    "source": str(source), "days": [], "config_hash": chash}
         redo = _prepare_out(out, dataset, overwrite)
+        if not outputs.is_complete(out, SHARDS_KIND, _legacy_problem):
+            (out / "item_table" / "manifest.json").unlink(missing_ok=True)  # rebuilt at the end
+        outputs.begin(out, SHARDS_KIND, outputs.current_command(_complete_command(out, dataset, days)))
         dataset["days"] = _complete_days(out)
         write_json(out / "dataset.json", dataset)
         # Two helper threads overlap the GIL-free parts with the parsing of day d: one reads,
@@ -448,7 +521,8 @@ def preprocess(source: "str | Path", out: str | Path, setting: "str | int | Sett
                 pending.result()
         dataset["days"] = _complete_days(out)
         write_json(out / "dataset.json", dataset)
-    shards = ShardSet(out)
+    shards = ShardSet(out, require_complete=False)
     n_items = _write_item_table(out, shards, fresh_items)
     log.info("item table: %d items over %d day(s)", n_items, len(shards.days))
+    outputs.finish(out, SHARDS_KIND, _shard_files(out, shards.days), {"days": shards.days})
     return shards

@@ -23,7 +23,7 @@ __all__ = ["validate", "format_summary"]
 
 
 def validate(source: "str | Path | Source", days: str | None = None,
-             max_missing_fraction: float = 0.01) -> list[dict[str, Any]]:
+             max_missing_fraction: float = 0.01, max_no_gt_fraction: float = 0.5) -> list[dict[str, Any]]:
     """Per-day summaries: ``day``, ``ok``, ``rows``, ``requests`` (usable),
     ``requests_in_all_stage``, ``dropped`` (missing from each pkl / without index),
     ``items_per_label`` (stored rows per request: mean, max, requests with any), ``problems``
@@ -33,7 +33,8 @@ def validate(source: "str | Path | Source", days: str | None = None,
     unreadable or missing a key) raise :class:`DataError` instead.
     """
     out: list[dict[str, Any]] = []
-    with RecFlowReader(source, max_missing_fraction=max_missing_fraction) as reader:
+    with RecFlowReader(source, max_missing_fraction=max_missing_fraction,
+                       max_no_gt_fraction=max_no_gt_fraction) as reader:
         chosen = reader.select_days(days)
         reader.id_counts()
         for day in chosen:

@@ -239,7 +239,17 @@ def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1:
 
 
 # ------------------------------------------------------------------------ the run
-def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = None,
+def serving_evaluate(run_dir: "str | Path", shards: Any = None, **kwargs: Any) -> dict[str, Any]:
+    """Serving-style evaluation (see :func:`_serving_evaluate`) holding the lock of the output folder;
+    serving.json is one atomic file, so its presence is its completion marker."""
+    from lcron import outputs
+
+    folder = Path(kwargs["out"]) if kwargs.get("out") is not None else Path(run_dir) / "eval"
+    with outputs.output_lock(folder, outputs.current_command(f"lcron serve-eval --model {run_dir} --out {folder}")):
+        return _serving_evaluate(run_dir, shards, **kwargs)
+
+
+def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = None,
                      k1: "Sequence[int] | str" = (100, 500, 1000), index: str = "flat", batch_size: int = 1024,
                      device: str = "auto", seed: int = 0, index_options: "Mapping[str, Any] | None" = None,
                      out: "str | Path | None" = None, max_requests: int | None = None, compile: bool = False,

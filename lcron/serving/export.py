@@ -256,7 +256,16 @@ def _pick_seed(run_dir: Path, seed: int | None) -> Path:
                     f"{', '.join(p.name.split('-', 1)[1] for p in seeds)}")
 
 
-def export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | None = None, index: str = "flat",
+def export_cascade(run_dir: "str | Path", out: "str | Path", **kwargs: Any) -> Path:
+    """Export a trained cascade (see :func:`_export_cascade`) holding the lock of ``out``. The
+    folder is built under a staging name and renamed into place, so it is complete or absent."""
+    from lcron import outputs
+
+    with outputs.output_lock(out, outputs.current_command(f"lcron export --model {run_dir} --out {out}")):
+        return _export_cascade(run_dir, out, **kwargs)
+
+
+def _export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | None = None, index: str = "flat",
                    index_options: "Mapping[str, Any] | None" = None, shards: "str | Path | None" = None,
                    overwrite: bool = False) -> Path:
     """Export seed ``seed`` (default: the first completed) of a training run into ``out``.
