@@ -71,3 +71,22 @@ def test_validate_reports_degenerate_days_for_every_day(handmade, tmp_path, caps
 def test_threshold_out_of_range(handmade, tmp_path):
     with pytest.raises(ConfigError, match="max_no_gt_fraction must be in"):
         preprocess(handmade.write(tmp_path / "recflow"), tmp_path / "s", 2, progress=False, max_no_gt_fraction=2)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (-1, r"label rank_neg: column author_id: 1 negative value\(s\) \(min -1\); ids must be >= 0"),
+    (10**9, r"label rank_neg: column author_id: 1 value\(s\) >= id_cnt\['author_id'\]"),
+])
+def test_an_unknown_author_id_is_refused_not_shifted_to_padding(handmade, tmp_path, capsys, value, expected):
+    """Issue 23: an author id of -1 (an upstream "unknown") must not become padding id 0."""
+    entry = handmade.request_id_dict[501]
+    entry["rank_neg"] = entry["rank_neg"].copy()
+    entry["rank_neg"][0, 1] = value
+    src = handmade.write(tmp_path / "recflow")
+    code = cli.main(["preprocess", "--source", str(src), "--out", str(tmp_path / "s"), "--stages", "2", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "request_id_dict/2024-01-15.pkl" in err
+    import re
+
+    assert re.search(expected, err), err
