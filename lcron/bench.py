@@ -113,6 +113,7 @@ class BenchContext:
     data_dir: Path
     work_dir: Path
     progress: bool = True
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda: where the model benchmarks run
     data_shape: dict[str, Any] = field(default_factory=dict)
     shard_dirs: dict[int, Path] = field(default_factory=dict)
     runs: dict[tuple[str, int], Path] = field(default_factory=dict)
@@ -163,7 +164,8 @@ class BenchContext:
             shutil.rmtree(out, ignore_errors=True)
         res = _run_worker(["train", json.dumps({
             "shards": str(self.shards(stages)), "outs": [str(o) for o in outs], "methods": list(methods),
-            "batch_size": p["batch_size"], "steps_per_day": p["steps_per_day"], "compile": p["compile"]})])
+            "batch_size": p["batch_size"], "steps_per_day": p["steps_per_day"], "compile": p["compile"],
+            "device": self.device})])
         for m, out in zip(methods, outs):
             self.runs[(m, stages)] = out
         return res["runs"]
@@ -307,11 +309,16 @@ def _worker_train(p: dict[str, Any]) -> dict[str, Any]:
     from lcron.data.shards import ShardSet
     from lcron.train import TrainConfig, train
 
+    from lcron.train import resolve_device
+
     shard_set = ShardSet(p["shards"])
+    device = p.get("device", "auto")
+    # The mode's compile choice is a CPU choice; elsewhere the device's own default applies.
+    compile = bool(p["compile"]) if resolve_device(device).type == "cpu" else None
     runs = []
     for method, out in zip(p["methods"], p["outs"]):
         cfg = TrainConfig(method=method, batch_size=int(p["batch_size"]), seeds=(1,), days=_all_days(shard_set),
-                          compile=bool(p["compile"]))
+                          compile=compile, device=device)
         with _measured() as m:
             result = train(shard_set, out, cfg, overwrite=True, progress=False,
                            max_steps_per_day=int(p["steps_per_day"]))
@@ -323,6 +330,7 @@ def _worker_train(p: dict[str, Any]) -> dict[str, Any]:
                      "steady": steady, "first_step_s": first, "step_s": step_s,
                      "compile_s": max(first - step_s, 0.0) if first is not None and step_s is not None else None,
                      "device": s["device"], "threads": torch.get_num_threads(), "compile": s["compile"],
+                     "step_mode": s.get("step_mode"), "peak_device_memory_mb": s.get("peak_device_memory_mb"),
                      "batch_size": cfg.batch_size, "final_loss": s["final_loss"], "load_1m": _loadavg()})
     return {"runs": runs}
 
@@ -491,6 +499,7 @@ def bench_train(ctx: BenchContext) -> list[dict[str, Any]]:
                 "compile": r["compile"], "train_call_s": _r(r["wall_s"], 2), "cpu_s": _r(r["cpu_s"], 2),
                 "peak_rss_mb": _r(r["peak_rss_mb"]), "baseline_rss_mb": _r(r["baseline_rss_mb"]),
                 "device": r["device"], "threads": r["threads"], "load_1m": r["load_1m"],
+                "step_mode": r.get("step_mode"), "peak_device_memory_mb": r.get("peak_device_memory_mb"),
             })
     return rows
 
@@ -606,7 +615,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def run_benchmarks(mode: str = "default", json_path: str | Path | None = "build/bench.json",
                    data_dir: str | Path = "build/bench-data", only: list[str] | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, device: str = "auto") -> dict[str, Any]:
     """Run the registered benchmarks (or ``only`` those), print the table, write JSON."""
     if mode not in SIZES:
         raise ConfigError(f"bench mode {mode!r}; expected one of {sorted(SIZES)}")
@@ -621,7 +630,7 @@ def run_benchmarks(mode: str = "default", json_path: str | Path | None = "build/
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lcron-bench-", dir=data_dir) as work:
-        ctx = BenchContext(mode=mode, data_dir=data_dir, work_dir=Path(work), progress=progress,
+        ctx = BenchContext(mode=mode, data_dir=data_dir, work_dir=Path(work), progress=progress, device=device,
                            data_shape={"days": size["num_days"], "requests_per_day": size["requests_per_day"],
                                        "requests": size["num_days"] * size["requests_per_day"],
                                        "users": size["users"], "items": size["items"]})

@@ -333,6 +333,8 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         records = _read_log(folder / "train_log.jsonl", max_step=step)
         log(f"seed {seed}: resuming after day {state['day']} (step {step}) from {resumed}")
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     cascade.train()
     stepper = make_stepper(TrainStep(cascade, loss, optimizers), plan)
     embedding = next(m.embedding for m in cascade.models)
@@ -412,6 +414,8 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         "cuda_graph": plan.cuda_graph,
         "step_mode": getattr(stepper, "mode", "eager"),
         "tf32": plan.tf32,
+        "peak_device_memory_mb": (round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                                  if device.type == "cuda" else None),
         "learned_weights": learned_weights(loss),
         "final_loss": records[-1]["total"] if records else None,
     }
