@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -333,7 +334,9 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         records = _read_log(folder / "train_log.jsonl", max_step=step)
         log(f"seed {seed}: resuming after day {state['day']} (step {step}) from {resumed}")
 
-    if device.type == "cuda":
+    if device.type == "cuda":  # the seed's own peak: drop what earlier seeds left (graph pools in cycles)
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     cascade.train()
     stepper = make_stepper(TrainStep(cascade, loss, optimizers), plan)
