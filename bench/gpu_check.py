@@ -90,8 +90,8 @@ def cli(*args: str, timeout: int = 300) -> tuple[float, str]:
 
 def summary(run: Path, seed: int = 1) -> dict[str, Any]:
     s = json.loads((run / f"seed-{seed}" / "summary.json").read_text())
-    keep = ("steps", "requests", "steady_requests_per_s", "first_step_seconds", "step_mode", "compile", "cuda_graph",
-            "tf32", "peak_device_memory_mb", "final_loss", "device")
+    keep = ("steps", "requests", "steady_requests_per_s", "first_step_seconds", "startup_steps", "step_mode", "compile",
+            "cuda_graph", "tf32", "peak_device_memory_mb", "final_loss", "device", "timing")
     return {k: s.get(k) for k in keep}
 
 
@@ -140,7 +140,12 @@ def main() -> int:
 
     # ---------------------------------------------------------------- 2. whole process
     def whole() -> list[dict[str, Any]]:
-        rows = []
+        # One throwaway process first: the first process of a machine also pays for a cold file cache.
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch; torch.zeros(1, device='cuda' if torch.cuda.is_available() "
+                        "else 'cpu')"], check=True)
+        rows: list[dict[str, Any]] = [{"variant": "python -c 'import torch' + CUDA init", "wall_s":
+                                       round(time.perf_counter() - t, 2)}]
         variants = [("default", []), ("no_cuda_graph", ["--no-cuda-graph"]), ("compile_graph", ["--compile"]),
                     ("batch_4096", ["--batch-size", "4096"])]
         if a.quick:

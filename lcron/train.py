@@ -310,6 +310,7 @@ def _claim_run_folder(out: Path, run_cfg: dict, cfg: TrainConfig, overwrite: boo
 def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: list[str], cfg: TrainConfig,
                 seed: int, plan: StepPlan, progress: bool, max_steps_per_day: int | None) -> SeedResult:
     device = plan.device
+    t_seed = time.perf_counter()
     folder = out / f"seed-{seed}"
     summary_path = folder / "summary.json"
     if summary_path.exists():
@@ -342,9 +343,14 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
     stepper = make_stepper(TrainStep(cascade, loss, optimizers), plan)
     embedding = next(m.embedding for m in cascade.models)
     losses = LossLog(flush_every=cfg.log_every)
-    timing = {"steady_seconds": 0.0, "steady_requests": 0, "first_step_seconds": None}
+    # Start-up steps: the first step (compiles) or, with a CUDA graph, the eager warm-up steps and
+    # the capture; they are timed apart, like a compile, and the steady rate counts the rest.
+    timing = {"steady_seconds": 0.0, "steady_requests": 0, "first_step_seconds": None, "startup_steps": 0}
+    t_startup: float | None = None
+    phases = {"setup": time.perf_counter() - t_seed, "data": 0.0, "checkpoints": 0.0}
     for day_index in range(start_day, len(days)):
         day = days[day_index]
+        t_data = time.perf_counter()
         arrays = shard_set.load_day(day)
         order = day_order(len(arrays["label"]), seed, day_index, cfg.shuffle)
         n_batches = len(order) // cfg.batch_size
@@ -362,6 +368,7 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         else:
             batches = iter_batches(arrays, order, cfg.batch_size, drop_last=True, device=device)
             checked = contextlib.nullcontext()
+        phases["data"] += time.perf_counter() - t_data
         bar = Progress(n_batches, f"train {cfg.method} seed {seed} day {day}", unit="batch", enabled=progress)
         day_first_step, steady_from = step + 1, step + 1
         t_start = time.perf_counter()
@@ -378,24 +385,31 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
 
         with checked:
             for batch in batches:
+                if t_startup is None:
+                    t_startup = time.perf_counter()
                 losses.append(stepper(batch))
                 step += 1
                 requests += cfg.batch_size
-                if timing["first_step_seconds"] is None:  # the first step of the seed: compile, capture, warm-up
-                    flush()
-                    now = time.perf_counter()
-                    timing["first_step_seconds"] = now - t_start
-                    t_start, steady_from = now, step + 1
+                if timing["first_step_seconds"] is None:
+                    timing["startup_steps"] += 1
+                    if not getattr(stepper, "warming_up", False):
+                        flush()
+                        now = time.perf_counter()
+                        timing["first_step_seconds"] = now - t_startup
+                        t_start, steady_from = now, step + 1
                 elif losses.full:
                     flush()
                 bar.update()
         flush()  # the day's last rows: every step is checked before the day's checkpoint is written
-        timing["steady_seconds"] += time.perf_counter() - t_start
-        timing["steady_requests"] += (step + 1 - steady_from) * cfg.batch_size
+        if timing["first_step_seconds"] is not None:
+            timing["steady_seconds"] += time.perf_counter() - max(t_start, t_startup or t_start)
+            timing["steady_requests"] += max(step + 1 - steady_from, 0) * cfg.batch_size
         bar.close()
+        t_ckpt = time.perf_counter()
         _write_log(folder / "train_log.jsonl", records)
         atomic.save_torch(ckpt_dir / f"{day}.pt", _checkpoint_payload(
             run_cfg, seed, day, day_index, step, requests, cascade, loss, optimizers))
+        phases["checkpoints"] += time.perf_counter() - t_ckpt
 
     final = _checkpoint_payload(run_cfg, seed, days[-1], len(days) - 1, step, requests, cascade, loss, optimizers,
                                 with_optim=False)
@@ -410,6 +424,7 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         "steps": step,
         "requests": requests,
         "first_step_seconds": timing["first_step_seconds"],
+        "startup_steps": timing["startup_steps"],
         "steady_requests_per_s": steady,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
@@ -421,6 +436,10 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
                                   if device.type == "cuda" else None),
         "learned_weights": learned_weights(loss),
         "final_loss": records[-1]["total"] if records else None,
+        # Where the seed's wall time went: building models/optimizers (and resuming), loading and
+        # placing the days' data, writing the daily checkpoints, and the seed's whole time.
+        "timing": {**{f"{k}_seconds": round(v, 3) for k, v in phases.items()},
+                   "seed_seconds": round(time.perf_counter() - t_seed, 3)},
     }
     atomic.write_json(summary_path, summary)
     log(f"seed {seed}: trained {step} steps on {len(days)} day(s); model in {folder / 'model.pt'}")

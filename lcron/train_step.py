@@ -261,7 +261,7 @@ class GraphedStep:
     names the reason and every later step runs eagerly (``mode`` says which is in use).
     """
 
-    def __init__(self, step: TrainStep, warmup: int = 3) -> None:
+    def __init__(self, step: TrainStep, warmup: int = 2) -> None:
         self.step = step
         self.warmup_left = int(warmup)
         self.graph: Any = None
@@ -277,6 +277,11 @@ class GraphedStep:
     @property
     def columns(self) -> tuple[str, ...]:
         return self.step.columns
+
+    @property
+    def warming_up(self) -> bool:
+        """True until the step is captured (or capturing failed): the trainer's start-up steps."""
+        return self.graph is None and self.error is None
 
     @property
     def mode(self) -> str:
@@ -331,7 +336,7 @@ class GraphedStep:
         return self.static_out  # type: ignore[return-value]
 
 
-def make_stepper(step: TrainStep, plan: StepPlan, warmup: int = 3) -> "TrainStep | GraphedStep":
+def make_stepper(step: TrainStep, plan: StepPlan, warmup: int = 2) -> "TrainStep | GraphedStep":
     """The step as ``plan`` runs it: captured in a CUDA graph, or plain."""
     if plan.cuda_graph:
         if plan.device.type != "cuda":

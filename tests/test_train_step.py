@@ -205,3 +205,35 @@ def test_device_resident_path_and_log_interval_change_no_number(tiny_shards_3, t
 def test_train_config_rejects_a_bad_log_interval():
     with pytest.raises(ConfigError, match="log_every"):
         TrainConfig(method="bce", log_every=0).validate()
+
+
+def test_startup_steps_are_timed_apart_from_the_steady_rate(tiny_shards_2, tmp_path, monkeypatch):
+    """A stepper that is still warming up (a CUDA graph before its capture) keeps the trainer
+    in its start-up phase: those steps count as start-up, like a compile, not as steady."""
+    import lcron.train as train_module
+
+    class Warming:
+        def __init__(self, step, plan):
+            self.step, self.calls = step, 0
+
+        @property
+        def warming_up(self):
+            return self.calls < 3
+
+        @property
+        def columns(self):
+            return self.step.columns
+
+        mode = "test"
+
+        def __call__(self, batch):
+            self.calls += 1
+            return self.step(batch)
+
+    monkeypatch.setattr(train_module, "make_stepper", Warming)
+    cfg = TrainConfig(method="bce", batch_size=8, compile=False, seeds=(1,))
+    (res,) = train(tiny_shards_2, tmp_path / "run", cfg, progress=False)
+    s = res.summary
+    assert s["startup_steps"] == 3 and s["step_mode"] == "test"
+    assert s["steps"] == 2 * (60 // 8) and s["first_step_seconds"] > 0 and s["steady_requests_per_s"] > 0
+    assert set(s["timing"]) == {"setup_seconds", "data_seconds", "checkpoints_seconds", "seed_seconds"}
