@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -133,6 +133,10 @@ def float32_matmul_precision(tf32: bool) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- the step
+def _no_mark(phase: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
 class TrainStep:
     """One optimisation step of a cascade on a batch; returns the detached loss row.
 
@@ -154,14 +158,21 @@ class TrainStep:
             raise RuntimeError("TrainStep.columns is known after the first step")
         return ("total",) + self.part_names
 
-    def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
-        logits = self.cascade(batch)
-        result = self.loss(logits, batch["label"], batch["mask"])
-        for opt in self.optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        result.total.backward()
-        for opt in self.optimizers.values():
-            opt.step()
+    def __call__(self, batch: Mapping[str, Tensor], mark: Callable[[str], Any] | None = None) -> Tensor:
+        """``mark(phase)``: a context manager around each phase (the profiler's labels)."""
+        mark = mark or _no_mark
+        with mark("forward"):
+            logits = self.cascade(batch)
+        with mark("loss"):
+            result = self.loss(logits, batch["label"], batch["mask"])
+        with mark("zero_grad"):
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+        with mark("backward"):
+            result.total.backward()
+        with mark("optimizer"):
+            for opt in self.optimizers.values():
+                opt.step()
         names = tuple(result.parts)
         if self.part_names is None:
             self.part_names = names
