@@ -45,7 +45,7 @@ from .data.fields import MODEL_INPUTS
 from .errors import ConfigError
 
 __all__ = ["DeviceDefaults", "DEVICE_DEFAULTS", "StepPlan", "plan_step", "adam_options", "TrainStep", "LossLog",
-           "DeviceDay", "GraphedStep", "make_stepper", "float32_matmul_precision"]
+           "DeviceDay", "GraphedStep", "make_stepper", "is_capturable", "float32_matmul_precision"]
 
 
 # --------------------------------------------------------------------------- per-device defaults
@@ -158,8 +158,10 @@ class TrainStep:
             raise RuntimeError("TrainStep.columns is known after the first step")
         return ("total",) + self.part_names
 
-    def __call__(self, batch: Mapping[str, Tensor], mark: Callable[[str], Any] | None = None) -> Tensor:
-        """``mark(phase)``: a context manager around each phase (the profiler's labels)."""
+    def __call__(self, batch: Mapping[str, Tensor], mark: Callable[[str], Any] | None = None,
+                 skip_optimizers: tuple[str, ...] = ()) -> Tensor:
+        """``mark(phase)``: a context manager around each phase (the profiler's labels).
+        ``skip_optimizers``: optimizers whose ``step`` the caller runs itself (beside a CUDA graph)."""
         mark = mark or _no_mark
         with mark("forward"):
             logits = self.cascade(batch)
@@ -171,8 +173,9 @@ class TrainStep:
         with mark("backward"):
             result.total.backward()
         with mark("optimizer"):
-            for opt in self.optimizers.values():
-                opt.step()
+            for name, opt in self.optimizers.items():
+                if name not in skip_optimizers:
+                    opt.step()
         names = tuple(result.parts)
         if self.part_names is None:
             self.part_names = names
@@ -274,6 +277,9 @@ class GraphedStep:
 
     def __init__(self, step: TrainStep, warmup: int = 2) -> None:
         self.step = step
+        # Optimizers that cannot be captured (e.g. lazy embedding Adam: its coalesce has a
+        # data-dependent size) step beside the graph, right after each replay.
+        self.beside = tuple(name for name, opt in step.optimizers.items() if not is_capturable(opt))
         self.warmup_left = int(warmup)
         self.graph: Any = None
         self.static_in: dict[str, Tensor] | None = None
@@ -315,9 +321,14 @@ class GraphedStep:
             return self.step(batch)
         for k, v in batch.items():
             self.static_in[k].copy_(v, non_blocking=True)  # type: ignore[index]
-        self.graph.replay()
-        self.replays += 1
+        self._replay()
         return self.static_out  # type: ignore[return-value]
+
+    def _replay(self) -> None:
+        self.graph.replay()
+        for name in self.beside:
+            self.step.optimizers[name].step()
+        self.replays += 1
 
     def _side_stream_step(self, batch: Mapping[str, Tensor]) -> Tensor:
         side = torch.cuda.Stream()
@@ -333,7 +344,7 @@ class GraphedStep:
         try:
             torch.cuda.synchronize()
             with torch.cuda.graph(graph):
-                self.static_out = self.step(self.static_in)
+                self.static_out = self.step(self.static_in, skip_optimizers=self.beside)
         except Exception as exc:  # any capture failure: eager from now on (capturing ran nothing)
             first = str(exc).splitlines()[0] if str(exc) else ""
             self.error = f"{type(exc).__name__}: {first}"
@@ -342,9 +353,13 @@ class GraphedStep:
                           "(slower). --no-cuda-graph skips the attempt.", RuntimeWarning, stacklevel=3)
             return self.step(batch)
         self.graph = graph
-        self.graph.replay()
-        self.replays += 1
+        self._replay()
         return self.static_out  # type: ignore[return-value]
+
+
+def is_capturable(optimizer: Any) -> bool:
+    """True for an optimizer whose ``step`` may run inside a CUDA graph (``capturable`` in every group)."""
+    return all(group.get("capturable", False) for group in optimizer.param_groups)
 
 
 def make_stepper(step: TrainStep, plan: StepPlan, warmup: int = 2) -> "TrainStep | GraphedStep":

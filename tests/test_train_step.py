@@ -237,3 +237,26 @@ def test_startup_steps_are_timed_apart_from_the_steady_rate(tiny_shards_2, tmp_p
     assert s["startup_steps"] == 3 and s["step_mode"] == "test"
     assert s["steps"] == 2 * (60 // 8) and s["first_step_seconds"] > 0 and s["steady_requests_per_s"] > 0
     assert set(s["timing"]) == {"setup_seconds", "data_seconds", "checkpoints_seconds", "seed_seconds"}
+
+
+def test_which_optimizers_step_beside_a_graph():
+    p = torch.nn.Parameter(torch.zeros(2))
+    assert not ts.is_capturable(torch.optim.Adam([p]))
+    assert ts.is_capturable(torch.optim.Adam([p], capturable=True))
+    assert not ts.is_capturable(torch.optim.SparseAdam([p]))
+    step = ts.TrainStep(torch.nn.Identity(), torch.nn.Identity(),
+                        {"dense": torch.optim.Adam([p], capturable=True), "rows": torch.optim.SparseAdam([p])})
+    assert ts.GraphedStep(step).beside == ("rows",)
+
+
+def test_skipped_optimizers_are_left_to_the_caller(tiny_shards_2):
+    cfg = TrainConfig(method="lcron", batch_size=8, compile=False)
+    cascade, loss, opts = build_training_objects(tiny_shards_2.setting, tiny_shards_2.embedding_sizes, cfg, 1,
+                                                 torch.device("cpu"))
+    step = ts.TrainStep(cascade, loss, opts)
+    batch = next(iter_batches(tiny_shards_2.load_day(tiny_shards_2.days[0]), np.arange(8), 8, drop_last=True))
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    step(batch, skip_optimizers=("loss_weights",))
+    assert all(torch.equal(before[k], v) for k, v in loss.state_dict().items())  # the loss weights did not move
+    opts["loss_weights"].step()
+    assert not all(torch.equal(before[k], v) for k, v in loss.state_dict().items())
