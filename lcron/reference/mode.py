@@ -31,3 +31,21 @@ def check_match(requested: bool, found: bool, *, step: str, what: str, fix: str)
         raise ConfigError(
             f"{step}: {mode_name(requested)} mode was asked for (--reference-quirks {'given' if requested else 'not given'}), "
             f"but {what} is in {mode_name(found)} mode; {fix}")
+
+
+# The loss option of the same name (ICC: the reference's cut-offs and pair averaging,
+# METHODS.md section 5) predates the run-wide switch. The switch implies it: a
+# reference-mode run reproduces the published experiment as a whole, and the published ICC
+# had those quirks. An explicit ``--loss-option reference_quirks=false`` still wins.
+LOSS_OPTION = "reference_quirks"
+
+
+def implied_loss_options(method: str, options: Mapping[str, Any], reference_quirks: bool) -> dict[str, Any]:
+    """``options`` plus ``reference_quirks=True`` for a method that has that option, in reference mode
+    when the user did not set it; otherwise ``options`` unchanged."""
+    from lcron.losses import method_options
+
+    out = dict(options)
+    if reference_quirks and LOSS_OPTION not in out and LOSS_OPTION in method_options(method):
+        out[LOSS_OPTION] = True
+    return out
