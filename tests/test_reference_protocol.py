@@ -12,10 +12,18 @@ from lcron.data.synthetic import generate
 from lcron.errors import ConfigError, DataError
 from lcron.evaluate import evaluate, request_metrics
 from lcron.reference import protocol
+from lcron.report import build_report
 from lcron.settings import TWO_STAGE
 from lcron.train import TrainConfig, load_cascade, train
 
 N = 40
+
+
+def _markdown(paths) -> str:
+    """The Markdown page build_report wrote (its return value names the files)."""
+    files = paths.values() if isinstance(paths, dict) else [paths]
+    md = [p for p in files if str(p).endswith(".md")]
+    return open(md[0]).read()
 
 
 def _hand_day():
@@ -132,6 +140,9 @@ def test_reference_run_end_to_end(both_modes, tmp_path):
     assert res["requests"]["evaluated"] == 96
     with pytest.raises(ConfigError, match="default mode was asked for.*run .* is in reference mode"):
         evaluate(run, out=tmp_path / "eval2", compile=False, progress=False, reference_quirks=False)
+    evaluate(run, compile=False, progress=False)
+    report = build_report(run)
+    assert "| mode | reference (--reference-quirks" in _markdown(report)
     with pytest.raises(ConfigError, match="shard set .* is in default mode"):
         evaluate(run, both_modes[False], out=tmp_path / "eval3", compile=False, progress=False)
 
@@ -146,6 +157,8 @@ def test_default_run_keeps_its_hash_and_refuses_the_reference_protocol(both_mode
     assert res["requests"]["total"] == 100
     with pytest.raises(ConfigError, match="reference mode was asked for.*run .* is in default mode"):
         evaluate(run, out=tmp_path / "eval2", compile=False, progress=False, reference_quirks=True)
+    evaluate(run, compile=False, progress=False)
+    assert "| mode | default (faithful" in _markdown(build_report(run))
 
 
 def test_switch_implies_the_icc_loss_option(both_modes, tmp_path):
