@@ -158,6 +158,8 @@ COMMANDS: list[Command] = [
     _lazy("ingest", "stage the chosen days of a source (or the synthetic default) into a folder", "lcron.ingest",
           "ingest"),
     _lazy("train", "train one method on a shard set, one model folder per seed", "lcron.train", "train"),
+    _lazy("import-reference", "models trained by the published LCRON code -> a run folder to evaluate",
+          "lcron.reference.importer", "import_reference"),
     _lazy("evaluate", "metrics of a trained run on its test day(s): joint recall, per stage, funnel, sweep",
           "lcron.evaluate", "evaluate"),
     _lazy("report", "HTML + Markdown + JSON report of a run", "lcron.report", "report"),
