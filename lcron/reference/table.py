@@ -89,7 +89,6 @@ def run(out: Path, *, seeds: tuple[int, ...], days: int, requests: int, users: i
     from lcron.data.synthetic import SyntheticConfig, generate_from_config
     from lcron.train import TrainConfig, train
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out.mkdir(parents=True, exist_ok=True)
     # Half the users new (the generator's default is 10%), so that short and empty histories -
     # where quirks 1 and 3 act - are common rather than rare.
@@ -164,7 +163,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--stages", default="2,3")
     p.add_argument("--compile", action="store_true", help="fuse DIN's attention (pays off for longer runs only)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice); with one "
+                   "process per setting on a 2-core machine, 1")
+    p.add_argument("--print", nargs="+", metavar="JSON", dest="print_only",
+                   help="only print the table of finished reference_table.json files (e.g. one per setting)")
     a = p.parse_args(argv)
+    if a.print_only:
+        docs = [json.loads(Path(f).read_text()) for f in a.print_only]
+        merged = {**docs[0], "rows": [r for d in docs for r in d["rows"]],
+                  "facts": {k: v for d in docs for k, v in d["facts"].items()}}
+        print(markdown(merged))
+        print(json.dumps(merged["facts"], indent=1))
+        print("seconds: " + ", ".join(f"{d.get('seconds', float('nan')):.0f}" for d in docs))
+        return 0
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     doc = run(Path(a.out), seeds=tuple(int(s) for s in a.seeds.split(",")), days=a.days,
               requests=a.requests_per_day, users=a.users, items=a.items, batch_size=a.batch_size,
               methods=tuple(a.methods.split(",")), stages=tuple(int(s) for s in a.stages.split(",")),
