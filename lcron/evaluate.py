@@ -467,9 +467,11 @@ def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = N
         log(f"warning: {w}")
 
     total_requests = sum(shard_set.num_requests(d) for u in units for d in u.days)
+    ref_batch = int(cfg["train"]["batch_size"]) if reference else None
+    if ref_batch is not None:  # the reference protocol scores full batches only
+        total_requests = sum(shard_set.num_requests(d) // ref_batch * ref_batch for u in units for d in u.days)
     bar = Progress(total_requests * len(seeds), f"evaluate {cfg['method']}", unit="req", enabled=progress)
     timing = {"load_and_inference_seconds": 0.0, "metrics_seconds": 0.0}
-    ref_batch = int(cfg["train"]["batch_size"]) if reference else None
     results = [_evaluate_unit(unit, shard_set, seeds, setting, grid, tie_seed, batch_size, dev, compile, bar, timing,
                               reference_batch=ref_batch)
                for unit in units]
