@@ -64,7 +64,7 @@ sweep-local-reference: $(STAMP) ## sweep-local in reference mode (reference_quir
 		--methods $(subst $(space),$(comma),$(strip $(METHODS))) --stages $(subst $(space),$(comma),$(strip $(STAGES))) \
 		reference_quirks=true
 
-reference-table: $(STAMP) ## the faithful-vs-reference table of docs/reference.md (~15-20 min on 2 idle cores)
+reference-table: $(STAMP) ## the faithful-vs-reference table of docs/reference.md (8 methods x 2 settings x 2 modes x 2 seeds)
 	$(PY) -m lcron.reference.table --out runs/reference-table
 
 compare: $(STAMP) ## compare every evaluated run under COMPARE_PATHS (default runs/) into runs/compare
