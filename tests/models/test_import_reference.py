@@ -13,7 +13,7 @@ from lcron.errors import ConfigError, DataError
 from lcron.reference import mapping
 from lcron.reference.importer import import_reference, parse_stage_files
 from lcron.train import load_cascade, run_seeds
-from tests.models.test_reference_models import CASES, _inputs, _params
+from .test_reference_models import CASES, _inputs, _params
 
 
 def _save_states(case, folder):
