@@ -85,7 +85,8 @@ def run(out: Path, *, seeds: tuple[int, ...], days: int, requests: int, users: i
         methods: tuple[str, ...], stages: tuple[int, ...], compile: bool) -> dict[str, Any]:
     import torch
 
-    from lcron.data.shards import ShardSet, preprocess
+    from lcron import atomic
+    from lcron.data.shards import preprocess
     from lcron.data.synthetic import SyntheticConfig, generate_from_config
     from lcron.train import TrainConfig, train
 
@@ -127,9 +128,9 @@ def run(out: Path, *, seeds: tuple[int, ...], days: int, requests: int, users: i
                      f"(elapsed {time.perf_counter() - t_start:.0f} s)")
             row.update({c: _stats(v) for c, v in values.items()})
             doc["rows"].append(row)
-            (out / "reference_table.json").write_text(json.dumps(doc, indent=1))
+            atomic.write_json(out / "reference_table.json", doc)
     doc["seconds"] = time.perf_counter() - t_start
-    (out / "reference_table.json").write_text(json.dumps(doc, indent=1))
+    atomic.write_json(out / "reference_table.json", doc)
     return doc
 
 
