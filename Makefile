@@ -27,7 +27,7 @@ empty :=
 space := $(empty) $(empty)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench pipeline submit sweep-local compare image push lint clean
+.PHONY: help install run test bench pipeline submit sweep-local sweep-local-reference reference-table compare image push lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,14 @@ submit: pipeline ## submit runs to KFP: make submit HOST=http://... METHOD=lcron
 sweep-local: $(STAMP) ## run METHODS x STAGES locally one after another (resumable), then compare them
 	$(PY) -m pipelines.sweep_local --root $(SWEEP_ROOT) \
 		--methods $(subst $(space),$(comma),$(strip $(METHODS))) --stages $(subst $(space),$(comma),$(strip $(STAGES)))
+
+sweep-local-reference: $(STAMP) ## sweep-local in reference mode (reference_quirks=true at every step) into SWEEP_ROOT-reference
+	$(PY) -m pipelines.sweep_local --root $(SWEEP_ROOT)-reference \
+		--methods $(subst $(space),$(comma),$(strip $(METHODS))) --stages $(subst $(space),$(comma),$(strip $(STAGES))) \
+		reference_quirks=true
+
+reference-table: $(STAMP) ## the faithful-vs-reference table of docs/reference.md (8 methods x 2 settings x 2 modes x 2 seeds)
+	$(PY) -m lcron.reference.table --out runs/reference-table
 
 compare: $(STAMP) ## compare every evaluated run under COMPARE_PATHS (default runs/) into runs/compare
 	$(PY) -m lcron compare $(COMPARE_PATHS) --out $(COMPARE_OUT)

@@ -23,6 +23,7 @@ def evaluate(
     tie_seed: int,
     evaluation: Output[Dataset],
     metrics: Output[Metrics],
+    reference_quirks: bool = False,
 ):
     """Evaluate the run in ``model`` on ``shards``; ``days`` "" = the shard set's last day."""
     import math
@@ -31,12 +32,13 @@ def evaluate(
 
     result = run_evaluation(model.path, shards.path, evaluation.path, days=days or None, streaming=streaming,
                             batch_size=batch_size, device=device, compile=compile, tie_seed=tie_seed,
-                            overwrite=True)
+                            overwrite=True, reference_quirks=reference_quirks)
     for key, entry in result["metrics"].items():
         mean = entry.get("mean")
         if mean is not None and math.isfinite(mean):  # a NaN is not valid JSON for the UI
             metrics.log_metric(key, float(mean))
     evaluation.metadata["method"] = result["method"]
     evaluation.metadata["setting"] = result["setting"]
+    evaluation.metadata["reference_quirks"] = result["reference_quirks"]
     evaluation.metadata["days"] = result["days"]
     evaluation.metadata["seeds"] = result["seeds"]

@@ -25,6 +25,7 @@ def train(
     device: str,
     compile: bool,
     model: Output[Model],
+    reference_quirks: bool = False,
 ):
     """Train ``method`` for each seed; ``days`` "" = every shard day but the last; ``max_steps_per_day`` 0 = no cap."""
     from lcron.train import TrainConfig
@@ -32,10 +33,11 @@ def train(
 
     config = TrainConfig(method=method, loss_options=dict(loss_options), batch_size=batch_size, lr=lr,
                          seeds=tuple(int(s) for s in seeds), days=days or None, device=device, compile=compile,
-                         dim=dim)
+                         dim=dim, reference_quirks=reference_quirks)
     results = fit(shards.path, model.path, config, max_steps_per_day=max_steps_per_day or None, overwrite=True)
     model.metadata["framework"] = "pytorch"
     model.metadata["method"] = method
+    model.metadata["reference_quirks"] = reference_quirks
     model.metadata["seeds"] = [r.seed for r in results]
     model.metadata["steps"] = {str(r.seed): r.summary.get("steps") for r in results}
     model.metadata["final_loss"] = {str(r.seed): r.summary.get("final_loss") for r in results}

@@ -101,6 +101,9 @@ def _preprocess_args(p: argparse.ArgumentParser) -> None:
                    help="time zone of the data for weekday/hour/minute features (default 8 = UTC+8)")
     p.add_argument("--overwrite", action="store_true",
                    help="rebuild the folder even if it holds shards of another setting/configuration")
+    p.add_argument("--reference-quirks", action="store_true",
+                   help="build the features as the published experiments did (cat1 unshifted, padded steps' cat1 0, "
+                        "padding slots' cat1 2; docs/reference.md); train and evaluate with --reference-quirks too")
 
 
 def _preprocess_run(a: argparse.Namespace) -> int:
@@ -109,10 +112,10 @@ def _preprocess_run(a: argparse.Namespace) -> int:
     setting = a.stages if a.stages is not None else a.setting
     shards = preprocess(a.source, a.out, setting, a.days, tz_offset_hours=a.tz_offset_hours,
                         max_missing_fraction=a.max_missing_fraction, overwrite=a.overwrite, progress=not a.quiet,
-                        max_no_gt_fraction=a.max_no_gt_fraction)
+                        max_no_gt_fraction=a.max_no_gt_fraction, reference_quirks=a.reference_quirks)
     total = sum(shards.num_requests(d) for d in shards.days)
     print(f"{shards.root}: setting {shards.setting.name}, {len(shards.days)} day(s), {total} requests, "
-          f"N = {shards.setting.list_size}")
+          f"N = {shards.setting.list_size}{', reference mode' if shards.reference_quirks else ''}")
     return 0
 
 
@@ -163,6 +166,8 @@ COMMANDS: list[Command] = [
     _lazy("ingest", "stage the chosen days of a source (or the synthetic default) into a folder", "lcron.ingest",
           "ingest"),
     _lazy("train", "train one method on a shard set, one model folder per seed", "lcron.train", "train"),
+    _lazy("import-reference", "models trained by the published LCRON code -> a run folder to evaluate",
+          "lcron.reference.importer", "import_reference"),
     _lazy("evaluate", "metrics of a trained run on its test day(s): joint recall, per stage, funnel, sweep",
           "lcron.evaluate", "evaluate"),
     _lazy("report", "HTML + Markdown + JSON report of a run", "lcron.report", "report"),

@@ -174,7 +174,7 @@ def _label_rows(evals: list[Evaluation]) -> None:
     """Row labels: the method; where methods repeat, the run folder's name is added, then the
     evaluation folder's (a run evaluated twice), then a counter."""
     def candidates(e: Evaluation) -> list[str]:
-        method = e.doc["method"]
+        method = e.doc["method"] + (" [reference mode]" if e.doc.get("reference_quirks") else "")
         run = Path(e.doc.get("run_dir") or e.eval_dir.parent).name
         return [method, f"{method} ({run})", f"{method} ({run}/{e.eval_dir.name})"]
 
@@ -329,6 +329,7 @@ def compare_setting(evals: list[Evaluation], bootstrap: int, seed: int) -> dict[
             "label": e.label,
             "method": e.doc["method"],
             "loss_options": e.doc.get("loss_options", {}),
+            "mode": "reference" if e.doc.get("reference_quirks") else "default",
             "run_dir": e.doc.get("run_dir"),
             "eval_dir": str(e.eval_dir),
             "seeds": e.doc.get("seeds", []),
@@ -347,6 +348,9 @@ def compare_setting(evals: list[Evaluation], bootstrap: int, seed: int) -> dict[
     days = {tuple(e.doc.get("days", [])) for e in evals}
     if len(days) > 1:
         notes.append("the runs were evaluated on different test days; the paired test uses the shared requests")
+    if len({bool(e.doc.get("reference_quirks")) for e in evals}) > 1:
+        notes.append("rows marked [reference mode] were preprocessed, trained and evaluated with --reference-quirks "
+                     "(the published experiments' conventions, docs/reference.md); the other rows in default mode")
     ties = {e.doc.get("tie_seed") for e in evals}
     if len(ties) > 1:
         notes.append("the runs used different tie-break seeds; GT membership of tied labels may differ")

@@ -437,7 +437,7 @@ def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = N
 def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = None, *, days: str | None = None,
              streaming: bool = False, batch_size: int = 4096, device: str = "auto", compile: bool | None = None,
              quota_grid: "str | Iterable[Sequence[int]] | None" = None, tie_seed: int = 0, overwrite: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, reference_quirks: bool | None = None) -> dict[str, Any]:
     """Evaluate every completed seed of ``run_dir``; returns metrics.json's content (plus
     ``"skipped"``: True when an identical evaluation already existed, and ``"out"``).
 
@@ -445,7 +445,10 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
     every day that follows a trained day). ``quota_grid``: "30,20;25,20" or a list of
     quota tuples (default :func:`default_quota_grid`). ``tie_seed`` seeds the metric
     tie-breaks (the same seed for every run makes runs comparable request by request).
+    ``reference_quirks``: None follows the run's mode; True/False must match it. A
+    reference-mode run is evaluated with the reference's protocol (lcron.reference.protocol).
     """
+    from .reference import mode
     from .train import config_hash, resolve_device, run_seeds
     from .train_step import plan_step
 
@@ -459,11 +462,19 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
     seed_dirs = run_seeds(run_dir)
     seeds = [_seed_number(p) for p in seed_dirs]
     shard_set = open_run_shards(shards, cfg, setting)
+    reference = mode.recorded(cfg)
+    if reference_quirks is not None:
+        mode.check_match(reference_quirks, reference, step="evaluate", what=f"run {run_dir}",
+                         fix="give --reference-quirks exactly when the run was trained with it")
+    mode.check_match(reference, shard_set.reference_quirks, step="evaluate", what=f"shard set {shard_set.root}",
+                     fix="evaluate on shards preprocessed in the run's mode")
     grid = resolve_quota_grid(quota_grid, setting)
     units = plan_units(shard_set, cfg, seed_dirs, days, streaming, run_dir)
     fingerprint = shard_set.fingerprint()
     out = Path(out) if out is not None else run_dir / "eval"
     inputs = evaluation_inputs(cfg, seeds, units, streaming, tie_seed, grid, fingerprint)
+    if reference:  # only when set, so default-mode evaluations keep their inputs hash
+        inputs["protocol"] = "reference"
     inputs_hash = config_hash(inputs)
 
     metrics_path = out / "metrics.json"
@@ -493,9 +504,13 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
         log(f"warning: {w}")
 
     total_requests = sum(shard_set.num_requests(d) for u in units for d in u.days)
+    ref_batch = int(cfg["train"]["batch_size"]) if reference else None
+    if ref_batch is not None:  # the reference protocol scores full batches only
+        total_requests = sum(shard_set.num_requests(d) // ref_batch * ref_batch for u in units for d in u.days)
     bar = Progress(total_requests * len(seeds), f"evaluate {cfg['method']}", unit="req", enabled=progress)
     timing = {"load_and_inference_seconds": 0.0, "metrics_seconds": 0.0}
-    results = [_evaluate_unit(unit, shard_set, seeds, setting, grid, tie_seed, batch_size, dev, compile, bar, timing)
+    results = [_evaluate_unit(unit, shard_set, seeds, setting, grid, tie_seed, batch_size, dev, compile, bar, timing,
+                              reference_batch=ref_batch)
                for unit in units]
     bar.close()
 
@@ -535,6 +550,7 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
         "format_version": FORMAT_VERSION,
         "method": cfg["method"],
         "loss_options": cfg.get("loss_options", {}),
+        "reference_quirks": reference,
         "setting": setting.name,
         "stage_names": list(setting.stage_names),
         "quotas": list(setting.quotas),
@@ -610,13 +626,19 @@ class UnitResult:
 
 def _evaluate_unit(unit: Unit, shard_set: Any, seeds: list[int], setting: Setting, grid: list[tuple[int, ...]],
                    tie_seed: int, batch_size: int, dev: Any, compile: bool, bar: Progress,
-                   timing: dict[str, float]) -> UnitResult:
+                   timing: dict[str, float], reference_batch: int | None = None) -> UnitResult:
     """Score the unit's days with every seed's model and compute every metric; adds the time
-    spent loading + scoring and computing metrics to ``timing``."""
+    spent loading + scoring and computing metrics to ``timing``. ``reference_batch``: use the
+    reference's protocol (lcron.reference.protocol) with that batch size."""
+    from .reference import protocol
     from .train import load_cascade
 
     t0 = time.perf_counter()
     day_arrays = [shard_set.load_day(d) for d in unit.days]
+    if reference_batch is not None:
+        day_arrays = [protocol.full_batches(a, reference_batch, where=f"test day {d}") for a, d in zip(day_arrays, unit.days)]
+    metrics_fn = protocol.request_metrics if reference_batch is not None else request_metrics
+    sweep_fn = protocol.quota_sweep_values if reference_batch is not None else quota_sweep_values
     labels = np.concatenate([np.asarray(a["label"]) for a in day_arrays])
     mask = np.concatenate([np.asarray(a["mask"]) for a in day_arrays])
     request_id = np.concatenate([np.asarray(a["request_id"]) for a in day_arrays])
@@ -634,8 +656,8 @@ def _evaluate_unit(unit: Unit, shard_set: Any, seeds: list[int], setting: Settin
         t1 = time.perf_counter()
         timing["load_and_inference_seconds"] += t1 - t0
         try:
-            per, mean, _ = request_metrics(scores, labels, mask, setting, tie_seed)
-            sweeps.append(quota_sweep_values(scores, labels, mask, setting, grid, tie_seed))
+            per, mean, _ = metrics_fn(scores, labels, mask, setting, tie_seed)
+            sweeps.append(sweep_fn(scores, labels, mask, setting, grid, tie_seed))
         except NumericalError as exc:
             raise NumericalError(f"seed {seed}, {unit.checkpoints[seed]} on {', '.join(unit.days)}: {exc}") from None
         timing["metrics_seconds"] += time.perf_counter() - t1
@@ -643,7 +665,7 @@ def _evaluate_unit(unit: Unit, shard_set: Any, seeds: list[int], setting: Settin
         per_request.append(per)
 
     n_valid = mask.astype(bool).sum(axis=1)
-    evaluated = int((n_valid > 0).sum())
+    evaluated = int((n_valid > 0).sum()) if reference_batch is None else len(n_valid)
     gt_sizes = np.minimum(setting.gt_size, n_valid[n_valid > 0])
     return UnitResult(unit=unit, means=means, per_request=per_request, sweep=sweeps, request_id=request_id, day=day,
                       evaluated=evaluated, skipped=int(len(mask) - evaluated),
@@ -727,6 +749,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="quota tuples of the sweep, e.g. '30,20;25,20;40,20' (default: a grid around the setting's)")
     parser.add_argument("--tie-seed", type=int, default=0, help="seed of the metric tie-breaks (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an evaluation made with other inputs")
+    parser.add_argument("--reference-quirks", action="store_true", default=None,
+                        help="the reference's evaluation protocol (drop the last partial batch, padding selectable, "
+                             "recall / 10); a run trained with --reference-quirks uses it anyway, a default run refuses it")
     # -q/--quiet (no progress output) is added to every subcommand by lcron.cli.
 
 
@@ -736,7 +761,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     res = evaluate(args.model, args.shards, args.out, days=args.days, streaming=args.streaming,
                    batch_size=args.batch_size, device=args.device, compile=args.compile, quota_grid=args.quota_grid,
-                   tie_seed=args.tie_seed, overwrite=args.overwrite, progress=not getattr(args, "quiet", False))
+                   tie_seed=args.tie_seed, overwrite=args.overwrite, progress=not getattr(args, "quiet", False),
+                   reference_quirks=getattr(args, "reference_quirks", None))
     out = Path(res["out"])
     print(f"metrics: {out / 'metrics.json'}")
     for key, name in res.get("files", {}).items():

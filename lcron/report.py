@@ -400,11 +400,20 @@ def serving_section(s: Mapping[str, Any], path: Path) -> Section:
 
 
 # --------------------------------------------------------------------------- the report
+def _mode_text(m: Mapping[str, Any]) -> str:
+    """Which conventions the run used (docs/reference.md)."""
+    if m.get("reference_quirks"):
+        return ("reference (--reference-quirks: the published experiments' features, model quirks and "
+                "evaluation protocol)")
+    return "default (faithful features, models and evaluation)"
+
+
 def _config_table(cfg: Mapping[str, Any], m: Mapping[str, Any]) -> Table:
     train_cfg = cfg.get("train", {})
     rows = [
         ["method", m["method"]],
         ["loss options", json.dumps(m.get("loss_options") or {}, sort_keys=True)],
+        ["mode", _mode_text(m)],
         ["setting", m["setting"]],
         ["stages", ", ".join(m["stage_names"])],
         ["quotas", ", ".join(str(q) for q in m["quotas"])],
@@ -610,7 +619,8 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
                             text=[f"Evaluated {prov.get('date_utc', 'n/a')}; report written {report_prov['date_utc']}."]))
 
     doc = {"kind": REPORT_KIND, "run_dir": str(run_dir), "eval_dir": str(eval_dir), "method": m["method"],
-           "setting": m["setting"], "metrics": m["metrics"], "provenance": prov, "report_provenance": report_prov}
+           "setting": m["setting"], "reference_quirks": bool(m.get("reference_quirks")), "metrics": m["metrics"],
+           "provenance": prov, "report_provenance": report_prov}
     if serving is not None:
         doc["serving"] = {"path": str(serving_path), "day": serving.get("day"), "k1": list(serving["k1"]),
                           "index": serving["index"], "seeds": list(serving["seeds"]),

@@ -71,6 +71,7 @@ class TrainConfig:
     dim: int = 8
     shuffle: bool = True
     log_every: int = 64  # loss rows are read back from the device every this many steps (and at day end)
+    reference_quirks: bool = False  # the published models' quirks (docs/reference.md); needs reference shards
 
     def validate(self) -> None:
         from .losses import METHODS
@@ -143,7 +144,8 @@ def build_training_objects(setting: Setting, embedding_sizes: Mapping[str, int],
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
     compile = plan_step(device, compile=cfg.compile).compile
-    cascade = build_cascade(setting, dict(embedding_sizes), dim=cfg.dim, compile=compile).to(device)
+    cascade = build_cascade(setting, dict(embedding_sizes), dim=cfg.dim, compile=compile,
+                            reference_quirks=cfg.reference_quirks).to(device)
     loss = build_loss(cfg.method, setting=setting, **cfg.loss_options).to(device)
     adam = adam_options(device)
     optimizers = {name: torch.optim.Adam(cascade.stages[name].parameters(), lr=cfg.lr, **adam)
@@ -217,7 +219,8 @@ def load_cascade(path: str | Path, device: str | torch.device = "cpu", compile: 
     payload = load_checkpoint(path, map_location=device)
     cfg = payload["config"]
     setting = Setting.from_dict(cfg["setting"])
-    cascade = build_cascade(setting, dict(cfg["embedding_sizes"]), dim=int(cfg["train"]["dim"]), compile=compile)
+    cascade = build_cascade(setting, dict(cfg["embedding_sizes"]), dim=int(cfg["train"]["dim"]), compile=compile,
+                            reference_quirks=bool(cfg.get("reference_quirks", False)))
     cascade.load_state_dict(payload["model_state"])
     cascade.to(device).eval()
     return cascade, payload
@@ -242,9 +245,14 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     ``max_steps_per_day`` caps the steps of each day (benchmarks and smoke tests).
     """
     from .data.shards import ShardSet
+    from .reference import mode
 
     cfg.validate()
     shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards)
+    mode.check_match(cfg.reference_quirks, shard_set.reference_quirks, step="train", what=f"shard set {shard_set.root}",
+                     fix="preprocess the data with the same --reference-quirks choice, or change it here")
+    cfg = dataclasses.replace(cfg, loss_options=mode.implied_loss_options(cfg.method, cfg.loss_options,
+                                                                         cfg.reference_quirks))
     run_setting = _resolve_setting(shard_set.setting, setting, stages)
     days = training_days(shard_set, cfg.days)
     device = resolve_device(cfg.device)
@@ -263,6 +271,8 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
         "shards": str(shard_set.root),
         "data_fingerprint": shard_set.fingerprint(),
     }
+    if cfg.reference_quirks:  # only when set, so default-mode runs keep their config hash
+        run_cfg["reference_quirks"] = True
     run_cfg["config_hash"] = config_hash({k: v for k, v in run_cfg.items() if k != "shards"})
     command = outputs.current_command(_train_command(out, run_cfg, cfg.seeds))
     with outputs.output_lock(out, command):
@@ -599,12 +609,17 @@ def add_train_arguments(parser) -> None:
                         help="TF32 tensor-core matmuls on CUDA (default: off)")
     parser.add_argument("--max-steps-per-day", type=int, help="cap the steps of each day (smoke tests)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run with another configuration in --out")
+    parser.add_argument("--reference-quirks", action="store_true",
+                        help="the published models' quirks (unmasked sequence mean, cat1 padding row 2, uniform DIN "
+                             "attention without history; implies ICC's reference_quirks loss option); needs shards "
+                             "preprocessed with --reference-quirks (docs/reference.md)")
 
 
 def run_train(args) -> int:
     cfg = TrainConfig(method=args.method, loss_options=parse_loss_options(args.loss_option),
                       batch_size=args.batch_size, lr=args.lr, seeds=parse_seeds(args.seeds), days=args.days,
-                      device=args.device, compile=args.compile, cuda_graph=args.cuda_graph, tf32=args.tf32)
+                      device=args.device, compile=args.compile, cuda_graph=args.cuda_graph, tf32=args.tf32,
+                      reference_quirks=getattr(args, "reference_quirks", False))
     results = train(args.shards, args.out, cfg, setting=args.setting, stages=args.stages, overwrite=args.overwrite,
                     progress=not args.quiet, max_steps_per_day=args.max_steps_per_day)
     for r in results:

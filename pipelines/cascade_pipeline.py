@@ -16,6 +16,10 @@ same data (8 methods x 2 settings) therefore share one staged copy and one shard
 setting, while changed data can never be served from the cache. docs/pipeline.md has the
 long version.
 
+``reference_quirks`` (docs/reference.md) is the one switch of reference mode: preprocess,
+train and evaluate all receive it, so the shards, the models and the evaluation protocol
+follow the published experiments together (and preprocess is cached per mode).
+
 The image is fixed at compile time, hence :func:`build_pipeline` builds a CPU or a GPU
 variant (GPU: the GPU image on every step and an accelerator request on train, evaluate
 and serving).
@@ -93,6 +97,7 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         serving_index_options: dict = {},  # noqa: B006
         serving_day: str = "",
         serving_batch_size: int = 1024,
+        reference_quirks: bool = False,
     ) -> PipelineOutputs:
         synthetic = {"synthetic_days": synthetic_days, "synthetic_start_date": synthetic_start_date,
                      "synthetic_requests_per_day": synthetic_requests_per_day, "synthetic_users": synthetic_users,
@@ -103,15 +108,17 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         staged = ingest(source=source, days=days, fingerprint=fp.output, **synthetic)
         staged.set_display_name("ingest")
         shards = preprocess(raw_data=staged.outputs["raw_data"], stages=stages, setting=setting,
-                            tz_offset_hours=tz_offset_hours, max_missing_fraction=max_missing_fraction)
+                            tz_offset_hours=tz_offset_hours, max_missing_fraction=max_missing_fraction,
+                            reference_quirks=reference_quirks)
         shards.set_display_name("preprocess")
         trained = train(shards=shards.outputs["shards"], method=method, loss_options=loss_options, seeds=seeds,
                         batch_size=batch_size, lr=lr, dim=dim, days=train_days,
-                        max_steps_per_day=max_steps_per_day, device=device, compile=compile)
+                        max_steps_per_day=max_steps_per_day, device=device, compile=compile,
+                        reference_quirks=reference_quirks)
         trained.set_display_name("train")
         evaluated = evaluate(model=trained.outputs["model"], shards=shards.outputs["shards"], days=eval_days,
                              streaming=streaming, batch_size=eval_batch_size, device=device, compile=compile,
-                             tie_seed=tie_seed)
+                             tie_seed=tie_seed, reference_quirks=reference_quirks)
         evaluated.set_display_name("evaluate")
         # Always a task, evaluating only when serving_eval is true (no dsl.If: see the module docstring).
         served = serving(model=trained.outputs["model"], shards=shards.outputs["shards"], enabled=serving_eval,

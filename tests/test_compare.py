@@ -282,3 +282,16 @@ def test_serving_of_another_setting_is_refused(tmp_path):
                  stages=("retrieval", "prerank", "rank"))
     with pytest.raises(DataError, match="three_stage"):
         compare([tmp_path / "run"], tmp_path / "out", bootstrap=20)
+
+
+def test_reference_mode_rows_are_marked(tmp_path):
+    ids = np.arange(10)
+    make_eval(tmp_path, "run-default", "bce", np.full((2, 10), 0.6), ids)
+    ref = make_eval(tmp_path, "run-ref", "bce", np.full((2, 10), 0.5), ids)
+    doc = json.loads((ref / "metrics.json").read_text())
+    doc["reference_quirks"] = True
+    (ref / "metrics.json").write_text(json.dumps(doc))
+    tab = compare([tmp_path], tmp_path / "out", bootstrap=20)["settings"]["two_stage"]
+    assert [(r["label"], r["mode"]) for r in tab["rows"]] == [("bce", "default"), ("bce [reference mode]", "reference")]
+    assert any("--reference-quirks" in n for n in tab["notes"])
+    assert "bce [reference mode]" in (tmp_path / "out" / "compare.md").read_text()

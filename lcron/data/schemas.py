@@ -166,7 +166,7 @@ SHARD_SCHEMA: dict[str, Any] = {
     "integer_dtypes": ["uint8", "int8", "int16", "int32", "int64"],
     "layout": {
         "dataset.json": "format_version, setting, id_counts, embedding_sizes, tz_offset_hours, source, days, "
-                        "config_hash",
+                        "config_hash, reference_quirks (true: the reference's feature conventions, docs/reference.md)",
         "days/{day}/{array}.npy": "one .npy per array below",
         "days/{day}/manifest.json": "written last; its presence marks the day complete",
         "item_table/video_id.npy": "[I] shifted video ids, sorted ascending, unique",

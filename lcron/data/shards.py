@@ -18,6 +18,13 @@ Conventions (METHODS.md sections 1 and 7):
   group, the group's constant elsewhere, 0 on padding;
 * padded slots and padded sequence steps are 0 in every field.
 
+``reference_quirks=True`` (``lcron preprocess --reference-quirks``) builds the features as
+the published experiments did (METHODS.md section 7): cat1 stored unshifted (raw id; the
+reference cat1 table's padding index is 2, so raw category 2 embeds to zero), padded
+sequence steps all 0 (cat1 0 too: an ordinary cat1 row) and padding slots 0 except cat1 = 2.
+The choice is recorded in ``dataset.json`` (``reference_quirks``) and in the configuration
+hash; training checks that the models' mode matches it.
+
 Preprocessing goes one day at a time (memory bounded by one day) and is idempotent: a day
 whose manifest records the same source fingerprint and configuration hash is skipped. Every
 file goes through :mod:`lcron.atomic`; a day's ``manifest.json`` is written last, so a day
@@ -56,6 +63,17 @@ _SECONDS_PER_DAY = 86_400
 _ITEM_ID_COLS = [S.REQUEST_ID_DICT_COLUMNS.index(f) for f in fields.ITEM_ID_FIELDS]
 _UPLOAD_TS_COL = S.REQUEST_ID_DICT_COLUMNS.index("upload_timestamp")
 _SEQ_ID_COLS = [S.SEQ_COLUMNS.index(f) for f in fields.SEQ_FIELDS]
+# Reference mode: cat1 (column _CAT1 of the id columns) is not shifted; padding slots hold cat1 2.
+_CAT1 = fields.ITEM_ID_FIELDS.index("category_level_one")
+_REFERENCE_CAT1_PADDING = 2
+
+
+def _id_shift(reference_quirks: bool) -> np.ndarray:
+    """What is added to the raw ids of the 5 item/sequence id columns: 1, except cat1 in reference mode."""
+    shift = np.ones(len(fields.ITEM_ID_FIELDS), dtype=np.int64)
+    if reference_quirks:
+        shift[_CAT1] = 0
+    return shift
 
 
 # --------------------------------------------------------------------------- values
@@ -100,18 +118,25 @@ def shard_dtypes(setting: Setting, id_counts: dict[str, int]) -> dict[str, np.dt
     }
 
 
-def config_hash(setting: Setting, tz_offset_hours: int) -> str:
+def config_hash(setting: Setting, tz_offset_hours: int, reference_quirks: bool = False) -> str:
     """Hash of everything besides the input files that decides a shard's content."""
     conf = {"format_version": FORMAT_VERSION, "setting": setting.to_dict(), "tz_offset_hours": int(tz_offset_hours)}
+    if reference_quirks:  # only when set, so default-mode shard sets keep their hash
+        conf["reference_quirks"] = True
     return hashlib.sha256(json.dumps(conf, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_day_arrays(day: RecFlowDay, setting: Setting, id_counts: dict[str, int],
-                     tz_offset_hours: int, *, where: str = "") -> dict[str, np.ndarray]:
-    """The shard arrays (fields.SHARD_ARRAYS) of one validated day; vectorised scatter per group."""
+                     tz_offset_hours: int, *, where: str = "", reference_quirks: bool = False) -> dict[str, np.ndarray]:
+    """The shard arrays (fields.SHARD_ARRAYS) of one validated day; vectorised scatter per group.
+
+    ``reference_quirks``: the reference's feature conventions (module docstring)."""
     dt = shard_dtypes(setting, id_counts)
     r_count, n, gsize = day.num_requests, setting.list_size, setting.group_size
     items = np.zeros((r_count, n, len(fields.ITEM_FIELDS)), dtype=dt["items"])
+    shift = _id_shift(reference_quirks)
+    if reference_quirks:
+        items[:, :, _CAT1] = _REFERENCE_CAT1_PADDING
     mask = np.zeros((r_count, n), dtype=np.uint8)
     label = np.zeros((r_count, n), dtype=dt["label"])
     req_pos = np.arange(r_count)
@@ -121,7 +146,7 @@ def build_day_arrays(day: RecFlowDay, setting: Setting, id_counts: dict[str, int
             continue
         owner = np.repeat(req_pos, cand.lengths)
         slot = g * gsize + np.arange(cand.rows.shape[0]) - np.repeat(cand.offsets, cand.lengths)
-        feats = np.concatenate([cand.rows[:, _ITEM_ID_COLS] + 1,
+        feats = np.concatenate([cand.rows[:, _ITEM_ID_COLS] + shift,
                                 time_features(cand.rows[:, _UPLOAD_TS_COL], tz_offset_hours)], axis=1)
         items[owner, slot] = feats
         mask[owner, slot] = 1
@@ -139,7 +164,7 @@ def build_day_arrays(day: RecFlowDay, setting: Setting, id_counts: dict[str, int
         else:
             label[owner, slot] = setting.group_labels[group]
     seq_valid = day.seq[:, :, S.SEQ_TIME_COLUMN] > 0
-    seq = (day.seq[:, :, _SEQ_ID_COLS] + 1) * seq_valid[:, :, None]
+    seq = (day.seq[:, :, _SEQ_ID_COLS] + shift) * seq_valid[:, :, None]
     return {
         "request_id": day.request_id.astype(np.int64, copy=False),
         "context": time_features(day.request_timestamp // 1000, tz_offset_hours).astype(dt["context"]),
@@ -184,6 +209,7 @@ class ShardSet:
             self.id_counts: dict[str, int] = {k: int(v) for k, v in meta["id_counts"].items()}
             self.embedding_sizes: dict[str, int] = {k: int(v) for k, v in meta["embedding_sizes"].items()}
             self.tz_offset_hours: int = int(meta["tz_offset_hours"])
+            self.reference_quirks: bool = bool(meta.get("reference_quirks", False))
         except (KeyError, TypeError, ValueError, SettingError) as exc:
             raise DataError(f"{self.root / 'dataset.json'}: malformed ({type(exc).__name__}: {exc})") from None
         self.source: str = str(meta.get("source", ""))
@@ -265,6 +291,8 @@ def _complete_command(out: Path, meta: dict, days: str | None = None) -> str:
     cmd = f"lcron preprocess --source {meta.get('source') or 'SOURCE'} --out {out} --setting {setting}"
     if meta.get("tz_offset_hours") not in (None, 8):
         cmd += f" --tz-offset-hours {meta['tz_offset_hours']}"
+    if meta.get("reference_quirks"):
+        cmd += " --reference-quirks"
     return cmd + (f" --days {days}" if days else "") + " (days already complete are skipped)"
 
 
@@ -320,9 +348,11 @@ def _prepare_out(out: Path, dataset: dict[str, Any], overwrite: bool) -> bool:
         if old.get("config_hash") != dataset["config_hash"]:
             old_setting = (old.get("setting") or {}).get("name", "?") if isinstance(old.get("setting"), dict) else "?"
             diffs.append(f"setting/config (existing: setting {old_setting!r}, tz_offset_hours "
-                         f"{old.get('tz_offset_hours')!r}, format_version {old.get('format_version')!r}; "
+                         f"{old.get('tz_offset_hours')!r}, format_version {old.get('format_version')!r}, "
+                         f"reference_quirks {bool(old.get('reference_quirks', False))}; "
                          f"requested: setting {dataset['setting']['name']!r}, tz_offset_hours "
-                         f"{dataset['tz_offset_hours']}, format_version {FORMAT_VERSION})")
+                         f"{dataset['tz_offset_hours']}, format_version {FORMAT_VERSION}, "
+                         f"reference_quirks {dataset['reference_quirks']})")
         if old.get("id_counts") != dataset["id_counts"]:
             diffs.append("id_cnt.pkl counts")
         if diffs:
@@ -413,13 +443,14 @@ def _write_item_table(out: Path, shards: ShardSet, fresh: dict[str, np.ndarray])
 
 
 def _build_day(reader: RecFlowReader, inputs: DayInputs, st: Setting, counts: dict[str, int],
-               tz_offset_hours: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+               tz_offset_hours: int, reference_quirks: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Validate and convert one fetched day; returns its arrays and manifest (less fingerprints)."""
     day = inputs.day
     rd = reader.read_day(day, labels=st.groups, index_labels=(st.top_group,), limit=st.group_size,
                          check_all_columns=False, inputs=inputs)
     arrays = build_day_arrays(rd, st, counts, tz_offset_hours,
-                              where=reader.source.describe(reader.day_files(day)["all_stage"]))
+                              where=reader.source.describe(reader.day_files(day)["all_stage"]),
+                              reference_quirks=reference_quirks)
     fill = {g: round(float(rd.candidates[g].lengths.mean()) / st.group_size, 4) for g in st.groups}
     dropped = rd.stats["dropped"]
     log.info("day %s: %d requests (%d missing from request_id_dict, %d from seq_effective_50_dict, "
@@ -452,13 +483,15 @@ def _write_day(day_dir: Path, arrays: dict[str, np.ndarray], manifest: dict[str,
 
 def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Setting | Path" = "two_stage",
                days: str | None = None, *, tz_offset_hours: int = 8, max_missing_fraction: float = 0.01,
-               overwrite: bool = False, progress: bool = True, max_no_gt_fraction: float = 0.5) -> ShardSet:
+               overwrite: bool = False, progress: bool = True, max_no_gt_fraction: float = 0.5,
+               reference_quirks: bool = False) -> ShardSet:
     """Turn the RecFlow ``days`` of ``source`` (folder or ``gs://``) into a shard set at ``out``.
 
     ``setting``: a Setting, a built-in name, 2/3 (stages) or a setting file. ``days``:
     ``"FIRST:LAST"`` inclusive, ``"DAY"`` or None for all. Days already in ``out`` with the
     same inputs and configuration are skipped; ``out`` holding another configuration is an
-    OutputExistsError unless ``overwrite`` (which rebuilds everything).
+    OutputExistsError unless ``overwrite`` (which rebuilds everything). ``reference_quirks``:
+    the published experiments' feature conventions (module docstring), recorded in dataset.json.
     """
     try:
         st = get_setting(setting)
@@ -467,14 +500,15 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
     if not isinstance(tz_offset_hours, int) or not -12 <= tz_offset_hours <= 14:
         raise ConfigError(f"tz_offset_hours must be an integer in [-12, 14], got {tz_offset_hours!r}")
     out = Path(out)
-    chash = config_hash(st, tz_offset_hours)
+    chash = config_hash(st, tz_offset_hours, bool(reference_quirks))
     with RecFlowReader(source, max_missing_fraction=max_missing_fraction,
                        max_no_gt_fraction=max_no_gt_fraction) as reader:
         chosen = reader.select_days(days)
         counts = reader.id_counts()
         dataset = {"format_version": FORMAT_VERSION, "setting": st.to_dict(), "id_counts": counts,
                    "embedding_sizes": fields.embedding_sizes(counts), "tz_offset_hours": tz_offset_hours,
-                   "source": str(source), "days": [], "config_hash": chash}
+                   "source": str(source), "days": [], "config_hash": chash,
+                   "reference_quirks": bool(reference_quirks)}
         redo = _prepare_out(out, dataset, overwrite)
         if not outputs.is_complete(out, SHARDS_KIND, _legacy_problem):
             (out / "item_table" / "manifest.json").unlink(missing_ok=True)  # rebuilt at the end
@@ -508,7 +542,7 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
                     bar.update(1, postfix=f"{day} skipped")
                     continue
                 (day_dir / "manifest.json").unlink(missing_ok=True)
-                arrays, manifest = _build_day(reader, inputs, st, counts, tz_offset_hours)
+                arrays, manifest = _build_day(reader, inputs, st, counts, tz_offset_hours, bool(reference_quirks))
                 del inputs
                 manifest.update(source_fingerprint=fp, config_hash=chash)
                 if pending is not None:

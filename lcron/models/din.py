@@ -16,6 +16,11 @@ layer, inside :func:`lcron.models.fused.attention_pool` (fused by torch.compile)
 [B * N, L, 10d] concatenation of the textbook formulation is never built. The parameters
 are those of the plain layers (``attention[0]`` is the Linear(10d, 80)), so the naive
 concatenating implementation with the same state dict gives the same logits.
+
+``reference_quirks=True`` reproduces the published DIN (METHODS.md section 7, quirks 2 and
+3): cat1 padding row 2, and a request without history attends uniformly to all L padded
+steps (:func:`lcron.models.layers.uniform_when_empty`, applied to the mask before the
+attention core, so the eager and the fused path both do it).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from torch import Tensor, nn
 from lcron.data import fields
 from lcron.models.embeddings import FeatureEmbedding, float_mask, require
 from lcron.models.fused import attention_pool, compiled_attention_pool
-from lcron.models.layers import mlp, score_candidates
+from lcron.models.layers import mlp, score_candidates, uniform_when_empty, use_reference_padding
 
 ATTENTION_HIDDEN = 80
 HIDDEN = (128, 128, 32)
@@ -38,10 +43,14 @@ HIDDEN = (128, 128, 32)
 class DIN(nn.Module):
     """Scores every candidate of a request with attention over the request's sequence."""
 
-    def __init__(self, embedding_sizes: Mapping[str, int], dim: int = 8, compile: bool = False) -> None:
+    def __init__(self, embedding_sizes: Mapping[str, int], dim: int = 8, compile: bool = False,
+                 reference_quirks: bool = False) -> None:
         super().__init__()
         self.dim = int(dim)
+        self.reference_quirks = bool(reference_quirks)
         self.embedding = FeatureEmbedding(embedding_sizes, self.dim)
+        if self.reference_quirks:
+            use_reference_padding(self.embedding)
         n_seq, n_id, n_time = len(fields.SEQ_FIELDS), len(fields.ITEM_ID_FIELDS), len(fields.ITEM_TIME_FIELDS)
         n_req = len(fields.CONTEXT_FIELDS) + len(fields.USER_FIELDS)
         self.attention = mlp([(n_seq + n_id) * self.dim, ATTENTION_HIDDEN, 1])
@@ -54,6 +63,8 @@ class DIN(nn.Module):
         context, user, seq, seq_mask, items = require(batch, *fields.MODEL_INPUTS)
         ctx_e, user_e, seq_e, item_e = self.embedding(context=context, user=user, seq=seq, items=items)
         mask = float_mask(seq_mask, seq, seq_e.dtype)
+        if self.reference_quirks:
+            mask = uniform_when_empty(mask)
         n_id = len(fields.ITEM_ID_FIELDS) * self.dim
         att_in: nn.Linear = self.attention[0]  # type: ignore[assignment]
         att_out: nn.Linear = self.attention[2]  # type: ignore[assignment]

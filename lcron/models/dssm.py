@@ -8,6 +8,11 @@ Architecture (dim d = 8, METHODS.md section 2):
 The towers meet only in the dot product, so the item tower runs alone on a whole corpus
 (``item_vectors``) and the user tower alone per request (``user_vectors``) - what the
 serving evaluation puts into and queries from an ANN index.
+
+``reference_quirks=True`` reproduces the published DSSM (METHODS.md section 7, quirks 1
+and 2): the sequence summary is the unmasked mean (:func:`lcron.models.layers.unmasked_mean`)
+and the cat1 table's padding row is 2 (:func:`lcron.models.layers.use_reference_padding`);
+it expects shards preprocessed with ``--reference-quirks``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import Tensor, nn
 
 from lcron.data import fields
 from lcron.models.embeddings import FeatureEmbedding, float_mask, require
-from lcron.models.layers import masked_mean, mlp
+from lcron.models.layers import mlp, sequence_mean, use_reference_padding
 
 TOWER = (128, 64, 32)
 
@@ -27,10 +32,14 @@ TOWER = (128, 64, 32)
 class DSSM(nn.Module):
     """Two-tower model; ``forward(batch)`` = (user_vectors[:, None] * item_vectors).sum(-1)."""
 
-    def __init__(self, embedding_sizes: Mapping[str, int], dim: int = 8, compile: bool = False) -> None:
+    def __init__(self, embedding_sizes: Mapping[str, int], dim: int = 8, compile: bool = False,
+                 reference_quirks: bool = False) -> None:
         super().__init__()
         self.dim = int(dim)
+        self.reference_quirks = bool(reference_quirks)
         self.embedding = FeatureEmbedding(embedding_sizes, self.dim)
+        if self.reference_quirks:
+            use_reference_padding(self.embedding)
         n_user = len(fields.CONTEXT_FIELDS) + len(fields.USER_FIELDS) + len(fields.SEQ_FIELDS)
         self.user_tower = mlp([n_user * self.dim, *TOWER])
         self.item_tower = mlp([len(fields.ITEM_FIELDS) * self.dim, *TOWER])
@@ -64,4 +73,4 @@ class DSSM(nn.Module):
         return self.item_tower(item_e)
 
     def _user_tower(self, ctx_e: Tensor, user_e: Tensor, seq_e: Tensor, mask: Tensor) -> Tensor:
-        return self.user_tower(torch.cat([ctx_e, user_e, masked_mean(seq_e, mask)], -1))
+        return self.user_tower(torch.cat([ctx_e, user_e, sequence_mean(seq_e, mask, self.reference_quirks)], -1))

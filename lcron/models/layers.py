@@ -1,4 +1,5 @@
-"""Small building blocks shared by the stage models: MLPs, masked mean, split first layer."""
+"""Small building blocks shared by the stage models: MLPs, sequence means, split first layer,
+and the reference-mode variants (METHODS.md section 7, "Reference model quirks")."""
 
 from __future__ import annotations
 
@@ -36,6 +37,63 @@ def masked_mean(seq_emb: Tensor, mask: Tensor) -> Tensor:
     # thin shapes loops over the batch (thousands of tiny kernels per step).
     total = (seq_emb * mask.unsqueeze(-1)).sum(1)
     return total / mask.sum(1, keepdim=True).clamp_min(1.0)
+
+
+def unmasked_mean(seq_emb: Tensor, mask: Tensor) -> Tensor:
+    """Reference quirk 1: ``sum over ALL L steps of seq_emb / max(1, valid steps)`` -> [B, E].
+
+    The published DSSM and MLP sum the whole padded sequence and divide by the number of
+    valid steps, so whatever a padded step embeds to is added in. With reference-mode
+    shards a padded step's cat1 is 0, an ordinary trainable row of the cat1 table (its
+    padding row is 2, see :func:`use_reference_padding`), so every padded step adds that
+    row; every other column of a padded step is 0 and embeds to zero.
+    """
+    return seq_emb.sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
+
+
+def sequence_mean(seq_emb: Tensor, mask: Tensor, reference_quirks: bool) -> Tensor:
+    """The DSSM/MLP sequence summary: :func:`masked_mean` (default) or :func:`unmasked_mean` (reference mode)."""
+    return unmasked_mean(seq_emb, mask) if reference_quirks else masked_mean(seq_emb, mask)
+
+
+def uniform_when_empty(mask: Tensor) -> Tensor:
+    """Reference quirk 3: a request without any valid step attends uniformly to all L steps.
+
+    The published DIN replaces the scores of padded steps by -2**30 + 1 before a softmax
+    over all L steps. With one valid step or more the padded weights underflow to exactly
+    0 in float32 (the same as the default masked softmax); with none, every step scores the
+    same and the softmax is uniform, so the interest vector is the mean of the padded steps'
+    embeddings instead of zero. Returning an all-ones mask for exactly those requests makes
+    any masked softmax (the eager and the fused DIN attention alike) behave that way.
+    """
+    return torch.where(mask.sum(-1, keepdim=True) > 0, mask, torch.ones_like(mask))
+
+
+# Reference quirk 2: the published cat1 table's padding index is 2 (ids stored unshifted),
+# not 0 - raw category 2 embeds to a frozen zero and row 0 is an ordinary trainable row.
+REFERENCE_PADDING_IDS: dict[str, int] = {"category_level_one": 2}
+
+
+def use_reference_padding(embedding: nn.Module) -> None:
+    """Move the padding row of each kind in :data:`REFERENCE_PADDING_IDS` to the reference's index.
+
+    ``embedding`` is a freshly initialised :class:`lcron.models.embeddings.FeatureEmbedding`
+    (padding row 0 of every kind, zero). For cat1 the zero row moves to index 2 and row 0
+    takes the N(0, 1) draw that row 2 had, so initialisation consumes no extra random
+    numbers; the padding buffer the lookup reads (rows that never get a gradient) points
+    at row 2 from then on.
+    """
+    rows = embedding.padding_rows.clone()
+    with torch.no_grad():
+        for kind, pad in REFERENCE_PADDING_IDS.items():
+            if embedding.sizes[kind] <= pad:
+                raise ConfigError(f"reference mode: the {kind} table has {embedding.sizes[kind]} rows; its padding "
+                                  f"index {pad} needs at least {pad + 1}")
+            o = embedding.offsets[kind]
+            embedding.weight[o].copy_(embedding.weight[o + pad])
+            embedding.weight[o + pad].zero_()
+            rows[embedding.kinds.index(kind)] = o + pad
+    embedding.padding_rows.copy_(rows)
 
 
 def score_candidates(net: nn.Sequential, request_part: Tensor, candidate_parts: Sequence[Tensor]) -> Tensor:

@@ -7,6 +7,9 @@ The first 13d columns are the same for every candidate of a request, so the firs
 is evaluated as W_req x_req once per request plus W_item x_item per candidate
 (:func:`lcron.models.layers.score_candidates`); the parameters are those of the plain
 concatenating network.
+
+``reference_quirks=True``: the published MLP's unmasked sequence mean and cat1 padding
+row 2 (METHODS.md section 7, quirks 1 and 2), as in :class:`lcron.models.dssm.DSSM`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch import Tensor, nn
 
 from lcron.data import fields
 from lcron.models.embeddings import FeatureEmbedding, float_mask, require
-from lcron.models.layers import masked_mean, mlp, score_candidates
+from lcron.models.layers import mlp, score_candidates, sequence_mean, use_reference_padding
 
 HIDDEN = (128, 64, 32)
 
@@ -26,10 +29,14 @@ HIDDEN = (128, 64, 32)
 class MLP(nn.Module):
     """Pointwise candidate scorer without attention (the three-stage pre-rank model)."""
 
-    def __init__(self, embedding_sizes: Mapping[str, int], dim: int = 8, compile: bool = False) -> None:
+    def __init__(self, embedding_sizes: Mapping[str, int], dim: int = 8, compile: bool = False,
+                 reference_quirks: bool = False) -> None:
         super().__init__()
         self.dim = int(dim)
+        self.reference_quirks = bool(reference_quirks)
         self.embedding = FeatureEmbedding(embedding_sizes, self.dim)
+        if self.reference_quirks:
+            use_reference_padding(self.embedding)
         width = (len(fields.CONTEXT_FIELDS) + len(fields.USER_FIELDS) + len(fields.SEQ_FIELDS)
                  + len(fields.ITEM_FIELDS)) * self.dim
         self.head = mlp([width, *HIDDEN, 1])
@@ -42,5 +49,5 @@ class MLP(nn.Module):
         context, user, seq, seq_mask, items = require(batch, *fields.MODEL_INPUTS)
         ctx_e, user_e, seq_e, item_e = self.embedding(context=context, user=user, seq=seq, items=items)
         mask = float_mask(seq_mask, seq, seq_e.dtype)
-        request = torch.cat([ctx_e, user_e, masked_mean(seq_e, mask)], -1)     # [B, 13d]
+        request = torch.cat([ctx_e, user_e, sequence_mean(seq_e, mask, self.reference_quirks)], -1)  # [B, 13d]
         return score_candidates(self.head, request, [item_e]).squeeze(-1)

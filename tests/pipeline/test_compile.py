@@ -116,7 +116,11 @@ def test_the_fingerprint_feeds_ingest_and_ingest_feeds_preprocess(compiled):
     assert tasks["report"]["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate"
     # preprocess is keyed by the artifact and the setting only, not by method or seeds
     assert set(tasks["preprocess"]["inputs"]["parameters"]) == {"stages", "setting", "tz_offset_hours",
-                                                               "max_missing_fraction"}
+                                                               "max_missing_fraction", "reference_quirks"}
+    # the one reference-mode switch reaches every step that depends on it
+    for step in ("preprocess", "train", "evaluate"):
+        src = tasks[step]["inputs"]["parameters"]["reference_quirks"]["componentInputParameter"]
+        assert src == "pipelinechannel--reference_quirks" or src == "reference_quirks"
 
 
 def test_parameter_defaults(compiled):
@@ -131,6 +135,7 @@ def test_parameter_defaults(compiled):
     assert cpu["device"]["defaultValue"] == "auto"
     assert cpu["compile"]["defaultValue"] is False and gpu["compile"]["defaultValue"] is False
     assert cpu["synthetic_requests_per_day"]["defaultValue"] == 2000 and cpu["days"]["defaultValue"] == ""
+    assert cpu["reference_quirks"]["defaultValue"] is False
 
 
 def test_image_ref():

@@ -128,3 +128,22 @@ def test_report_component(chain):
     assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:200].lower()
     assert "lcron" in md and "joint" in md.lower()
     assert (Path(chain["report_files"].path) / "report.json").is_file()
+
+
+def test_reference_mode_through_the_components(chain, tmp_path):
+    """reference_quirks reaches preprocess, train and evaluate; each records it."""
+    shards = FakeArtifact(tmp_path / "shards")
+    components.preprocess.python_func(raw_data=chain["raw"], stages=2, setting={}, tz_offset_hours=8,
+                                      max_missing_fraction=0.01, shards=shards, reference_quirks=True)
+    assert shards.metadata["reference_quirks"] is True
+    model = FakeArtifact(tmp_path / "model")
+    components.train.python_func(shards=shards, method="bce", loss_options={}, seeds=[1], batch_size=16, lr=0.01,
+                                 dim=8, days="", max_steps_per_day=1, device="cpu", compile=False, model=model,
+                                 reference_quirks=True)
+    assert model.metadata["reference_quirks"] is True
+    evaluation, metrics = FakeArtifact(tmp_path / "eval"), FakeArtifact(tmp_path / "metrics")
+    components.evaluate.python_func(model=model, shards=shards, days="", streaming=False, batch_size=64,
+                                    device="cpu", compile=False, tie_seed=0, evaluation=evaluation, metrics=metrics,
+                                    reference_quirks=True)
+    assert evaluation.metadata["reference_quirks"] is True
+    assert json.loads((Path(evaluation.path) / "metrics.json").read_text())["reference_quirks"] is True

@@ -1,0 +1,143 @@
+"""``lcron import-reference``: models trained by the published code -> a run folder ``lcron evaluate`` reads.
+
+The published experiments save one ``state_dict`` per stage model (DSSM, DIN, MLP). This
+converts each into this project's model with :mod:`lcron.reference.mapping` and writes a
+run folder with one seed: ``run.json`` (``method`` as given, no training days) and
+``seed-<n>/model.pt`` + ``summary.json``. Imported in reference mode (``--reference-quirks``)
+the models behave exactly as the published ones, and evaluate on reference-mode shards with
+the reference protocol; imported in default mode the same weights run through the faithful
+forward (masked mean, zero padding) on default shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from lcron import atomic
+from lcron.errors import ConfigError, DataError
+from lcron.reference import mapping, mode
+
+FORMAT_VERSION = 1
+
+
+def load_reference_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """A reference state dict from ``path`` (weights only; a ``{"state_dict": ...}`` wrapper is unwrapped)."""
+    from lcron.train import load_checkpoint
+
+    obj: Any = load_checkpoint(path)
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataError(f"{path}: not a state dict of tensors (a published model's model.state_dict())")
+    return {str(k): v for k, v in obj.items()}
+
+
+def parse_stage_files(items: list[str] | None) -> dict[str, Path]:
+    """``STAGE=PATH`` pairs from repeated --stage flags."""
+    out: dict[str, Path] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"--stage expects STAGE=PATH (e.g. retrieval=dssm.pt), got {item!r}")
+        out[name.strip()] = Path(path.strip())
+    return out
+
+
+def import_reference(stage_files: Mapping[str, str | Path], out: str | Path, *, stages: int | None = None,
+                     shards: str | Path | None = None, reference_quirks: bool = False, method: str = "reference",
+                     seed: int = 1, batch_size: int = 1024, overwrite: bool = False) -> Path:
+    """Write a run folder at ``out`` holding the published models of ``stage_files`` ({stage name: file}).
+
+    The setting comes from ``shards`` (whose vocabulary and mode must match) or ``stages``.
+    ``batch_size`` is what the reference protocol drops partial batches by (the published 1024).
+    """
+    from lcron.data.shards import ShardSet
+    from lcron.models import build_cascade
+    from lcron.settings import get_setting
+    from lcron.train import config_hash
+
+    shard_set = ShardSet(shards) if shards is not None else None
+    if shard_set is not None:
+        mode.check_match(reference_quirks, shard_set.reference_quirks, step="import-reference",
+                         what=f"shard set {shard_set.root}", fix="import in the shards' mode")
+        setting = shard_set.setting
+        if stages is not None and setting.num_stages != stages:
+            raise ConfigError(f"--stages {stages} but shard set {shard_set.root} has {setting.num_stages} stages")
+    elif stages is not None:
+        setting = get_setting(stages)
+    else:
+        raise ConfigError("import-reference needs --shards DIR or --stages 2|3")
+    if set(stage_files) != set(setting.stage_names):
+        raise ConfigError(f"give one --stage file per stage of {setting.name}: {list(setting.stage_names)}; "
+                          f"got {sorted(stage_files)}")
+    states = {name: load_reference_state(stage_files[name]) for name in setting.stage_names}
+    sizes = mapping.embedding_sizes(states[setting.stage_names[0]])
+    for name, kind in zip(setting.stage_names, setting.stage_models):
+        cls = mapping.reference_class(states[name])
+        if mapping.KINDS[cls] != kind:
+            raise ConfigError(f"{stage_files[name]}: a reference {cls}, but stage {name!r} of {setting.name} is a "
+                              f"{kind.upper()}")
+        if mapping.embedding_sizes(states[name]) != sizes:
+            raise DataError(f"{stage_files[name]}: its vocabulary sizes differ from the other stages'")
+    if shard_set is not None and dict(shard_set.embedding_sizes) != sizes:
+        diff = sorted(k for k in sizes if shard_set.embedding_sizes.get(k) != sizes[k])
+        raise DataError(f"the reference models' vocabularies differ from shard set {shard_set.root} in {diff}")
+    dim = int(states[setting.stage_names[0]]["uid_emb.weight"].shape[1])
+    cascade = build_cascade(setting, sizes, dim=dim, reference_quirks=reference_quirks)
+    for name in setting.stage_names:
+        mapping.load_reference(cascade.stages[name], states[name])
+
+    out = Path(out)
+    if (out / "run.json").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a run; choose another --out or pass --overwrite")
+    run_cfg: dict[str, Any] = {
+        "format_version": FORMAT_VERSION, "method": method, "loss_options": {}, "setting": setting.to_dict(),
+        "embedding_sizes": sizes, "train": {"batch_size": int(batch_size), "lr": None, "dim": dim, "shuffle": None,
+                                            "max_steps_per_day": None},
+        "days": [], "shards": str(shard_set.root) if shard_set is not None else "",
+        "data_fingerprint": shard_set.fingerprint() if shard_set is not None else None,
+        "imported_from": {k: str(v) for k, v in stage_files.items()},
+    }
+    if reference_quirks:
+        run_cfg[mode.KEY] = True
+    run_cfg["config_hash"] = config_hash({k: v for k, v in run_cfg.items() if k != "shards"})
+    folder = out / f"seed-{seed}"
+    payload = {"format_version": FORMAT_VERSION, "config": run_cfg, "seed": seed, "day": None, "day_index": -1,
+               "step": 0, "requests": 0, "model_state": {k: v.detach().cpu() for k, v in cascade.state_dict().items()},
+               "loss_state": {}}
+    atomic.save_torch(folder / "model.pt", payload)
+    atomic.write_json(folder / "summary.json", {"seed": seed, "method": method, "setting": setting.name,
+                                                "config_hash": run_cfg["config_hash"], "imported": True, "steps": 0,
+                                                "requests": 0, "learned_weights": {}, "final_loss": None})
+    atomic.write_json(out / "run.json", {**run_cfg, "seeds": [seed]})
+    return out
+
+
+def add_import_reference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", action="append", required=True, metavar="STAGE=PATH",
+                        help="a published stage model's state dict, e.g. retrieval=dssm.pt (one per stage)")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
+    parser.add_argument("--shards", metavar="DIR", help="the shard set to evaluate on (gives the setting; checked)")
+    parser.add_argument("--stages", type=int, choices=(2, 3), help="built-in setting (without --shards)")
+    parser.add_argument("--reference-quirks", action="store_true",
+                        help="keep the published models' behaviour (for reference-mode shards); without it the "
+                             "weights run through the faithful models")
+    parser.add_argument("--method", default="reference", help="the method name to record (default 'reference')")
+    parser.add_argument("--seed", type=int, default=1, help="the seed folder to write (default 1)")
+    parser.add_argument("--batch-size", type=int, default=1024,
+                        help="the training batch of the published run (the reference protocol's batch; default 1024)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+
+
+def run_import_reference(args: argparse.Namespace) -> int:
+    out = import_reference(parse_stage_files(args.stage), args.out, stages=args.stages, shards=args.shards,
+                           reference_quirks=args.reference_quirks, method=args.method, seed=args.seed,
+                           batch_size=args.batch_size, overwrite=args.overwrite)
+    print(f"imported the reference models into {out} ({mode.mode_name(args.reference_quirks)} mode); "
+          f"evaluate with: lcron evaluate --model {out}" + ("" if args.shards else " --shards DIR"))
+    return 0
