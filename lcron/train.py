@@ -38,10 +38,16 @@ import torch
 from . import atomic
 from .batches import day_order, iter_batches
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
+from .optim import DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_embedding_optimizer, check_embedding_optimizer
 from .progress import Progress
 from .settings import Setting, get_setting
 
 FORMAT_VERSION = 1
+#: The key of the embedding tables' optimizer in build_training_objects' optimizer dict.
+EMBEDDINGS = "embeddings"
+#: The seed folder's resume checkpoint: full state after the last completed day, replaced
+#: atomically after every day and removed once the seed is complete.
+RESUME_FILE = "resume.pt"
 
 
 def log(msg: str) -> None:
@@ -62,6 +68,7 @@ class TrainConfig:
     compile: bool = True
     dim: int = 8
     shuffle: bool = True
+    embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER  # "dense" or "lazy" (lcron.optim)
 
     def validate(self) -> None:
         from .losses import METHODS
@@ -80,6 +87,7 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.dim < 1:
             raise ConfigError(f"embedding dim must be >= 1, got {self.dim}")
+        check_embedding_optimizer(self.embedding_optimizer)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,16 +133,29 @@ def config_hash(payload: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- building blocks
 def build_training_objects(setting: Setting, embedding_sizes: Mapping[str, int], cfg: TrainConfig, seed: int,
                            device: torch.device):
-    """Models, loss and optimizers of one seed, initialised from that seed."""
+    """Models, loss and optimizers of one seed, initialised from that seed.
+
+    Optimizers: one Adam per stage model over its dense (MLP) parameters, one for the
+    learned loss weights, and ``optimizers[EMBEDDINGS]`` for every stage's embedding table
+    (``cfg.embedding_optimizer``: Adam on dense gradients or LazyAdam on sparse ones).
+    Adam is per-parameter, so with ``dense`` this split trains exactly as one Adam per stage.
+    """
     from .losses import build_loss
     from .models import build_cascade
+    from .models.embeddings import embedding_tables
 
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
     cascade = build_cascade(setting, dict(embedding_sizes), dim=cfg.dim, compile=cfg.compile).to(device)
     loss = build_loss(cfg.method, setting=setting, **cfg.loss_options).to(device)
-    optimizers = {name: torch.optim.Adam(cascade.stages[name].parameters(), lr=cfg.lr)
+    tables = embedding_tables(cascade)
+    for table in tables:
+        table.sparse = cfg.embedding_optimizer == "lazy"
+    table_ids = {id(t.weight) for t in tables}
+    optimizers = {name: torch.optim.Adam([p for p in cascade.stages[name].parameters() if id(p) not in table_ids],
+                                         lr=cfg.lr)
                   for name in setting.stage_names}
+    optimizers[EMBEDDINGS] = build_embedding_optimizer(cfg.embedding_optimizer, [t.weight for t in tables], cfg.lr)
     loss_params = list(loss.parameters())
     if loss_params:
         optimizers["loss_weights"] = torch.optim.Adam(loss_params, lr=cfg.lr)
@@ -198,7 +219,12 @@ def load_cascade(path: str | Path, device: str | torch.device = "cpu", compile: 
     cfg = payload["config"]
     setting = Setting.from_dict(cfg["setting"])
     cascade = build_cascade(setting, dict(cfg["embedding_sizes"]), dim=int(cfg["train"]["dim"]), compile=compile)
-    cascade.load_state_dict(payload["model_state"])
+    state = dict(payload["model_state"])
+    shapes = {k: v.shape for k, v in cascade.state_dict().items()}
+    for key, part in payload.get("embedding_rows", {}).items():  # a day snapshot: the stored rows, NaN elsewhere
+        weight = torch.full(shapes[key], math.nan, dtype=part["values"].dtype, device=part["values"].device)
+        state[key] = weight.index_copy_(0, part["rows"].to(weight.device), part["values"])
+    cascade.load_state_dict(state)
     cascade.to(device).eval()
     return cascade, payload
 
@@ -237,7 +263,7 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
         "setting": run_setting.to_dict(),
         "embedding_sizes": dict(shard_set.embedding_sizes),
         "train": {"batch_size": cfg.batch_size, "lr": cfg.lr, "dim": cfg.dim, "shuffle": cfg.shuffle,
-                  "max_steps_per_day": max_steps_per_day},
+                  "max_steps_per_day": max_steps_per_day, "embedding_optimizer": cfg.embedding_optimizer},
         "days": days,
         "shards": str(shard_set.root),
         "data_fingerprint": shard_set.fingerprint(),
@@ -295,10 +321,11 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
             log(f"seed {seed}: complete in {folder}, skipped")
             return SeedResult(seed, folder, True, summary)
     ckpt_dir = folder / "checkpoints"
+    resume_path = folder / RESUME_FILE
     cascade, loss, optimizers = build_training_objects(setting, run_cfg["embedding_sizes"], cfg, seed, device)
 
     start_day, step, requests, records = 0, 0, 0, []
-    resumed = _latest_checkpoint(ckpt_dir, days)
+    resumed = resume_path if resume_path.is_file() else None
     if resumed is not None:
         state = load_checkpoint(resumed, map_location=device)
         if state["config"].get("config_hash") != run_cfg["config_hash"]:
@@ -350,7 +377,9 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
             bar.update(postfix=f"loss {rec['total']:.4f}")
         bar.close()
         _write_log(folder / "train_log.jsonl", records)
-        atomic.save_torch(ckpt_dir / f"{day}.pt", _checkpoint_payload(
+        # The day snapshot first: a resume checkpoint past day t implies t's snapshot exists.
+        _write_day_snapshot(shard_set, ckpt_dir, run_cfg, seed, day, day_index, step, requests, cascade, loss)
+        atomic.save_torch(resume_path, _checkpoint_payload(
             run_cfg, seed, day, day_index, step, requests, cascade, loss, optimizers))
 
     final = _checkpoint_payload(run_cfg, seed, days[-1], len(days) - 1, step, requests, cascade, loss, optimizers,
@@ -374,19 +403,40 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         "final_loss": records[-1]["total"] if records else None,
     }
     atomic.write_json(summary_path, summary)
+    resume_path.unlink(missing_ok=True)  # model.pt + summary.json supersede it
     log(f"seed {seed}: trained {step} steps on {len(days)} day(s); model in {folder / 'model.pt'}")
     return SeedResult(seed, folder, False, summary)
 
 
-def _latest_checkpoint(ckpt_dir: Path, days: list[str]) -> Path | None:
-    latest = None
-    for day in days:
-        p = ckpt_dir / f"{day}.pt"
-        if p.exists():
-            latest = p
-        else:
-            break
-    return latest
+def _write_day_snapshot(shard_set, ckpt_dir: Path, run_cfg: dict, seed: int, day: str, day_index: int, step: int,
+                        requests: int, cascade, loss) -> None:
+    """``checkpoints/<day>.pt``: what streaming evaluation of the next shard day reads.
+
+    Weights only (no optimizer state), and of each embedding table only the rows the next
+    shard day's requests look up (their ids, padding included); the dense layers and loss
+    weights in full. So a day costs a few MB, not the full tables (docs/scale.md).
+    :func:`load_cascade` fills the rows not stored with NaN, so scoring any other day with
+    a snapshot fails loudly instead of silently reading wrong rows. No snapshot after the
+    shard set's last day: no day follows it to evaluate.
+    """
+    from .models.embeddings import FeatureEmbedding
+
+    all_days = list(shard_set.days)
+    position = all_days.index(day)
+    if position + 1 >= len(all_days):
+        return
+    next_day = all_days[position + 1]
+    tables = {name: m for name, m in cascade.named_modules() if isinstance(m, FeatureEmbedding)}
+    first = next(iter(tables.values()))  # every stage model has the same row layout (same sizes)
+    rows = first.rows_used(shard_set.load_day(next_day)).to(first.weight.device)
+    payload = _checkpoint_payload(run_cfg, seed, day, day_index, step, requests, cascade, loss, {}, with_optim=False)
+    for name, table in tables.items():
+        key = f"{name}.weight"
+        del payload["model_state"][key]
+        payload.setdefault("embedding_rows", {})[key] = {
+            "rows": rows.cpu(), "values": table.weight.detach().index_select(0, rows).cpu()}
+    payload["rows_for_day"] = next_day
+    atomic.save_torch(ckpt_dir / f"{day}.pt", payload)
 
 
 def _read_log(path: Path, max_step: int) -> list[dict]:
@@ -442,6 +492,9 @@ def add_train_arguments(parser) -> None:
                         help="an option of the method, e.g. reference_quirks=true or k=30,20 (repeatable)")
     parser.add_argument("--batch-size", type=int, default=1024, help="requests per step (default 1024)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
+    parser.add_argument("--embedding-optimizer", choices=EMBEDDING_OPTIMIZERS, default=DEFAULT_EMBEDDING_OPTIMIZER,
+                        help="embedding tables: 'lazy' updates only the rows a batch touches (row-wise Adam), "
+                        "'dense' is Adam on every row, as the reference (default %(default)s; docs/models.md)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--days", help="training days FIRST:LAST (inclusive); default every day but the last")
     parser.add_argument("--no-compile", action="store_true", help="run eager PyTorch (no torch.compile fusion)")
@@ -452,7 +505,8 @@ def add_train_arguments(parser) -> None:
 def run_train(args) -> int:
     cfg = TrainConfig(method=args.method, loss_options=parse_loss_options(args.loss_option),
                       batch_size=args.batch_size, lr=args.lr, seeds=parse_seeds(args.seeds), days=args.days,
-                      device=args.device, compile=not args.no_compile)
+                      device=args.device, compile=not args.no_compile,
+                      embedding_optimizer=args.embedding_optimizer)
     results = train(args.shards, args.out, cfg, setting=args.setting, stages=args.stages, overwrite=args.overwrite,
                     progress=not args.quiet, max_steps_per_day=args.max_steps_per_day)
     for r in results:
