@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--items", type=int, default=5000)
     ap.add_argument("--stages", type=int, choices=(2, 3), default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=256, help="requests per step (256: ~11 steps a day)")
     a = ap.parse_args(argv)
 
     from lcron.data.shards import ShardSet, preprocess

@@ -26,6 +26,7 @@ def train(
     compile: bool,
     model: Output[Model],
     embedding_optimizer: str = "lazy",
+    day_snapshots: bool = True,
 ):
     """Train ``method`` for each seed; ``days`` "" = every shard day but the last; ``max_steps_per_day`` 0 = no cap."""
     from lcron.train import TrainConfig
@@ -33,7 +34,8 @@ def train(
 
     config = TrainConfig(method=method, loss_options=dict(loss_options), batch_size=batch_size, lr=lr,
                          seeds=tuple(int(s) for s in seeds), days=days or None, device=device, compile=compile,
-                         dim=dim, embedding_optimizer=embedding_optimizer)
+                         dim=dim, embedding_optimizer=embedding_optimizer,
+                         day_snapshots=day_snapshots)
     results = fit(shards.path, model.path, config, max_steps_per_day=max_steps_per_day or None, overwrite=True)
     model.metadata["framework"] = "pytorch"
     model.metadata["method"] = method

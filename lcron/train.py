@@ -2,22 +2,31 @@
 
 The loop (METHODS.md section 3): for each training day in date order, shuffle the day's
 requests, and for each full batch forward every stage model, compute the method's loss,
-one backward pass, then step every optimizer (one Adam per stage model, one for the
-learned loss weights). Nothing here knows which method or setting it runs: both come
-from the registry and the setting table.
+one backward pass, then step every optimizer (one Adam per stage model's dense layers,
+one for the learned loss weights, one for the embedding tables: dense Adam or row-wise
+lazy Adam, ``--embedding-optimizer``, lcron/optim.py). Nothing here knows which method or
+setting it runs: both come from the registry and the setting table.
 
 Run folder (``--out``)::
 
     run.json                     the run's configuration (method, options, setting, data fingerprint, ...)
     seed-<n>/train_log.jsonl     one line per step: day, step, total loss and every loss part
-    seed-<n>/checkpoints/<day>.pt  after every day: models, loss weights, optimizer states, config
+    seed-<n>/checkpoints/<day>.pt  after every day: weights only, and of the embedding tables only
+                                 the rows the next shard day reads (what streaming evaluation of
+                                 that day needs; a few MB, not the full tables)
+    seed-<n>/resume.pt           while training: the full state after the last completed day (models,
+                                 loss weights, every optimizer state), replaced atomically each day,
+                                 removed when the seed completes
     seed-<n>/model.pt            the final model; carries its config so evaluation needs no settings
     seed-<n>/summary.json        written last: the seed is complete (steps, requests/s, learned weights)
 
+So a seed folder holds one full model, one resume state while training and one small
+snapshot per day - it does not grow by full tables per day (docs/scale.md).
+
 Reliability: every file is written atomically; a seed whose summary exists is skipped; a
-seed with checkpoints resumes after its last completed day and, because a day's shuffle
-depends only on (seed, day index) and the checkpoint holds every optimizer state, ends
-with exactly the weights an uninterrupted run would have.
+seed with a resume checkpoint resumes after its last completed day and, because a day's
+shuffle depends only on (seed, day index) and the checkpoint holds every optimizer state,
+ends with exactly the weights an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ class TrainConfig:
     dim: int = 8
     shuffle: bool = True
     embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER  # "dense" or "lazy" (lcron.optim)
+    day_snapshots: bool = True  # checkpoints/<day>.pt for streaming evaluation (docs/scale.md)
 
     def validate(self) -> None:
         from .losses import METHODS
@@ -223,7 +233,7 @@ def load_cascade(path: str | Path, device: str | torch.device = "cpu", compile: 
     shapes = {k: v.shape for k, v in cascade.state_dict().items()}
     for key, part in payload.get("embedding_rows", {}).items():  # a day snapshot: the stored rows, NaN elsewhere
         weight = torch.full(shapes[key], math.nan, dtype=part["values"].dtype, device=part["values"].device)
-        state[key] = weight.index_copy_(0, part["rows"].to(weight.device), part["values"])
+        state[key] = weight.index_copy_(0, part["rows"].to(weight.device, torch.int64), part["values"])
     cascade.load_state_dict(state)
     cascade.to(device).eval()
     return cascade, payload
@@ -263,7 +273,8 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
         "setting": run_setting.to_dict(),
         "embedding_sizes": dict(shard_set.embedding_sizes),
         "train": {"batch_size": cfg.batch_size, "lr": cfg.lr, "dim": cfg.dim, "shuffle": cfg.shuffle,
-                  "max_steps_per_day": max_steps_per_day, "embedding_optimizer": cfg.embedding_optimizer},
+                  "max_steps_per_day": max_steps_per_day, "embedding_optimizer": cfg.embedding_optimizer,
+                  "day_snapshots": cfg.day_snapshots},
         "days": days,
         "shards": str(shard_set.root),
         "data_fingerprint": shard_set.fingerprint(),
@@ -378,7 +389,8 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         bar.close()
         _write_log(folder / "train_log.jsonl", records)
         # The day snapshot first: a resume checkpoint past day t implies t's snapshot exists.
-        _write_day_snapshot(shard_set, ckpt_dir, run_cfg, seed, day, day_index, step, requests, cascade, loss)
+        if cfg.day_snapshots:
+            _write_day_snapshot(shard_set, ckpt_dir, run_cfg, seed, day, day_index, step, requests, cascade, loss)
         atomic.save_torch(resume_path, _checkpoint_payload(
             run_cfg, seed, day, day_index, step, requests, cascade, loss, optimizers))
 
@@ -434,7 +446,8 @@ def _write_day_snapshot(shard_set, ckpt_dir: Path, run_cfg: dict, seed: int, day
         key = f"{name}.weight"
         del payload["model_state"][key]
         payload.setdefault("embedding_rows", {})[key] = {
-            "rows": rows.cpu(), "values": table.weight.detach().index_select(0, rows).cpu()}
+            "rows": rows.to(torch.int32 if table.weight.shape[0] < 2**31 else torch.int64).cpu(),
+            "values": table.weight.detach().index_select(0, rows).cpu()}
     payload["rows_for_day"] = next_day
     atomic.save_torch(ckpt_dir / f"{day}.pt", payload)
 
@@ -496,6 +509,8 @@ def add_train_arguments(parser) -> None:
                         help="embedding tables: 'lazy' updates only the rows a batch touches (row-wise Adam), "
                         "'dense' is Adam on every row, as the reference (default %(default)s; docs/models.md)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--no-day-snapshots", action="store_true",
+                        help="write no checkpoints/DAY.pt (the per-day snapshots only streaming evaluation reads)")
     parser.add_argument("--days", help="training days FIRST:LAST (inclusive); default every day but the last")
     parser.add_argument("--no-compile", action="store_true", help="run eager PyTorch (no torch.compile fusion)")
     parser.add_argument("--max-steps-per-day", type=int, help="cap the steps of each day (smoke tests)")
@@ -506,7 +521,7 @@ def run_train(args) -> int:
     cfg = TrainConfig(method=args.method, loss_options=parse_loss_options(args.loss_option),
                       batch_size=args.batch_size, lr=args.lr, seeds=parse_seeds(args.seeds), days=args.days,
                       device=args.device, compile=not args.no_compile,
-                      embedding_optimizer=args.embedding_optimizer)
+                      embedding_optimizer=args.embedding_optimizer, day_snapshots=not args.no_day_snapshots)
     results = train(args.shards, args.out, cfg, setting=args.setting, stages=args.stages, overwrite=args.overwrite,
                     progress=not args.quiet, max_steps_per_day=args.max_steps_per_day)
     for r in results:

@@ -109,7 +109,8 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         trained = train(shards=shards.outputs["shards"], method=method, loss_options=loss_options, seeds=seeds,
                         batch_size=batch_size, lr=lr, dim=dim, days=train_days,
                         max_steps_per_day=max_steps_per_day, device=device, compile=compile,
-                        embedding_optimizer=embedding_optimizer)
+                        embedding_optimizer=embedding_optimizer,
+                        day_snapshots=streaming)  # the per-day snapshots serve streaming evaluation only
         trained.set_display_name("train")
         evaluated = evaluate(model=trained.outputs["model"], shards=shards.outputs["shards"], days=eval_days,
                              streaming=streaming, batch_size=eval_batch_size, device=device, compile=compile,

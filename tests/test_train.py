@@ -331,3 +331,27 @@ def test_unknown_embedding_optimizer_is_refused(learn_data, tmp_path):
     with pytest.raises(ConfigError, match="unknown embedding optimizer 'adagrad'; choose one of dense, lazy"):
         train(learn_data[2], tmp_path / "r", TrainConfig(method="bce", embedding_optimizer="adagrad"), progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_no_day_snapshots_leaves_only_the_final_model(learn_data, tmp_path):
+    cfg = TrainConfig(method="bce", batch_size=32, compile=False, day_snapshots=False)
+    train(learn_data[2], tmp_path / "r", cfg, progress=False, max_steps_per_day=1)
+    assert sorted(p.name for p in (tmp_path / "r" / "seed-1").iterdir()) == [
+        "model.pt", "summary.json", "train_log.jsonl"]
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["train"]["day_snapshots"] is False
+
+
+def test_cli_embedding_optimizer_flag():
+    import argparse
+
+    from lcron.optim import DEFAULT_EMBEDDING_OPTIMIZER
+    from lcron.train import add_train_arguments
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    base = ["--shards", "s", "--out", "o", "--method", "bce"]
+    args = parser.parse_args(base)
+    assert args.embedding_optimizer == DEFAULT_EMBEDDING_OPTIMIZER and not args.no_day_snapshots
+    assert parser.parse_args(base + ["--embedding-optimizer", "dense", "--no-day-snapshots"]).embedding_optimizer == "dense"
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--embedding-optimizer", "sparse"])
