@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     marker = out / "data.json"
     source, shard_dir = out / "recflow", out / f"shards-{a.stages}"
     if not (marker.is_file() and json.loads(marker.read_text()) == {**data, "stages": a.stages}
-            and (shard_dir / "setting.json").exists()):
+            and (shard_dir / "dataset.json").exists()):
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
