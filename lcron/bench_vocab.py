@@ -78,7 +78,7 @@ def worker_train_vocab(p: dict[str, Any]) -> dict[str, Any]:
 
     shards = VocabularyScaledShards(p["shards"])
     cfg = TrainConfig(method=p["method"], batch_size=int(p["batch_size"]), seeds=(1,), compile=bool(p["compile"]),
-                      embedding_optimizer=p["embedding_optimizer"])
+                      embedding_optimizer=p["embedding_optimizer"], days=f"{shards.days[0]}:{shards.days[-1]}")
     out = Path(p["out"])
     with _measured() as m:
         (res,) = train(shards, out, cfg, overwrite=True, progress=False, max_steps_per_day=int(p["steps_per_day"]))
