@@ -47,7 +47,8 @@ import torch
 from . import atomic
 from .batches import day_order, iter_batches
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
-from .optim import DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_embedding_optimizer, check_embedding_optimizer
+from .optim import (DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_embedding_optimizer,
+                    check_embedding_optimizer)
 from .progress import Progress
 from .settings import Setting, get_setting
 
