@@ -48,6 +48,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--stages", type=int, choices=(2, 3), default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--batch-size", type=int, default=256, help="requests per step (256: ~11 steps a day)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="train nothing: print the table of the runs already evaluated under --out")
     a = ap.parse_args(argv)
 
     from lcron.data.shards import ShardSet, preprocess
@@ -59,8 +61,8 @@ def main(argv: list[str]) -> int:
     data = {"num_days": a.days, "requests_per_day": a.requests, "users": a.users, "items": a.items, "seed": 0}
     marker = out / "data.json"
     source, shard_dir = out / "recflow", out / f"shards-{a.stages}"
-    if not (marker.is_file() and json.loads(marker.read_text()) == {**data, "stages": a.stages}
-            and (shard_dir / "dataset.json").exists()):
+    if not a.table_only and not (marker.is_file() and json.loads(marker.read_text()) == {**data, "stages": a.stages}
+                                 and (shard_dir / "dataset.json").exists()):
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
@@ -68,7 +70,7 @@ def main(argv: list[str]) -> int:
         preprocess(str(source), shard_dir, a.stages, progress=False)
         out.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({**data, "stages": a.stages}))
-    shards = ShardSet(shard_dir)
+    shards = None if a.table_only else ShardSet(shard_dir)
     seeds = parse_seeds(a.seeds)
     methods = [m for m in a.methods.split(",") if m]
     results: dict[str, dict[str, dict]] = {}
@@ -76,6 +78,11 @@ def main(argv: list[str]) -> int:
     for method in methods:
         for opt in OPTIMIZERS:
             run = out / "runs" / f"{method}-{opt}"
+            if a.table_only:
+                metrics = run / "eval" / "metrics.json"
+                if metrics.is_file():
+                    results.setdefault(method, {})[opt] = {"metrics": json.loads(metrics.read_text())["metrics"]}
+                continue
             cfg = TrainConfig(method=method, batch_size=a.batch_size, seeds=seeds, compile=False,
                               embedding_optimizer=opt)
             t0 = time.perf_counter()
@@ -87,6 +94,10 @@ def main(argv: list[str]) -> int:
             jr = doc["metrics"]["joint_recall"]
             print(f"{method:<14} {opt:<6} joint recall {_cell(jr)}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
+    results = {m: r for m, r in results.items() if set(r) == set(OPTIMIZERS)}  # both modes evaluated
+    if not results:
+        print("no method has both modes evaluated yet", file=sys.stderr)
+        return 1
     stage_keys = [k for k in next(iter(results.values()))["dense"]["metrics"] if k.startswith("recall_at_10_m/")]
     lines = ["| method | joint recall, dense | joint recall, lazy | lazy - dense | "
              + " | ".join(f"Recall@10@m {k.split('/')[1]} dense / lazy" for k in stage_keys) + " |",
@@ -99,6 +110,8 @@ def main(argv: list[str]) -> int:
     table = "\n".join(lines)
     print(table)
     load = os.getloadavg()
+    if shards is None:
+        return 0
     (out / "result.json").write_text(json.dumps({
         "data": {**data, "stages": a.stages, "test_day": shards.days[-1], "train_days": shards.days[:-1]},
         "seeds": list(seeds), "batch_size": a.batch_size, "results": results, "table": table,
