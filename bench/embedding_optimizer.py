@@ -89,10 +89,11 @@ def main(argv: list[str]) -> int:
             trained = train(shards, run, cfg, progress=False)
             doc = evaluate(run, shards, run / "eval", compile=False, progress=False)
             rates = [r.summary.get("steady_requests_per_s") for r in trained]
-            results.setdefault(method, {})[opt] = {
-                "metrics": doc["metrics"], "steady_requests_per_s": rates, "seconds": round(time.perf_counter() - t0, 1)}
+            seconds = round(time.perf_counter() - t0, 1)
+            results.setdefault(method, {})[opt] = {"metrics": doc["metrics"], "steady_requests_per_s": rates,
+                                                   "seconds": seconds}
             jr = doc["metrics"]["joint_recall"]
-            print(f"{method:<14} {opt:<6} joint recall {_cell(jr)}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            print(f"{method:<14} {opt:<6} joint recall {_cell(jr)}  ({seconds:.0f} s)", file=sys.stderr)
 
     results = {m: r for m, r in results.items() if set(r) == set(OPTIMIZERS)}  # both modes evaluated
     if not results:
