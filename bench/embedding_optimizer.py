@@ -48,6 +48,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--stages", type=int, choices=(2, 3), default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--batch-size", type=int, default=256, help="requests per step (256: ~11 steps a day)")
+    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="embedding optimizers to run (default both)")
     ap.add_argument("--table-only", action="store_true",
                     help="train nothing: print the table of the runs already evaluated under --out")
     a = ap.parse_args(argv)
@@ -78,6 +79,8 @@ def main(argv: list[str]) -> int:
     for method in methods:
         for opt in OPTIMIZERS:
             run = out / "runs" / f"{method}-{opt}"
+            if opt not in a.optimizers.split(","):
+                continue
             if a.table_only:
                 metrics = run / "eval" / "metrics.json"
                 if metrics.is_file():
