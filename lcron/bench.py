@@ -46,7 +46,6 @@ batch, the fixed per-step cost and, with ``--memory``, the peak tensor memory by
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -55,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -64,7 +63,7 @@ from lcron.atomic import atomic_open, write_json
 from lcron.errors import ConfigError, LcronError
 
 __all__ = ["BenchContext", "BENCHMARKS", "SIZES", "RUN_PARAMS", "METHOD_ORDER", "register", "run_benchmarks",
-           "environment", "format_table", "profile_training", "format_profile", "main"]
+           "environment", "format_table", "main"]
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {"num_days": 2, "requests_per_day": 100, "users": 100, "items": 1000, "seed": 0, "repeats": 1},
@@ -115,6 +114,7 @@ class BenchContext:
     data_dir: Path
     work_dir: Path
     progress: bool = True
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda: where the model benchmarks run
     data_shape: dict[str, Any] = field(default_factory=dict)
     shard_dirs: dict[int, Path] = field(default_factory=dict)
     runs: dict[tuple[str, int], Path] = field(default_factory=dict)
@@ -165,7 +165,8 @@ class BenchContext:
             shutil.rmtree(out, ignore_errors=True)
         res = _run_worker(["train", json.dumps({
             "shards": str(self.shards(stages)), "outs": [str(o) for o in outs], "methods": list(methods),
-            "batch_size": p["batch_size"], "steps_per_day": p["steps_per_day"], "compile": p["compile"]})])
+            "batch_size": p["batch_size"], "steps_per_day": p["steps_per_day"], "compile": p["compile"],
+            "device": self.device})])
         for m, out in zip(methods, outs):
             self.runs[(m, stages)] = out
         return res["runs"]
@@ -309,11 +310,16 @@ def _worker_train(p: dict[str, Any]) -> dict[str, Any]:
     from lcron.data.shards import ShardSet
     from lcron.train import TrainConfig, train
 
+    from lcron.train import resolve_device
+
     shard_set = ShardSet(p["shards"])
+    device = p.get("device", "auto")
+    # The mode's compile choice is a CPU choice; elsewhere the device's own default applies.
+    compile = bool(p["compile"]) if resolve_device(device).type == "cpu" else None
     runs = []
     for method, out in zip(p["methods"], p["outs"]):
         cfg = TrainConfig(method=method, batch_size=int(p["batch_size"]), seeds=(1,), days=_all_days(shard_set),
-                          compile=bool(p["compile"]))
+                          compile=compile, device=device)
         with _measured() as m:
             result = train(shard_set, out, cfg, overwrite=True, progress=False,
                            max_steps_per_day=int(p["steps_per_day"]))
@@ -325,6 +331,7 @@ def _worker_train(p: dict[str, Any]) -> dict[str, Any]:
                      "steady": steady, "first_step_s": first, "step_s": step_s,
                      "compile_s": max(first - step_s, 0.0) if first is not None and step_s is not None else None,
                      "device": s["device"], "threads": torch.get_num_threads(), "compile": s["compile"],
+                     "step_mode": s.get("step_mode"), "peak_device_memory_mb": s.get("peak_device_memory_mb"),
                      "batch_size": cfg.batch_size, "final_loss": s["final_loss"], "load_1m": _loadavg()})
     return {"runs": runs}
 
@@ -499,6 +506,7 @@ def bench_train(ctx: BenchContext) -> list[dict[str, Any]]:
                 "compile": r["compile"], "train_call_s": _r(r["wall_s"], 2), "cpu_s": _r(r["cpu_s"], 2),
                 "peak_rss_mb": _r(r["peak_rss_mb"]), "baseline_rss_mb": _r(r["baseline_rss_mb"]),
                 "device": r["device"], "threads": r["threads"], "load_1m": r["load_1m"],
+                "step_mode": r.get("step_mode"), "peak_device_memory_mb": r.get("peak_device_memory_mb"),
             })
     return rows
 
@@ -617,7 +625,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def run_benchmarks(mode: str = "default", json_path: str | Path | None = "build/bench.json",
                    data_dir: str | Path = "build/bench-data", only: list[str] | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, device: str = "auto") -> dict[str, Any]:
     """Run the registered benchmarks (or ``only`` those), print the table, write JSON."""
     if mode not in SIZES:
         raise ConfigError(f"bench mode {mode!r}; expected one of {sorted(SIZES)}")
@@ -632,7 +640,7 @@ def run_benchmarks(mode: str = "default", json_path: str | Path | None = "build/
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lcron-bench-", dir=data_dir) as work:
-        ctx = BenchContext(mode=mode, data_dir=data_dir, work_dir=Path(work), progress=progress,
+        ctx = BenchContext(mode=mode, data_dir=data_dir, work_dir=Path(work), progress=progress, device=device,
                            data_shape={"days": size["num_days"], "requests_per_day": size["requests_per_day"],
                                        "requests": size["num_days"] * size["requests_per_day"],
                                        "users": size["users"], "items": size["items"]})
@@ -666,285 +674,12 @@ def run_benchmarks(mode: str = "default", json_path: str | Path | None = "build/
     return result
 
 
-# ------------------------------------------------------------------ training profiler
-PHASES = ("gather", "forward", "loss", "check_finite", "zero_grad", "backward", "optimizer", "log")
-_INSTRUMENTED = ("neural_sort", "label_permutation")
-
-
-def _endless_batches(shard_set: Any, batch_size: int, device: Any) -> Iterator[dict[str, Any]]:
-    """The trainer's batches (days in order, each shuffled by (seed 1, day index)), cycling
-    through the days again when they run out."""
-    from lcron.batches import day_order, iter_batches
-
-    if all(shard_set.num_requests(d) < batch_size for d in shard_set.days):
-        raise ConfigError(f"shard set {shard_set.root}: no day holds a full batch of {batch_size} requests "
-                          f"(requests per day: {[shard_set.num_requests(d) for d in shard_set.days]})")
-    while True:
-        for i, day in enumerate(shard_set.days):
-            arrays = shard_set.load_day(day)
-            yield from iter_batches(arrays, day_order(len(arrays["label"]), 1, i, True), batch_size,
-                                    drop_last=True, device=device)
-
-
-def _train_step(cascade: Any, loss: Any, optimizers: dict[str, Any], batches: Iterator[dict[str, Any]],
-                mark: Callable[[str], Any]) -> dict[str, float]:
-    """One step exactly as the loop body of :func:`lcron.train._train_seed`, each phase under
-    ``mark(phase)`` (a profiler label, or nothing); returns the step's log record (total
-    loss and every part, as the trainer logs them)."""
-    import torch
-
-    with mark("gather"):
-        batch = next(batches)
-    with mark("forward"):
-        logits = cascade(batch)
-    with mark("loss"):
-        result = loss(logits, batch["label"], batch["mask"])
-    with mark("check_finite"):
-        torch.isfinite(result.total).item()
-    with mark("zero_grad"):
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-    with mark("backward"):
-        result.total.backward()
-    with mark("optimizer"):
-        for opt in optimizers.values():
-            opt.step()
-    with mark("log"):
-        rec = {"total": float(result.total.detach())}
-        rec.update({k: float(torch.as_tensor(v).detach()) for k, v in result.parts.items()})
-    return rec
-
-
-@contextmanager
-def _instrument(loss: Any) -> Iterator[None]:
-    """Put a profiler label ``fn/<name>`` around the sorting helpers the loss's module calls,
-    so the profile counts how often NeuralSort runs per step and what it costs."""
-    from torch.profiler import record_function
-
-    module = sys.modules[type(loss).__module__]
-    saved = {name: getattr(module, name) for name in _INSTRUMENTED if hasattr(module, name)}
-
-    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def labelled(*args: Any, **kwargs: Any) -> Any:
-            with record_function(f"fn/{name}"):
-                return fn(*args, **kwargs)
-        return labelled
-
-    for name, fn in saved.items():
-        setattr(module, name, wrap(name, fn))
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(module, name, fn)
-
-
-def _timed_steps(n: int, step: Callable[[], None]) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        step()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def _memory_by_category(prof: Any) -> dict[str, float]:
-    """Peak of the live tensor memory during the profiled step, in MiB, split by the
-    profiler's categories (parameter, optimizer state, input, activation, gradient, ...)."""
-    import numpy as np
-    import warnings
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "timeline.json"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prof.export_memory_timeline(str(path), device="cpu")
-        _, sizes = json.loads(path.read_text())
-    sizes = np.asarray(sizes, dtype=np.float64)
-    # Columns: [unused, parameter, optimizer state, input, temporary, activation, gradient,
-    # autograd detail, unknown] (torch.profiler._memory_profiler category order, shifted by one).
-    names = ("parameter", "optimizer_state", "input", "temporary", "activation", "gradient", "autograd_detail",
-             "unknown")
-    total = sizes.sum(axis=1)
-    i = int(total.argmax())
-    out = {"peak_total_mb": round(total[i] / 2**20, 1)}
-    out.update({n: round(sizes[i, j + 1] / 2**20, 1) for j, n in enumerate(names)})
-    return out
-
-
-def profile_training(shards: str | Path, method: str, *, batch_size: int = 1024, steps: int = 3, warmup: int = 2,
-                     compile: bool = True, top: int = 20, memory: bool = False,
-                     small_batch: int = 8) -> dict[str, Any]:
-    """Profile training steps of ``method`` on a shard set with torch.profiler.
-
-    Runs ``warmup`` steps (the first one compiles), ``steps`` timed steps without the
-    profiler, then ``steps`` steps under it (CPU activities, with FLOP counts of the matmul
-    family), and reports per step: time per phase of the trainer's loop; the top operators
-    by self time and their share of the profiled time; the autograd nodes by time; the
-    calls and time of NeuralSort and of the label permutation (``fn/...``); the ids gathered
-    per batch; and the fixed per-step cost, i.e. the step time at ``small_batch`` requests,
-    where the arithmetic is negligible (Python, dispatch, optimizer loops). ``memory``
-    profiles one more step with memory tracking and reports the peak live tensor memory
-    by category (host tensors; on CUDA also the caching allocator's peak of one more step).
-    The loop body's logging converts the loss parts to floats, which synchronises a GPU
-    every step, so the step times are complete. Everything runs in this process.
-    """
-    import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    from lcron.data.fields import MODEL_INPUTS
-    from lcron.data.shards import ShardSet
-    from lcron.train import TrainConfig, build_training_objects, resolve_device
-
-    if steps < 1 or warmup < 1:
-        raise ConfigError(f"profile: steps and warmup must be >= 1, got steps={steps}, warmup={warmup}")
-    shard_set = ShardSet(shards)
-    cfg = TrainConfig(method=method, batch_size=batch_size, compile=compile)
-    cfg.validate()
-    device = resolve_device("auto")
-    cascade, loss, optimizers = build_training_objects(shard_set.setting, shard_set.embedding_sizes, cfg, 1, device)
-    cascade.train()
-    batches = _endless_batches(shard_set, batch_size, device)
-
-    def plain() -> None:
-        _train_step(cascade, loss, optimizers, batches, lambda _: nullcontext())
-
-    warm = _timed_steps(warmup, plain)
-    timed = _timed_steps(steps, plain)
-    step_s = sorted(timed)[len(timed) // 2]
-
-    with _instrument(loss), profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
-        for _ in range(steps):
-            _train_step(cascade, loss, optimizers, batches, lambda ph: record_function(f"phase/{ph}"))
-    events = prof.key_averages()
-    profiled_us = sum(e.self_cpu_time_total for e in events)
-    per_step = lambda us: round(us / steps / 1000.0, 2)  # noqa: E731 - µs over the profiled steps -> ms/step
-
-    phases = {e.key.split("/", 1)[1]: e.cpu_time_total for e in events if e.key.startswith("phase/")}
-    ops = [e for e in events if not e.key.startswith(("phase/", "fn/", "autograd::engine"))]
-    ops.sort(key=lambda e: -e.self_cpu_time_total)
-    nodes = [e for e in events if e.key.startswith("autograd::engine::evaluate_function: ")]
-    nodes.sort(key=lambda e: -e.cpu_time_total)
-    flops = sum(e.flops or 0 for e in events)
-
-    sample = next(batches)
-    model_ids = {k: int(sample[k].numel()) for k in MODEL_INPUTS if k != "seq_mask"}
-    lookups = sum(model_ids.values())
-    n_models = len(shard_set.setting.stage_names)
-
-    result: dict[str, Any] = {
-        "method": method, "setting": shard_set.setting.name, "batch_size": batch_size, "device": str(device),
-        "threads": torch.get_num_threads(), "compile": compile, "load_1m": _loadavg(),
-        "first_step_s": round(warm[0], 3), "step_s": round(step_s, 4), "timed_steps_s": [round(t, 4) for t in timed],
-        "requests_per_s": round(batch_size / step_s, 1),
-        "profiled_ms_per_step": per_step(profiled_us),
-        # Self time of the phase labels: time inside the loop body spent outside every
-        # operator - the Python of models, losses and trainer (plus the profiler's own cost).
-        "python_ms_per_step": per_step(sum(e.self_cpu_time_total for e in events
-                                           if e.key.startswith(("phase/", "fn/")))),
-        "phases_ms": {ph: per_step(phases.get(ph, 0.0)) for ph in PHASES},
-        "top_ops": [{"name": e.key, "self_ms": per_step(e.self_cpu_time_total),
-                     "share": round(e.self_cpu_time_total / profiled_us, 4), "calls": e.count / steps,
-                     "gflop": round((e.flops or 0) / steps / 1e9, 3)} for e in ops[:top]],
-        "autograd_nodes": [{"name": e.key.split(": ", 1)[1], "ms": per_step(e.cpu_time_total), "calls": e.count / steps}
-                           for e in nodes[:top]],
-        "instrumented": {e.key.split("/", 1)[1]: {"calls": e.count / steps, "ms": per_step(e.cpu_time_total)}
-                         for e in events if e.key.startswith("fn/")},
-        "matmul_gflop_per_step": round(flops / steps / 1e9, 3),
-        "ids_per_batch": {**model_ids, "embedding_lookups_per_model": lookups,
-                          "embedding_lookups_per_step": lookups * n_models,
-                          "batch_bytes": int(sum(t.element_size() * t.numel() for t in sample.values()))},
-        "stage_models": n_models,
-    }
-    if memory:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                     with_stack=True) as mprof:
-            plain()
-        result["memory_mb"] = _memory_by_category(mprof)
-        if device.type == "cuda":  # the CPU timeline misses device tensors: the allocator's own peak
-            torch.cuda.reset_peak_memory_stats(device)
-            plain()
-            result["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-            result["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
-    if small_batch:
-        small = _endless_batches(shard_set, small_batch, device)
-
-        def tiny() -> None:
-            _train_step(cascade, loss, optimizers, small, lambda _: nullcontext())
-
-        _timed_steps(2, tiny)  # a new shape compiles the fused kernels once more
-        ts = sorted(_timed_steps(max(steps, 3), tiny))
-        result["fixed_step_ms"] = {"batch_size": small_batch, "ms": round(ts[len(ts) // 2] * 1000, 2)}
-    return result
-
-
-def format_profile(res: dict[str, Any]) -> str:
-    """A readable summary of :func:`profile_training`'s result."""
-    step_ms = res["step_s"] * 1000
-    lines = [f"profile {res['method']} ({res['setting']}), batch {res['batch_size']}, {res['device']}, "
-             f"{res['threads']} threads, compile {res['compile']}, load {res['load_1m']}",
-             f"step {step_ms:.1f} ms ({res['requests_per_s']:,.0f} requests/s), "
-             f"first step {res['first_step_s']:.2f} s; "
-             f"under the profiler {res['profiled_ms_per_step']:.1f} ms/step; matmul family "
-             f"{res['matmul_gflop_per_step']:.2f} GFLOP/step; outside any operator (Python) "
-             f"{res['python_ms_per_step']:.1f} ms/step"]
-    if "fixed_step_ms" in res:
-        f = res["fixed_step_ms"]
-        lines.append(f"fixed per-step cost (batch {f['batch_size']}): {f['ms']:.1f} ms = "
-                     f"{100 * f['ms'] / step_ms:.1f}% of a step")
-    total = res["profiled_ms_per_step"]
-    lines.append("phases (ms/step, share): " + ", ".join(
-        f"{k} {v:.1f} ({100 * v / total:.1f}%)" for k, v in res["phases_ms"].items()))
-    if res["instrumented"]:
-        lines.append("sorting: " + ", ".join(f"{k} {v['calls']:g} calls/step, {v['ms']:.1f} ms"
-                                             for k, v in res["instrumented"].items()))
-    ids = res["ids_per_batch"]
-    lines.append(f"ids per batch: {ids['embedding_lookups_per_model']:,} lookups per model x {res['stage_models']} "
-                 f"models = {ids['embedding_lookups_per_step']:,}; batch tensors {ids['batch_bytes'] / 2**20:.1f} MiB")
-    if "memory_mb" in res:
-        lines.append("peak tensor memory (MiB): " + ", ".join(f"{k} {v:,.1f}" for k, v in res["memory_mb"].items()))
-    lines.append(f"{'operator':<48}{'ms/step':>9}{'share':>8}{'calls':>7}{'GFLOP':>8}")
-    for op in res["top_ops"]:
-        lines.append(f"{op['name'][:47]:<48}{op['self_ms']:>9.1f}{100 * op['share']:>7.1f}%{op['calls']:>7g}"
-                     f"{op['gflop']:>8.2f}")
-    lines.append(f"{'autograd node':<48}{'ms/step':>9}{'calls':>15}")
-    for nd in res["autograd_nodes"][:10]:
-        lines.append(f"{nd['name'][:47]:<48}{nd['ms']:>9.1f}{nd['calls']:>15g}")
-    return "\n".join(lines)
-
-
-def _profile_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lcron.bench --profile",
-                                 description="profile training steps of one method (torch.profiler)")
-    ap.add_argument("method", help="training method, e.g. lcron")
-    ap.add_argument("--stages", type=int, choices=STAGES, default=2)
-    ap.add_argument("--mode", choices=sorted(SIZES), default="default", help="bench data set to use")
-    ap.add_argument("--data-dir", default="build/bench-data")
-    ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--top", type=int, default=20)
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--memory", action="store_true", help="also the peak tensor memory by category")
-    ap.add_argument("--json", metavar="FILE", help="write the result as JSON too")
-    a = ap.parse_args(argv)
-    from lcron.data.shards import preprocess
-
-    with tempfile.TemporaryDirectory(prefix="lcron-profile-") as tmp:
-        ctx = BenchContext(mode=a.mode, data_dir=Path(a.data_dir), work_dir=Path(tmp))
-        preprocess(ctx.recflow(), Path(tmp) / "shards", a.stages, progress=False)
-        res = profile_training(Path(tmp) / "shards", a.method, batch_size=a.batch_size, steps=a.steps,
-                               warmup=a.warmup, compile=not a.no_compile, top=a.top, memory=a.memory)
-    print(format_profile(res))
-    if a.json:
-        write_json(a.json, res)
-    return 0
-
-
 def main(argv: list[str]) -> int:
     """``python -m lcron.bench --worker STEP ARGS`` (a benchmark child) or ``--profile METHOD ...``."""
     if argv and argv[0] == "--profile":
-        return _profile_main(argv[1:])
+        from lcron.profile import profile_main
+
+        return profile_main(argv[1:])
     return _worker_main(argv)
 
 

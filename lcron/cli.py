@@ -133,13 +133,17 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="build/bench-data", metavar="DIR",
                    help="where the benchmark data sets are generated and reused")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the training rows run (default auto: CUDA when present); on CUDA the rows "
+                   "add the step mode and the peak GPU memory")
 
 
 def _bench_run(a: argparse.Namespace) -> int:
     from lcron.bench import run_benchmarks
 
     mode = "full" if a.full else "quick" if a.quick else "default"
-    run_benchmarks(mode=mode, json_path=a.json, data_dir=a.data_dir, only=a.only, progress=not a.quiet)
+    run_benchmarks(mode=mode, json_path=a.json, data_dir=a.data_dir, only=a.only, progress=not a.quiet,
+                   device=a.device)
     return 0
 
 

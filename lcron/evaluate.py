@@ -401,7 +401,7 @@ def evaluation_inputs(cfg: Mapping[str, Any], seeds: list[int], units: list[Unit
 
 # --------------------------------------------------------------------------- the evaluation
 def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = None, *, days: str | None = None,
-             streaming: bool = False, batch_size: int = 4096, device: str = "auto", compile: bool = True,
+             streaming: bool = False, batch_size: int = 4096, device: str = "auto", compile: bool | None = None,
              quota_grid: "str | Iterable[Sequence[int]] | None" = None, tie_seed: int = 0, overwrite: bool = False,
              progress: bool = True) -> dict[str, Any]:
     """Evaluate every completed seed of ``run_dir``; returns metrics.json's content (plus
@@ -413,6 +413,7 @@ def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = N
     tie-breaks (the same seed for every run makes runs comparable request by request).
     """
     from .train import config_hash, resolve_device, run_seeds
+    from .train_step import plan_step
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
@@ -448,6 +449,7 @@ def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = N
                 "choose another --out or pass --overwrite")
 
     dev = resolve_device(device)
+    compile = plan_step(dev, compile=compile).compile  # None: the device's default (train_step.DEVICE_DEFAULTS)
     keys = metric_keys(setting)
     trained = set(cfg["days"])
     warnings = [f"test day {d} was also a training day of this run" for u in units for d in u.days
@@ -680,7 +682,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score each test day t with the checkpoint saved after day t-1")
     parser.add_argument("--batch-size", type=int, default=4096, help="requests per inference batch (default 4096)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="run the models eagerly")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile DIN's attention core (default: on for CPU, off for CUDA)")
     parser.add_argument("--quota-grid", default=None, metavar="Q1,Q2;...",
                         help="quota tuples of the sweep, e.g. '30,20;25,20;40,20' (default: a grid around the setting's)")
     parser.add_argument("--tie-seed", type=int, default=0, help="seed of the metric tie-breaks (default 0)")

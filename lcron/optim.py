@@ -26,7 +26,7 @@ the embedding update beside it.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -150,10 +150,14 @@ def check_embedding_optimizer(name: str) -> str:
     return name
 
 
-def build_embedding_optimizer(name: str, tables: list[Tensor], lr: float) -> torch.optim.Optimizer:
-    """The optimizer of the embedding tables: ``torch.optim.Adam`` (dense) or LazyAdam (lazy)."""
+def build_embedding_optimizer(name: str, tables: list[Tensor], lr: float,
+                              adam_options: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+    """The optimizer of the embedding tables: ``torch.optim.Adam`` (dense, with the run's
+    ``adam_options``, e.g. capturable on CUDA) or LazyAdam (lazy: never captured in a CUDA
+    graph, it steps beside it)."""
+    options = dict(adam_options or {})
     factory: dict[str, Callable[[list[Tensor], float], torch.optim.Optimizer]] = {
-        "dense": lambda ts, r: torch.optim.Adam(ts, lr=r),
+        "dense": lambda ts, r: torch.optim.Adam(ts, lr=r, **options),
         "lazy": lambda ts, r: LazyAdam(ts, lr=r),
     }
     return factory[check_embedding_optimizer(name)](tables, lr)

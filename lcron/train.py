@@ -31,7 +31,10 @@ ends with exactly the weights an uninterrupted run would have.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -46,7 +49,10 @@ import torch
 
 from . import atomic
 from .batches import day_order, iter_batches
+from .train_step import (DeviceDay, LossLog, StepPlan, TrainStep, adam_options, float32_matmul_precision,
+                         make_stepper, plan_step)
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
+from .models.embeddings import ids_prechecked as embedding_ids_prechecked
 from .optim import (DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_embedding_optimizer,
                     check_embedding_optimizer)
 from .progress import Progress
@@ -75,9 +81,12 @@ class TrainConfig:
     seeds: tuple[int, ...] = (1,)
     days: str | None = None  # "FIRST:LAST" of the shard set; default: every day but the last (the test day)
     device: str = "auto"
-    compile: bool = True
+    compile: bool | None = None     # None: the device's default (lcron.train_step.DEVICE_DEFAULTS)
+    cuda_graph: bool | None = None  # None: the device's default (on for CUDA)
+    tf32: bool | None = None        # None: the device's default (off)
     dim: int = 8
     shuffle: bool = True
+    log_every: int = 64  # loss rows are read back from the device every this many steps (and at day end)
     embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER  # "dense" or "lazy" (lcron.optim)
     day_snapshots: bool = True  # checkpoints/<day>.pt for streaming evaluation (docs/scale.md)
 
@@ -98,6 +107,8 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.dim < 1:
             raise ConfigError(f"embedding dim must be >= 1, got {self.dim}")
+        if not isinstance(self.log_every, int) or self.log_every < 1:
+            raise ConfigError(f"log_every must be an integer >= 1, got {self.log_every!r}")
         check_embedding_optimizer(self.embedding_optimizer)
 
 
@@ -157,19 +168,22 @@ def build_training_objects(setting: Setting, embedding_sizes: Mapping[str, int],
 
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
-    cascade = build_cascade(setting, dict(embedding_sizes), dim=cfg.dim, compile=cfg.compile).to(device)
+    compile = plan_step(device, compile=cfg.compile).compile
+    cascade = build_cascade(setting, dict(embedding_sizes), dim=cfg.dim, compile=compile).to(device)
     loss = build_loss(cfg.method, setting=setting, **cfg.loss_options).to(device)
+    adam = adam_options(device)
     tables = embedding_tables(cascade)
     for table in tables:
         table.sparse = cfg.embedding_optimizer == "lazy"
     table_ids = {id(t.weight) for t in tables}
     optimizers = {name: torch.optim.Adam([p for p in cascade.stages[name].parameters() if id(p) not in table_ids],
-                                         lr=cfg.lr)
+                                         lr=cfg.lr, **adam)
                   for name in setting.stage_names}
-    optimizers[EMBEDDINGS] = build_embedding_optimizer(cfg.embedding_optimizer, [t.weight for t in tables], cfg.lr)
+    optimizers[EMBEDDINGS] = build_embedding_optimizer(cfg.embedding_optimizer, [t.weight for t in tables], cfg.lr,
+                                                   adam)
     loss_params = list(loss.parameters())
     if loss_params:
-        optimizers["loss_weights"] = torch.optim.Adam(loss_params, lr=cfg.lr)
+        optimizers["loss_weights"] = torch.optim.Adam(loss_params, lr=cfg.lr, **adam)
     return cascade, loss, optimizers
 
 
@@ -177,15 +191,22 @@ def learned_weights(loss: torch.nn.Module) -> dict[str, float]:
     return {name: float(p.detach().reshape(-1)[0]) for name, p in loss.named_parameters()}
 
 
-def _check_finite(out, cfg: TrainConfig, seed: int, day: str, step: int) -> None:
-    if torch.isfinite(out.total).item():
-        return
-    bad = [k for k, v in out.parts.items() if not torch.isfinite(torch.as_tensor(v)).all()]
-    raise NumericalError(
-        f"method {cfg.method!r} (seed {seed}): the loss became {float(out.total.detach())} at day {day}, "
-        f"step {step}; "
-        f"loss part(s) that went bad: {', '.join(bad) if bad else 'total only'}. "
-        "Lower --lr or check the input data.")
+def _log_records(rows: np.ndarray, columns: Sequence[str], first_step: int, cfg: TrainConfig, seed: int,
+                 day: str) -> list[dict]:
+    """Log records of steps ``first_step, first_step + 1, ...`` from loss rows read back from the
+    device; the NaN guard: the first step whose total is not finite names its bad parts."""
+    finite = np.isfinite(rows)
+    bad_rows = np.flatnonzero(~finite[:, 0])
+    if bad_rows.size:
+        i = int(bad_rows[0])
+        bad = [c for c, ok in zip(columns[1:], finite[i, 1:]) if not ok]
+        raise NumericalError(
+            f"method {cfg.method!r} (seed {seed}): the loss became {rows[i, 0]} at day {day}, "
+            f"step {first_step + i}; "
+            f"loss part(s) that went bad: {', '.join(bad) if bad else 'total only'}. "
+            "Lower --lr or check the input data.")
+    return [{"seed": seed, "day": day, "step": first_step + i, **{c: float(v) for c, v in zip(columns, row)}}
+            for i, row in enumerate(rows)]
 
 
 def _checkpoint_payload(run_cfg: dict, seed: int, day: str, day_index: int, step: int, requests: int,
@@ -265,6 +286,7 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     run_setting = _resolve_setting(shard_set.setting, setting, stages)
     days = training_days(shard_set, cfg.days)
     device = resolve_device(cfg.device)
+    plan = plan_step(device, compile=cfg.compile, cuda_graph=cfg.cuda_graph, tf32=cfg.tf32)
     out = Path(out)
 
     run_cfg = {
@@ -284,9 +306,10 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     _claim_run_folder(out, run_cfg, cfg, overwrite)
 
     results = []
-    for seed in cfg.seeds:
-        results.append(_train_seed(shard_set, out, run_cfg, run_setting, days, cfg, seed, device, progress,
-                                   max_steps_per_day))
+    with float32_matmul_precision(plan.tf32):
+        for seed in cfg.seeds:
+            results.append(_train_seed(shard_set, out, run_cfg, run_setting, days, cfg, seed, plan, progress,
+                                       max_steps_per_day))
     return results
 
 
@@ -324,7 +347,9 @@ def _claim_run_folder(out: Path, run_cfg: dict, cfg: TrainConfig, overwrite: boo
 
 
 def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: list[str], cfg: TrainConfig,
-                seed: int, device: torch.device, progress: bool, max_steps_per_day: int | None) -> SeedResult:
+                seed: int, plan: StepPlan, progress: bool, max_steps_per_day: int | None) -> SeedResult:
+    device = plan.device
+    t_seed = time.perf_counter()
     folder = out / f"seed-{seed}"
     summary_path = folder / "summary.json"
     if summary_path.exists():
@@ -350,10 +375,22 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         records = _read_log(folder / "train_log.jsonl", max_step=step)
         log(f"seed {seed}: resuming after day {state['day']} (step {step}) from {resumed}")
 
+    if device.type == "cuda":  # the seed's own peak: drop what earlier seeds left (graph pools in cycles)
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     cascade.train()
-    timing = {"steady_seconds": 0.0, "steady_requests": 0, "first_step_seconds": None}
+    stepper = make_stepper(TrainStep(cascade, loss, optimizers), plan)
+    embedding = next(m.embedding for m in cascade.models)
+    losses = LossLog(flush_every=cfg.log_every)
+    # Start-up steps: the first step (compiles) or, with a CUDA graph, the eager warm-up steps and
+    # the capture; they are timed apart, like a compile, and the steady rate counts the rest.
+    timing = {"steady_seconds": 0.0, "steady_requests": 0, "first_step_seconds": None, "startup_steps": 0}
+    t_startup: float | None = None
+    phases = {"setup": time.perf_counter() - t_seed, "data": 0.0, "checkpoints": 0.0}
     for day_index in range(start_day, len(days)):
         day = days[day_index]
+        t_data = time.perf_counter()
         arrays = shard_set.load_day(day)
         order = day_order(len(arrays["label"]), seed, day_index, cfg.shuffle)
         n_batches = len(order) // cfg.batch_size
@@ -363,37 +400,59 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         if n_batches == 0:
             log(f"seed {seed}: day {day} has {len(order)} requests, fewer than one batch of {cfg.batch_size}; "
                 "nothing to train on that day")
+        if plan.device_resident:
+            resident = DeviceDay(arrays, device)
+            resident.check_ids(embedding)  # once per day, so no step needs to read ids back
+            batches = resident.batches(order, cfg.batch_size, drop_last=True)
+            checked = embedding_ids_prechecked()
+        else:
+            batches = iter_batches(arrays, order, cfg.batch_size, drop_last=True, device=device)
+            checked = contextlib.nullcontext()
+        phases["data"] += time.perf_counter() - t_data
         bar = Progress(n_batches, f"train {cfg.method} seed {seed} day {day}", unit="batch", enabled=progress)
-        t_last = time.perf_counter()
-        for batch in iter_batches(arrays, order, cfg.batch_size, drop_last=True, device=device):
-            logits = cascade(batch)
-            result = loss(logits, batch["label"], batch["mask"])
-            _check_finite(result, cfg, seed, day, step + 1)
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            result.total.backward()
-            for opt in optimizers.values():
-                opt.step()
-            step += 1
-            requests += cfg.batch_size
-            rec = {"seed": seed, "day": day, "step": step, "total": float(result.total.detach())}
-            rec.update({k: float(torch.as_tensor(v).detach()) for k, v in result.parts.items()})
-            records.append(rec)
-            now = time.perf_counter()
-            if timing["first_step_seconds"] is None:
-                timing["first_step_seconds"] = now - t_last
-            else:
-                timing["steady_seconds"] += now - t_last
-                timing["steady_requests"] += cfg.batch_size
-            t_last = now
-            bar.update(postfix=f"loss {rec['total']:.4f}")
+        day_first_step, steady_from = step + 1, step + 1
+        t_start = time.perf_counter()
+
+        def flush() -> None:
+            nonlocal day_first_step
+            if not len(losses):
+                return
+            rows = losses.read()
+            new = _log_records(rows, stepper.columns, day_first_step, cfg, seed, day)
+            records.extend(new)
+            day_first_step += len(new)
+            bar.postfix = f"loss {new[-1]['total']:.4f}"
+
+        with checked:
+            for batch in batches:
+                if t_startup is None:
+                    t_startup = time.perf_counter()
+                losses.append(stepper(batch))
+                step += 1
+                requests += cfg.batch_size
+                if timing["first_step_seconds"] is None:
+                    timing["startup_steps"] += 1
+                    if not getattr(stepper, "warming_up", False):
+                        flush()
+                        now = time.perf_counter()
+                        timing["first_step_seconds"] = now - t_startup
+                        t_start, steady_from = now, step + 1
+                elif losses.full:
+                    flush()
+                bar.update()
+        flush()  # the day's last rows: every step is checked before the day's checkpoint is written
+        if timing["first_step_seconds"] is not None:
+            timing["steady_seconds"] += time.perf_counter() - max(t_start, t_startup or t_start)
+            timing["steady_requests"] += max(step + 1 - steady_from, 0) * cfg.batch_size
         bar.close()
+        t_ckpt = time.perf_counter()
         _write_log(folder / "train_log.jsonl", records)
         # The day snapshot first: a resume checkpoint past day t implies t's snapshot exists.
         if cfg.day_snapshots:
             _write_day_snapshot(shard_set, ckpt_dir, run_cfg, seed, day, day_index, step, requests, cascade, loss)
         atomic.save_torch(resume_path, _checkpoint_payload(
             run_cfg, seed, day, day_index, step, requests, cascade, loss, optimizers))
+        phases["checkpoints"] += time.perf_counter() - t_ckpt
 
     final = _checkpoint_payload(run_cfg, seed, days[-1], len(days) - 1, step, requests, cascade, loss, optimizers,
                                 with_optim=False)
@@ -408,12 +467,22 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         "steps": step,
         "requests": requests,
         "first_step_seconds": timing["first_step_seconds"],
+        "startup_steps": timing["startup_steps"],
         "steady_requests_per_s": steady,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "compile": cfg.compile,
+        "compile": plan.compile,
+        "cuda_graph": plan.cuda_graph,
+        "step_mode": getattr(stepper, "mode", "eager"),
+        "tf32": plan.tf32,
+        "peak_device_memory_mb": (round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                                  if device.type == "cuda" else None),
         "learned_weights": learned_weights(loss),
         "final_loss": records[-1]["total"] if records else None,
+        # Where the seed's wall time went: building models/optimizers (and resuming), loading and
+        # placing the days' data, writing the daily checkpoints, and the seed's whole time.
+        "timing": {**{f"{k}_seconds": round(v, 3) for k, v in phases.items()},
+                   "seed_seconds": round(time.perf_counter() - t_seed, 3)},
     }
     atomic.write_json(summary_path, summary)
     resume_path.unlink(missing_ok=True)  # model.pt + summary.json supersede it
@@ -513,7 +582,13 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--no-day-snapshots", action="store_true",
                         help="write no checkpoints/DAY.pt (the per-day snapshots only streaming evaluation reads)")
     parser.add_argument("--days", help="training days FIRST:LAST (inclusive); default every day but the last")
-    parser.add_argument("--no-compile", action="store_true", help="run eager PyTorch (no torch.compile fusion)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile DIN's attention core (default: on for CPU, off for CUDA, where eager "
+                        "kernels in a CUDA graph measured faster)")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                        help="capture the training step as one CUDA graph (default: on for CUDA)")
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                        help="TF32 tensor-core matmuls on CUDA (default: off)")
     parser.add_argument("--max-steps-per-day", type=int, help="cap the steps of each day (smoke tests)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run with another configuration in --out")
 
@@ -521,7 +596,7 @@ def add_train_arguments(parser) -> None:
 def run_train(args) -> int:
     cfg = TrainConfig(method=args.method, loss_options=parse_loss_options(args.loss_option),
                       batch_size=args.batch_size, lr=args.lr, seeds=parse_seeds(args.seeds), days=args.days,
-                      device=args.device, compile=not args.no_compile,
+                      device=args.device, compile=args.compile, cuda_graph=args.cuda_graph, tf32=args.tf32,
                       embedding_optimizer=args.embedding_optimizer, day_snapshots=not args.no_day_snapshots)
     results = train(args.shards, args.out, cfg, setting=args.setting, stages=args.stages, overwrite=args.overwrite,
                     progress=not args.quiet, max_steps_per_day=args.max_steps_per_day)

@@ -46,7 +46,9 @@ def compile_variant(variant: str, path: str | Path, *, registry: str = REGISTRY,
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     pipeline = build_pipeline(image_ref(registry, image, tag, gpu=gpu),
                               accelerator_type=accelerator_type if gpu else None,
-                              accelerator_count=accelerator_count, compile_default=gpu)
+                              accelerator_count=accelerator_count,
+                              # eager + CUDA graph is the GPU default (lcron.train_step.DEVICE_DEFAULTS)
+                              compile_default=False)
     path = Path(path)
     # The compiler writes to a file name: compile into a temporary folder, then put the
     # text in place atomically (a stale-but-whole package beats a truncated one).

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 
 import pytest
 
-from lcron import bench, cli
+from lcron import bench, cli, profile
 from lcron.errors import ConfigError
+from lcron.train_step import TrainStep
 
 SETTINGS = ["two_stage", "three_stage"]
 
@@ -122,10 +124,10 @@ def test_profile_training_counts_sorts_and_ids(quick_run, tmp_path):
 
     shards = tmp_path / "shards"
     preprocess(quick_run["root"] / "data" / "quick", shards, 2, progress=False)
-    res = bench.profile_training(shards, "lcron", batch_size=16, steps=1, warmup=1, compile=False, memory=True,
+    res = profile.profile_training(shards, "lcron", batch_size=16, steps=1, warmup=1, compile=False, memory=True,
                                  small_batch=4)
     assert res["setting"] == "two_stage" and res["batch_size"] == 16
-    assert list(res["phases_ms"]) == list(bench.PHASES) and res["phases_ms"]["backward"] > 0
+    assert list(res["phases_ms"]) == list(profile.PHASES) and res["phases_ms"]["backward"] > 0
     # LCRON: one NeuralSort per stage model (2) shared by its two loss parts, one label permutation.
     assert res["instrumented"]["neural_sort"]["calls"] == 2
     assert res["instrumented"]["label_permutation"]["calls"] == 1
@@ -136,7 +138,7 @@ def test_profile_training_counts_sorts_and_ids(quick_run, tmp_path):
     assert res["matmul_gflop_per_step"] > 0 and res["top_ops"] and res["autograd_nodes"]
     assert 0 < sum(op["share"] for op in res["top_ops"]) <= 1.0
     assert res["memory_mb"]["peak_total_mb"] > 0 and res["fixed_step_ms"]["batch_size"] == 4
-    text = bench.format_profile(res)
+    text = profile.format_profile(res)
     assert "neural_sort 2 calls/step" in text and "9,248 lookups per model x 2 models = 18,496" in text
     # The loss module's helpers are restored after profiling.
     from lcron.losses import lcron as lcron_loss
@@ -151,9 +153,9 @@ def test_profile_training_needs_a_full_batch(quick_run, tmp_path):
     shards = tmp_path / "shards"
     preprocess(quick_run["root"] / "data" / "quick", shards, 2, progress=False)
     with pytest.raises(ConfigError, match="no day holds a full batch of 1000 requests"):
-        bench.profile_training(shards, "bce", batch_size=1000, compile=False)
+        profile.profile_training(shards, "bce", batch_size=1000, compile=False)
     with pytest.raises(ConfigError, match="steps and warmup"):
-        bench.profile_training(shards, "bce", steps=0, compile=False)
+        profile.profile_training(shards, "bce", steps=0, compile=False)
 
 
 def test_registry_and_bad_arguments():
@@ -214,9 +216,10 @@ def test_profiled_step_is_the_trainers_step(quick_run, tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "run" / "seed-1" / "train_log.jsonl").read_text().splitlines()]
     cascade, loss, optimizers = build_training_objects(shards.setting, shards.embedding_sizes, cfg, 1,
                                                        torch.device("cpu"))
-    batches = bench._endless_batches(shards, 16, "cpu")
+    batches = profile._endless_batches(shards, 16, "cpu")
+    step = TrainStep(cascade, loss, optimizers)
     for expected in logged[:3]:  # day 0
-        rec = bench._train_step(cascade, loss, optimizers, batches, lambda _: bench.nullcontext())
+        rec = profile._train_step(step, batches, lambda _: nullcontext())
         assert set(rec) == set(expected) - {"seed", "day", "step"}
         for key, value in rec.items():
             assert value == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key

@@ -30,7 +30,9 @@ weights whatever order the caller's size dict has.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +186,16 @@ class FeatureEmbedding(nn.Module):
 
     def _global_rows(self, name: str, ids: Tensor) -> Tensor:
         """Row of ``weight`` for every id of array ``name`` (int64), after checking the ids."""
+        # The range check reads values (a host synchronisation; a graph break under
+        # torch.compile of a whole model): skipped where the caller checked the ids before
+        # (a trainer that checked the whole day, the serving loader) or cannot read values.
+        if not (torch.compiler.is_compiling() or _IDS_PRECHECKED.get()):
+            self.check_ids(name, ids)
+        # Integer type promotion makes the sum int64 whatever the input width (uint8 included).
+        return ids + getattr(self, f"_{name}_offsets")
+
+    def check_ids(self, name: str, ids: Tensor) -> None:
+        """DataError unless ``ids`` (any leading shape) is an integer array of input ``name`` within its tables."""
         if name not in _LAYOUT:
             raise ConfigError(f"unknown model input {name!r}; expected one of {list(_LAYOUT)}")
         col_kinds, shape_text = _LAYOUT[name]
@@ -193,9 +205,7 @@ class FeatureEmbedding(nn.Module):
             raise DataError(f"batch field {name!r} must have shape {shape_text} (columns {list(col_kinds)}), "
                             f"got {tuple(ids.shape)}")
         sizes = getattr(self, f"_{name}_sizes")
-        # The range check reads values (a graph break under torch.compile of a whole model);
-        # callers that compile the whole model check ids before (the serving loader does).
-        if ids.numel() and not torch.compiler.is_compiling():
+        if ids.numel():
             lo, hi = ids.reshape(-1, ids.shape[-1]).aminmax(dim=0)
             bad = (lo.long() < 0) | (hi.long() >= sizes)
             if bool(bad.any()):
@@ -204,8 +214,21 @@ class FeatureEmbedding(nn.Module):
                     f"batch field {name!r} column {c} ({col_kinds[c]}): ids must lie in [0, {int(sizes[c]) - 1}] "
                     f"(embedding table size {int(sizes[c])}), got min {int(lo[c])} max {int(hi[c])}"
                 )
-        # Integer type promotion makes the sum int64 whatever the input width (uint8 included).
-        return ids + getattr(self, f"_{name}_offsets")
+
+
+_IDS_PRECHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("lcron_ids_prechecked", default=False)
+
+
+@contextlib.contextmanager
+def ids_prechecked() -> Iterator[None]:
+    """Skip the per-lookup id range check inside the block: the caller has checked every id it
+    will look up (e.g. a trainer that ran :meth:`FeatureEmbedding.check_ids` on a whole day).
+    Needed where a lookup must not synchronise with the host (a CUDA graph capture)."""
+    token = _IDS_PRECHECKED.set(True)
+    try:
+        yield
+    finally:
+        _IDS_PRECHECKED.reset(token)
 
 
 def embedding_tables(module: nn.Module) -> list[FeatureEmbedding]:

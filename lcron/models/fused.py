@@ -64,7 +64,7 @@ def masked_softmax_pool(scores: Tensor, seq_emb: Tensor, seq_mask: Tensor) -> Te
     finite forward and backward.
     """
     valid = (seq_mask > 0).unsqueeze(1)                                     # [B, 1, L]
-    neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device)
+    neg_inf = scores.new_full((), float("-inf"))  # a fill kernel, not a host-to-device copy
     shift = torch.where(valid, scores, neg_inf).amax(-1, keepdim=True).detach()
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
     weights = torch.exp(torch.where(valid, scores - shift, neg_inf))

@@ -129,7 +129,7 @@ def test_parameter_defaults(compiled):
     assert cpu["loss_options"]["defaultValue"] == {} and cpu["loss_options"]["parameterType"] == "STRUCT"
     assert cpu["batch_size"]["defaultValue"] == 1024 and cpu["lr"]["defaultValue"] == 0.01
     assert cpu["device"]["defaultValue"] == "auto"
-    assert cpu["compile"]["defaultValue"] is False and gpu["compile"]["defaultValue"] is True
+    assert cpu["compile"]["defaultValue"] is False and gpu["compile"]["defaultValue"] is False
     assert cpu["synthetic_requests_per_day"]["defaultValue"] == 2000 and cpu["days"]["defaultValue"] == ""
     from lcron.optim import DEFAULT_EMBEDDING_OPTIMIZER
 
