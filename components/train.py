@@ -1,7 +1,7 @@
 """The train step: every seed of one method on one shard set, into one Model artifact.
 
 The Model artifact is the trainer's run folder (run.json, seed-<n>/model.pt, per-day
-checkpoints, train logs). All seeds train inside this one step, so the DAG needs no
+streaming snapshots, train logs). All seeds train inside this one step, so the DAG needs no
 fan-in (``dsl.Collected``), which kfp.local cannot run.
 """
 
@@ -26,6 +26,8 @@ def train(
     compile: bool,
     model: Output[Model],
     reference_quirks: bool = False,
+    embedding_optimizer: str = "lazy",
+    day_snapshots: bool = True,
 ):
     """Train ``method`` for each seed; ``days`` "" = every shard day but the last; ``max_steps_per_day`` 0 = no cap."""
     from lcron.train import TrainConfig
@@ -33,7 +35,8 @@ def train(
 
     config = TrainConfig(method=method, loss_options=dict(loss_options), batch_size=batch_size, lr=lr,
                          seeds=tuple(int(s) for s in seeds), days=days or None, device=device, compile=compile,
-                         dim=dim, reference_quirks=reference_quirks)
+                         dim=dim, reference_quirks=reference_quirks, embedding_optimizer=embedding_optimizer,
+                         day_snapshots=day_snapshots)
     results = fit(shards.path, model.path, config, max_steps_per_day=max_steps_per_day or None, overwrite=True)
     model.metadata["framework"] = "pytorch"
     model.metadata["method"] = method

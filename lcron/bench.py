@@ -14,6 +14,8 @@ train       one row per method and setting: steady training requests/s of
             accounting; the first step (compile) is reported apart
 evaluate    the whole evaluation step, :func:`lcron.evaluate.evaluate` on a trained LCRON
             run: loading shards + inference of every stage model + metrics + outputs
+train_vocab training at RecFlow vocabulary sizes per embedding optimizer, and the seed
+            folder's checkpoint sizes (``checkpoint`` rows; lcron/bench_vocab.py)
 metrics     :func:`lcron.metrics.cascade_metrics` alone on the stored scores of that run
 serving     :func:`lcron.serving.evaluate.bench_serving` per K1 (a note if it is absent)
 ==========  ===============================================================================
@@ -414,6 +416,12 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+# RecFlow-vocabulary training and checkpoint sizes (lcron/bench_vocab.py).
+from lcron.bench_vocab import bench_train_vocab, worker_train_vocab  # noqa: E402 - after WORKERS exists
+
+WORKERS["train_vocab"] = worker_train_vocab
+
+
 def _worker_main(argv: list[str]) -> int:
     if not argv or argv[0] != "--worker" or len(argv) < 2:
         print("usage: python -m lcron.bench --worker STEP ARGS... (a benchmark child) | "
@@ -501,6 +509,9 @@ def bench_train(ctx: BenchContext) -> list[dict[str, Any]]:
                 "step_mode": r.get("step_mode"), "peak_device_memory_mb": r.get("peak_device_memory_mb"),
             })
     return rows
+
+
+register("train_vocab")(bench_train_vocab)
 
 
 def run_evaluate_worker(ctx: BenchContext, stages: int) -> dict[str, Any]:

@@ -2,22 +2,31 @@
 
 The loop (METHODS.md section 3): for each training day in date order, shuffle the day's
 requests, and for each full batch forward every stage model, compute the method's loss,
-one backward pass, then step every optimizer (one Adam per stage model, one for the
-learned loss weights). Nothing here knows which method or setting it runs: both come
-from the registry and the setting table.
+one backward pass, then step every optimizer (one Adam per stage model's dense layers,
+one for the learned loss weights, one for the embedding tables: dense Adam or row-wise
+lazy Adam, ``--embedding-optimizer``, lcron/optim.py). Nothing here knows which method or
+setting it runs: both come from the registry and the setting table.
 
 Run folder (``--out``)::
 
     run.json                     the run's configuration (method, options, setting, data fingerprint, ...)
     seed-<n>/train_log.jsonl     one line per step: day, step, total loss and every loss part
-    seed-<n>/checkpoints/<day>.pt  after every day: models, loss weights, optimizer states, config
+    seed-<n>/checkpoints/<day>.pt  after every day: weights only, and of the embedding tables only
+                                 the rows the next shard day reads (what streaming evaluation of
+                                 that day needs; a few MB, not the full tables)
+    seed-<n>/resume.pt           while training: the full state after the last completed day (models,
+                                 loss weights, every optimizer state), replaced atomically each day,
+                                 removed when the seed completes
     seed-<n>/model.pt            the final model; carries its config so evaluation needs no settings
     seed-<n>/summary.json        written last: the seed is complete (steps, requests/s, learned weights)
 
+So a seed folder holds one full model, one resume state while training and one small
+snapshot per day - it does not grow by full tables per day (docs/scale.md).
+
 Reliability: every file is written atomically; a seed whose summary exists is skipped; a
-seed with checkpoints resumes after its last completed day and, because a day's shuffle
-depends only on (seed, day index) and the checkpoint holds every optimizer state, ends
-with exactly the weights an uninterrupted run would have.
+seed with a resume checkpoint resumes after its last completed day and, because a day's
+shuffle depends only on (seed, day index) and the checkpoint holds every optimizer state,
+ends with exactly the weights an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -44,10 +53,17 @@ from .train_step import (DeviceDay, LossLog, StepPlan, TrainStep, adam_options, 
                          make_stepper, plan_step)
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
 from .models.embeddings import ids_prechecked as embedding_ids_prechecked
+from .optim import (DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_embedding_optimizer,
+                    check_embedding_optimizer)
 from .progress import Progress
 from .settings import Setting, get_setting
 
 FORMAT_VERSION = 1
+#: The key of the embedding tables' optimizer in build_training_objects' optimizer dict.
+EMBEDDINGS = "embeddings"
+#: The seed folder's resume checkpoint: full state after the last completed day, replaced
+#: atomically after every day and removed once the seed is complete.
+RESUME_FILE = "resume.pt"
 
 
 def log(msg: str) -> None:
@@ -72,6 +88,8 @@ class TrainConfig:
     shuffle: bool = True
     log_every: int = 64  # loss rows are read back from the device every this many steps (and at day end)
     reference_quirks: bool = False  # the published models' quirks (docs/reference.md); needs reference shards
+    embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER  # "dense" or "lazy" (lcron.optim)
+    day_snapshots: bool = True  # checkpoints/<day>.pt for streaming evaluation (docs/scale.md)
 
     def validate(self) -> None:
         from .losses import METHODS
@@ -92,6 +110,7 @@ class TrainConfig:
             raise ConfigError(f"embedding dim must be >= 1, got {self.dim}")
         if not isinstance(self.log_every, int) or self.log_every < 1:
             raise ConfigError(f"log_every must be an integer >= 1, got {self.log_every!r}")
+        check_embedding_optimizer(self.embedding_optimizer)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,9 +156,16 @@ def config_hash(payload: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- building blocks
 def build_training_objects(setting: Setting, embedding_sizes: Mapping[str, int], cfg: TrainConfig, seed: int,
                            device: torch.device):
-    """Models, loss and optimizers of one seed, initialised from that seed."""
+    """Models, loss and optimizers of one seed, initialised from that seed.
+
+    Optimizers: one Adam per stage model over its dense (MLP) parameters, one for the
+    learned loss weights, and ``optimizers[EMBEDDINGS]`` for every stage's embedding table
+    (``cfg.embedding_optimizer``: Adam on dense gradients or LazyAdam on sparse ones).
+    Adam is per-parameter, so with ``dense`` this split trains exactly as one Adam per stage.
+    """
     from .losses import build_loss
     from .models import build_cascade
+    from .models.embeddings import embedding_tables
 
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
@@ -148,8 +174,15 @@ def build_training_objects(setting: Setting, embedding_sizes: Mapping[str, int],
                             reference_quirks=cfg.reference_quirks).to(device)
     loss = build_loss(cfg.method, setting=setting, **cfg.loss_options).to(device)
     adam = adam_options(device)
-    optimizers = {name: torch.optim.Adam(cascade.stages[name].parameters(), lr=cfg.lr, **adam)
+    tables = embedding_tables(cascade)
+    for table in tables:
+        table.sparse = cfg.embedding_optimizer == "lazy"
+    table_ids = {id(t.weight) for t in tables}
+    optimizers = {name: torch.optim.Adam([p for p in cascade.stages[name].parameters() if id(p) not in table_ids],
+                                         lr=cfg.lr, **adam)
                   for name in setting.stage_names}
+    optimizers[EMBEDDINGS] = build_embedding_optimizer(cfg.embedding_optimizer, [t.weight for t in tables], cfg.lr,
+                                                   adam)
     loss_params = list(loss.parameters())
     if loss_params:
         optimizers["loss_weights"] = torch.optim.Adam(loss_params, lr=cfg.lr, **adam)
@@ -221,7 +254,12 @@ def load_cascade(path: str | Path, device: str | torch.device = "cpu", compile: 
     setting = Setting.from_dict(cfg["setting"])
     cascade = build_cascade(setting, dict(cfg["embedding_sizes"]), dim=int(cfg["train"]["dim"]), compile=compile,
                             reference_quirks=bool(cfg.get("reference_quirks", False)))
-    cascade.load_state_dict(payload["model_state"])
+    state = dict(payload["model_state"])
+    shapes = {k: v.shape for k, v in cascade.state_dict().items()}
+    for key, part in payload.get("embedding_rows", {}).items():  # a day snapshot: the stored rows, NaN elsewhere
+        weight = torch.full(shapes[key], math.nan, dtype=part["values"].dtype, device=part["values"].device)
+        state[key] = weight.index_copy_(0, part["rows"].to(weight.device, torch.int64), part["values"])
+    cascade.load_state_dict(state)
     cascade.to(device).eval()
     return cascade, payload
 
@@ -266,7 +304,8 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
         "setting": run_setting.to_dict(),
         "embedding_sizes": dict(shard_set.embedding_sizes),
         "train": {"batch_size": cfg.batch_size, "lr": cfg.lr, "dim": cfg.dim, "shuffle": cfg.shuffle,
-                  "max_steps_per_day": max_steps_per_day},
+                  "max_steps_per_day": max_steps_per_day, "embedding_optimizer": cfg.embedding_optimizer,
+                  "day_snapshots": cfg.day_snapshots},
         "days": days,
         "shards": str(shard_set.root),
         "data_fingerprint": shard_set.fingerprint(),
@@ -395,10 +434,11 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
             log(f"seed {seed}: complete in {folder}, skipped")
             return SeedResult(seed, folder, True, summary)
     ckpt_dir = folder / "checkpoints"
+    resume_path = folder / RESUME_FILE
     cascade, loss, optimizers = build_training_objects(setting, run_cfg["embedding_sizes"], cfg, seed, device)
 
     start_day, step, requests, records = 0, 0, 0, []
-    resumed = _latest_checkpoint(ckpt_dir, days)
+    resumed = resume_path if resume_path.is_file() else None
     if resumed is not None:
         state = load_checkpoint(resumed, map_location=device)
         if state["config"].get("config_hash") != run_cfg["config_hash"]:
@@ -483,7 +523,10 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         bar.close()
         t_ckpt = time.perf_counter()
         _write_log(folder / "train_log.jsonl", records)
-        atomic.save_torch(ckpt_dir / f"{day}.pt", _checkpoint_payload(
+        # The day snapshot first: a resume checkpoint past day t implies t's snapshot exists.
+        if cfg.day_snapshots:
+            _write_day_snapshot(shard_set, ckpt_dir, run_cfg, seed, day, day_index, step, requests, cascade, loss)
+        atomic.save_torch(resume_path, _checkpoint_payload(
             run_cfg, seed, day, day_index, step, requests, cascade, loss, optimizers))
         phases["checkpoints"] += time.perf_counter() - t_ckpt
 
@@ -518,19 +561,41 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
                    "seed_seconds": round(time.perf_counter() - t_seed, 3)},
     }
     atomic.write_json(summary_path, summary)
+    resume_path.unlink(missing_ok=True)  # model.pt + summary.json supersede it
     log(f"seed {seed}: trained {step} steps on {len(days)} day(s); model in {folder / 'model.pt'}")
     return SeedResult(seed, folder, False, summary)
 
 
-def _latest_checkpoint(ckpt_dir: Path, days: list[str]) -> Path | None:
-    latest = None
-    for day in days:
-        p = ckpt_dir / f"{day}.pt"
-        if p.exists():
-            latest = p
-        else:
-            break
-    return latest
+def _write_day_snapshot(shard_set, ckpt_dir: Path, run_cfg: dict, seed: int, day: str, day_index: int, step: int,
+                        requests: int, cascade, loss) -> None:
+    """``checkpoints/<day>.pt``: what streaming evaluation of the next shard day reads.
+
+    Weights only (no optimizer state), and of each embedding table only the rows the next
+    shard day's requests look up (their ids, padding included); the dense layers and loss
+    weights in full. So a day costs a few MB, not the full tables (docs/scale.md).
+    :func:`load_cascade` fills the rows not stored with NaN, so scoring any other day with
+    a snapshot fails loudly instead of silently reading wrong rows. No snapshot after the
+    shard set's last day: no day follows it to evaluate.
+    """
+    from .models.embeddings import FeatureEmbedding
+
+    all_days = list(shard_set.days)
+    position = all_days.index(day)
+    if position + 1 >= len(all_days):
+        return
+    next_day = all_days[position + 1]
+    tables = {name: m for name, m in cascade.named_modules() if isinstance(m, FeatureEmbedding)}
+    first = next(iter(tables.values()))  # every stage model has the same row layout (same sizes)
+    rows = first.rows_used(shard_set.load_day(next_day)).to(first.weight.device)
+    payload = _checkpoint_payload(run_cfg, seed, day, day_index, step, requests, cascade, loss, {}, with_optim=False)
+    for name, table in tables.items():
+        key = f"{name}.weight"
+        del payload["model_state"][key]
+        payload.setdefault("embedding_rows", {})[key] = {
+            "rows": rows.to(torch.int32 if table.weight.shape[0] < 2**31 else torch.int64).cpu(),
+            "values": table.weight.detach().index_select(0, rows).cpu()}
+    payload["rows_for_day"] = next_day
+    atomic.save_torch(ckpt_dir / f"{day}.pt", payload)
 
 
 def _read_json_or_fail(path: Path, remedy: str) -> dict:
@@ -598,7 +663,12 @@ def add_train_arguments(parser) -> None:
                         help="an option of the method, e.g. reference_quirks=true or k=30,20 (repeatable)")
     parser.add_argument("--batch-size", type=int, default=1024, help="requests per step (default 1024)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
+    parser.add_argument("--embedding-optimizer", choices=EMBEDDING_OPTIMIZERS, default=DEFAULT_EMBEDDING_OPTIMIZER,
+                        help="embedding tables: 'lazy' updates only the rows a batch touches (row-wise Adam), "
+                        "'dense' is Adam on every row, as the reference (default %(default)s; docs/models.md)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--no-day-snapshots", action="store_true",
+                        help="write no checkpoints/DAY.pt (the per-day snapshots only streaming evaluation reads)")
     parser.add_argument("--days", help="training days FIRST:LAST (inclusive); default every day but the last")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile DIN's attention core (default: on for CPU, off for CUDA, where eager "
@@ -619,7 +689,8 @@ def run_train(args) -> int:
     cfg = TrainConfig(method=args.method, loss_options=parse_loss_options(args.loss_option),
                       batch_size=args.batch_size, lr=args.lr, seeds=parse_seeds(args.seeds), days=args.days,
                       device=args.device, compile=args.compile, cuda_graph=args.cuda_graph, tf32=args.tf32,
-                      reference_quirks=getattr(args, "reference_quirks", False))
+                      reference_quirks=getattr(args, "reference_quirks", False),
+                      embedding_optimizer=args.embedding_optimizer, day_snapshots=not args.no_day_snapshots)
     results = train(args.shards, args.out, cfg, setting=args.setting, stages=args.stages, overwrite=args.overwrite,
                     progress=not args.quiet, max_steps_per_day=args.max_steps_per_day)
     for r in results:

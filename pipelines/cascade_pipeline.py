@@ -83,6 +83,7 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         batch_size: int = 1024,
         lr: float = 0.01,
         dim: int = 8,
+        embedding_optimizer: str = "lazy",  # lcron.optim.DEFAULT_EMBEDDING_OPTIMIZER (tested)
         train_days: str = "",
         max_steps_per_day: int = 0,
         device: str = "auto",
@@ -114,7 +115,8 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         trained = train(shards=shards.outputs["shards"], method=method, loss_options=loss_options, seeds=seeds,
                         batch_size=batch_size, lr=lr, dim=dim, days=train_days,
                         max_steps_per_day=max_steps_per_day, device=device, compile=compile,
-                        reference_quirks=reference_quirks)
+                        reference_quirks=reference_quirks, embedding_optimizer=embedding_optimizer,
+                        day_snapshots=streaming)  # the per-day snapshots serve streaming evaluation only
         trained.set_display_name("train")
         evaluated = evaluate(model=trained.outputs["model"], shards=shards.outputs["shards"], days=eval_days,
                              streaming=streaming, batch_size=eval_batch_size, device=device, compile=compile,

@@ -59,6 +59,25 @@ def test_quick_bench_has_a_training_row_per_method_and_setting(quick_run):
         assert r["peak_rss_mb"] >= r["baseline_rss_mb"] > 0 and r["threads"] >= 1
 
 
+def test_quick_bench_has_vocabulary_training_and_checkpoint_rows(quick_run):
+    """One train_vocab and one checkpoint row per embedding optimizer (quick mode: two-stage,
+    a 10x smaller vocabulary than RecFlow's)."""
+    from lcron.bench_vocab import VOCAB_PARAMS
+    from lcron.data.fields import embedding_sizes
+
+    result = json.loads(quick_run["json"].read_text())
+    rows_total = 2 * sum(embedding_sizes(VOCAB_PARAMS["quick"]["id_counts"]).values())
+    train_rows, ckpt_rows = _rows(result, "train_vocab"), _rows(result, "checkpoint")
+    assert [r["case"] for r in train_rows] == [r["case"] for r in ckpt_rows] == ["lcron/dense", "lcron/lazy"]
+    for r in train_rows:
+        assert r["value"] > 0 and r["unit"] == "requests/s" and r["embedding_rows"] == rows_total
+    for r in ckpt_rows:
+        # 2 days: one day snapshot (the last day is followed by no shard day); the resume
+        # state holds the weights and both Adam moments, the model only the weights
+        assert len(r["day_snapshot_mb"]) == 1 and 0 < r["day_snapshot_mb"][0] < r["model_mb"]
+        assert r["resume_mb"] > 2.5 * r["model_mb"] and r["value"] >= r["model_mb"]
+
+
 def test_quick_bench_evaluation_metrics_and_serving_rows(quick_run):
     result = json.loads(quick_run["json"].read_text())
     for name in ("evaluate", "metrics"):

@@ -380,17 +380,15 @@ def test_checkpoint_carrying_code_is_refused_by_evaluate(trained, tmp_path, caps
 
 
 def test_checkpoint_carrying_code_is_refused_on_resume(trained, tiny_shards_2, tmp_path, capsys):
-    """A poisoned day checkpoint is what ``lcron train`` would resume from: refused, nothing runs."""
+    """A poisoned resume checkpoint is what ``lcron train`` would resume from: refused, nothing runs."""
     marker = tmp_path / "pwned"
-    first_day = tiny_shards_2.days[0]
-    run = _poisoned_copy(trained, tmp_path / "run", f"seed-1/checkpoints/{first_day}.pt", marker)
+    run = _poisoned_copy(trained, tmp_path / "run", "seed-1/resume.pt", marker)
     (run / "seed-1" / "summary.json").unlink()  # as if killed after day 1: the seed resumes
-    (run / "seed-1" / "checkpoints" / f"{tiny_shards_2.days[1]}.pt").unlink()
     code, _, err = _cli(capsys, "train", "--shards", str(tiny_shards_2.root), "--out", str(run), "--method", "bce",
                         "--batch-size", "16", "--max-steps-per-day", "1", "--no-compile", "-q")
     assert code == 2
     assert _error_line(err, "train").startswith(
-        f"lcron train: error: model file {run}/seed-1/checkpoints/{first_day}.pt cannot be loaded safely")
+        f"lcron train: error: model file {run}/seed-1/resume.pt cannot be loaded safely")
     assert not marker.exists()
     assert not (run / "seed-1" / "summary.json").exists()
 

@@ -152,6 +152,8 @@ def test_bit_identical_reruns_and_checkpoints_per_day(learn_data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     days = learn_data[2].days[:-1]
     assert sorted(p.stem for p in (tmp_path / "a/seed-7/checkpoints").glob("*.pt")) == days
+    assert sorted(p.name for p in (tmp_path / "a/seed-7").iterdir()) == [
+        "checkpoints", "model.pt", "summary.json", "train_log.jsonl"]
     log_a = (tmp_path / "a/seed-7/train_log.jsonl").read_text()
     assert log_a == (tmp_path / "b/seed-7/train_log.jsonl").read_text()
     assert len(log_a.splitlines()) == 12
@@ -204,27 +206,28 @@ def _cli_train(args: list[str], out: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_kill_and_resume_matches_uninterrupted_run(learn_data, tmp_path):
+@pytest.mark.parametrize("embedding_optimizer", ["dense", "lazy"])
+def test_kill_and_resume_matches_uninterrupted_run(learn_data, tmp_path, embedding_optimizer):
     """SIGKILL after the first day, start again: same weights, same log, same loss as an uninterrupted run.
 
     Every run is a fresh `lcron train` process, as a user (or a preempted KFP pod) would run it.
     """
     shards = learn_data[2]
     args = ["--shards", str(shards.root), "--method", "lcron", "--batch-size", "8", "--seeds", "5", "--no-compile",
-            "--quiet"]
+            "--quiet", "--embedding-optimizer", embedding_optimizer]
     ref = tmp_path / "ref"
     proc = _cli_train(args, ref)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
 
     out = tmp_path / "killed"
-    first_ckpt = out / "seed-5" / "checkpoints" / f"{shards.days[0]}.pt"
+    first_ckpt = out / "seed-5" / "resume.pt"
     proc = _cli_train(args, out)
     deadline = time.time() + 300
     while not first_ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert first_ckpt.exists(), "the first day's checkpoint never appeared"
+    assert first_ckpt.exists(), "the resume checkpoint never appeared"
     assert not (out / "seed-5" / "summary.json").exists(), "training finished before it could be killed"
     assert not (out / "seed-5" / "model.pt").exists()
 
@@ -238,3 +241,117 @@ def test_kill_and_resume_matches_uninterrupted_run(learn_data, tmp_path):
     ref_sum = json.loads((ref / "seed-5/summary.json").read_text())
     res_sum = json.loads((out / "seed-5/summary.json").read_text())
     assert res_sum["final_loss"] == ref_sum["final_loss"] and res_sum["steps"] == ref_sum["steps"]
+    assert not (out / "seed-5" / "resume.pt").exists()  # a complete seed keeps no resume state
+
+
+# ------------------------------------------------------------------ embedding optimizers, run-folder size
+def test_dense_embedding_optimizer_trains_exactly_as_one_adam_per_stage(learn_data):
+    """The embedding tables' own optimizer changes nothing in dense mode: the same weights,
+    bit for bit, as the former one-Adam-per-stage-model construction after a few steps."""
+    from lcron.batches import day_order, iter_batches
+    from lcron.train import EMBEDDINGS, build_training_objects
+
+    shards = learn_data[2]
+    cfg = TrainConfig(method="lcron", batch_size=32, compile=False, embedding_optimizer="dense")
+    new_cascade, new_loss, new_opts = build_training_objects(shards.setting, shards.embedding_sizes, cfg, 3, "cpu")
+    old_cascade, old_loss, _ = build_training_objects(shards.setting, shards.embedding_sizes, cfg, 3, "cpu")
+    old_opts = {name: torch.optim.Adam(old_cascade.stages[name].parameters(), lr=cfg.lr)
+                for name in shards.setting.stage_names}
+    old_opts["loss_weights"] = torch.optim.Adam(old_loss.parameters(), lr=cfg.lr)
+    assert isinstance(new_opts[EMBEDDINGS], torch.optim.Adam)
+    assert not any(p.is_sparse for p in new_cascade.parameters())
+    arrays = shards.load_day(shards.days[0])
+    for batch in list(iter_batches(arrays, day_order(len(arrays["label"]), 3, 0, True), 32, drop_last=True))[:4]:
+        for cascade, loss, opts in ((new_cascade, new_loss, new_opts), (old_cascade, old_loss, old_opts)):
+            out = loss(cascade(batch), batch["label"], batch["mask"])
+            for opt in opts.values():
+                opt.zero_grad(set_to_none=True)
+            out.total.backward()
+            for opt in opts.values():
+                opt.step()
+    a, b = new_cascade.state_dict(), old_cascade.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    init = build_training_objects(shards.setting, shards.embedding_sizes, cfg, 3, "cpu")[0].state_dict()
+    tables = [k for k in a if k.endswith("embedding.weight")]
+    assert len(tables) == 2 and all(not torch.equal(a[k], init[k]) for k in tables)  # the tables did train
+
+
+def test_lazy_run_updates_only_rows_its_batches_touched(learn_data, tmp_path):
+    """A lazy run's embedding rows that no training request looks up keep their initial
+    values; a dense run moves rows only while they have momentum (so the two runs differ)."""
+    from lcron.models.embeddings import embedding_tables
+    from lcron.train import build_training_objects
+
+    shards = learn_data[2]
+    cfg = TrainConfig(method="bce", batch_size=32, seeds=(2,), compile=False, embedding_optimizer="lazy")
+    train(shards, tmp_path / "lazy", cfg, progress=False, max_steps_per_day=2)
+    trained, _ = load_cascade(tmp_path / "lazy" / "seed-2" / "model.pt")
+    init, _, _ = build_training_objects(shards.setting, shards.embedding_sizes, cfg, 2, "cpu")
+    table = embedding_tables(trained)[0]
+    changed = (table.weight != embedding_tables(init)[0].weight).any(1)
+    # the rows the 2 batches of each day looked up (an upper bound of what may change)
+    from lcron.batches import day_order
+
+    touched = torch.zeros(len(changed), dtype=torch.bool)
+    for i, day in enumerate(shards.days[:-1]):
+        arrays = shards.load_day(day)
+        rows = day_order(len(arrays["label"]), 2, i, True)[:64]
+        touched[table.rows_used({k: np.asarray(arrays[k])[rows] for k in ("context", "user", "seq", "items")})] = True
+    assert changed.any() and not (changed & ~touched).any()
+    assert not changed[table.padding_rows].any()
+    run = json.loads((tmp_path / "lazy" / "run.json").read_text())
+    assert run["train"]["embedding_optimizer"] == "lazy"
+
+
+def test_day_snapshot_scores_the_next_day_like_the_full_model(learn_data, tmp_path):
+    """checkpoints/<day>.pt holds only the rows the next day reads (weights only), yet scores
+    that day exactly as the full model of the same moment; other rows are NaN."""
+    shards = learn_data[2]
+    first = shards.days[0]
+    cfg = TrainConfig(method="lcron", batch_size=32, compile=False, days=f"{first}:{first}")
+    train(shards, tmp_path / "r", cfg, progress=False, max_steps_per_day=3)
+    snap_path = tmp_path / "r" / "seed-1" / "checkpoints" / f"{first}.pt"
+    payload = load_checkpoint(snap_path)
+    assert "optim_state" not in payload and payload["rows_for_day"] == shards.days[1]
+    full, _ = load_cascade(tmp_path / "r" / "seed-1" / "model.pt")   # trained on the first day only
+    snap, _ = load_cascade(snap_path)
+    stored = next(iter(payload["embedding_rows"].values()))["rows"]
+    assert 0 < len(stored) < full.stages[shards.setting.stage_names[0]].embedding.weight.shape[0]
+    batch = gather(shards.load_day(shards.days[1]), slice(None), MODEL_INPUTS)
+    with torch.no_grad():
+        for a, b in zip(full(batch), snap(batch)):
+            assert torch.equal(a, b)
+    weight = snap.stages[shards.setting.stage_names[0]].embedding.weight
+    missing = torch.ones(weight.shape[0], dtype=torch.bool)
+    missing[stored] = False
+    assert torch.isnan(weight[missing]).all() and not torch.isnan(weight[~missing]).any()
+
+
+def test_unknown_embedding_optimizer_is_refused(learn_data, tmp_path):
+    with pytest.raises(ConfigError, match="unknown embedding optimizer 'adagrad'; choose one of dense, lazy"):
+        train(learn_data[2], tmp_path / "r", TrainConfig(method="bce", embedding_optimizer="adagrad"), progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_no_day_snapshots_leaves_only_the_final_model(learn_data, tmp_path):
+    cfg = TrainConfig(method="bce", batch_size=32, compile=False, day_snapshots=False)
+    train(learn_data[2], tmp_path / "r", cfg, progress=False, max_steps_per_day=1)
+    assert sorted(p.name for p in (tmp_path / "r" / "seed-1").iterdir()) == [
+        "model.pt", "summary.json", "train_log.jsonl"]
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["train"]["day_snapshots"] is False
+
+
+def test_cli_embedding_optimizer_flag():
+    import argparse
+
+    from lcron.optim import DEFAULT_EMBEDDING_OPTIMIZER
+    from lcron.train import add_train_arguments
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    base = ["--shards", "s", "--out", "o", "--method", "bce"]
+    args = parser.parse_args(base)
+    assert args.embedding_optimizer == DEFAULT_EMBEDDING_OPTIMIZER and not args.no_day_snapshots
+    assert parser.parse_args(base + ["--embedding-optimizer", "dense", "--no-day-snapshots"]).embedding_optimizer == "dense"
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--embedding-optimizer", "sparse"])

@@ -15,6 +15,14 @@ Padding: index 0 of every kind is padding. Its row starts at zero and never rece
 gradient (the ``padding_idx=0`` semantics of ``nn.Embedding``), so a padding id embeds to
 the zero vector for the whole of training.
 
+Sparse gradients: with ``sparse = True`` (set by the trainer for ``--embedding-optimizer
+lazy``) the backward returns the gradient as an uncoalesced sparse COO tensor - one
+``[dim]`` row per lookup, like ``nn.Embedding(sparse=True)`` - instead of a dense
+``[rows, dim]`` one. Its shape is fixed by the batch (no ``unique`` or filtering here), so
+the backward stays capturable in a CUDA graph; summing repeated ids and the row-wise Adam
+step are :class:`lcron.optim.LazyAdam`'s work. Padding lookups carry zero
+values, so a padding row's moments stay zero and the row itself stays zero.
+
 Initialisation: PyTorch's ``nn.Embedding`` default, N(0, 1) for every non-padding row,
 drawn in a fixed kind order (``EMBEDDING_KINDS``) so that the same torch seed gives the same
 weights whatever order the caller's size dict has.
@@ -58,15 +66,19 @@ class _GatherRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, index: Tensor, padding_rows: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, weight: Tensor, index: Tensor, padding_rows: Tensor,  # type: ignore[override]
+                sparse: bool = False) -> Tensor:
         ctx.save_for_backward(index, padding_rows)
         ctx.num_rows = weight.shape[0]
+        ctx.sparse = sparse
         return F.embedding(index, weight)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         index, padding_rows = ctx.saved_tensors
         rows = ctx.num_rows
+        if ctx.sparse:
+            return _sparse_rows_grad(index, grad, padding_rows, rows), None, None, None
         if grad.device.type == "cpu":
             columns = grad.t().contiguous()                                  # one copy, then contiguous rows
             grad_weight = torch.stack(
@@ -75,7 +87,15 @@ class _GatherRows(torch.autograd.Function):
         else:
             grad_weight = grad.new_zeros((rows, grad.shape[1])).index_add_(0, index, grad)
         grad_weight.index_fill_(0, padding_rows, 0.0)
-        return grad_weight, None, None
+        return grad_weight, None, None, None
+
+
+def _sparse_rows_grad(index: Tensor, grad: Tensor, padding_rows: Tensor, rows: int) -> Tensor:
+    """The gradient of ``weight[index]`` as an uncoalesced sparse COO [rows, dim] tensor:
+    one value row per lookup (repeats not summed), padding lookups zeroed. Fixed shapes, no
+    host synchronisation (CUDA-graph friendly)."""
+    values = grad.contiguous().masked_fill(torch.isin(index, padding_rows).unsqueeze(1), 0.0)
+    return torch.sparse_coo_tensor(index.unsqueeze(0), values, (rows, grad.shape[1]), check_invariants=False)
 
 
 class FeatureEmbedding(nn.Module):
@@ -103,6 +123,8 @@ class FeatureEmbedding(nn.Module):
             start += self.sizes[k]
         self.offsets = offsets
         self.weight = nn.Parameter(torch.empty(start, self.dim))
+        # True: the backward returns a sparse (touched rows only) gradient, for LazyAdam.
+        self.sparse = False
         self.register_buffer("padding_rows", torch.tensor([offsets[k] for k in self.kinds], dtype=torch.long),
                              persistent=False)
         # Per input array: the row offset and the table size of each column's kind.
@@ -128,6 +150,23 @@ class FeatureEmbedding(nn.Module):
         o = self.offsets[kind]
         return self.weight[o:o + self.sizes[kind]]
 
+    def rows_used(self, arrays: Mapping[str, "np.ndarray"], chunk: int = 8192) -> Tensor:
+        """The rows of ``weight`` that the model inputs in ``arrays`` (a day's shard arrays)
+        look up, ascending (int64): what scoring those requests reads. Chunked over
+        requests, so memory stays bounded on a full-size day."""
+        import numpy as np
+
+        used = torch.zeros(self.weight.shape[0], dtype=torch.bool)
+        for name in _LAYOUT:
+            if name not in arrays:
+                continue
+            ids = arrays[name]
+            for start in range(0, len(ids), chunk):
+                part = torch.from_numpy(np.asarray(ids[start:start + chunk], dtype=np.int64))
+                part = part.to(self.padding_rows.device)
+                used[self._global_rows(name, part).cpu().reshape(-1)] = True
+        return used.nonzero().reshape(-1)
+
     def forward(self, **arrays: Tensor) -> list[Tensor]:
         """Embed the given input arrays (names from ``context``, ``user``, ``seq``, ``items``).
 
@@ -140,7 +179,7 @@ class FeatureEmbedding(nn.Module):
             flat.append(self._global_rows(name, ids).reshape(-1))
             shapes.append(ids.shape)
         index = flat[0] if len(flat) == 1 else torch.cat(flat)
-        rows = _GatherRows.apply(self.weight, index, self.padding_rows)
+        rows = _GatherRows.apply(self.weight, index, self.padding_rows, self.sparse)
         # split (not slicing): its backward writes all parts' gradients into one tensor.
         parts = rows.split([shape.numel() for shape in shapes]) if len(shapes) > 1 else (rows,)
         return [p.view(*shape[:-1], shape[-1] * self.dim) for p, shape in zip(parts, shapes)]
@@ -190,6 +229,11 @@ def ids_prechecked() -> Iterator[None]:
         yield
     finally:
         _IDS_PRECHECKED.reset(token)
+
+
+def embedding_tables(module: nn.Module) -> list[FeatureEmbedding]:
+    """Every :class:`FeatureEmbedding` inside ``module`` (one per stage model), in module order."""
+    return [m for m in module.modules() if isinstance(m, FeatureEmbedding)]
 
 
 def float_mask(seq_mask: Tensor, seq: Tensor, dtype: torch.dtype) -> Tensor:

@@ -136,6 +136,10 @@ def test_parameter_defaults(compiled):
     assert cpu["compile"]["defaultValue"] is False and gpu["compile"]["defaultValue"] is False
     assert cpu["synthetic_requests_per_day"]["defaultValue"] == 2000 and cpu["days"]["defaultValue"] == ""
     assert cpu["reference_quirks"]["defaultValue"] is False
+    from lcron.optim import DEFAULT_EMBEDDING_OPTIMIZER
+
+    assert cpu["embedding_optimizer"]["defaultValue"] == DEFAULT_EMBEDDING_OPTIMIZER == gpu["embedding_optimizer"][
+        "defaultValue"]
 
 
 def test_image_ref():

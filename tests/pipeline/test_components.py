@@ -39,7 +39,7 @@ def chain(tmp_path_factory):
     arts["model"] = FakeArtifact(base / "model")
     components.train.python_func(shards=arts["shards"], method="lcron", loss_options={}, seeds=[1.0],
                                  batch_size=16, lr=0.01, dim=8, days="", max_steps_per_day=2, device="cpu",
-                                 compile=False, model=arts["model"])
+                                 compile=False, embedding_optimizer="lazy", model=arts["model"])
     arts["evaluation"], arts["metrics"] = FakeArtifact(base / "eval"), FakeArtifact(base / "metrics")
     components.evaluate.python_func(model=arts["model"], shards=arts["shards"], days="", streaming=False,
                                     batch_size=64, device="cpu", compile=False, tie_seed=0,

@@ -1,0 +1,156 @@
+"""``lcron bench`` rows at RecFlow vocabulary sizes: training per embedding optimizer and
+the run folder's checkpoint sizes (registered as the ``train_vocab`` benchmark).
+
+Why a scaled shard set instead of generated data: what the vocabulary changes is the size
+of the embedding tables (every dense Adam step reads and writes all of them, every
+checkpoint stores them) and how many distinct rows a batch touches. So the bench takes its
+own shard set and, per day, replaces every non-padding id of the kinds whose RecFlow
+vocabulary is larger (videos, authors, users, devices) by an id drawn uniformly from that
+vocabulary, one draw per occurrence (seeded by the day): every lookup hits a random row of
+the full-size table - the worst case for the rows touched per batch and for the caches.
+Vocabulary: ``RECFLOW_ID_COUNTS`` (9M videos, 2M authors, 42k users: ~11.1M rows per stage
+model at dim 8, 355 MB of float32 weights).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lcron.data import fields
+from lcron.data.shards import ShardSet
+
+#: RecFlow's vocabulary (issue 19): the synthetic id counts with 9M videos, 2M authors, 42k users.
+RECFLOW_ID_COUNTS: dict[str, int] = {
+    "user_id": 42_000, "device_id": 42_000, "age": 8, "gender": 3, "province": 34, "video_id": 9_000_000,
+    "author_id": 2_000_000, "category_level_one": 24, "category_level_two": 120, "upload_type": 8,
+}
+
+# Per model input: the kind of each id column (the embedding's layout).
+_COLUMNS: dict[str, tuple[str, ...]] = {"context": fields.CONTEXT_KINDS, "user": fields.USER_KINDS,
+                                        "seq": fields.SEQ_KINDS, "items": fields.ITEM_KINDS}
+
+
+class VocabularyScaledShards(ShardSet):
+    """A shard set read with its ids spread over larger vocabularies (see the module docstring)."""
+
+    def __init__(self, root: str | Path, id_counts: dict[str, int] = RECFLOW_ID_COUNTS) -> None:
+        super().__init__(root)
+        self.embedding_sizes = fields.embedding_sizes(id_counts)
+        self._small = dict(fields.embedding_sizes(self.id_counts))
+        self.id_counts = dict(id_counts)
+
+    def load_day(self, day: str, mmap: bool = True) -> dict[str, np.ndarray]:
+        arrays = dict(super().load_day(day, mmap=False))
+        rng = np.random.default_rng([int(day.replace("-", "")), 19])
+        for name, kinds in _COLUMNS.items():
+            ids = np.asarray(arrays[name], dtype=np.int64).copy()
+            for c, kind in enumerate(kinds):
+                size = self.embedding_sizes[kind]
+                if size <= self._small[kind]:
+                    continue
+                col = ids[..., c]
+                draws = rng.integers(1, size, size=col.shape)
+                ids[..., c] = np.where(col > 0, draws, 0)
+            arrays[name] = ids
+        return arrays
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def worker_train_vocab(p: dict[str, Any]) -> dict[str, Any]:
+    """Train ``method`` once at RecFlow vocabulary with ``embedding_optimizer`` (a benchmark
+    child): steady requests/s from summary.json, peak memory, and the sizes of the seed
+    folder, model.pt, the day snapshots and a resume checkpoint (full state, written once
+    more after training since a complete seed deletes its own)."""
+    import torch
+
+    from lcron import atomic
+    from lcron.batches import day_order, iter_batches
+    from lcron.bench import _loadavg, _measured
+    from lcron.train import RESUME_FILE, TrainConfig, _checkpoint_payload, build_training_objects, train
+
+    shards = VocabularyScaledShards(p["shards"])
+    cfg = TrainConfig(method=p["method"], batch_size=int(p["batch_size"]), seeds=(1,), compile=bool(p["compile"]),
+                      embedding_optimizer=p["embedding_optimizer"], days=f"{shards.days[0]}:{shards.days[-1]}")
+    out = Path(p["out"])
+    with _measured() as m:
+        (res,) = train(shards, out, cfg, overwrite=True, progress=False, max_steps_per_day=int(p["steps_per_day"]))
+    s = res.summary
+    folder = out / "seed-1"
+    snapshots = sorted((folder / "checkpoints").glob("*.pt"))
+    sizes = {"seed_folder_mb": _dir_bytes(folder) / 2**20, "model_mb": (folder / "model.pt").stat().st_size / 2**20,
+             "day_snapshot_mb": [round(x.stat().st_size / 2**20, 2) for x in snapshots]}
+    # the resume checkpoint as training writes it after a day (optimizer state after one step)
+    cascade, loss, optimizers = build_training_objects(shards.setting, shards.embedding_sizes, cfg, 1, "cpu")
+    arrays = shards.load_day(shards.days[0])
+    batch = next(iter_batches(arrays, day_order(len(arrays["label"]), 1, 0, True), cfg.batch_size, drop_last=True))
+    loss(cascade(batch), batch["label"], batch["mask"]).total.backward()
+    for opt in optimizers.values():
+        opt.step()
+    resume = out / RESUME_FILE
+    t0 = time.perf_counter()
+    atomic.save_torch(resume, _checkpoint_payload({}, 1, shards.days[0], 0, 1, cfg.batch_size, cascade, loss,
+                                                  optimizers))
+    sizes["resume_write_s"] = time.perf_counter() - t0
+    sizes["resume_mb"] = resume.stat().st_size / 2**20
+    os.unlink(resume)
+    rows = sum(t.numel() for n, t in cascade.state_dict().items() if n.endswith("embedding.weight")) // cfg.dim
+    return {**m, "method": p["method"], "embedding_optimizer": p["embedding_optimizer"], "setting": s["setting"],
+            "steps": s["steps"], "steady": s["steady_requests_per_s"], "first_step_s": s["first_step_seconds"],
+            "batch_size": cfg.batch_size, "embedding_rows": rows, "days": len(s["days"]), **sizes,
+            "threads": torch.get_num_threads(), "device": s["device"], "load_1m": _loadavg()}
+
+
+#: Per bench mode: the vocabulary, the methods and settings trained, batches per day. Quick
+#: mode (CI) checks the rows work on a 10x smaller vocabulary.
+VOCAB_PARAMS: dict[str, dict[str, Any]] = {
+    "quick": {"id_counts": {**RECFLOW_ID_COUNTS, "video_id": 90_000, "author_id": 20_000}, "methods": ("lcron",),
+              "stages": (2,), "batch_size": 32, "steps_per_day": 1, "compile": False},
+    "default": {"id_counts": RECFLOW_ID_COUNTS, "methods": ("lcron",), "stages": (2, 3), "batch_size": 1024,
+                "steps_per_day": 1, "compile": True},
+    "full": {"id_counts": RECFLOW_ID_COUNTS, "methods": ("lcron",), "stages": (2, 3), "batch_size": 1024,
+             "steps_per_day": 2, "compile": True},
+}
+
+
+def bench_train_vocab(ctx: Any) -> list[dict[str, Any]]:
+    """Training requests/s at RecFlow vocabulary per embedding optimizer (one fresh child
+    process per run), and the run folder's sizes: ``train_vocab`` rows (value = steady
+    requests/s) and ``checkpoint`` rows (value = MiB of the seed folder after the run, with
+    model.pt, the resume checkpoint and the day snapshots apart)."""
+    import json
+    import shutil
+
+    from lcron.bench import SETTING_NAMES, _r, _run_worker
+    from lcron.optim import EMBEDDING_OPTIMIZERS
+
+    vp = VOCAB_PARAMS[ctx.mode]
+    rows: list[dict[str, Any]] = []
+    for stages in vp["stages"]:
+        for method in vp["methods"]:
+            for opt in EMBEDDING_OPTIMIZERS:
+                ctx.log(f"  train {method} at RecFlow vocabulary, {opt} embeddings ({SETTING_NAMES[stages]}) ...")
+                out = ctx.work_dir / "runs-vocab" / f"{method}-{stages}-{opt}"
+                shutil.rmtree(out, ignore_errors=True)
+                r = _run_worker(["train_vocab", json.dumps({
+                    "shards": str(ctx.shards(stages)), "out": str(out), "method": method, "embedding_optimizer": opt,
+                    "batch_size": vp["batch_size"], "steps_per_day": vp["steps_per_day"], "compile": vp["compile"]})])
+                shutil.rmtree(out, ignore_errors=True)
+                common = {"setting": r["setting"], "embedding_optimizer": opt, "embedding_rows": r["embedding_rows"],
+                          "device": r["device"], "threads": r["threads"], "load_1m": r["load_1m"]}
+                rows.append({"name": "train_vocab", "case": f"{method}/{opt}", "value": _r(r["steady"]),
+                             "unit": "requests/s", "batch_size": r["batch_size"], "steps": r["steps"],
+                             "first_step_s": _r(r["first_step_s"], 2), "peak_rss_mb": _r(r["peak_rss_mb"]),
+                             **common})
+                rows.append({"name": "checkpoint", "case": f"{method}/{opt}", "value": _r(r["seed_folder_mb"]),
+                             "unit": "MiB/seed", "days": r["days"], "model_mb": _r(r["model_mb"]),
+                             "resume_mb": _r(r["resume_mb"]), "resume_write_s": _r(r["resume_write_s"], 2),
+                             "day_snapshot_mb": r["day_snapshot_mb"], **common})
+    return rows
