@@ -510,9 +510,19 @@ def _streaming_table(stream: Mapping[str, Any], m: Mapping[str, Any]) -> Table:
 
 def _training_table(summaries: Mapping[int, Mapping[str, Any]]) -> Table:
     rows = [[f"seed {s}", d.get("steps"), d.get("requests"), d.get("final_loss"), d.get("steady_requests_per_s"),
-             d.get("device")] for s, d in summaries.items()]
+             d.get("device"), _dropped(d)] for s, d in summaries.items()]
     return Table("training", "Training summary",
-                 ["seed", "steps", "requests", "final loss", "requests/s (steady)", "device"], rows)
+                 ["seed", "steps", "requests", "final loss", "requests/s (steady)", "device",
+                  "dropped (partial batches)"], rows,
+                 note="each day's last partial batch is not trained on; dropped = those requests of the training days")
+
+
+def _dropped(summary: Mapping[str, Any]) -> str | None:
+    """``"976 of 6000 (16.3%)"``; None for runs trained before the count was recorded."""
+    if summary.get("dropped_requests") is None or not summary.get("requests_in_days"):
+        return None
+    return (f"{summary['dropped_requests']} of {summary['requests_in_days']} "
+            f"({100 * summary['dropped_requests'] / summary['requests_in_days']:.1f}%)")
 
 
 def _weights_table(summaries: Mapping[int, Mapping[str, Any]]) -> Table | None:

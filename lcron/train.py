@@ -28,6 +28,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -80,6 +81,21 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.dim < 1:
             raise ConfigError(f"embedding dim must be >= 1, got {self.dim}")
+
+
+def normalise_loss_options(method: str, options: Mapping[str, Any], setting: Setting) -> dict[str, Any]:
+    """The method's options parsed to their typed values ("50" and 50.0 alike become 50.0; "30,20"
+    becomes [30, 20]), checked by building the loss once for ``setting``.
+
+    Runs before anything is written, so a bad option never leaves a run.json behind that would
+    then refuse the corrected command, and equal configurations hash equally however they were
+    spelled (CLI strings, KFP's floats, Python values).
+    """
+    from .losses import build_loss, parse_options
+
+    parsed = {k: list(v) if isinstance(v, tuple) else v for k, v in parse_options(method, options).items()}
+    build_loss(method, setting=setting, **parsed)  # constructor-side checks (e.g. k per stage)
+    return parsed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -226,7 +242,10 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     cfg.validate()
     shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards)
     run_setting = _resolve_setting(shard_set.setting, setting, stages)
+    cfg = dataclasses.replace(cfg, lr=float(cfg.lr),
+                              loss_options=normalise_loss_options(cfg.method, cfg.loss_options, run_setting))
     days = training_days(shard_set, cfg.days)
+    plan = batch_plan({d: shard_set.num_requests(d) for d in days}, cfg.batch_size, max_steps_per_day)
     device = resolve_device(cfg.device)
     out = Path(out)
 
@@ -241,6 +260,7 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
         "days": days,
         "shards": str(shard_set.root),
         "data_fingerprint": shard_set.fingerprint(),
+        "batch_plan": plan.summary(),  # a function of the fields above: the hash does not change with it
     }
     run_cfg["config_hash"] = config_hash({k: v for k, v in run_cfg.items() if k != "shards"})
     _claim_run_folder(out, run_cfg, cfg, overwrite)
@@ -250,6 +270,61 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
         results.append(_train_seed(shard_set, out, run_cfg, run_setting, days, cfg, seed, device, progress,
                                    max_steps_per_day))
     return results
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many requests each training day holds and how many full batches it yields.
+
+    The trainer drops each day's last partial batch (every step sees ``batch_size``
+    requests); this makes that loss visible before anything is written.
+    """
+
+    requests: dict[str, int]
+    batches: dict[str, int]
+    batch_size: int
+
+    @property
+    def dropped(self) -> int:
+        """Requests of the days that fall in no full batch (a ``max_steps_per_day`` cap not counted)."""
+        return sum(n % self.batch_size for n in self.requests.values())
+
+    def summary(self) -> dict[str, Any]:
+        total = sum(self.requests.values())
+        return {"requests_in_days": total, "dropped_requests": self.dropped,
+                "dropped_fraction": self.dropped / total if total else 0.0}
+
+
+#: Above this share of requests lost to partial batches, training warns (e.g. 2,000 requests a day
+#: at batch 1,024 lose 49%).
+DROPPED_WARN_FRACTION = 0.1
+
+
+def batch_plan(day_requests: Mapping[str, int], batch_size: int, max_steps_per_day: int | None) -> BatchPlan:
+    """Full batches per day; an error when no day holds one (the run would write an untrained model),
+    a warning with counts for days without one or when many requests fall in partial batches."""
+    if max_steps_per_day is not None and (isinstance(max_steps_per_day, bool) or
+                                          not isinstance(max_steps_per_day, int) or max_steps_per_day < 1):
+        raise ConfigError(f"max steps per day must be an integer >= 1 (or no cap), got {max_steps_per_day!r}")
+    batches = {d: n // batch_size if max_steps_per_day is None else min(n // batch_size, max_steps_per_day)
+               for d, n in day_requests.items()}
+    plan = BatchPlan(dict(day_requests), batches, batch_size)
+    counts = ", ".join(f"{d}: {n}" for d, n in day_requests.items())
+    if not any(batches.values()):
+        raise DataError(f"no training day holds a full batch of {batch_size} requests (requests per day: {counts}); "
+                        f"training would write an untrained model. Lower --batch-size (at most "
+                        f"{max(day_requests.values(), default=0)} here) or train on more data")
+    short = [d for d, b in batches.items() if b == 0]
+    if short:
+        warnings.warn(f"{len(short)} of {len(batches)} training day(s) hold fewer requests than one batch of "
+                      f"{batch_size} and are not trained on: "
+                      + ", ".join(f"{d} ({day_requests[d]} requests)" for d in short), stacklevel=3)
+    total = sum(day_requests.values())
+    if total and plan.dropped / total > DROPPED_WARN_FRACTION:
+        warnings.warn(f"{plan.dropped} of {total} training requests ({plan.dropped / total:.0%}) fall in the last "
+                      f"partial batch of their day and are not trained on (batch size {batch_size}); "
+                      "a smaller --batch-size uses more of the data", stacklevel=3)
+    return plan
 
 
 def _resolve_setting(shard_setting: Setting, override, stages: int | None) -> Setting:
@@ -372,6 +447,7 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         "compile": cfg.compile,
         "learned_weights": learned_weights(loss),
         "final_loss": records[-1]["total"] if records else None,
+        **run_cfg.get("batch_plan", {}),
     }
     atomic.write_json(summary_path, summary)
     log(f"seed {seed}: trained {step} steps on {len(days)} day(s); model in {folder / 'model.pt'}")

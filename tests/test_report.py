@@ -135,7 +135,7 @@ def test_escaping():
     assert "col\\|1" in md and "a\\|b" in md
 
 
-def test_training_loss_curves_from_the_logs(evaluated):
+def test_training_loss_curves_from_the_logs(evaluated, tiny_shards_2):
     curves = read_train_logs(evaluated.run, [1, 2])
     assert list(curves)[0] == "total"
     assert {"single/retrieval", "single/prerank"} <= set(curves)
@@ -147,6 +147,10 @@ def test_training_loss_curves_from_the_logs(evaluated):
     summary = json.loads((evaluated.run / "seed-1" / "summary.json").read_text())
     assert doc["tables"]["training"]["rows"][0][:4] == ["seed 1", summary["steps"], summary["requests"],
                                                         summary["final_loss"]]
+    total, dropped = summary["requests_in_days"], summary["dropped_requests"]
+    days = json.loads((evaluated.run / "run.json").read_text())["days"]
+    assert dropped == sum(tiny_shards_2.num_requests(d) % 16 for d in days) > 0 and doc["tables"]["training"]["rows"][0][6] == (
+        f"{dropped} of {total} ({100 * dropped / total:.1f}%)")
     assert "loss_weights" not in doc["tables"]  # BCE learns no loss weights
 
 

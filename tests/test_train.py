@@ -238,3 +238,68 @@ def test_kill_and_resume_matches_uninterrupted_run(learn_data, tmp_path):
     ref_sum = json.loads((ref / "seed-5/summary.json").read_text())
     res_sum = json.loads((out / "seed-5/summary.json").read_text())
     assert res_sum["final_loss"] == ref_sum["final_loss"] and res_sum["steps"] == ref_sum["steps"]
+
+
+# ---------------------------------------------------------------- configuration checked before writing
+def test_no_full_batch_is_an_error_before_anything_is_written(learn_data, tmp_path):
+    """Batch larger than every day: the run would write an untrained model; nothing is written."""
+    from lcron.errors import DataError
+
+    with pytest.raises(DataError, match=r"no training day holds a full batch of 1000 requests .*2024-01-\d\d: 400"):
+        train(learn_data[2], tmp_path / "r", TrainConfig(method="bce", batch_size=1000, compile=False), progress=False)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match="max steps per day must be an integer >= 1"):
+        train(learn_data[2], tmp_path / "r", TrainConfig(method="bce", batch_size=32, compile=False), progress=False,
+              max_steps_per_day=0)
+    assert not (tmp_path / "r").exists()
+
+
+def test_dropped_requests_are_counted_and_warned(learn_data, tmp_path):
+    """300 of each 400-request day fall in no batch of 256: the summary counts them, training warns."""
+    shards = learn_data[2]
+    days = shards.days[:-1]
+    with pytest.warns(UserWarning, match=r"of \d+ training requests \(\d+%\) fall in the last partial batch"):
+        (res,) = train(shards, tmp_path / "r", TrainConfig(method="bce", batch_size=256, compile=False),
+                       progress=False, max_steps_per_day=1)
+    total = sum(shards.num_requests(d) for d in days)
+    dropped = sum(shards.num_requests(d) % 256 for d in days)
+    assert res.summary["requests_in_days"] == total and res.summary["dropped_requests"] == dropped
+    assert res.summary["dropped_fraction"] == pytest.approx(dropped / total)
+    on_disk = json.loads((tmp_path / "r" / "seed-1" / "summary.json").read_text())
+    assert on_disk["dropped_requests"] == dropped
+
+
+def test_short_day_is_a_warning_with_counts():
+    from lcron.train import batch_plan
+
+    with pytest.warns(UserWarning, match=r"1 of 2 training day\(s\) .* 2024-01-02 \(10 requests\)"):
+        plan = batch_plan({"2024-01-01": 64, "2024-01-02": 10}, 32, None)
+    assert plan.batches == {"2024-01-01": 2, "2024-01-02": 0} and plan.dropped == 10
+
+
+def test_bad_loss_option_writes_nothing_and_the_corrected_rerun_works(learn_data, tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(ConfigError, match="has no option"):
+        train(learn_data[2], out, TrainConfig(method="lcron", loss_options={"tua": "5"}, batch_size=32, compile=False),
+              progress=False, max_steps_per_day=1)
+    with pytest.raises(ConfigError, match="option k=.* has 3 entries"):
+        train(learn_data[2], out, TrainConfig(method="lcron", loss_options={"k": "5,4,3"}, batch_size=32,
+                                              compile=False), progress=False, max_steps_per_day=1)
+    assert not out.exists()
+    (res,) = train(learn_data[2], out, TrainConfig(method="lcron", loss_options={"tau": "5"}, batch_size=32,
+                                                  compile=False), progress=False, max_steps_per_day=1)
+    assert not res.skipped
+
+
+def test_option_spellings_hash_alike(learn_data, tmp_path):
+    """"50" from a command line, 50.0 from KFP and 50 from Python are one configuration."""
+    out = tmp_path / "r"
+    hashes = set()
+    for spelling in ("50", 50.0, 50):
+        train(learn_data[2], out, TrainConfig(method="lcron", loss_options={"tau": spelling, "k": "30,20"},
+                                              batch_size=32, lr=1, compile=False), progress=False,
+              max_steps_per_day=1)
+        run = json.loads((out / "run.json").read_text())
+        hashes.add(run["config_hash"])
+        assert run["loss_options"] == {"tau": 50.0, "k": [30, 20]} and run["train"]["lr"] == 1.0
+    assert len(hashes) == 1
