@@ -9,7 +9,7 @@ REGISTRY ?= localhost:5000
 IMAGE ?= lcron-pipelines
 TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 EXPERIMENT ?= lcron
-METHODS ?= bce icc rankflow fs_ranknet fs_lambdaloss arf arf_v2 lcron
+METHODS ?= all
 STAGES ?= 2 3
 # Pipeline (docs/pipeline.md): one run's method/stages, the KFP endpoint, GPU request, local roots.
 METHOD ?= lcron
@@ -55,7 +55,7 @@ submit: pipeline ## submit runs to KFP: make submit HOST=http://... METHOD=lcron
 		--methods $(subst $(space),$(comma),$(strip $(METHOD))) --stages $(subst $(space),$(comma),$(strip $(STAGES))) \
 		--seeds $(SEEDS)
 
-sweep-local: $(STAMP) ## run METHODS x STAGES locally one after another (resumable), then compare them
+sweep-local: $(STAMP) ## run METHODS (default all registered) x STAGES on synthetic data, one seed (resumable), then compare
 	$(PY) -m pipelines.sweep_local --root $(SWEEP_ROOT) \
 		--methods $(subst $(space),$(comma),$(strip $(METHODS))) --stages $(subst $(space),$(comma),$(strip $(STAGES)))
 

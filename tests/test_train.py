@@ -38,9 +38,9 @@ def learn_data(tmp_path_factory):
     }
 
 
-def _stage_recalls(run_dir: Path, shards: ShardSet) -> tuple[list[float], list[float]]:
+def _stage_recalls(run_dir: Path, shards: ShardSet, seed: int = 1) -> tuple[list[float], list[float]]:
     """Mean Recall@10@m per stage of the trained model and of a random scorer on the test day."""
-    cascade, _ = load_cascade(run_dir / "seed-1" / "model.pt")
+    cascade, _ = load_cascade(run_dir / f"seed-{seed}" / "model.pt")
     arrays = shards.load_day(shards.days[-1])
     batch = gather(arrays, slice(None), MODEL_INPUTS)
     with torch.no_grad():
@@ -60,13 +60,15 @@ def _stage_recalls(run_dir: Path, shards: ShardSet) -> tuple[list[float], list[f
 SUPERVISED_PARTS = {"rankflow": "bce/"}
 
 
-def _fixed_batch_loss(run_dir: Path, shards: ShardSet, method: str, payload_path: Path | None) -> float:
-    """The method's loss on the first 64 test requests, with the models (and loss weights) of a payload."""
+def _fixed_batch_loss(run_dir: Path, shards: ShardSet, method: str, payload_path: Path | None, *, seed: int = 1,
+                      requests: int | None = None) -> float:
+    """The method's loss on the first ``requests`` test requests (None: the whole test day), with the
+    models (and loss weights) of a payload, or as the trainer initialised them for ``seed``."""
     from lcron.losses import build_loss
     from lcron.models import build_cascade
 
     setting = shards.setting
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     cascade = build_cascade(setting, dict(shards.embedding_sizes), compile=False)
     loss = build_loss(method, setting=setting)
     if payload_path is not None:
@@ -74,7 +76,8 @@ def _fixed_batch_loss(run_dir: Path, shards: ShardSet, method: str, payload_path
         cascade.load_state_dict(state["model_state"])
         loss.load_state_dict(state["loss_state"])
     arrays = shards.load_day(shards.days[-1])
-    batch = gather(arrays, np.arange(64), ("context", "user", "seq", "seq_mask", "items", "label", "mask"))
+    n = len(arrays["label"]) if requests is None else requests
+    batch = gather(arrays, np.arange(n), ("context", "user", "seq", "seq_mask", "items", "label", "mask"))
     with torch.no_grad():
         out = loss(cascade(batch), batch["label"], batch["mask"])
     prefix = SUPERVISED_PARTS.get(method)

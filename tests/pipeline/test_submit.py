@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +169,42 @@ def test_documented_kfp_run_submit_syntax(tmp_path):
     (call,) = client.runs
     assert call["job_name"] == "lcron-2stage-seed1-3" and call["pipeline_package_path"] == str(package)
     assert call["params"] == {"method": "lcron", "stages": 2, "seeds": [1, 2, 3], "compile": False}
+
+
+@pytest.fixture
+def ninth_method():
+    """A ninth method registered the documented way (a @register'ed CascadeLoss), removed after."""
+    from lcron.losses import register, unregister
+    from lcron.losses.bce import BCELoss
+
+    @register("ninth")
+    class Ninth(BCELoss):
+        pass
+
+    yield "ninth"
+    unregister("ninth")
+
+
+def test_a_ninth_registered_method_is_submitted_and_swept(ninth_method, tmp_path, monkeypatch, capsys):
+    from pipelines import sweep_local
+    from pipelines.run_local import LocalRun
+
+    assert ninth_method in submit.ALL_METHODS and ninth_method in submit.expand_methods("all")
+    assert [r.method for r in plan_runs([ninth_method], [2], [1])] == [ninth_method]
+    package = tmp_path / "p.yaml"
+    package.write_text("{}")
+    assert submit.main(["--package", str(package), "--methods", "all", "--stages", "2", "--dry-run"]) == 0
+    assert "ninth-2stage-seed1-5" in capsys.readouterr().out
+    ran = []
+    monkeypatch.setattr(sweep_local, "run_pipeline",
+                        lambda package, params, root, docker=False: ran.append(params) or LocalRun(Path(root), params))
+    summary = sweep_local.sweep_local([ninth_method], [2], tmp_path / "sweep", package=package, compare=False)
+    assert summary["ran"] == ["ninth-2stage"] and ran == [{"method": "ninth", "stages": 2}]
+
+
+def test_no_method_list_outside_the_registry():
+    """The Makefile, submit and the local sweep name no methods: they read the registry."""
+    root = Path(__file__).resolve().parents[2]
+    for rel in ("Makefile", "pipelines/submit.py", "pipelines/sweep_local.py"):
+        text = (root / rel).read_text()
+        assert "fs_lambdaloss" not in text and "arf_v2" not in text, rel
