@@ -432,15 +432,16 @@ def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None
 
 
 def print_summary(res: Mapping[str, Any]) -> None:
-    """One line per method on stderr: end-to-end recall and the paired difference."""
-    import sys
+    """One line per method on the ``lcron`` logger: end-to-end recall and the paired difference."""
+    from lcron.logs import get_logger
 
-    print(f"setting {res['setting']}:", file=sys.stderr)
+    log = get_logger(__name__)
+    log.info(f"setting {res['setting']}:")
     for r in res["rows"]:
         p = r["paired"]
         diff = "" if p["mean_diff"] is None else (
             f"  Δ {p['mean_diff']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]")
-        print(f"  {r['label']:<28} {format_cell(r['values'][HEADLINE])}{diff}", file=sys.stderr)
+        log.info(f"  {r['label']:<28} {format_cell(r['values'][HEADLINE])}{diff}")
 
 
 # --------------------------------------------------------------------------- CLI

@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,30 +37,33 @@ import torch
 
 from . import atomic
 from .batches import day_order, iter_batches
+from .defaults import TRAIN
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
 from .progress import Progress
+from .logs import get_logger
 from .settings import Setting, get_setting
 
 FORMAT_VERSION = 1
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A progress fact on the ``lcron`` logger (stderr; ``lcron -q`` silences it)."""
+    get_logger(__name__).info(msg)
 
 
 @dataclass
 class TrainConfig:
     """What a user chooses for one training run (all seeds share it)."""
 
-    method: str = "lcron"
+    method: str = TRAIN.method
     loss_options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 1024
-    lr: float = 1e-2
-    seeds: tuple[int, ...] = (1,)
+    batch_size: int = TRAIN.batch_size
+    lr: float = TRAIN.lr
+    seeds: tuple[int, ...] = TRAIN.seeds
     days: str | None = None  # "FIRST:LAST" of the shard set; default: every day but the last (the test day)
     device: str = "auto"
     compile: bool = True
-    dim: int = 8
+    dim: int = TRAIN.dim
     shuffle: bool = True
 
     def validate(self) -> None:
@@ -513,11 +515,13 @@ def add_train_arguments(parser) -> None:
                         "fs_lambdaloss, arf, arf_v2, lcron, or a registered one)")
     parser.add_argument("--stages", type=int, choices=(2, 3), help="check the shards hold this built-in setting")
     parser.add_argument("--setting", help="setting file (JSON/YAML) overriding the shard set's setting, e.g. other quotas")
-    parser.add_argument("--seeds", default="1", help="comma-separated seeds, one model folder each (default 1)")
+    seeds = ",".join(map(str, TRAIN.seeds))
+    parser.add_argument("--seeds", default=seeds, help=f"comma-separated seeds, one model folder each (default {seeds})")
     parser.add_argument("--loss-option", action="append", metavar="KEY=VALUE",
                         help="an option of the method, e.g. reference_quirks=true or k=30,20 (repeatable)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="requests per step (default 1024)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
+    parser.add_argument("--batch-size", type=int, default=TRAIN.batch_size,
+                        help=f"requests per step (default {TRAIN.batch_size})")
+    parser.add_argument("--lr", type=float, default=TRAIN.lr, help=f"Adam learning rate (default {TRAIN.lr})")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--days", help="training days FIRST:LAST (inclusive); default every day but the last")
     parser.add_argument("--no-compile", action="store_true", help="run eager PyTorch (no torch.compile fusion)")

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from lcron.errors import ConfigError, LcronError
+from lcron.logs import get_logger
 from pipelines.run_local import (DEFAULT_PACKAGE, add_local_options, resolve_local_options, run_pipeline)
 from pipelines.submit import check_methods_and_stages, expand_methods
 
 DEFAULT_ROOT = Path("runs/sweep-local")
 MARKER = "done.json"
+log = get_logger(__name__)
 
 
 def config_name(method: str, stages: int) -> str:
@@ -64,11 +66,11 @@ def sweep_local(methods: Sequence[str], stages: Sequence[int], root: str | Path 
             run_params = {**dict(params or {}), "method": method, "stages": n}
             done = read_marker(folder)
             if done is not None and done.get("params") == run_params:
-                print(f"[sweep] {name}: complete, skipped", file=sys.stderr)
+                log.info(f"[sweep] {name}: complete, skipped")
                 summary["skipped"].append(name)
                 summary["configs"][name] = done
                 continue
-            print(f"[sweep] {name}: running", file=sys.stderr)
+            log.info(f"[sweep] {name}: running")
             run = run_pipeline(package, run_params, folder / "kfp", docker=docker)
             marker = {"name": name, "method": method, "stages": n, **run.to_dict()}
             atomic.write_json(folder / MARKER, marker)

@@ -17,13 +17,14 @@ from typing import Any
 from lcron.data import schemas as S
 from lcron.data.recflow import RecFlowReader, RecFlowWarning
 from lcron.data.source import Source
+from lcron.defaults import PREPROCESS
 from lcron.errors import DataError
 
 __all__ = ["validate", "format_summary"]
 
 
 def validate(source: "str | Path | Source", days: str | None = None,
-             max_missing_fraction: float = 0.01) -> list[dict[str, Any]]:
+             max_missing_fraction: float = PREPROCESS.max_missing_fraction) -> list[dict[str, Any]]:
     """Per-day summaries: ``day``, ``ok``, ``rows``, ``requests`` (usable),
     ``requests_in_all_stage``, ``dropped`` (missing from each pkl / without index),
     ``items_per_label`` (stored rows per request: mean, max, requests with any), ``problems``

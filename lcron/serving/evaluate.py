@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -48,6 +47,7 @@ from lcron import atomic
 from lcron.errors import ConfigError, DataError
 from lcron.evaluate import open_run_shards, read_run_config
 from lcron.progress import Progress
+from lcron.logs import get_logger
 from lcron.serving.index import (Corpus, IndexOptions, build_corpus, build_index, check_kind, clamp_k1,
                                  overlap_recall, retrieval_tower, rows_in, search, stage_modules, user_vectors)
 from lcron.serving.loader import DEFAULT_MAX_SLOTS, run_cascade, score_items
@@ -59,7 +59,8 @@ REQUEST_NAMES = ("context", "user", "seq", "seq_mask")
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A progress fact on the ``lcron`` logger (stderr; ``lcron -q`` silences it)."""
+    get_logger(__name__).info(msg)
 
 
 def summarize(values: Sequence[float | None]) -> dict[str, Any]:
@@ -508,7 +509,7 @@ def run_serve_eval(args: argparse.Namespace) -> int:
     doc = serving_evaluate(args.model, args.shards, day=args.day, k1=parse_k1(args.k1), index=args.index,
                            batch_size=args.batch_size, device=args.device, seed=args.tie_seed,
                            index_options=index_options_from_args(args), out=args.out,
-                           max_requests=args.max_requests, compile=args.compile, progress=not args.no_progress)
+                           max_requests=args.max_requests, compile=args.compile, progress=not (args.no_progress or getattr(args, "quiet", False)))
     print(format_table(doc))
     out_dir = Path(args.out) if args.out else Path(args.model) / "eval"
     log(f"serve-eval: wrote {out_dir / 'serving.json'}")
