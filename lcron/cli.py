@@ -120,7 +120,7 @@ def _preprocess_run(a: argparse.Namespace) -> int:
 def _validate_run(a: argparse.Namespace) -> int:
     from lcron.data.validate import format_summary, validate
 
-    summaries = validate(a.source, a.days, max_missing_fraction=a.max_missing_fraction)
+    summaries = validate(a.source, a.days, max_missing_fraction=a.max_missing_fraction, progress=not a.quiet)
     print(format_summary(summaries))
     bad = [s["day"] for s in summaries if not s["ok"]]
     if bad:
