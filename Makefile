@@ -14,6 +14,9 @@ STAGES ?= 2 3
 # Pipeline (docs/pipeline.md): one run's method/stages, the KFP endpoint, GPU request, local roots.
 METHOD ?= lcron
 SEEDS ?= 1,2,3,4,5
+# Extra pipeline parameters / runner options for submit and sweep-local, e.g.
+# PARAMS='--no-local-defaults source=/data/RecFlow' (README: reproducing the paper's table).
+PARAMS ?=
 HOST ?=
 VARIANT ?= cpu
 ACCELERATOR ?= nvidia.com/gpu
@@ -53,11 +56,12 @@ submit: pipeline ## submit runs to KFP: make submit HOST=http://... METHOD=lcron
 	@test -n "$(HOST)" || { echo "set HOST to the KFP API endpoint, e.g. make submit HOST=http://localhost:8080"; exit 2; }
 	$(PY) -m pipelines.submit --host $(HOST) --experiment $(EXPERIMENT) --package build/cascade-$(VARIANT).yaml \
 		--methods $(subst $(space),$(comma),$(strip $(METHOD))) --stages $(subst $(space),$(comma),$(strip $(STAGES))) \
-		--seeds $(SEEDS)
+		--seeds $(SEEDS) $(PARAMS)
 
-sweep-local: $(STAMP) ## run METHODS (default all registered) x STAGES on synthetic data, one seed (resumable), then compare
+sweep-local: $(STAMP) ## run METHODS (default all) x STAGES locally (synthetic data, one seed unless PARAMS), resumable, then compare
 	$(PY) -m pipelines.sweep_local --root $(SWEEP_ROOT) \
-		--methods $(subst $(space),$(comma),$(strip $(METHODS))) --stages $(subst $(space),$(comma),$(strip $(STAGES)))
+		--methods $(subst $(space),$(comma),$(strip $(METHODS))) --stages $(subst $(space),$(comma),$(strip $(STAGES))) \
+		$(PARAMS)
 
 compare: $(STAMP) ## compare every evaluated run under COMPARE_PATHS (default runs/) into runs/compare
 	$(PY) -m lcron compare $(COMPARE_PATHS) --out $(COMPARE_OUT)
