@@ -78,9 +78,26 @@ class Section:
     images: list[tuple[str, str, bytes]] = field(default_factory=list)  # (file name, alt text, PNG bytes)
 
 
+def mean_decimals(std: float | None) -> int:
+    """Decimals a mean deserves given its spread: two significant digits of the std (0.0141 -> 3,
+    0.35 -> 2), at most 4; 4 without a spread (one seed) or with none (std 0)."""
+    if std is None or not math.isfinite(std) or std <= 0:
+        return 4
+    return max(0, min(4, 1 - math.floor(math.log10(std))))
+
+
+def count_value(value: Any) -> Any:
+    """A count measured as a mean (items scored, GT per request): the integer when it is one
+    (40.0 -> 40), so it prints as "40", not "40.0000"."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def format_cell(value: Any) -> str:
-    """The text of a cell: mean ± std for an aggregate ({"mean", "std"}), "[low, high]" for an
-    interval ({"low", "high"}), 4 decimals for floats, n/a for None."""
+    """The text of a cell: mean ± std for an aggregate ({"mean", "std"}; decimals from the spread,
+    :func:`mean_decimals`), "[low, high]" for an interval ({"low", "high"}), 4 decimals for
+    floats below 10 (2 below 100, else 1), integers as integers, n/a for None."""
     if value is None:
         return "n/a"
     if isinstance(value, bool):
@@ -88,13 +105,18 @@ def format_cell(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return "n/a" if value != value else f"{value:.4f}"
+        if value != value:
+            return "n/a"
+        # 4 decimals for fractions (metrics), fewer for larger numbers (mean counts, rates)
+        return f"{value:.{4 if abs(value) < 10 else 2 if abs(value) < 100 else 1}f}"
     if isinstance(value, Mapping) and "mean" in value:
         if value["mean"] is None:
             return "n/a"
-        text = f"{value['mean']:.4f}"
-        if value.get("std") is not None:
-            text += f" ± {value['std']:.4f}"
+        std = value.get("std")
+        places = mean_decimals(std)
+        text = f"{value['mean']:.{places}f}"
+        if std is not None:
+            text += f" ± {std:.{places}f}"
         return text
     if isinstance(value, Mapping) and "low" in value and "high" in value:
         return f"[{value['low']:+.4f}, {value['high']:+.4f}]"
@@ -461,7 +483,7 @@ def _metric_table(m: Mapping[str, Any]) -> Table:
 
 
 def _funnel_table(m: Mapping[str, Any]) -> Table:
-    rows = [["candidates (GT per request)", None, {"mean": m.get("gt_per_request"), "std": None}, None]]
+    rows = [["candidates (GT per request)", None, count_value(m.get("gt_per_request")), None]]
     for stage, quota in zip(m["stage_names"], m["quotas"]):
         after = m["metrics"][f"funnel/gt_after/{stage}"]
         share = m["metrics"][f"funnel/lost_share/{stage}"]
@@ -481,8 +503,8 @@ def _sweep_table(m: Mapping[str, Any]) -> Table:
     marks = []
     for i, r in enumerate(m["quota_sweep"]):
         rows.append([",".join(map(str, r["quotas"])), r["default"]]
-                    + [r["items_scored"][s] for s in names]
-                    + [r["items_scored_after_first"], {"mean": r["joint_recall"]["mean"], "std": r["joint_recall"]["std"]},
+                    + [count_value(r["items_scored"][s]) for s in names]
+                    + [count_value(r["items_scored_after_first"]), {"mean": r["joint_recall"]["mean"], "std": r["joint_recall"]["std"]},
                        r["joint_recall"]["n"]])
         if best is not None and r["joint_recall"]["mean"] == best:
             marks.append((i, len(names) + 3))
