@@ -152,3 +152,11 @@ def test_quiet_silences_every_progress_line(tiny_shards_2, tmp_path, capsys, whe
     code, _, err = _run(capsys, "train", "--shards", str(tiny_shards_2.root), "--out", str(run), "--method", "bce",
                         "--batch-size", "16", "--no-compile", "--max-steps-per-day", "1")
     assert code == 0 and "seed 1: complete" in err  # without -q the same command reports on stderr
+
+
+def test_serve_eval_takes_days_like_every_command():
+    for flag in ("--days", "--day"):
+        args = cli.build_parser(only="serve-eval").parse_args(["serve-eval", "--model", "r", flag, "2024-01-16"])
+        assert args.day == "2024-01-16"
+    for cmd in ("evaluate", "serve-eval", "preprocess", "validate", "ingest", "train"):
+        assert "--days" in cli.build_parser(only=cmd)._subparsers._group_actions[0].choices[cmd].format_help()
