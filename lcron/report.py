@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import atomic
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, OutputExistsError
 
 REPORT_KIND = "lcron-report"
 
@@ -207,6 +207,22 @@ def render_markdown(title: str, sections: Sequence[Section], subtitle: str = "")
         for name, alt, _ in sec.images:
             out += [f"![{alt}]({name})", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def guard_page(out: Path, stem: str, inputs: Mapping[str, Any], overwrite: bool, what: str) -> None:
+    """Refuse (unless ``overwrite``) to replace ``out/<stem>.json`` written from other ``inputs``
+    (another run, other evaluations): like every step, an earlier output is never lost silently.
+    The same inputs may be rendered again (e.g. after a re-evaluation)."""
+    path = out / f"{stem}.json"
+    if overwrite or not path.exists():
+        return
+    try:
+        before = json.loads(path.read_text()).get("inputs")
+    except (OSError, ValueError):
+        before = None
+    if before != json.loads(json.dumps(dict(inputs))):
+        raise OutputExistsError(f"{out} holds a {what} of other inputs ({before} -> {dict(inputs)}); choose "
+                                "another --out or pass --overwrite")
 
 
 def write_page(out: Path, stem: str, title: str, sections: Sequence[Section], doc: dict[str, Any],
@@ -579,7 +595,8 @@ def _provenance_table(prov: Mapping[str, Any]) -> Table:
 
 
 def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
-                 out: str | Path | None = None, serving_dir: str | Path | None = None) -> dict[str, Path]:
+                 out: str | Path | None = None, serving_dir: str | Path | None = None,
+                 overwrite: bool = False) -> dict[str, Path]:
     """Write report.html, report.md, report.json (and the plot PNGs) for an evaluated run;
     returns ``{"html", "markdown", "json", <plot name>: path}``.
 
@@ -593,6 +610,9 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
     eval_dir = Path(eval_dir) if eval_dir is not None else run_dir / "eval"
     m = load_metrics(eval_dir)
     out = Path(out) if out is not None else run_dir / "report"
+    inputs = {"run_dir": str(run_dir.resolve()), "eval_dir": str(eval_dir.resolve()),
+              "serving_dir": None if serving_dir is None else str(Path(serving_dir).resolve())}
+    guard_page(out, "report", inputs, overwrite, "report")
     seeds = list(m["seeds"])
     summaries = read_summaries(run_dir, seeds)
     curves = read_train_logs(run_dir, seeds)
@@ -640,7 +660,8 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
                             text=[f"Evaluated {prov.get('date_utc', 'n/a')}; report written {report_prov['date_utc']}."]))
 
     doc = {"kind": REPORT_KIND, "run_dir": str(run_dir), "eval_dir": str(eval_dir), "method": m["method"],
-           "setting": m["setting"], "metrics": m["metrics"], "provenance": prov, "report_provenance": report_prov}
+           "setting": m["setting"], "metrics": m["metrics"], "provenance": prov, "report_provenance": report_prov,
+           "inputs": inputs}
     if serving is not None:
         doc["serving"] = {"path": str(serving_path), "day": serving.get("day"), "k1": list(serving["k1"]),
                           "index": serving["index"], "seeds": list(serving["seeds"]),
@@ -658,6 +679,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="report folder (default: RUN_DIR/report; with several runs: DIR/<run name>)")
     parser.add_argument("--serving", dest="serving_dir", default=None, metavar="DIR",
                         help="folder holding serving.json (default: the evaluation folder; only with one run)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a report of another run in --out")
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -677,7 +699,7 @@ def run_report(args: argparse.Namespace) -> int:
         out = None
         if args.out is not None:
             out = Path(args.out) if len(runs) == 1 else Path(args.out) / run.resolve().name
-        paths = build_report(run, args.eval_dir, out, serving_dir)
+        paths = build_report(run, args.eval_dir, out, serving_dir, overwrite=getattr(args, "overwrite", False))
         print(f"report: {paths['html']}")
         print(f"  markdown: {paths['markdown']}")
         print(f"  json: {paths['json']}")

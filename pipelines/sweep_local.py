@@ -91,7 +91,7 @@ def compare_configs(markers: Iterable[Mapping[str, Any]], out: Path) -> dict[str
                     for m in markers if m.get("paths", {}).get("evaluation")})
     if not paths:
         return None
-    return compare(paths, out)
+    return compare(paths, out, overwrite=True)  # the sweep owns <root>/compare; it grows with the sweep
 
 
 def main(argv: list[str] | None = None) -> int:

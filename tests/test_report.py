@@ -318,3 +318,26 @@ def test_report_serving_errors(evaluated, tmp_path):
     add_report_arguments(parser)
     with pytest.raises(DataError, match="no serving.json"):
         run_report(parser.parse_args([str(evaluated.run), "--serving", str(tmp_path / "nothing")]))
+
+
+def test_report_and_compare_do_not_replace_other_outputs_silently(evaluated, tmp_path):
+    """Like every step: another run's report (another comparison) in --out is refused unless --overwrite;
+    the same inputs render again."""
+    from lcron.errors import OutputExistsError
+
+    other = tmp_path / "other"
+    shutil.copytree(evaluated.run, other, ignore=shutil.ignore_patterns("report"))
+    out = tmp_path / "rep"
+    build_report(evaluated.run, out=out)
+    build_report(evaluated.run, out=out)  # the same run again: refreshed
+    with pytest.raises(OutputExistsError, match=r"holds a report of other inputs.*--overwrite"):
+        build_report(other, out=out)
+    assert json.loads((out / "report.json").read_text())["run_dir"] == str(evaluated.run)
+    assert json.loads((build_report(other, out=out, overwrite=True)["json"]).read_text())["run_dir"] == str(other)
+    cmp = tmp_path / "cmp"
+    compare([evaluated.run, other], cmp, bootstrap=20)
+    compare([other, evaluated.run], cmp, bootstrap=20)  # the same inputs (order does not matter)
+    with pytest.raises(OutputExistsError, match=r"holds a comparison of other inputs"):
+        compare([evaluated.run], cmp, bootstrap=20)
+    assert compare([evaluated.run], cmp, bootstrap=20, overwrite=True)["inputs"]["paths"] == [
+        str(evaluated.run.resolve())]
