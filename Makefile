@@ -9,11 +9,14 @@ REGISTRY ?= localhost:5000
 IMAGE ?= lcron-pipelines
 TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 EXPERIMENT ?= lcron
-METHODS ?= bce icc rankflow fs_ranknet fs_lambdaloss arf arf_v2 lcron
+METHODS ?= all
 STAGES ?= 2 3
 # Pipeline (docs/pipeline.md): one run's method/stages, the KFP endpoint, GPU request, local roots.
 METHOD ?= lcron
 SEEDS ?= 1,2,3,4,5
+# Extra pipeline parameters / runner options for submit and sweep-local, e.g.
+# PARAMS='--no-local-defaults source=/data/RecFlow' (README: reproducing the paper's table).
+PARAMS ?=
 HOST ?=
 VARIANT ?= cpu
 ACCELERATOR ?= nvidia.com/gpu
@@ -53,11 +56,12 @@ submit: pipeline ## submit runs to KFP: make submit HOST=http://... METHOD=lcron
 	@test -n "$(HOST)" || { echo "set HOST to the KFP API endpoint, e.g. make submit HOST=http://localhost:8080"; exit 2; }
 	$(PY) -m pipelines.submit --host $(HOST) --experiment $(EXPERIMENT) --package build/cascade-$(VARIANT).yaml \
 		--methods $(subst $(space),$(comma),$(strip $(METHOD))) --stages $(subst $(space),$(comma),$(strip $(STAGES))) \
-		--seeds $(SEEDS)
+		--seeds $(SEEDS) $(PARAMS)
 
-sweep-local: $(STAMP) ## run METHODS x STAGES locally one after another (resumable), then compare them
+sweep-local: $(STAMP) ## run METHODS (default all) x STAGES locally (synthetic data, one seed unless PARAMS), resumable, then compare
 	$(PY) -m pipelines.sweep_local --root $(SWEEP_ROOT) \
-		--methods $(subst $(space),$(comma),$(strip $(METHODS))) --stages $(subst $(space),$(comma),$(strip $(STAGES)))
+		--methods $(subst $(space),$(comma),$(strip $(METHODS))) --stages $(subst $(space),$(comma),$(strip $(STAGES))) \
+		$(PARAMS)
 
 sweep-local-reference: $(STAMP) ## sweep-local in reference mode (reference_quirks=true at every step) into SWEEP_ROOT-reference
 	$(PY) -m pipelines.sweep_local --root $(SWEEP_ROOT)-reference \

@@ -28,6 +28,6 @@ def report(
     from lcron.report import build_report
 
     paths = build_report(model.path, evaluation.path, report_files.path,
-                         serving_dir=serving.path if serving is not None else None)
+                         serving_dir=serving.path if serving is not None else None, overwrite=True)
     shutil.copyfile(paths["html"], html.path)
     shutil.copyfile(paths["markdown"], markdown.path)

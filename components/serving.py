@@ -57,7 +57,7 @@ def serving(
     options = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in index_options.items()}
     doc = serving_evaluate(model.path, shards.path, day=day or None, k1=[int(k) for k in k1], index=index,
                            index_options=options, batch_size=batch_size, device=device,
-                           compile=compile, seed=tie_seed, out=serving.path)
+                           compile=compile, seed=tie_seed, out=serving.path, overwrite=True)
     for key, value in serving_metric_means(doc).items():
         metrics.log_metric(key, value)
     serving.metadata["skipped"] = False

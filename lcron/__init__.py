@@ -4,3 +4,7 @@ The library holds all logic; the KFP components in ``components/`` only adapt it
 """
 
 __version__ = "0.1.0"
+
+from lcron.logs import get_logger as _get_logger
+
+_get_logger()  # the ``lcron`` logger writes to stderr unless configured otherwise (lcron.logs)

@@ -62,7 +62,7 @@ from typing import Any, Callable, Iterator
 from lcron.atomic import atomic_open, write_json
 from lcron.errors import ConfigError, LcronError
 
-__all__ = ["BenchContext", "BENCHMARKS", "SIZES", "RUN_PARAMS", "METHOD_ORDER", "register", "run_benchmarks",
+__all__ = ["BenchContext", "BENCHMARKS", "SIZES", "RUN_PARAMS", "method_order", "register", "run_benchmarks",
            "environment", "format_table", "main"]
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -83,8 +83,15 @@ RUN_PARAMS: dict[str, dict[str, Any]] = {
              "k1": (100, 500, 1000), "serving_requests": 4096, "serving_repeats": 3, "metrics_repeats": 5},
 }
 
-#: The eight methods of METHODS.md section 5, in its order (the training rows' order).
-METHOD_ORDER: tuple[str, ...] = ("bce", "fs_ranknet", "fs_lambdaloss", "icc", "rankflow", "arf", "arf_v2", "lcron")
+
+
+def method_order() -> tuple[str, ...]:
+    """The training rows' methods: every registered one, in registry order (the eight of
+    METHODS.md, then any method added to lcron/losses/)."""
+    from lcron.losses import METHODS
+
+    return tuple(METHODS)
+
 STAGES: tuple[int, ...] = (2, 3)
 SETTING_NAMES = {2: "two_stage", 3: "three_stage"}
 
@@ -491,12 +498,12 @@ def bench_train(ctx: BenchContext) -> list[dict[str, Any]]:
     for stages in STAGES:
         if ctx.params["process_per_method"]:
             results = []
-            for method in METHOD_ORDER:
+            for method in method_order():
                 ctx.log(f"  train {method} ({SETTING_NAMES[stages]}) ...")
                 results.extend(ctx.train([method], stages))
         else:
-            ctx.log(f"  train {', '.join(METHOD_ORDER)} ({SETTING_NAMES[stages]}) ...")
-            results = ctx.train(list(METHOD_ORDER), stages)
+            ctx.log(f"  train {', '.join(method_order())} ({SETTING_NAMES[stages]}) ...")
+            results = ctx.train(list(method_order()), stages)
         for r in results:
             rows.append({
                 "name": "train", "case": r["method"], "setting": r["setting"], "value": _r(r["steady"]),

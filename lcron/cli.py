@@ -14,13 +14,13 @@ setting, an unreadable input file, bad arguments), printed as one line
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from lcron.defaults import PREPROCESS
 from lcron.errors import LcronError
 from lcron.settings import SettingError
 
@@ -59,13 +59,16 @@ def _lazy(name: str, help: str, module: str, func: str) -> Command:
 
 # ------------------------------------------------------------------------ generate
 def _generate_args(p: argparse.ArgumentParser) -> None:
+    from lcron.defaults import SYNTHETIC as D
+
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the RecFlow layout into")
-    p.add_argument("--num-days", type=int, default=4, metavar="N", help="number of days (default 4)")
-    p.add_argument("--start-date", default="2024-01-13", metavar="YYYY-MM-DD", help="first day (default 2024-01-13)")
-    p.add_argument("--requests-per-day", type=int, default=2000, metavar="N", help="requests per day (default 2000)")
-    p.add_argument("--users", type=int, default=500, metavar="N", help="number of users (default 500)")
-    p.add_argument("--items", type=int, default=5000, metavar="N", help="number of items (default 5000)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p.add_argument("--num-days", type=int, default=D.num_days, metavar="N", help=f"number of days (default {D.num_days})")
+    p.add_argument("--start-date", default=D.start_date, metavar="YYYY-MM-DD", help=f"first day (default {D.start_date})")
+    p.add_argument("--requests-per-day", type=int, default=D.requests_per_day, metavar="N",
+                   help=f"requests per day (default {D.requests_per_day})")
+    p.add_argument("--users", type=int, default=D.users, metavar="N", help=f"number of users (default {D.users})")
+    p.add_argument("--items", type=int, default=D.items, metavar="N", help=f"number of items (default {D.items})")
+    p.add_argument("--seed", type=int, default=D.seed, metavar="N", help=f"random seed (default {D.seed})")
 
 
 def _generate_run(a: argparse.Namespace) -> int:
@@ -83,9 +86,9 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="RecFlow root: a local folder or gs://bucket/prefix")
     p.add_argument("--days", default=None, metavar="FIRST:LAST",
                    help="days to use, inclusive (YYYY-MM-DD:YYYY-MM-DD, or one day); default: all")
-    p.add_argument("--max-missing-fraction", type=float, default=0.01, metavar="F",
+    p.add_argument("--max-missing-fraction", type=float, default=PREPROCESS.max_missing_fraction, metavar="F",
                    help="largest fraction of a day's requests that may be dropped for missing from a pkl "
-                        "(default 0.01)")
+                        f"(default {PREPROCESS.max_missing_fraction})")
     p.add_argument("--max-no-gt-fraction", type=float, default=0.5, metavar="F",
                    help="largest fraction of a day's requests that may have no item of the ground-truth "
                         "(top) group; more is an error, fewer a warning with the count (default 0.5)")
@@ -97,8 +100,9 @@ def _preprocess_args(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--stages", type=int, choices=(2, 3), help="built-in two- or three-stage setting")
     which.add_argument("--setting", metavar="FILE", help="a setting file (JSON/YAML) or a built-in setting name")
-    p.add_argument("--tz-offset-hours", type=int, default=8, metavar="H",
-                   help="time zone of the data for weekday/hour/minute features (default 8 = UTC+8)")
+    p.add_argument("--tz-offset-hours", type=int, default=PREPROCESS.tz_offset_hours, metavar="H",
+                   help="time zone of the data for weekday/hour/minute features "
+                        f"(default {PREPROCESS.tz_offset_hours} = UTC+{PREPROCESS.tz_offset_hours})")
     p.add_argument("--overwrite", action="store_true",
                    help="rebuild the folder even if it holds shards of another setting/configuration")
     p.add_argument("--reference-quirks", action="store_true",
@@ -124,7 +128,7 @@ def _validate_run(a: argparse.Namespace) -> int:
     from lcron.data.validate import format_summary, validate
 
     summaries = validate(a.source, a.days, max_missing_fraction=a.max_missing_fraction,
-                         max_no_gt_fraction=a.max_no_gt_fraction)
+                         max_no_gt_fraction=a.max_no_gt_fraction, progress=not a.quiet)
     print(format_summary(summaries))
     bad = [s["day"] for s in summaries if not s["ok"]]
     if bad:
@@ -187,6 +191,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from lcron import __version__
 
     parser.add_argument("--version", action="version", version=f"lcron {__version__}")
+    # -q before the subcommand too (`lcron -q train ...`); its own dest, because a subparser's
+    # defaults would overwrite a shared one.
+    parser.add_argument("-q", "--quiet", dest="quiet_all", action="store_true",
+                        help="no progress output (also accepted after the command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
@@ -207,12 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2, message already printed)
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     cmd: Command = args._command
-    _setup_logging(quiet=args.quiet)
+    args.quiet = args.quiet or args.quiet_all
+    restore = _setup_logging(quiet=args.quiet)
     from lcron.outputs import command_line
 
-    with warnings.catch_warnings(), command_line(["lcron", *argv]):
-        warnings.showwarning = _show_warning
-        return _run(cmd, args)
+    try:
+        with warnings.catch_warnings(), command_line(["lcron", *argv]):
+            warnings.showwarning = _show_warning
+            return _run(cmd, args)
+    finally:
+        restore()  # main() called in-process (tests, notebooks) leaves the logger as it found it
 
 
 def _run(cmd: Command, args: argparse.Namespace) -> int:
@@ -234,20 +246,16 @@ def _run(cmd: Command, args: argparse.Namespace) -> int:
     return int(code or 0)
 
 
-class _StderrHandler(logging.Handler):
-    """Writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
+def _setup_logging(quiet: bool) -> Callable[[], None]:
+    """The library logs progress facts (per-day counts, skipped days, seeds trained) on the
+    ``lcron`` logger (lcron.logs); the CLI shows them on stderr unless ``--quiet``. Returns
+    a function that puts the previous level back."""
+    from lcron.logs import configure
 
-    def emit(self, record: logging.LogRecord) -> None:
-        print(self.format(record), file=sys.stderr)
-
-
-def _setup_logging(quiet: bool) -> None:
-    """The library logs progress facts (per-day counts, skipped days) on the ``lcron``
-    logger at INFO; the CLI shows them on stderr unless ``--quiet``."""
-    logger = logging.getLogger("lcron")
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        logger.addHandler(_StderrHandler())
+    logger = configure()
+    level = logger.level
+    configure(quiet=quiet)
+    return lambda: logger.setLevel(level)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -42,7 +42,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .report import (SERVING_FILE, Section, Table, format_cell, load_serving, read_json, serving_metric_key,
-                     write_page)
+                     guard_page, write_page)
 
 COMPARE_KIND = "lcron-comparison"
 HEADLINE = "joint_recall"
@@ -390,15 +390,20 @@ def _table(res: Mapping[str, Any]) -> Table:
 
 
 def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None = None, bootstrap: int = 1000,
-            seed: int = 0) -> dict[str, Any]:
+            seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """Compare evaluated runs; writes compare.md, compare.html, compare.json (and one bar
-    chart per setting) into ``out``. Returns compare.json's content plus ``"paths"``."""
+    chart per setting) into ``out``. Returns compare.json's content plus ``"paths"``.
+    A comparison of other inputs (paths, setting, bootstrap) already in ``out`` is refused
+    unless ``overwrite``; the same comparison is simply refreshed."""
     from . import plots, provenance
 
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 1:
         raise ConfigError(f"bootstrap must be an integer >= 1, got {bootstrap!r}")
     if not paths:
         raise ConfigError("compare: give at least one run, evaluation folder or root")
+    inputs = {"paths": sorted(str(Path(p).resolve()) for p in paths), "setting": setting, "bootstrap": bootstrap,
+              "seed": seed}
+    guard_page(Path(out), "compare", inputs, overwrite, "comparison")
     evals = find_evaluations(paths)
     serving_notes = attach_serving(evals, paths)
     groups: dict[str, list[Evaluation]] = {}
@@ -431,7 +436,8 @@ def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None
     prov = provenance.collect()
     sections.append(Section("sources", "Sources", tables=[sources],
                             text=serving_notes + [f"Written {prov['date_utc']} by lcron {prov['lcron_version']}."]))
-    doc = {"kind": COMPARE_KIND, "bootstrap": bootstrap, "seed": seed, "settings": results, "provenance": prov}
+    doc = {"kind": COMPARE_KIND, "bootstrap": bootstrap, "seed": seed, "settings": results, "provenance": prov,
+           "inputs": inputs}
     paths_out = write_page(Path(out), "compare", "lcron comparison", sections, doc)
     for name, res in results.items():
         print_summary(res)
@@ -439,15 +445,16 @@ def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None
 
 
 def print_summary(res: Mapping[str, Any]) -> None:
-    """One line per method on stderr: end-to-end recall and the paired difference."""
-    import sys
+    """One line per method on the ``lcron`` logger: end-to-end recall and the paired difference."""
+    from lcron.logs import get_logger
 
-    print(f"setting {res['setting']}:", file=sys.stderr)
+    log = get_logger(__name__)
+    log.info(f"setting {res['setting']}:")
     for r in res["rows"]:
         p = r["paired"]
         diff = "" if p["mean_diff"] is None else (
             f"  Δ {p['mean_diff']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]")
-        print(f"  {r['label']:<28} {format_cell(r['values'][HEADLINE])}{diff}", file=sys.stderr)
+        log.info(f"  {r['label']:<28} {format_cell(r['values'][HEADLINE])}{diff}")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -459,11 +466,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--setting", default=None, metavar="NAME", help="only this setting (e.g. two_stage)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a comparison of other inputs in --out")
 
 
 def run_compare(args: argparse.Namespace) -> int:
     """``lcron compare``: write the comparison and print where it is."""
-    res = compare(args.paths, args.out, setting=args.setting, bootstrap=args.bootstrap, seed=args.seed)
+    res = compare(args.paths, args.out, setting=args.setting, bootstrap=args.bootstrap, seed=args.seed,
+                  overwrite=getattr(args, "overwrite", False))
     print(f"comparison: {res['paths']['html']}")
     print(f"  markdown: {res['paths']['markdown']}")
     print(f"  json: {res['paths']['json']}")

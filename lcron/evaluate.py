@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ import numpy as np
 from . import atomic, metrics, outputs
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
 from .progress import Progress
+from .logs import get_logger
 from .settings import Setting, SettingError
 
 KIND = "lcron-evaluation"
@@ -63,7 +63,8 @@ SWEEP_POINTS = 5
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A progress fact on the ``lcron`` logger (stderr; ``lcron -q`` silences it)."""
+    get_logger(__name__).info(msg)
 
 
 # --------------------------------------------------------------------------- metric keys

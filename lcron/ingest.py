@@ -335,12 +335,15 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default=SYNTHETIC, metavar="DIR|gs://BUCKET/PREFIX|synthetic",
                         help="RecFlow root to stage (default: the built-in synthetic data)")
     parser.add_argument("--days", default=None, metavar="DAY|FIRST:LAST", help="days to stage (default: all)")
-    parser.add_argument("--synthetic-days", type=int, default=4, help="synthetic data: number of days (default 4)")
-    parser.add_argument("--synthetic-requests", type=int, default=2000,
-                        help="synthetic data: requests per day (default 2000)")
-    parser.add_argument("--synthetic-users", type=int, default=500, help="synthetic data: users (default 500)")
-    parser.add_argument("--synthetic-items", type=int, default=5000, help="synthetic data: items (default 5000)")
-    parser.add_argument("--synthetic-seed", type=int, default=0, help="synthetic data: seed (default 0)")
+    from lcron.defaults import SYNTHETIC as D
+
+    parser.add_argument("--synthetic-days", type=int, default=D.num_days,
+                        help=f"synthetic data: number of days (default {D.num_days})")
+    parser.add_argument("--synthetic-requests", type=int, default=D.requests_per_day,
+                        help=f"synthetic data: requests per day (default {D.requests_per_day})")
+    parser.add_argument("--synthetic-users", type=int, default=D.users, help=f"synthetic data: users (default {D.users})")
+    parser.add_argument("--synthetic-items", type=int, default=D.items, help=f"synthetic data: items (default {D.items})")
+    parser.add_argument("--synthetic-seed", type=int, default=D.seed, help=f"synthetic data: seed (default {D.seed})")
 
 
 def _synthetic_args(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import atomic
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, OutputExistsError
 
 REPORT_KIND = "lcron-report"
 
@@ -78,9 +78,26 @@ class Section:
     images: list[tuple[str, str, bytes]] = field(default_factory=list)  # (file name, alt text, PNG bytes)
 
 
+def mean_decimals(std: float | None) -> int:
+    """Decimals a mean deserves given its spread: two significant digits of the std (0.0141 -> 3,
+    0.35 -> 2), at most 4; 4 without a spread (one seed) or with none (std 0)."""
+    if std is None or not math.isfinite(std) or std <= 0:
+        return 4
+    return max(0, min(4, 1 - math.floor(math.log10(std))))
+
+
+def count_value(value: Any) -> Any:
+    """A count measured as a mean (items scored, GT per request): the integer when it is one
+    (40.0 -> 40), so it prints as "40", not "40.0000"."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def format_cell(value: Any) -> str:
-    """The text of a cell: mean ± std for an aggregate ({"mean", "std"}), "[low, high]" for an
-    interval ({"low", "high"}), 4 decimals for floats, n/a for None."""
+    """The text of a cell: mean ± std for an aggregate ({"mean", "std"}; decimals from the spread,
+    :func:`mean_decimals`), "[low, high]" for an interval ({"low", "high"}), 4 decimals for
+    floats below 10 (2 below 100, else 1), integers as integers, n/a for None."""
     if value is None:
         return "n/a"
     if isinstance(value, bool):
@@ -88,13 +105,18 @@ def format_cell(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return "n/a" if value != value else f"{value:.4f}"
+        if value != value:
+            return "n/a"
+        # 4 decimals for fractions (metrics), fewer for larger numbers (mean counts, rates)
+        return f"{value:.{4 if abs(value) < 10 else 2 if abs(value) < 100 else 1}f}"
     if isinstance(value, Mapping) and "mean" in value:
         if value["mean"] is None:
             return "n/a"
-        text = f"{value['mean']:.4f}"
-        if value.get("std") is not None:
-            text += f" ± {value['std']:.4f}"
+        std = value.get("std")
+        places = mean_decimals(std)
+        text = f"{value['mean']:.{places}f}"
+        if std is not None:
+            text += f" ± {std:.{places}f}"
         return text
     if isinstance(value, Mapping) and "low" in value and "high" in value:
         return f"[{value['low']:+.4f}, {value['high']:+.4f}]"
@@ -185,6 +207,22 @@ def render_markdown(title: str, sections: Sequence[Section], subtitle: str = "")
         for name, alt, _ in sec.images:
             out += [f"![{alt}]({name})", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def guard_page(out: Path, stem: str, inputs: Mapping[str, Any], overwrite: bool, what: str) -> None:
+    """Refuse (unless ``overwrite``) to replace ``out/<stem>.json`` written from other ``inputs``
+    (another run, other evaluations): like every step, an earlier output is never lost silently.
+    The same inputs may be rendered again (e.g. after a re-evaluation)."""
+    path = out / f"{stem}.json"
+    if overwrite or not path.exists():
+        return
+    try:
+        before = json.loads(path.read_text()).get("inputs")
+    except (OSError, ValueError):
+        before = None
+    if before != json.loads(json.dumps(dict(inputs))):
+        raise OutputExistsError(f"{out} holds a {what} of other inputs ({before} -> {dict(inputs)}); choose "
+                                "another --out or pass --overwrite")
 
 
 def write_page(out: Path, stem: str, title: str, sections: Sequence[Section], doc: dict[str, Any],
@@ -472,7 +510,7 @@ def _metric_table(m: Mapping[str, Any]) -> Table:
 
 
 def _funnel_table(m: Mapping[str, Any]) -> Table:
-    rows = [["candidates (GT per request)", None, {"mean": m.get("gt_per_request"), "std": None}, None]]
+    rows = [["candidates (GT per request)", None, count_value(m.get("gt_per_request")), None]]
     for stage, quota in zip(m["stage_names"], m["quotas"]):
         after = m["metrics"][f"funnel/gt_after/{stage}"]
         share = m["metrics"][f"funnel/lost_share/{stage}"]
@@ -492,8 +530,8 @@ def _sweep_table(m: Mapping[str, Any]) -> Table:
     marks = []
     for i, r in enumerate(m["quota_sweep"]):
         rows.append([",".join(map(str, r["quotas"])), r["default"]]
-                    + [r["items_scored"][s] for s in names]
-                    + [r["items_scored_after_first"], {"mean": r["joint_recall"]["mean"], "std": r["joint_recall"]["std"]},
+                    + [count_value(r["items_scored"][s]) for s in names]
+                    + [count_value(r["items_scored_after_first"]), {"mean": r["joint_recall"]["mean"], "std": r["joint_recall"]["std"]},
                        r["joint_recall"]["n"]])
         if best is not None and r["joint_recall"]["mean"] == best:
             marks.append((i, len(names) + 3))
@@ -521,9 +559,19 @@ def _streaming_table(stream: Mapping[str, Any], m: Mapping[str, Any]) -> Table:
 
 def _training_table(summaries: Mapping[int, Mapping[str, Any]]) -> Table:
     rows = [[f"seed {s}", d.get("steps"), d.get("requests"), d.get("final_loss"), d.get("steady_requests_per_s"),
-             d.get("device")] for s, d in summaries.items()]
+             d.get("device"), _dropped(d)] for s, d in summaries.items()]
     return Table("training", "Training summary",
-                 ["seed", "steps", "requests", "final loss", "requests/s (steady)", "device"], rows)
+                 ["seed", "steps", "requests", "final loss", "requests/s (steady)", "device",
+                  "dropped (partial batches)"], rows,
+                 note="each day's last partial batch is not trained on; dropped = those requests of the training days")
+
+
+def _dropped(summary: Mapping[str, Any]) -> str | None:
+    """``"976 of 6000 (16.3%)"``; None for runs trained before the count was recorded."""
+    if summary.get("dropped_requests") is None or not summary.get("requests_in_days"):
+        return None
+    return (f"{summary['dropped_requests']} of {summary['requests_in_days']} "
+            f"({100 * summary['dropped_requests'] / summary['requests_in_days']:.1f}%)")
 
 
 def _weights_table(summaries: Mapping[int, Mapping[str, Any]]) -> Table | None:
@@ -558,7 +606,8 @@ def _provenance_table(prov: Mapping[str, Any]) -> Table:
 
 
 def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
-                 out: str | Path | None = None, serving_dir: str | Path | None = None) -> dict[str, Path]:
+                 out: str | Path | None = None, serving_dir: str | Path | None = None,
+                 overwrite: bool = False) -> dict[str, Path]:
     """Write report.html, report.md, report.json (and the plot PNGs) for an evaluated run;
     returns ``{"html", "markdown", "json", <plot name>: path}``.
 
@@ -572,6 +621,9 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
     eval_dir = Path(eval_dir) if eval_dir is not None else run_dir / "eval"
     m = load_metrics(eval_dir)
     out = Path(out) if out is not None else run_dir / "report"
+    inputs = {"run_dir": str(run_dir.resolve()), "eval_dir": str(eval_dir.resolve()),
+              "serving_dir": None if serving_dir is None else str(Path(serving_dir).resolve())}
+    guard_page(out, "report", inputs, overwrite, "report")
     seeds = list(m["seeds"])
     summaries = read_summaries(run_dir, seeds)
     curves = read_train_logs(run_dir, seeds)
@@ -620,7 +672,7 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
 
     doc = {"kind": REPORT_KIND, "run_dir": str(run_dir), "eval_dir": str(eval_dir), "method": m["method"],
            "setting": m["setting"], "reference_quirks": bool(m.get("reference_quirks")), "metrics": m["metrics"],
-           "provenance": prov, "report_provenance": report_prov}
+           "provenance": prov, "report_provenance": report_prov, "inputs": inputs}
     if serving is not None:
         doc["serving"] = {"path": str(serving_path), "day": serving.get("day"), "k1": list(serving["k1"]),
                           "index": serving["index"], "seeds": list(serving["seeds"]),
@@ -638,6 +690,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="report folder (default: RUN_DIR/report; with several runs: DIR/<run name>)")
     parser.add_argument("--serving", dest="serving_dir", default=None, metavar="DIR",
                         help="folder holding serving.json (default: the evaluation folder; only with one run)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a report of another run in --out")
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -657,7 +710,7 @@ def run_report(args: argparse.Namespace) -> int:
         out = None
         if args.out is not None:
             out = Path(args.out) if len(runs) == 1 else Path(args.out) / run.resolve().name
-        paths = build_report(run, args.eval_dir, out, serving_dir)
+        paths = build_report(run, args.eval_dir, out, serving_dir, overwrite=getattr(args, "overwrite", False))
         print(f"report: {paths['html']}")
         print(f"  markdown: {paths['markdown']}")
         print(f"  json: {paths['json']}")

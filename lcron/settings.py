@@ -30,6 +30,17 @@ class SettingError(ValueError):
     """A setting (built-in name or user file) is unknown or inconsistent."""
 
 
+# Fields (or per-stage lists) that hold integers; validate() rejects anything else.
+INTEGER_FIELDS = ("quotas", "bce_groups", "group_size", "top_label_base", "gt_size")
+
+
+def _integral(value: Any) -> Any:
+    """``25.0`` -> ``25``; any other value unchanged (validation names what is wrong with it)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     """One cascade configuration.
@@ -180,6 +191,11 @@ class Setting:
         if not isinstance(data["group_labels"], Mapping):
             raise SettingError(f"setting {data.get('name', '?')!r}: 'group_labels' must be a mapping")
         data["group_labels"] = {str(k): int(v) for k, v in data["group_labels"].items()}
+        # JSON-like carriers (KFP's protobuf Struct under kfp.local, YAML written as 25.0) deliver
+        # every number as a float: an integral float is the integer it spells.
+        for k in INTEGER_FIELDS:
+            if k in data:
+                data[k] = tuple(_integral(v) for v in data[k]) if isinstance(data[k], tuple) else _integral(data[k])
         return cls(**data)
 
 

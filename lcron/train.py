@@ -38,8 +38,8 @@ import gc
 import hashlib
 import json
 import math
-import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -51,11 +51,13 @@ from . import atomic, outputs
 from .batches import day_order, iter_batches
 from .train_step import (DeviceDay, LossLog, StepPlan, TrainStep, adam_options, float32_matmul_precision,
                          make_stepper, plan_step)
+from .defaults import TRAIN
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
 from .models.embeddings import ids_prechecked as embedding_ids_prechecked
 from .optim import (DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_embedding_optimizer,
                     check_embedding_optimizer)
 from .progress import Progress
+from .logs import get_logger
 from .settings import Setting, get_setting
 
 FORMAT_VERSION = 1
@@ -67,24 +69,25 @@ RESUME_FILE = "resume.pt"
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A progress fact on the ``lcron`` logger (stderr; ``lcron -q`` silences it)."""
+    get_logger(__name__).info(msg)
 
 
 @dataclass
 class TrainConfig:
     """What a user chooses for one training run (all seeds share it)."""
 
-    method: str = "lcron"
+    method: str = TRAIN.method
     loss_options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 1024
-    lr: float = 1e-2
-    seeds: tuple[int, ...] = (1,)
+    batch_size: int = TRAIN.batch_size
+    lr: float = TRAIN.lr
+    seeds: tuple[int, ...] = TRAIN.seeds
     days: str | None = None  # "FIRST:LAST" of the shard set; default: every day but the last (the test day)
     device: str = "auto"
     compile: bool | None = None     # None: the device's default (lcron.train_step.DEVICE_DEFAULTS)
     cuda_graph: bool | None = None  # None: the device's default (on for CUDA)
     tf32: bool | None = None        # None: the device's default (off)
-    dim: int = 8
+    dim: int = TRAIN.dim
     shuffle: bool = True
     log_every: int = 64  # loss rows are read back from the device every this many steps (and at day end)
     reference_quirks: bool = False  # the published models' quirks (docs/reference.md); needs reference shards
@@ -111,6 +114,21 @@ class TrainConfig:
         if not isinstance(self.log_every, int) or self.log_every < 1:
             raise ConfigError(f"log_every must be an integer >= 1, got {self.log_every!r}")
         check_embedding_optimizer(self.embedding_optimizer)
+
+
+def normalise_loss_options(method: str, options: Mapping[str, Any], setting: Setting) -> dict[str, Any]:
+    """The method's options parsed to their typed values ("50" and 50.0 alike become 50.0; "30,20"
+    becomes [30, 20]), checked by building the loss once for ``setting``.
+
+    Runs before anything is written, so a bad option never leaves a run.json behind that would
+    then refuse the corrected command, and equal configurations hash equally however they were
+    spelled (CLI strings, KFP's floats, Python values).
+    """
+    from .losses import build_loss, parse_options
+
+    parsed = {k: list(v) if isinstance(v, tuple) else v for k, v in parse_options(method, options).items()}
+    build_loss(method, setting=setting, **parsed)  # constructor-side checks (e.g. k per stage)
+    return parsed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -292,7 +310,10 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     cfg = dataclasses.replace(cfg, loss_options=mode.implied_loss_options(cfg.method, cfg.loss_options,
                                                                          cfg.reference_quirks))
     run_setting = _resolve_setting(shard_set.setting, setting, stages)
+    cfg = dataclasses.replace(cfg, lr=float(cfg.lr),
+                              loss_options=normalise_loss_options(cfg.method, cfg.loss_options, run_setting))
     days = training_days(shard_set, cfg.days)
+    batches = batch_plan({d: shard_set.num_requests(d) for d in days}, cfg.batch_size, max_steps_per_day)
     device = resolve_device(cfg.device)
     plan = plan_step(device, compile=cfg.compile, cuda_graph=cfg.cuda_graph, tf32=cfg.tf32)
     out = Path(out)
@@ -309,6 +330,7 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
         "days": days,
         "shards": str(shard_set.root),
         "data_fingerprint": shard_set.fingerprint(),
+        "batch_plan": batches.summary(),  # a function of the fields above: the hash does not change with it
     }
     if cfg.reference_quirks:  # only when set, so default-mode runs keep their config hash
         run_cfg["reference_quirks"] = True
@@ -387,6 +409,61 @@ def require_complete_run(run_dir: str | Path) -> None:
         cfg = {}
     hint = _train_command(run_dir, cfg, cfg.get("seeds") or [1]) if cfg else f"lcron train ... --out {run_dir}"
     outputs.require_complete(run_dir, RUN_KIND, "run folder", hint, legacy=_legacy_run_problem)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many requests each training day holds and how many full batches it yields.
+
+    The trainer drops each day's last partial batch (every step sees ``batch_size``
+    requests); this makes that loss visible before anything is written.
+    """
+
+    requests: dict[str, int]
+    batches: dict[str, int]
+    batch_size: int
+
+    @property
+    def dropped(self) -> int:
+        """Requests of the days that fall in no full batch (a ``max_steps_per_day`` cap not counted)."""
+        return sum(n % self.batch_size for n in self.requests.values())
+
+    def summary(self) -> dict[str, Any]:
+        total = sum(self.requests.values())
+        return {"requests_in_days": total, "dropped_requests": self.dropped,
+                "dropped_fraction": self.dropped / total if total else 0.0}
+
+
+#: Above this share of requests lost to partial batches, training warns (e.g. 2,000 requests a day
+#: at batch 1,024 lose 49%).
+DROPPED_WARN_FRACTION = 0.1
+
+
+def batch_plan(day_requests: Mapping[str, int], batch_size: int, max_steps_per_day: int | None) -> BatchPlan:
+    """Full batches per day; an error when no day holds one (the run would write an untrained model),
+    a warning with counts for days without one or when many requests fall in partial batches."""
+    if max_steps_per_day is not None and (isinstance(max_steps_per_day, bool) or
+                                          not isinstance(max_steps_per_day, int) or max_steps_per_day < 1):
+        raise ConfigError(f"max steps per day must be an integer >= 1 (or no cap), got {max_steps_per_day!r}")
+    batches = {d: n // batch_size if max_steps_per_day is None else min(n // batch_size, max_steps_per_day)
+               for d, n in day_requests.items()}
+    plan = BatchPlan(dict(day_requests), batches, batch_size)
+    counts = ", ".join(f"{d}: {n}" for d, n in day_requests.items())
+    if not any(batches.values()):
+        raise DataError(f"no training day holds a full batch of {batch_size} requests (requests per day: {counts}); "
+                        f"training would write an untrained model. Lower --batch-size (at most "
+                        f"{max(day_requests.values(), default=0)} here) or train on more data")
+    short = [d for d, b in batches.items() if b == 0]
+    if short:
+        warnings.warn(f"{len(short)} of {len(batches)} training day(s) hold fewer requests than one batch of "
+                      f"{batch_size} and are not trained on: "
+                      + ", ".join(f"{d} ({day_requests[d]} requests)" for d in short), stacklevel=3)
+    total = sum(day_requests.values())
+    if total and plan.dropped / total > DROPPED_WARN_FRACTION:
+        warnings.warn(f"{plan.dropped} of {total} training requests ({plan.dropped / total:.0%}) fall in the last "
+                      f"partial batch of their day and are not trained on (batch size {batch_size}); "
+                      "a smaller --batch-size uses more of the data", stacklevel=3)
+    return plan
 
 
 def _resolve_setting(shard_setting: Setting, override, stages: int | None) -> Setting:
@@ -555,6 +632,7 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
                                   if device.type == "cuda" else None),
         "learned_weights": learned_weights(loss),
         "final_loss": records[-1]["total"] if records else None,
+        **run_cfg.get("batch_plan", {}),
         # Where the seed's wall time went: building models/optimizers (and resuming), loading and
         # placing the days' data, writing the daily checkpoints, and the seed's whole time.
         "timing": {**{f"{k}_seconds": round(v, 3) for k, v in phases.items()},
@@ -658,11 +736,13 @@ def add_train_arguments(parser) -> None:
                         "fs_lambdaloss, arf, arf_v2, lcron, or a registered one)")
     parser.add_argument("--stages", type=int, choices=(2, 3), help="check the shards hold this built-in setting")
     parser.add_argument("--setting", help="setting file (JSON/YAML) overriding the shard set's setting, e.g. other quotas")
-    parser.add_argument("--seeds", default="1", help="comma-separated seeds, one model folder each (default 1)")
+    seeds = ",".join(map(str, TRAIN.seeds))
+    parser.add_argument("--seeds", default=seeds, help=f"comma-separated seeds, one model folder each (default {seeds})")
     parser.add_argument("--loss-option", action="append", metavar="KEY=VALUE",
                         help="an option of the method, e.g. reference_quirks=true or k=30,20 (repeatable)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="requests per step (default 1024)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
+    parser.add_argument("--batch-size", type=int, default=TRAIN.batch_size,
+                        help=f"requests per step (default {TRAIN.batch_size})")
+    parser.add_argument("--lr", type=float, default=TRAIN.lr, help=f"Adam learning rate (default {TRAIN.lr})")
     parser.add_argument("--embedding-optimizer", choices=EMBEDDING_OPTIMIZERS, default=DEFAULT_EMBEDDING_OPTIMIZER,
                         help="embedding tables: 'lazy' updates only the rows a batch touches (row-wise Adam), "
                         "'dense' is Adam on every row, as the reference (default %(default)s; docs/models.md)")

@@ -32,9 +32,10 @@ from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 
 from components import evaluate, fingerprint, ingest, preprocess, report, serving, train
 from components.common import CPU_IMAGE
+from lcron.defaults import PREPROCESS, SYNTHETIC, TRAIN
 
 PIPELINE_NAME = "lcron-cascade"
-DEFAULT_SEEDS = [1, 2, 3, 4, 5]  # METHODS.md section 3: mean and std over 5 seeds
+DEFAULT_SEEDS = list(TRAIN.pipeline_seeds)  # METHODS.md section 3: mean and std over 5 seeds
 
 
 class PipelineOutputs(NamedTuple):
@@ -67,22 +68,22 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
     def cascade_pipeline(
         source: str = "synthetic",
         days: str = "",
-        synthetic_days: int = 4,
-        synthetic_start_date: str = "2024-01-13",
-        synthetic_requests_per_day: int = 2000,
-        synthetic_users: int = 500,
-        synthetic_items: int = 5000,
-        synthetic_seed: int = 0,
+        synthetic_days: int = SYNTHETIC.num_days,
+        synthetic_start_date: str = SYNTHETIC.start_date,
+        synthetic_requests_per_day: int = SYNTHETIC.requests_per_day,
+        synthetic_users: int = SYNTHETIC.users,
+        synthetic_items: int = SYNTHETIC.items,
+        synthetic_seed: int = SYNTHETIC.seed,
         stages: int = 2,
         setting: dict = {},  # noqa: B006 - KFP reads the default from the signature
-        tz_offset_hours: int = 8,
-        max_missing_fraction: float = 0.01,
-        method: str = "lcron",
+        tz_offset_hours: int = PREPROCESS.tz_offset_hours,
+        max_missing_fraction: float = PREPROCESS.max_missing_fraction,
+        method: str = TRAIN.method,
         loss_options: dict = {},  # noqa: B006
         seeds: list = DEFAULT_SEEDS,
-        batch_size: int = 1024,
-        lr: float = 0.01,
-        dim: int = 8,
+        batch_size: int = TRAIN.batch_size,
+        lr: float = TRAIN.lr,
+        dim: int = TRAIN.dim,
         embedding_optimizer: str = "lazy",  # lcron.optim.DEFAULT_EMBEDDING_OPTIMIZER (tested)
         train_days: str = "",
         max_steps_per_day: int = 0,

@@ -74,7 +74,9 @@ def ensure_package(package: str | Path = DEFAULT_PACKAGE) -> Path:
 
     package = Path(package)
     if is_stale(package):
-        print(f"compiling {package}", file=sys.stderr)
+        from lcron.logs import get_logger
+
+        get_logger(__name__).info(f"compiling {package}")
         compile_variant("cpu", package)
     return package
 

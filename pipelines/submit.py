@@ -25,9 +25,41 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from lcron.errors import ConfigError
 
-ALL_METHODS = ("bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron")
 ALL_STAGES = (2, 3)
 VERTEX_HINT = "pip install 'lcron-pipelines[vertex]'"
+
+
+def all_methods() -> tuple[str, ...]:
+    """Every method of the registry (lcron.losses): a method added there is submitted and swept
+    without any edit here."""
+    from lcron.losses import METHODS
+
+    return tuple(METHODS)
+
+
+def __getattr__(name: str) -> Any:
+    # ALL_METHODS is read live from the registry (and imports torch only when asked for).
+    if name == "ALL_METHODS":
+        return all_methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_methods_and_stages(methods: Iterable[str], stages: Iterable[int]) -> None:
+    """Unknown methods (not in the registry) and stage counts other than 2 and 3 are ConfigErrors."""
+    known = all_methods()
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; known: {', '.join(known)}")
+    bad = [s for s in stages if int(s) not in ALL_STAGES]
+    if bad:
+        raise ConfigError(f"stages must be 2 or 3, got {bad}")
+
+
+def expand_methods(text: str) -> list[str]:
+    """``"all"`` (every registered method) or a comma/space-separated list."""
+    if text.strip() == "all":
+        return list(all_methods())
+    return [m.strip() for m in text.replace(" ", ",").split(",") if m.strip()]
 
 
 @dataclass(frozen=True)
@@ -60,12 +92,7 @@ def plan_runs(methods: Iterable[str], stages: Iterable[int], seeds: Sequence[int
               params: Mapping[str, Any] | None = None, prefix: str = "") -> list[RunSpec]:
     """One RunSpec per (method, stages), methods outer; ``params`` are shared by every run."""
     methods, stages = list(methods), [int(s) for s in stages]
-    unknown = [m for m in methods if m not in ALL_METHODS]
-    if unknown:
-        raise ConfigError(f"unknown method(s) {unknown}; known: {', '.join(ALL_METHODS)}")
-    bad = [s for s in stages if s not in ALL_STAGES]
-    if bad:
-        raise ConfigError(f"stages must be 2 or 3, got {bad}")
+    check_methods_and_stages(methods, stages)
     reserved = sorted({"method", "stages", "seeds"} & set(params or {}))
     if reserved:
         raise ConfigError(f"give {', '.join(reserved)} with --methods/--stages/--seeds, not as KEY=VALUE")
@@ -127,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="pipeline parameters shared by every run")
     parser.add_argument("--package", default="build/cascade-cpu.yaml", help="compiled pipeline (make pipeline)")
     parser.add_argument("--experiment", default="lcron", help="experiment the runs are grouped under")
-    parser.add_argument("--methods", default="lcron", help=f"comma-separated, or 'all' ({','.join(ALL_METHODS)})")
+    parser.add_argument("--methods", default="lcron", help="comma-separated, or 'all' (every registered method)")
     parser.add_argument("--stages", default="2", help="comma-separated subset of 2,3, or 'all'")
     parser.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds of every run (default 1-5)")
     parser.add_argument("--name-prefix", default="", help="prefix of every run name")
@@ -146,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         params = parse_params(args.params)
-        methods = list(ALL_METHODS) if args.methods == "all" else _csv(args.methods)
+        methods = expand_methods(args.methods)
         stages = list(ALL_STAGES) if args.stages == "all" else [int(s) for s in _csv(args.stages)]
         seeds = [int(s) for s in _csv(args.seeds)]
         runs = plan_runs(methods, stages, seeds, params, args.name_prefix)

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from lcron.errors import ConfigError, LcronError
+from lcron.logs import get_logger
 from pipelines.run_local import (DEFAULT_PACKAGE, add_local_options, resolve_local_options, run_pipeline)
-from pipelines.submit import ALL_METHODS, ALL_STAGES
+from pipelines.submit import check_methods_and_stages, expand_methods
 
 DEFAULT_ROOT = Path("runs/sweep-local")
 MARKER = "done.json"
+log = get_logger(__name__)
 
 
 def config_name(method: str, stages: int) -> str:
@@ -51,12 +53,7 @@ def sweep_local(methods: Sequence[str], stages: Sequence[int], root: str | Path 
     """
     from lcron import atomic
 
-    unknown = [m for m in methods if m not in ALL_METHODS]
-    if unknown:
-        raise ConfigError(f"unknown method(s) {unknown}; known: {', '.join(ALL_METHODS)}")
-    bad = [s for s in stages if int(s) not in ALL_STAGES]
-    if bad:
-        raise ConfigError(f"stages must be 2 or 3, got {bad}")
+    check_methods_and_stages(methods, stages)
     reserved = sorted({"method", "stages"} & set(params or {}))
     if reserved:
         raise ConfigError(f"give {', '.join(reserved)} with --methods/--stages, not as KEY=VALUE")
@@ -69,11 +66,11 @@ def sweep_local(methods: Sequence[str], stages: Sequence[int], root: str | Path 
             run_params = {**dict(params or {}), "method": method, "stages": n}
             done = read_marker(folder)
             if done is not None and done.get("params") == run_params:
-                print(f"[sweep] {name}: complete, skipped", file=sys.stderr)
+                log.info(f"[sweep] {name}: complete, skipped")
                 summary["skipped"].append(name)
                 summary["configs"][name] = done
                 continue
-            print(f"[sweep] {name}: running", file=sys.stderr)
+            log.info(f"[sweep] {name}: running")
             run = run_pipeline(package, run_params, folder / "kfp", docker=docker)
             marker = {"name": name, "method": method, "stages": n, **run.to_dict()}
             atomic.write_json(folder / MARKER, marker)
@@ -94,20 +91,21 @@ def compare_configs(markers: Iterable[Mapping[str, Any]], out: Path) -> dict[str
                     for m in markers if m.get("paths", {}).get("evaluation")})
     if not paths:
         return None
-    return compare(paths, out)
+    return compare(paths, out, overwrite=True)  # the sweep owns <root>/compare; it grows with the sweep
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.sweep_local", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="pipeline parameters of every configuration")
-    parser.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods (default: all 8)")
+    parser.add_argument("--methods", default="all",
+                        help="comma-separated methods, or 'all' (default: every registered method)")
     parser.add_argument("--stages", default="2,3", help="comma-separated subset of 2,3 (default both)")
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help=f"sweep folder (default {DEFAULT_ROOT})")
     add_local_options(parser)
     args = parser.parse_args(argv)
     try:
-        methods = [m.strip() for m in args.methods.replace(" ", ",").split(",") if m.strip()]
+        methods = expand_methods(args.methods)
         stages = [int(s) for s in args.stages.replace(" ", ",").split(",") if s.strip()]
     except ValueError as exc:
         parser.error(str(exc))

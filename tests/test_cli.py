@@ -135,3 +135,28 @@ def test_subcommand_options(cmd, options, capsys):
     assert code == 0
     missing = [o for o in options if o not in out]
     assert not missing
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_silences_every_progress_line(tiny_shards_2, tmp_path, capsys, where):
+    """-q before or after the command: train and evaluate print their results, nothing on stderr."""
+    run = tmp_path / "run"
+    for argv in (["train", "--shards", str(tiny_shards_2.root), "--out", str(run), "--method", "bce",
+                  "--batch-size", "16", "--no-compile", "--max-steps-per-day", "1"],
+                 ["evaluate", "--model", str(run), "--no-compile", "--overwrite"]):
+        argv = ["-q", *argv] if where == "before" else [*argv, "-q"]
+        code, out, err = _run(capsys, *argv)
+        assert code == 0, err
+        assert out.strip()  # the result
+        assert [ln for ln in err.splitlines() if not ln.startswith("lcron: warning:")] == [], err
+    code, _, err = _run(capsys, "train", "--shards", str(tiny_shards_2.root), "--out", str(run), "--method", "bce",
+                        "--batch-size", "16", "--no-compile", "--max-steps-per-day", "1")
+    assert code == 0 and "seed 1: complete" in err  # without -q the same command reports on stderr
+
+
+def test_serve_eval_takes_days_like_every_command():
+    for flag in ("--days", "--day"):
+        args = cli.build_parser(only="serve-eval").parse_args(["serve-eval", "--model", "r", flag, "2024-01-16"])
+        assert args.day == "2024-01-16"
+    for cmd in ("evaluate", "serve-eval", "preprocess", "validate", "ingest", "train"):
+        assert "--days" in cli.build_parser(only=cmd)._subparsers._group_actions[0].choices[cmd].format_help()

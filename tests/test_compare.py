@@ -94,7 +94,7 @@ def test_best_per_column_and_paired_differences(three_methods, tmp_path_factory)
     md = (out / "compare.md").read_text()
     line = next(ln for ln in md.splitlines() if ln.startswith("| arf "))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[2] == "**0.9100 ± 0.0141**"  # Recall@10@30 (retrieval): arf is best
+    assert cells[2] == "**0.910 ± 0.014**"  # Recall@10@30 (retrieval): arf is best
     assert not cells[1].startswith("**")
     assert cells[-2] == f"[{arf['ci_low']:+.4f}, {arf['ci_high']:+.4f}]" and cells[-1] == "60"
     saved = json.loads((out / "compare.json").read_text())
@@ -234,8 +234,8 @@ def test_serving_columns_common_k1_best_marked_and_na(three_methods, tmp_path_fa
     cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip().strip("|").split("|")]
              for ln in md.splitlines() if ln.startswith(("| lcron ", "| arf ", "| bce "))}
     n = len(tab["columns"])
-    assert cells["arf"][n - 1:n + 1] == ["**0.4200 ± 0.0283**", "0.4600 ± 0.0141"]
-    assert cells["lcron"][n - 1:n + 1] == ["0.3500 ± 0.0707", "**0.5100 ± 0.0141**"]
+    assert cells["arf"][n - 1:n + 1] == ["**0.420 ± 0.028**", "0.460 ± 0.014"]
+    assert cells["lcron"][n - 1:n + 1] == ["0.350 ± 0.071", "**0.510 ± 0.014**"]
     assert cells["bce"][n - 1:n + 1] == ["n/a", "n/a"]
     saved = json.loads((out / "compare.json").read_text())["settings"]["two_stage"]
     assert saved["best"] == tab["best"] and saved["rows"][0]["values"] == tab["rows"][0]["values"]

@@ -59,11 +59,16 @@ def _md_tables(md: str) -> dict[str, list[list[str]]]:
 
 
 def test_format_cell_hand_checked():
-    assert format_cell({"mean": 0.123456, "std": 0.01}) == "0.1235 ± 0.0100"
+    assert format_cell({"mean": 0.123456, "std": 0.01}) == "0.123 ± 0.010"  # two significant digits of the std
+    assert format_cell({"mean": 0.5, "std": 0.35}) == "0.50 ± 0.35"
+    assert format_cell({"mean": 0.123456, "std": 1e-6}) == "0.1235 ± 0.0000"  # never more than 4 decimals
+    assert format_cell({"mean": 0.123456, "std": 0.0}) == "0.1235 ± 0.0000"
+    assert format_cell({"mean": 12.3456, "std": 3.2}) == "12.3 ± 3.2"
     assert format_cell({"mean": 0.5, "std": None}) == "0.5000"
     assert format_cell({"mean": None, "std": None}) == "n/a"
     assert format_cell({"low": -0.01, "high": 0.02}) == "[-0.0100, +0.0200]"
     assert format_cell(3) == "3" and format_cell(0.25) == "0.2500" and format_cell(None) == "n/a"
+    assert format_cell(39.3) == "39.30" and format_cell(1234.5678) == "1234.6"
     assert format_cell(True) == "yes" and format_cell([0.5, None]) == "0.5000, n/a"
 
 
@@ -109,6 +114,11 @@ def test_report_numbers_are_the_evaluation_numbers(evaluated):
     sweep = doc["tables"]["quota_sweep"]["rows"]
     own = [r for r in sweep if r[1] is True]
     assert len(own) == 1 and own[0][0] == "30,20" and own[0][5]["mean"] == metrics["joint_recall"]["mean"]
+    # counts print as integers (10 GT items per request), mean counts with 2 decimals, not 4
+    md = evaluated.paths["markdown"].read_text()
+    scored = sweep[0][2]
+    assert isinstance(scored, float) and f"| {sweep[0][0]} | no | {scored:.2f} |" in md
+    assert funnel[0][2] == 10 and "| candidates (GT per request) | n/a | 10 | n/a |" in md
 
 
 def test_html_is_self_contained_with_decodable_plots(evaluated):
@@ -135,7 +145,7 @@ def test_escaping():
     assert "col\\|1" in md and "a\\|b" in md
 
 
-def test_training_loss_curves_from_the_logs(evaluated):
+def test_training_loss_curves_from_the_logs(evaluated, tiny_shards_2):
     curves = read_train_logs(evaluated.run, [1, 2])
     assert list(curves)[0] == "total"
     assert {"single/retrieval", "single/prerank"} <= set(curves)
@@ -147,6 +157,10 @@ def test_training_loss_curves_from_the_logs(evaluated):
     summary = json.loads((evaluated.run / "seed-1" / "summary.json").read_text())
     assert doc["tables"]["training"]["rows"][0][:4] == ["seed 1", summary["steps"], summary["requests"],
                                                         summary["final_loss"]]
+    total, dropped = summary["requests_in_days"], summary["dropped_requests"]
+    days = json.loads((evaluated.run / "run.json").read_text())["days"]
+    assert dropped == sum(tiny_shards_2.num_requests(d) % 16 for d in days) > 0 and doc["tables"]["training"]["rows"][0][6] == (
+        f"{dropped} of {total} ({100 * dropped / total:.1f}%)")
     assert "loss_weights" not in doc["tables"]  # BCE learns no loss weights
 
 
@@ -256,7 +270,7 @@ def test_report_serving_section_from_the_serving_folder(evaluated, tmp_path):
     # [0.25, 0.75]: mean 0.5, sample std sqrt((0.25² + 0.25²) / 1) = sqrt(0.125)
     assert tab["rows"][1][3] == {"mean": 0.5, "std": pytest.approx(0.125 ** 0.5, rel=1e-12)}
     md = paths["markdown"].read_text()
-    assert "| 500 | 0.9500 ± 0.0707 | 0.6000 ± 0.1414 | 0.5000 ± 0.3536 | 2 |" in md
+    assert "| 500 | 0.950 ± 0.071 | 0.60 ± 0.14 | 0.50 ± 0.35 | 2 |" in md
     setup = dict((r[0], r[1]) for r in doc["tables"]["serving_setup"]["rows"])
     assert setup["index"] == "flat (exact inner product)" and setup["requests evaluated"] == 58
     assert setup["requests/s (retrieval + scoring, mean over seeds)"] == 200.0
@@ -304,3 +318,26 @@ def test_report_serving_errors(evaluated, tmp_path):
     add_report_arguments(parser)
     with pytest.raises(DataError, match="no serving.json"):
         run_report(parser.parse_args([str(evaluated.run), "--serving", str(tmp_path / "nothing")]))
+
+
+def test_report_and_compare_do_not_replace_other_outputs_silently(evaluated, tmp_path):
+    """Like every step: another run's report (another comparison) in --out is refused unless --overwrite;
+    the same inputs render again."""
+    from lcron.errors import OutputExistsError
+
+    other = tmp_path / "other"
+    shutil.copytree(evaluated.run, other, ignore=shutil.ignore_patterns("report"))
+    out = tmp_path / "rep"
+    build_report(evaluated.run, out=out)
+    build_report(evaluated.run, out=out)  # the same run again: refreshed
+    with pytest.raises(OutputExistsError, match=r"holds a report of other inputs.*--overwrite"):
+        build_report(other, out=out)
+    assert json.loads((out / "report.json").read_text())["run_dir"] == str(evaluated.run)
+    assert json.loads((build_report(other, out=out, overwrite=True)["json"]).read_text())["run_dir"] == str(other)
+    cmp = tmp_path / "cmp"
+    compare([evaluated.run, other], cmp, bootstrap=20)
+    compare([other, evaluated.run], cmp, bootstrap=20)  # the same inputs (order does not matter)
+    with pytest.raises(OutputExistsError, match=r"holds a comparison of other inputs"):
+        compare([evaluated.run], cmp, bootstrap=20)
+    assert compare([evaluated.run], cmp, bootstrap=20, overwrite=True)["inputs"]["paths"] == [
+        str(evaluated.run.resolve())]

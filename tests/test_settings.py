@@ -61,3 +61,12 @@ def test_malformed_setting_files_are_clear_errors(tmp_path, content, match):
 def test_missing_setting_file():
     with pytest.raises(SettingError, match="does not exist"):
         load_setting_file("/nonexistent/setting.json")
+
+
+def test_integral_floats_are_integers():
+    """KFP (kfp.local's protobuf Struct) and some YAML writers deliver every number as a float."""
+    s = Setting.from_dict({"name": "f", "base": "two_stage", "quotas": [25.0, 10.0], "group_size": 10.0})
+    assert s.quotas == (25, 10) and all(type(q) is int for q in s.quotas) and type(s.group_size) is int
+    assert s.list_size == 40 and type(s.list_size) is int
+    with pytest.raises(SettingError, match="quota 25.5 of stage 'retrieval' must be a positive integer"):
+        Setting.from_dict({"name": "f", "base": "two_stage", "quotas": [25.5, 10]})

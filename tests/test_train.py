@@ -26,11 +26,10 @@ from lcron.train import TrainConfig, load_cascade, load_checkpoint, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def learn_data(tmp_path_factory):
-    """A small but learnable world: 3 training days + 1 test day."""
-    base = tmp_path_factory.mktemp("learn")
-    src = generate(base / "recflow", num_days=4, requests_per_day=400, users=120, items=800, seed=3, progress=False)
+def _learnable_world(base: Path, requests_per_day: int) -> dict:
+    """A small but learnable world: 3 training days + 1 test day, both settings."""
+    src = generate(base / "recflow", num_days=4, requests_per_day=requests_per_day, users=120, items=800, seed=3,
+                   progress=False)
     return {
         2: preprocess(str(src), base / "shards-2", 2, progress=False),
         3: preprocess(str(src), base / "shards-3", 3, progress=False),
@@ -38,9 +37,20 @@ def learn_data(tmp_path_factory):
     }
 
 
-def _stage_recalls(run_dir: Path, shards: ShardSet) -> tuple[list[float], list[float]]:
+@pytest.fixture(scope="module")
+def learn_data(tmp_path_factory):
+    return _learnable_world(tmp_path_factory.mktemp("learn"), 400)
+
+
+@pytest.fixture(scope="module")
+def learn_data_large(tmp_path_factory):
+    """Three times the requests: for ICC, the slowest learner (below)."""
+    return _learnable_world(tmp_path_factory.mktemp("learn-large"), 1200)
+
+
+def _stage_recalls(run_dir: Path, shards: ShardSet, seed: int = 1) -> tuple[list[float], list[float]]:
     """Mean Recall@10@m per stage of the trained model and of a random scorer on the test day."""
-    cascade, _ = load_cascade(run_dir / "seed-1" / "model.pt")
+    cascade, _ = load_cascade(run_dir / f"seed-{seed}" / "model.pt")
     arrays = shards.load_day(shards.days[-1])
     batch = gather(arrays, slice(None), MODEL_INPUTS)
     with torch.no_grad():
@@ -60,13 +70,15 @@ def _stage_recalls(run_dir: Path, shards: ShardSet) -> tuple[list[float], list[f
 SUPERVISED_PARTS = {"rankflow": "bce/"}
 
 
-def _fixed_batch_loss(run_dir: Path, shards: ShardSet, method: str, payload_path: Path | None) -> float:
-    """The method's loss on the first 64 test requests, with the models (and loss weights) of a payload."""
+def _fixed_batch_loss(run_dir: Path, shards: ShardSet, method: str, payload_path: Path | None, *, seed: int = 1,
+                      requests: int | None = None) -> float:
+    """The method's loss on the first ``requests`` test requests (None: the whole test day), with the
+    models (and loss weights) of a payload, or as the trainer initialised them for ``seed``."""
     from lcron.losses import build_loss
     from lcron.models import build_cascade
 
     setting = shards.setting
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     cascade = build_cascade(setting, dict(shards.embedding_sizes), compile=False)
     loss = build_loss(method, setting=setting)
     if payload_path is not None:
@@ -74,7 +86,8 @@ def _fixed_batch_loss(run_dir: Path, shards: ShardSet, method: str, payload_path
         cascade.load_state_dict(state["model_state"])
         loss.load_state_dict(state["loss_state"])
     arrays = shards.load_day(shards.days[-1])
-    batch = gather(arrays, np.arange(64), ("context", "user", "seq", "seq_mask", "items", "label", "mask"))
+    n = len(arrays["label"]) if requests is None else requests
+    batch = gather(arrays, np.arange(n), ("context", "user", "seq", "seq_mask", "items", "label", "mask"))
     with torch.no_grad():
         out = loss(cascade(batch), batch["label"], batch["mask"])
     prefix = SUPERVISED_PARTS.get(method)
@@ -83,26 +96,54 @@ def _fixed_batch_loss(run_dir: Path, shards: ShardSet, method: str, payload_path
     return sum(float(v) for k, v in out.parts.items() if k.startswith(prefix))
 
 
+# How the learning test judges, and where its margins come from. Every method trains one pass
+# over 3 days with batches of 32 and lr 0.01: 36 steps on 400 requests a day. Judged on the
+# whole test day (not a 64-request slice): the method's loss falls by at least LOSS_DROP
+# (relative) and every stage's Recall@10@m beats a random scorer by RECALL_MARGIN.
+#
+# ICC is the exception, by its design: its cut-off-gated ensemble hands a stage a gradient only
+# around the cut-offs (in the paper it trails every method). On 400 requests a day its loss
+# ROSE for seed 1 (0.694 -> 0.709) while seeds 2-4 fell by 1-4%: that run length judged the
+# seed and the CPU's floating-point path, not the method. So ICC gets 1,200 requests a day
+# (111 steps) and is judged on its loss and its last stage, whose score the ensemble carries;
+# its earlier stages are not judged (seed 2 of the three-stage setting left the pre-rank stage
+# 0.046 below chance).
+#
+# Margins measured with exactly this set-up, seeds 1-2 at least (1-4 for bce, rankflow and ICC
+# on 400 a day, 1-3 for ICC on 1,200), both settings (issue 24, 2-core machine under load 15-18,
+# OMP_NUM_THREADS 1 and default). Smallest over seeds, two-stage / three-stage:
+#   relative loss drop: bce 24 / 28%, rankflow 20 / 27%, fs_ranknet 15 / 16%, fs_lambdaloss 52 / 45%,
+#   arf 47 / 55%, arf_v2 53 / 51%, lcron 59 / 25%; ICC on 1,200 a day 4.3 / 2.1%.
+#   Recall@10@m above random, over stages too: bce +0.187 / +0.165, rankflow +0.119 / +0.083,
+#   fs_ranknet +0.191 / +0.185, fs_lambdaloss +0.197 / +0.180, arf +0.194 / +0.180,
+#   arf_v2 +0.192 / +0.182, lcron +0.196 / +0.165; ICC's last stage on 1,200 a day +0.254 / +0.151.
+# The thresholds are about a third of the smallest measured margin.
+LEARN_REQUESTS = {"icc": 1200}  # requests per day; others 400
+LOSS_DROP = {"icc": 0.007}  # others 0.05
+RECALL_MARGIN = {"icc": 0.05}  # others 0.03
+LAST_STAGE_ONLY = {"icc"}
+
+
 @pytest.mark.parametrize("stages", [2, 3])
-@pytest.mark.parametrize("method", ["bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron"])
-def test_every_method_learns(learn_data, tmp_path, method, stages):
-    shards = learn_data[stages]
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_learns(request, tmp_path, method, stages):
+    requests_per_day = LEARN_REQUESTS.get(method, 400)
+    shards = request.getfixturevalue("learn_data_large" if requests_per_day > 400 else "learn_data")[stages]
+    train_days = shards.days[:-1]
+    assert [shards.num_requests(d) for d in train_days] == [requests_per_day] * 3
     out = tmp_path / "run"
     cfg = TrainConfig(method=method, batch_size=32, lr=1e-2, seeds=(1,), compile=False)
     (res,) = train(shards, out, cfg, progress=False)
-    assert res.summary["steps"] == 3 * (400 // 32) or res.summary["steps"] > 0
+    assert res.summary["steps"] == 3 * (requests_per_day // 32)  # one step per full batch: 36 (111 for ICC)
     before = _fixed_batch_loss(out, shards, method, None)
     after = _fixed_batch_loss(out, shards, method, out / "seed-1" / "model.pt")
-    assert after < before, f"{method}: loss {before:.4f} -> {after:.4f}"
+    drop = LOSS_DROP.get(method, 0.05)
+    assert after < before * (1 - drop), f"{method}: loss {before:.4f} -> {after:.4f} (needs a {drop:.1%} drop)"
     trained, random = _stage_recalls(out, shards)
-    for stage, t, r in zip(shards.setting.stage_names, trained, random):
-        if method == "icc" and stage == shards.setting.stage_names[0]:
-            # ICC's ensemble hands the first stage a gradient only on the slots it cuts, so in a
-            # run this short its first stage is merely not worse than chance (as in the paper, ICC
-            # trails every other method); the later stages must learn.
-            assert t > r - 0.03, f"{method} {stage}: Recall@10@m {t:.3f} vs random {r:.3f}"
-        else:
-            assert t > r + 0.02, f"{method} {stage}: Recall@10@m {t:.3f} vs random {r:.3f}"
+    margin = RECALL_MARGIN.get(method, 0.03)
+    judged = list(zip(shards.setting.stage_names, trained, random))
+    for stage, t, r in judged[-1:] if method in LAST_STAGE_ONLY else judged:
+        assert t > r + margin, f"{method} {stage}: Recall@10@m {t:.3f} vs random {r:.3f} (needs +{margin})"
 
 
 def test_methods_registry_covers_the_eight():
@@ -355,3 +396,68 @@ def test_cli_embedding_optimizer_flag():
     assert parser.parse_args(base + ["--embedding-optimizer", "dense", "--no-day-snapshots"]).embedding_optimizer == "dense"
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--embedding-optimizer", "sparse"])
+
+
+# ---------------------------------------------------------------- configuration checked before writing
+def test_no_full_batch_is_an_error_before_anything_is_written(learn_data, tmp_path):
+    """Batch larger than every day: the run would write an untrained model; nothing is written."""
+    from lcron.errors import DataError
+
+    with pytest.raises(DataError, match=r"no training day holds a full batch of 1000 requests .*2024-01-\d\d: 400"):
+        train(learn_data[2], tmp_path / "r", TrainConfig(method="bce", batch_size=1000, compile=False), progress=False)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match="max steps per day must be an integer >= 1"):
+        train(learn_data[2], tmp_path / "r", TrainConfig(method="bce", batch_size=32, compile=False), progress=False,
+              max_steps_per_day=0)
+    assert not (tmp_path / "r").exists()
+
+
+def test_dropped_requests_are_counted_and_warned(learn_data, tmp_path):
+    """300 of each 400-request day fall in no batch of 256: the summary counts them, training warns."""
+    shards = learn_data[2]
+    days = shards.days[:-1]
+    with pytest.warns(UserWarning, match=r"of \d+ training requests \(\d+%\) fall in the last partial batch"):
+        (res,) = train(shards, tmp_path / "r", TrainConfig(method="bce", batch_size=256, compile=False),
+                       progress=False, max_steps_per_day=1)
+    total = sum(shards.num_requests(d) for d in days)
+    dropped = sum(shards.num_requests(d) % 256 for d in days)
+    assert res.summary["requests_in_days"] == total and res.summary["dropped_requests"] == dropped
+    assert res.summary["dropped_fraction"] == pytest.approx(dropped / total)
+    on_disk = json.loads((tmp_path / "r" / "seed-1" / "summary.json").read_text())
+    assert on_disk["dropped_requests"] == dropped
+
+
+def test_short_day_is_a_warning_with_counts():
+    from lcron.train import batch_plan
+
+    with pytest.warns(UserWarning, match=r"1 of 2 training day\(s\) .* 2024-01-02 \(10 requests\)"):
+        plan = batch_plan({"2024-01-01": 64, "2024-01-02": 10}, 32, None)
+    assert plan.batches == {"2024-01-01": 2, "2024-01-02": 0} and plan.dropped == 10
+
+
+def test_bad_loss_option_writes_nothing_and_the_corrected_rerun_works(learn_data, tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(ConfigError, match="has no option"):
+        train(learn_data[2], out, TrainConfig(method="lcron", loss_options={"tua": "5"}, batch_size=32, compile=False),
+              progress=False, max_steps_per_day=1)
+    with pytest.raises(ConfigError, match="option k=.* has 3 entries"):
+        train(learn_data[2], out, TrainConfig(method="lcron", loss_options={"k": "5,4,3"}, batch_size=32,
+                                              compile=False), progress=False, max_steps_per_day=1)
+    assert not out.exists()
+    (res,) = train(learn_data[2], out, TrainConfig(method="lcron", loss_options={"tau": "5"}, batch_size=32,
+                                                  compile=False), progress=False, max_steps_per_day=1)
+    assert not res.skipped
+
+
+def test_option_spellings_hash_alike(learn_data, tmp_path):
+    """"50" from a command line, 50.0 from KFP and 50 from Python are one configuration."""
+    out = tmp_path / "r"
+    hashes = set()
+    for spelling in ("50", 50.0, 50):
+        train(learn_data[2], out, TrainConfig(method="lcron", loss_options={"tau": spelling, "k": "30,20"},
+                                              batch_size=32, lr=1, compile=False), progress=False,
+              max_steps_per_day=1)
+        run = json.loads((out / "run.json").read_text())
+        hashes.add(run["config_hash"])
+        assert run["loss_options"] == {"tau": 50.0, "k": [30, 20]} and run["train"]["lr"] == 1.0
+    assert len(hashes) == 1

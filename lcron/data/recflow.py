@@ -35,6 +35,7 @@ import numpy as np
 from lcron.data import fields
 from lcron.data import schemas as S
 from lcron.data.source import Source, open_source
+from lcron.defaults import PREPROCESS
 from lcron.errors import ConfigError, DataError
 from lcron.safe_pickle import safe_load
 
@@ -211,7 +212,7 @@ def _int_column(col: Any) -> np.ndarray:
 class RecFlowReader:
     """Validating reader of a RecFlow root (local folder or ``gs://bucket/prefix``)."""
 
-    def __init__(self, source: "str | Source", *, max_missing_fraction: float = 0.01,
+    def __init__(self, source: "str | Source", *, max_missing_fraction: float = PREPROCESS.max_missing_fraction,
                  max_no_gt_fraction: float = 0.5) -> None:
         if not 0.0 <= max_missing_fraction <= 1.0:
             raise ConfigError(f"max_missing_fraction must be in [0, 1], got {max_missing_fraction}")

@@ -104,6 +104,7 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 
 from lcron.atomic import atomic_open, write_bytes, write_json
+from lcron.defaults import SYNTHETIC
 from lcron.errors import ConfigError, OutputExistsError
 from lcron.progress import Progress
 
@@ -152,12 +153,12 @@ class SyntheticConfig:
     docstring.
     """
 
-    num_days: int = 4
-    start_date: str = "2024-01-13"
-    requests_per_day: int = 2000
-    users: int = 500
-    items: int = 5000
-    seed: int = 0
+    num_days: int = SYNTHETIC.num_days
+    start_date: str = SYNTHETIC.start_date
+    requests_per_day: int = SYNTHETIC.requests_per_day
+    users: int = SYNTHETIC.users
+    items: int = SYNTHETIC.items
+    seed: int = SYNTHETIC.seed
     published_spellings: bool = True
     # world vocabularies (authors default to items // 10)
     authors: int | None = None
@@ -675,8 +676,9 @@ def generate_from_config(out_dir: str | Path, config: SyntheticConfig, *, progre
     return out
 
 
-def generate(out_dir: str | Path, *, num_days: int = 4, start_date: str = "2024-01-13",
-             requests_per_day: int = 2000, users: int = 500, items: int = 5000, seed: int = 0,
+def generate(out_dir: str | Path, *, num_days: int = SYNTHETIC.num_days, start_date: str = SYNTHETIC.start_date,
+             requests_per_day: int = SYNTHETIC.requests_per_day, users: int = SYNTHETIC.users,
+             items: int = SYNTHETIC.items, seed: int = SYNTHETIC.seed,
              published_spellings: bool = True, progress: bool = True) -> Path:
     """Write a synthetic RecFlow dataset (see the module docstring) and return ``out_dir``.
 

@@ -4,8 +4,11 @@
 copy of RecFlow, a bucket, generated data) before spending time on preprocessing. Every
 day is read in full with every check of :class:`lcron.data.recflow.RecFlowReader`
 (all required all_stage columns, both pickles, all seven stage labels, the rank and
-rerank index look-ups); a day that fails is reported with its problem instead of
-stopping the run, so one pass lists every broken day.
+rerank index look-ups); a day that fails is reported with its problems instead of
+stopping the run, so one pass lists every broken day. A failed day's three files are then
+also checked one by one (present, non-empty, all_stage schema and values readable, each
+pickle a dict keyed by integer request ids), so a day broken in several files names each
+of them, not only the first the reader met. A clean day is read once.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from typing import Any
 from lcron.data import schemas as S
 from lcron.data.recflow import RecFlowReader, RecFlowWarning
 from lcron.data.source import Source
+from lcron.defaults import PREPROCESS
 from lcron.errors import DataError
+from lcron.progress import Progress
 
 __all__ = ["validate", "format_summary"]
 
 
 def validate(source: "str | Path | Source", days: str | None = None,
-             max_missing_fraction: float = 0.01, max_no_gt_fraction: float = 0.5) -> list[dict[str, Any]]:
+             max_missing_fraction: float = PREPROCESS.max_missing_fraction, max_no_gt_fraction: float = 0.5,
+             progress: bool = True) -> list[dict[str, Any]]:
     """Per-day summaries: ``day``, ``ok``, ``rows``, ``requests`` (usable),
     ``requests_in_all_stage``, ``dropped`` (missing from each pkl / without index),
     ``items_per_label`` (stored rows per request: mean, max, requests with any), ``problems``
@@ -37,6 +43,7 @@ def validate(source: "str | Path | Source", days: str | None = None,
                        max_no_gt_fraction=max_no_gt_fraction) as reader:
         chosen = reader.select_days(days)
         reader.id_counts()
+        bar = Progress(len(chosen), "validate", unit="day", enabled=progress)
         for day in chosen:
             summary: dict[str, Any] = {"day": day, "ok": False, "problems": [], "warnings": []}
             with warnings.catch_warnings(record=True) as caught:
@@ -44,7 +51,8 @@ def validate(source: "str | Path | Source", days: str | None = None,
                 try:
                     rd = reader.read_day(day, labels=S.STAGE_LABELS, check_all_columns=True)
                 except DataError as exc:
-                    summary["problems"].append(str(exc))
+                    first = str(exc)
+                    summary["problems"] = [first, *(p for p in _file_problems(reader, day) if p != first)]
                 else:
                     summary.update(ok=True, rows=rd.stats["rows"], requests=rd.num_requests,
                                    requests_in_all_stage=rd.stats["requests_in_all_stage"],
@@ -54,7 +62,27 @@ def validate(source: "str | Path | Source", days: str | None = None,
                     reader.release_day(day)
             summary["warnings"] = [str(w.message) for w in caught if issubclass(w.category, RecFlowWarning)]
             out.append(summary)
+            bar.update(postfix=f"{day} {'ok' if summary['ok'] else 'FAILED'}")
+        bar.close()
     return out
+
+
+def _file_problems(reader: RecFlowReader, day: str) -> list[str]:
+    """Each file of ``day`` checked on its own, so problems in several files are all named."""
+    problems = []
+    for kind, rel in reader.day_files(day).items():
+        try:
+            reader._require_file(rel)
+            if kind == "all_stage":
+                reader._read_all_stage(rel, {c["name"] for c in S.all_stage_columns(required_only=True)})
+            else:
+                where = reader.source.describe(rel)
+                reader._keys(reader._load_dict(reader.source.read_bytes(rel), where), where)
+        except DataError as exc:
+            problems.append(str(exc))
+        finally:
+            reader.source.release(rel)
+    return problems
 
 
 def format_summary(summaries: list[dict[str, Any]]) -> str:

@@ -35,8 +35,9 @@ deeper stages score only the survivors, per K1.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -45,9 +46,10 @@ import numpy as np
 import torch
 
 from lcron import atomic
-from lcron.errors import ConfigError, DataError
+from lcron.errors import ConfigError, DataError, OutputExistsError
 from lcron.evaluate import open_run_shards, read_run_config
 from lcron.progress import Progress
+from lcron.logs import get_logger
 from lcron.serving.index import (Corpus, IndexOptions, build_corpus, build_index, check_kind, clamp_k1,
                                  overlap_recall, retrieval_tower, rows_in, search, stage_modules, user_vectors)
 from lcron.serving.loader import DEFAULT_MAX_SLOTS, run_cascade, score_items
@@ -59,7 +61,8 @@ REQUEST_NAMES = ("context", "user", "seq", "seq_mask")
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A progress fact on the ``lcron`` logger (stderr; ``lcron -q`` silences it)."""
+    get_logger(__name__).info(msg)
 
 
 def summarize(values: Sequence[float | None]) -> dict[str, Any]:
@@ -239,6 +242,22 @@ def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1:
 
 
 # ------------------------------------------------------------------------ the run
+def _guard_output(path: Path, inputs: Mapping[str, Any], overwrite: bool) -> str:
+    """The inputs' hash; refuses (unless ``overwrite``) a ``path`` written from other inputs."""
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if path.exists() and not overwrite:
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("inputs_hash") != digest:
+            before = old.get("inputs") or {}
+            diff = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in inputs.items() if before.get(k) != v]
+            raise OutputExistsError(f"{path} holds a serving evaluation of other inputs "
+                                    f"({'; '.join(diff) or 'unknown format'}); choose another --out or pass --overwrite")
+    return digest
+
+
 def serving_evaluate(run_dir: "str | Path", shards: Any = None, **kwargs: Any) -> dict[str, Any]:
     """Serving-style evaluation (see :func:`_serving_evaluate`) holding the lock of the output folder;
     serving.json is one atomic file, so its presence is its completion marker."""
@@ -253,7 +272,7 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
                      k1: "Sequence[int] | str" = (100, 500, 1000), index: str = "flat", batch_size: int = 1024,
                      device: str = "auto", seed: int = 0, index_options: "Mapping[str, Any] | None" = None,
                      out: "str | Path | None" = None, max_requests: int | None = None, compile: bool = False,
-                     max_slots: int | None = None, progress: bool = True) -> dict[str, Any]:
+                     max_slots: int | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Serving-style evaluation of every completed seed of a run; writes ``serving.json``.
 
     ``shards`` defaults to the run's shard set, ``day`` to its last day (the test day);
@@ -261,6 +280,8 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     hnsw (``index_options``: nlist, nprobe, hnsw_m, ef_search, ef_construction);
     ``seed`` fixes the GT and cut-off tie-breaks; ``out`` defaults to ``<run_dir>/eval``;
     ``max_requests`` evaluates only the first requests of the day. Returns the document.
+    An existing ``serving.json`` made from other inputs (run, seeds, day, K1, index, tie seed)
+    is an :class:`OutputExistsError` unless ``overwrite``, as with every other step's output.
     """
     from lcron.train import load_cascade, resolve_device, run_seeds
 
@@ -290,6 +311,11 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     for note in notes:
         log(f"serve-eval: {note}")
     k1_list = sorted(set(k1_list))
+    out_dir = Path(out) if out is not None else run_dir / "eval"
+    inputs = {"run_config_hash": cfg.get("config_hash"), "seeds": [p.name for p in seed_dirs],
+              "shards": shard_set.fingerprint(), "day": test_day, "k1": k1_list, "index": index,
+              "index_options": dict(index_options or {}), "tie_seed": seed, "max_requests": max_requests}
+    inputs_hash = _guard_output(out_dir / "serving.json", inputs, overwrite)
     arrays = shard_set.load_day(test_day)
     n_req = int(arrays["request_id"].shape[0])
     if max_requests is not None:
@@ -349,8 +375,9 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
         "results": results,
         "per_seed": {str(s): per_seed[s] for s in seeds},
         "timing": timings,
+        "inputs": inputs,
+        "inputs_hash": inputs_hash,
     }
-    out_dir = Path(out) if out is not None else run_dir / "eval"
     atomic.write_json(out_dir / "serving.json", doc)
     return doc
 
@@ -470,7 +497,9 @@ def add_serve_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", required=True, metavar="RUN_DIR", help="training run folder (holds run.json)")
     parser.add_argument("--shards", default=None, metavar="DIR", help="shard set (default: the run's)")
-    parser.add_argument("--day", default=None, help="test day YYYY-MM-DD (default: the shard set's last day)")
+    parser.add_argument("--days", "--day", dest="day", default=None, metavar="DAY",
+                        help="test day YYYY-MM-DD, one day (default: the shard set's last day); --days like every "
+                             "other command, --day still accepted")
     parser.add_argument("--k1", default="100,500,1000", help="retrieval sizes, comma-separated (default 100,500,1000)")
     parser.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat",
                         help="faiss index (default flat = exact; ivf/hnsw also report their recall vs exact)")
@@ -483,6 +512,7 @@ def add_serve_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="compile the DIN attention core (faster on large days; default off)")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
+    parser.add_argument("--overwrite", action="store_true", help="replace a serving.json made from other inputs")
 
 
 def format_table(doc: Mapping[str, Any]) -> str:
@@ -518,7 +548,8 @@ def run_serve_eval(args: argparse.Namespace) -> int:
     doc = serving_evaluate(args.model, args.shards, day=args.day, k1=parse_k1(args.k1), index=args.index,
                            batch_size=args.batch_size, device=args.device, seed=args.tie_seed,
                            index_options=index_options_from_args(args), out=args.out,
-                           max_requests=args.max_requests, compile=args.compile, progress=not args.no_progress)
+                           max_requests=args.max_requests, compile=args.compile, overwrite=args.overwrite,
+                           progress=not (args.no_progress or getattr(args, "quiet", False)))
     print(format_table(doc))
     out_dir = Path(args.out) if args.out else Path(args.model) / "eval"
     log(f"serve-eval: wrote {out_dir / 'serving.json'}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.feather as feather
 import pytest
 
 from lcron.data.validate import format_summary, validate
@@ -75,3 +76,23 @@ def test_generated_data_validates(tiny_recflow):
     assert all(s["requests"] == 60 for s in out)
     # The generator stores 11-20 items for most labels, so the first-10 rule matters.
     assert np.mean([s["items_per_label"]["rank_neg"]["max"] for s in out]) > 10
+
+
+def test_a_day_broken_in_every_file_names_every_problem(handmade, tmp_path, capsys):
+    """all_stage lacks a column, request_id_dict is empty, the sequence pickle is truncated: three problems."""
+    root = handmade.write(tmp_path / "recflow", days=DAYS[:2])
+    day = DAYS[1]
+    table = handmade.table()
+    feather.write_feather(table.drop_columns(["duration"]), root / "all_stage" / f"{day}.feather")
+    (root / "request_id_dict" / f"{day}.pkl").write_bytes(b"")
+    seq = root / "seq_effective_50_dict" / f"{day}.pkl"
+    seq.write_bytes(seq.read_bytes()[:50])
+    out = validate(root, progress=True)
+    assert [s["ok"] for s in out] == [True, False]
+    problems = out[1]["problems"]
+    assert len(problems) == 3, problems
+    assert any(f"all_stage/{day}.feather: required column(s) missing: duration" in p for p in problems)
+    assert any(f"request_id_dict/{day}.pkl: file is empty" in p for p in problems)
+    assert any(f"seq_effective_50_dict/{day}.pkl: the pickle is truncated" in p for p in problems)
+    err = capsys.readouterr().err
+    assert "validate: 2/2 day" in err and f"{day} FAILED" in err  # progress while it reads

@@ -97,6 +97,15 @@ def test_preprocess_component_setting_overrides(chain, tmp_path):
     assert dataset["setting"]["groups"][0] == "rerank_pos"
 
 
+def test_preprocess_component_setting_numbers_as_floats(chain, tmp_path):
+    """Under kfp.local a dict parameter arrives through a protobuf Struct: 25 becomes 25.0."""
+    out = FakeArtifact(tmp_path / "shards")
+    components.preprocess.python_func(raw_data=chain["raw"], stages=2, setting={"quotas": [25.0, 10.0]},
+                                      tz_offset_hours=8, max_missing_fraction=0.01, shards=out)
+    dataset = json.loads((Path(out.path) / "dataset.json").read_text())
+    assert dataset["setting"]["quotas"] == [25, 10]
+
+
 def test_train_component(chain):
     model = Path(chain["model"].path)
     run = json.loads((model / "run.json").read_text())

@@ -36,8 +36,10 @@ def _pairs(params: dict) -> list[str]:
 def test_two_stage_run_local(package, tmp_path, capsys):
     root = tmp_path / "kfp-local"
     serving = {"serving_eval": True, "serving_k1": [5, 50], "serving_batch_size": 64}
+    # docs/pipeline.md's example: kfp.local hands the dicts' numbers to the steps as floats
+    example = {"setting": {"quotas": [25, 10]}, "loss_options": {"k": "quotas"}}
     argv = ["--package", str(package), "--pipeline-root", str(root), "method=lcron", "stages=2", *_pairs(TINY),
-            *_pairs(serving)]
+            *_pairs(serving), *_pairs(example)]
     assert run_local.main(argv) == 0
     out = capsys.readouterr().out
     latest = json.loads((root / "latest.json").read_text())
@@ -56,6 +58,8 @@ def test_two_stage_run_local(package, tmp_path, capsys):
     assert doc["metrics"]["joint_recall"]["mean"] == pytest.approx(recall)
     assert str(paths["report"]).startswith(str(root.resolve()))
     assert (paths["model"] / "seed-1" / "model.pt").is_file()
+    run_cfg = json.loads((paths["model"] / "run.json").read_text())
+    assert run_cfg["setting"]["quotas"] == [25, 10] and run_cfg["loss_options"] == {"k": "quotas"}
     # the serving step ran: serving.json, its means in the metrics, a report section, a printed line
     served = json.loads((paths["serving"] / "serving.json").read_text())
     assert served["k1"] == [5, 50] and served["run_dir"] == str(paths["model"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +169,73 @@ def test_documented_kfp_run_submit_syntax(tmp_path):
     (call,) = client.runs
     assert call["job_name"] == "lcron-2stage-seed1-3" and call["pipeline_package_path"] == str(package)
     assert call["params"] == {"method": "lcron", "stages": 2, "seeds": [1, 2, 3], "compile": False}
+
+
+@pytest.fixture
+def ninth_method():
+    """A ninth method registered the documented way (a @register'ed CascadeLoss), removed after."""
+    from lcron.losses import register, unregister
+    from lcron.losses.bce import BCELoss
+
+    @register("ninth")
+    class Ninth(BCELoss):
+        pass
+
+    yield "ninth"
+    unregister("ninth")
+
+
+def test_a_ninth_registered_method_is_submitted_and_swept(ninth_method, tmp_path, monkeypatch, capsys):
+    from pipelines import sweep_local
+    from pipelines.run_local import LocalRun
+
+    assert ninth_method in submit.ALL_METHODS and ninth_method in submit.expand_methods("all")
+    assert [r.method for r in plan_runs([ninth_method], [2], [1])] == [ninth_method]
+    package = tmp_path / "p.yaml"
+    package.write_text("{}")
+    assert submit.main(["--package", str(package), "--methods", "all", "--stages", "2", "--dry-run"]) == 0
+    assert "ninth-2stage-seed1-5" in capsys.readouterr().out
+    ran = []
+    monkeypatch.setattr(sweep_local, "run_pipeline",
+                        lambda package, params, root, docker=False: ran.append(params) or LocalRun(Path(root), params))
+    summary = sweep_local.sweep_local([ninth_method], [2], tmp_path / "sweep", package=package, compare=False)
+    assert summary["ran"] == ["ninth-2stage"] and ran == [{"method": "ninth", "stages": 2}]
+
+
+def test_no_method_list_outside_the_registry():
+    """The Makefile, submit and the local sweep name no methods: they read the registry."""
+    root = Path(__file__).resolve().parents[2]
+    for rel in ("Makefile", "pipelines/submit.py", "pipelines/sweep_local.py"):
+        text = (root / rel).read_text()
+        assert "fs_lambdaloss" not in text and "arf_v2" not in text, rel
+
+
+def test_readme_recipe_for_the_paper_table_reaches_the_sweep():
+    """README's `make sweep-local PARAMS=...` recipe passes the RecFlow source and the pipeline's
+    defaults (5 seeds) through to pipelines.sweep_local; the plain target is said to be synthetic."""
+    import re
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    assert "synthetic data" in readme and "five seeds" in readme
+    recipe = re.search(r"make sweep-local PARAMS='([^']*)'", readme)
+    assert recipe is not None and "source=" in recipe.group(1)
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "-n", "-C", str(root), "sweep-local", f"PARAMS={recipe.group(1)}"],
+                         capture_output=True, text=True, timeout=60)
+    command = " ".join(dry.stdout.replace("\\\n", " ").split())
+    assert "pipelines.sweep_local" in command and "--methods all" in command and recipe.group(1) in command
+    import argparse
+
+    from pipelines.cascade_pipeline import DEFAULT_SEEDS
+    from pipelines.run_local import add_local_options
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("params", nargs="*")
+    add_local_options(parser)
+    args = parser.parse_args(recipe.group(1).split())
+    # --no-local-defaults: no laptop seed/batch override, so the pipeline's five seeds apply
+    assert args.no_local_defaults and "seeds" not in parse_params(args.params) and len(DEFAULT_SEEDS) == 5

@@ -132,3 +132,16 @@ def test_bench_rows(run_2: Path):
         assert r["requests"] == 32 and r["index"] == "flat" and r["device"] == "cpu" and r["threads"] == 1
         assert r["retrieval_requests_per_s"] > 0 and r["scoring_requests_per_s"] > 0
         assert r["requests_per_s"] < min(r["retrieval_requests_per_s"], r["scoring_requests_per_s"])
+
+
+def test_an_earlier_serving_evaluation_is_not_replaced_silently(run_2: Path, tmp_path: Path):
+    from lcron.errors import OutputExistsError
+
+    first = serving_evaluate(run_2, k1=(10,), out=tmp_path, progress=False, max_requests=16)
+    again = serving_evaluate(run_2, k1=(10,), out=tmp_path, progress=False, max_requests=16)  # same inputs: fine
+    assert again["inputs_hash"] == first["inputs_hash"]
+    with pytest.raises(OutputExistsError, match=r"other inputs \(k1 \[10\] -> \[20\]\).*--overwrite"):
+        serving_evaluate(run_2, k1=(20,), out=tmp_path, progress=False, max_requests=16)
+    assert json.loads((tmp_path / "serving.json").read_text())["k1"] == [10]
+    doc = serving_evaluate(run_2, k1=(20,), out=tmp_path, progress=False, max_requests=16, overwrite=True)
+    assert doc["k1"] == [20] and json.loads((tmp_path / "serving.json").read_text())["k1"] == [20]
