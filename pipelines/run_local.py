@@ -17,7 +17,8 @@ visible inside the container - use the synthetic data, gs:// or s3://). ``--imag
 names that image (``make test-docker`` passes the Makefile's IMAGE_REF); the package is
 then compiled for it into ``build/docker/``. Containers use the host network (gs://, s3://
 and a loopback S3 server are reachable) and run as the calling user, or as the image's
-user 1000 when called as root (the pipeline root is then handed to uid 1000).
+user 1000 when called as root (the pipeline root is then handed to uid 1000); the
+AWS_* / STORAGE_EMULATOR_HOST variables set here are passed into them.
 
 kfp.local does not cache: every step runs each time.
 """
@@ -37,6 +38,10 @@ from pipelines.compile import is_stale, package_path
 DEFAULT_PACKAGE = package_path("build", "cpu")
 DOCKER_PACKAGE = package_path(Path("build") / "docker", "cpu")
 IMAGE_UID = 1000  # the image's non-root user (docker/Dockerfile)
+# Passed from this environment into the containers (where set): the object-store endpoints
+# and credentials that gs:// and s3:// sources read (lcron/data/source.py).
+PASS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")
 DEFAULT_ROOT = Path("runs/kfp-local")
 # What makes `make run` fit a laptop: one seed, small batches (the default synthetic data
 # has 2000 requests a day), eager models (torch.compile costs more than it saves here).
@@ -120,7 +125,8 @@ def _docker_runner(root: Path) -> Any:
             os.chown(path, uid, gid)
     # The image's entry point is `lcron`; KFP passes the step's command as the container
     # command, so `env` (which runs its arguments) stands in as entry point.
-    return local.DockerRunner(entrypoint=["env"], user=f"{uid}:{gid}", environment={"HOME": "/tmp"},
+    environment = {"HOME": "/tmp", **{k: os.environ[k] for k in PASS_ENV if k in os.environ}}
+    return local.DockerRunner(entrypoint=["env"], user=f"{uid}:{gid}", environment=environment,
                               network_mode="host")
 
 

@@ -123,3 +123,20 @@ def test_unreachable_endpoint_names_the_variable(monkeypatch):
 def test_bad_s3_uri():
     with pytest.raises(DataError, match="not an s3://bucket/prefix URI"):
         S3Source("s3://", client=object())
+
+
+def test_pipeline_ingest_and_preprocess_from_s3_match_the_local_copy(s3_server, handmade, tmp_path):
+    """The pipeline's fingerprint -> ingest -> preprocess path with an s3:// source."""
+    from lcron.ingest import ingest, source_fingerprint
+
+    local = handmade.write(tmp_path / "recflow", days=("2024-01-15", "2024-01-16"))
+    uri = _upload(local, "pipeline")
+    fp = source_fingerprint(uri, "2024-01-15:2024-01-16")
+    staged = ingest(uri, tmp_path / "staged", days="2024-01-15:2024-01-16", expected_fingerprint=fp, progress=False)
+    assert staged.fingerprint == fp
+    s_local = preprocess(local, tmp_path / "local", 2, progress=False)
+    s_staged = preprocess(tmp_path / "staged", tmp_path / "from-s3", 2, progress=False)
+    for day in s_local.days:
+        a, b = s_local.load_day(day), s_staged.load_day(day)
+        for name in fields.SHARD_ARRAYS:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)

@@ -149,8 +149,15 @@ def test_docker_option_wires_the_docker_runner(tmp_path, monkeypatch):
     runner = seen["runner"]
     assert isinstance(runner, local.DockerRunner) and seen["checked"] == "r/i:t"
     user = "1000:1000" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
-    assert runner.container_run_args == {"entrypoint": ["env"], "user": user, "environment": {"HOME": "/tmp"},
-                                         "network_mode": "host"}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    run_local.run_pipeline("p.yaml", {"method": "lcron"}, tmp_path / "root", docker=True, image="r/i:t")
+    args = seen["runner"].container_run_args
+    assert args["environment"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    assert "AWS_SECRET_ACCESS_KEY" not in args["environment"]  # only variables that are set
+    assert {k: v for k, v in args.items() if k != "environment"} == {"entrypoint": ["env"], "user": user,
+                                                                      "network_mode": "host"}
+    assert args["environment"]["HOME"] == "/tmp"
     assert ("chowned" in seen) == (os.getuid() == 0)
     assert seen["pipeline_root"] == str((tmp_path / "root").resolve()) and seen["raise_on_error"] is True
     assert seen["params"] == {"method": "lcron"}
