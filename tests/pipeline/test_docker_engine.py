@@ -77,6 +77,42 @@ def test_whole_pipeline_in_containers_leaves_the_report(image, tmp_path, capsys)
     assert "report (HTML)" in out
 
 
+def test_pipeline_in_containers_reads_an_s3_source(image, tiny_recflow, tmp_path, monkeypatch, capsys):
+    """source=s3://... from moto's S3 server on loopback; the steps reach it over the host
+    network with the AWS_* variables run_local passes in."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="recflow")
+        for p in sorted(tiny_recflow.rglob("*")):
+            if p.is_file():
+                client.upload_file(str(p), "recflow", f"tiny/{p.relative_to(tiny_recflow).as_posix()}")
+        root = tmp_path / "kfp"
+        params = [p for p in TINY if not p.startswith("synthetic_")] + ["source=s3://recflow/tiny"]
+        rc = run_local.main(["--docker", "--image", image, "--pipeline-root", str(root), *params])
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        latest = json.loads((root / "latest.json").read_text())
+        assert (Path(latest["paths"]["report_files"]) / "report.html").is_file()
+        manifests = [json.loads(p.read_text()) for p in root.rglob("ingest.json")]
+        assert [m["source"] for m in manifests] == ["s3://recflow/tiny"]
+        assert manifests[0]["days"] == ["2024-01-13", "2024-01-14", "2024-01-15"]
+    finally:
+        server.stop()
+
+
 def test_unreachable_base_image_names_the_fix(image):
     res = subprocess.run([str(ROOT / "docker" / "build.sh"), "docker/Dockerfile", "lcron-test:never",
                           "registry.invalid/python:3.11-slim"], capture_output=True, text=True, timeout=300)
