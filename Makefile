@@ -8,6 +8,16 @@ RUN_DIR ?= runs/local
 REGISTRY ?= localhost:5000
 IMAGE ?= lcron-pipelines
 TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+# The one image reference (docs/docker.md): image, push, pipeline, submit and test-docker all use it.
+IMAGE_REF := $(if $(REGISTRY),$(REGISTRY)/)$(IMAGE):$(TAG)
+GPU_IMAGE_REF := $(IMAGE_REF)-gpu
+BASE_IMAGE ?= python:3.11-slim
+GPU_BASE_IMAGE ?= nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+LOCAL_BASE ?= lcron-base:bookworm
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+# Compile-time resources per step (docs/pipeline.md): CPU_<STEP> / MEM_<STEP> requests, limits = request x LIMIT_FACTOR.
+RESOURCES ?=
+DOCKER_ROOT ?= runs/kfp-docker
 EXPERIMENT ?= lcron
 METHODS ?= all
 STAGES ?= 2 3
@@ -30,7 +40,8 @@ empty :=
 space := $(empty) $(empty)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench pipeline submit sweep-local sweep-local-reference reference-table compare image push lint clean
+.PHONY: help install run test bench pipeline submit sweep-local sweep-local-reference reference-table compare image \
+	image-gpu push lint clean base-image wheelhouse test-docker image-refs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,8 +60,8 @@ run: $(STAMP) ## run the compiled pipeline locally (kfp.local) on the synthetic 
 	$(PY) -m pipelines.run_local --pipeline-root $(KFP_LOCAL_ROOT)
 
 pipeline: $(STAMP) ## compile the KFP pipeline: build/cascade-cpu.yaml and build/cascade-gpu.yaml
-	$(PY) -m pipelines.compile --out build --registry $(REGISTRY) --image $(IMAGE) --tag $(TAG) \
-		--accelerator-type $(ACCELERATOR) --accelerator-count $(ACCELERATOR_COUNT)
+	$(PY) -m pipelines.compile --out build --image-ref $(IMAGE_REF) \
+		--accelerator-type $(ACCELERATOR) --accelerator-count $(ACCELERATOR_COUNT) $(RESOURCES)
 
 submit: pipeline ## submit runs to KFP: make submit HOST=http://... METHOD=lcron STAGES=2 [SEEDS=1,2,3]
 	@test -n "$(HOST)" || { echo "set HOST to the KFP API endpoint, e.g. make submit HOST=http://localhost:8080"; exit 2; }
@@ -74,13 +85,27 @@ reference-table: $(STAMP) ## the faithful-vs-reference table of docs/reference.m
 compare: $(STAMP) ## compare every evaluated run under COMPARE_PATHS (default runs/) into runs/compare
 	$(PY) -m lcron compare $(COMPARE_PATHS) --out $(COMPARE_OUT)
 
-image: ## build the CPU and GPU images REGISTRY/IMAGE:TAG and :TAG-gpu (needs Docker)
-	docker build -f docker/Dockerfile -t $(REGISTRY)/$(IMAGE):$(TAG) .
-	docker build -f docker/Dockerfile.gpu -t $(REGISTRY)/$(IMAGE):$(TAG)-gpu .
+image-refs: ## print the CPU and GPU image references that image, push and pipeline use
+	@echo $(IMAGE_REF); echo $(GPU_IMAGE_REF)
 
-push: image ## push both images to REGISTRY
-	docker push $(REGISTRY)/$(IMAGE):$(TAG)
-	docker push $(REGISTRY)/$(IMAGE):$(TAG)-gpu
+base-image: ## make the local Debian bookworm base LOCAL_BASE (for when python:3.11-slim cannot be pulled)
+	docker/base-image.sh $(LOCAL_BASE) $(DEBIAN_MIRROR)
+
+wheelhouse: ## download/build every wheel the CPU image needs into wheelhouse/ (the build then needs no network)
+	docker/wheelhouse.sh wheelhouse $(PY_SYS)
+
+image: wheelhouse ## build the CPU image IMAGE_REF [BASE_IMAGE=lcron-base:bookworm after make base-image]
+	docker/build.sh docker/Dockerfile $(IMAGE_REF) $(BASE_IMAGE)
+
+image-gpu: ## build the GPU image IMAGE_REF-gpu (CUDA base and CUDA torch; see docs/docker.md)
+	docker/build.sh docker/Dockerfile.gpu $(GPU_IMAGE_REF) $(GPU_BASE_IMAGE) host
+
+push: image image-gpu ## push both images to REGISTRY
+	docker push $(IMAGE_REF)
+	docker push $(GPU_IMAGE_REF)
+
+test-docker: $(STAMP) image ## build the CPU image, then run it: --help, a preprocess step, the whole pipeline (DockerRunner)
+	LCRON_TEST_IMAGE=$(IMAGE_REF) $(PY) -m pytest -q -p no:cacheprovider -m docker tests/pipeline/test_docker_engine.py
 
 lint: $(STAMP) ## hadolint both Dockerfiles and check that the pipeline compiles
 	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu

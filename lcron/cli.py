@@ -83,7 +83,7 @@ def _generate_run(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- preprocess
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, metavar="DIR_OR_GS_URI",
-                   help="RecFlow root: a local folder or gs://bucket/prefix")
+                   help="RecFlow root: a local folder, gs://bucket/prefix or s3://bucket/prefix")
     p.add_argument("--days", default=None, metavar="FIRST:LAST",
                    help="days to use, inclusive (YYYY-MM-DD:YYYY-MM-DD, or one day); default: all")
     p.add_argument("--max-missing-fraction", type=float, default=PREPROCESS.max_missing_fraction, metavar="F",

@@ -25,7 +25,7 @@ variant (GPU: the GPU image on every step and an accelerator request on train, e
 and serving).
 """
 
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
@@ -33,6 +33,7 @@ from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 from components import evaluate, fingerprint, ingest, preprocess, report, serving, train
 from components.common import CPU_IMAGE
 from lcron.defaults import PREPROCESS, SYNTHETIC, TRAIN
+from pipelines import resources as step_resources
 
 PIPELINE_NAME = "lcron-cascade"
 DEFAULT_SEEDS = list(TRAIN.pipeline_seeds)  # METHODS.md section 3: mean and std over 5 seeds
@@ -50,13 +51,16 @@ class PipelineOutputs(NamedTuple):
 
 
 def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = None, accelerator_count: int = 1,
-                   compile_default: bool = False, name: str = PIPELINE_NAME) -> Callable:
+                   compile_default: bool = False, name: str = PIPELINE_NAME,
+                   resources: Mapping[str, step_resources.StepResources] | None = None) -> Callable:
     """The pipeline function for one image.
 
     ``accelerator_type`` (e.g. ``nvidia.com/gpu`` on KFP, ``NVIDIA_TESLA_T4`` on Vertex AI)
     adds a request for ``accelerator_count`` accelerators to train, evaluate and serving.
     ``compile_default`` is the default of the pipeline's ``compile`` parameter
     (torch.compile; worth it on a GPU, mostly compile time on small CPU runs).
+    ``resources`` maps a step name (:data:`pipelines.resources.STEPS`) to its CPU/memory
+    requests and limits; ``None`` or a missing step leaves them to the cluster.
     """
     if accelerator_type is not None and accelerator_count < 1:
         raise ValueError(f"accelerator_count must be >= 1 when an accelerator type is set, got {accelerator_count}")
@@ -133,8 +137,11 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
                           serving=served.outputs["serving"])
         reported.set_display_name("report")
 
-        for task in (fp, staged, shards, trained, evaluated, served, reported):
+        tasks = dict(zip(step_resources.STEPS, (fp, staged, shards, trained, evaluated, served, reported)))
+        for step, task in tasks.items():
             task.set_container_image(image)
+            if resources and step in resources:
+                step_resources.apply(task, resources[step])
         if accelerator_type is not None:
             for task in (trained, evaluated, served):
                 task.set_accelerator_type(accelerator_type)

@@ -13,7 +13,12 @@ no torch.compile, on the generator's default synthetic data.
 
 ``--docker`` runs every step in the project image with kfp.local's DockerRunner instead
 (needs a Docker engine and the image from ``make image``; a local-folder source is not
-visible inside the container - use the synthetic data or gs://).
+visible inside the container - use the synthetic data, gs:// or s3://). ``--image REF``
+names that image (``make test-docker`` passes the Makefile's IMAGE_REF); the package is
+then compiled for it into ``build/docker/``. Containers use the host network (gs://, s3://
+and a loopback S3 server are reachable) and run as the calling user, or as the image's
+user 1000 when called as root (the pipeline root is then handed to uid 1000); the
+AWS_* / STORAGE_EMULATOR_HOST variables set here are passed into them.
 
 kfp.local does not cache: every step runs each time.
 """
@@ -31,6 +36,12 @@ from typing import Any, Mapping
 from pipelines.compile import is_stale, package_path
 
 DEFAULT_PACKAGE = package_path("build", "cpu")
+DOCKER_PACKAGE = package_path(Path("build") / "docker", "cpu")
+IMAGE_UID = 1000  # the image's non-root user (docker/Dockerfile)
+# Passed from this environment into the containers (where set): the object-store endpoints
+# and credentials that gs:// and s3:// sources read (lcron/data/source.py).
+PASS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")
 DEFAULT_ROOT = Path("runs/kfp-local")
 # What makes `make run` fit a laptop: one seed, small batches (the default synthetic data
 # has 2000 requests a day), eager models (torch.compile costs more than it saves here).
@@ -68,17 +79,57 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def ensure_package(package: str | Path = DEFAULT_PACKAGE) -> Path:
-    """Compile the CPU variant to ``package`` if it is missing or stale; return its path."""
+def ensure_package(package: str | Path = DEFAULT_PACKAGE, image: str | None = None) -> Path:
+    """Compile the CPU variant to ``package`` if it is missing, stale or (with ``image``)
+    names another image; return its path."""
     from pipelines.compile import compile_variant
 
     package = Path(package)
-    if is_stale(package):
+    if is_stale(package) or (image is not None and f"image: {image}\n" not in package.read_text()):
         from lcron.logs import get_logger
 
-        get_logger(__name__).info(f"compiling {package}")
-        compile_variant("cpu", package)
+        get_logger(__name__).info(f"compiling {package}" + (f" for image {image}" if image else ""))
+        compile_variant("cpu", package, ref=image)
     return package
+
+
+def check_docker(image: str | None) -> None:
+    """A reachable Docker engine (and ``image`` present locally): RuntimeError naming the fix
+    instead of kfp.local's stack trace or an attempt to pull from an unreachable registry."""
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        raise RuntimeError(f"no Docker engine answers ({type(exc).__name__}); install and start one "
+                           "(apt-get install docker.io; dockerd --iptables=false --ip-masq=false --bridge=none &) "
+                           "or set DOCKER_HOST - see docs/docker.md") from None
+    try:
+        if image is not None:
+            try:
+                client.images.get(image)
+            except docker.errors.ImageNotFound:
+                raise RuntimeError(f"image {image} is not in the local Docker engine; build it with "
+                                   "`make image` (same REGISTRY/TAG) or docker pull it") from None
+    finally:
+        client.close()
+
+
+def _docker_runner(root: Path) -> Any:
+    """kfp.local's DockerRunner for the project image (see the module docstring)."""
+    from kfp import local
+
+    uid, gid = os.getuid(), os.getgid()
+    if uid == 0:
+        uid = gid = IMAGE_UID
+        for path in (root, *root.rglob("*")):
+            os.chown(path, uid, gid)
+    # The image's entry point is `lcron`; KFP passes the step's command as the container
+    # command, so `env` (which runs its arguments) stands in as entry point.
+    environment = {"HOME": "/tmp", **{k: os.environ[k] for k in PASS_ENV if k in os.environ}}
+    return local.DockerRunner(entrypoint=["env"], user=f"{uid}:{gid}", environment=environment,
+                              network_mode="host")
 
 
 def check_params(component: Any, params: Mapping[str, Any]) -> None:
@@ -90,18 +141,15 @@ def check_params(component: Any, params: Mapping[str, Any]) -> None:
 
 
 def run_pipeline(package: str | Path, params: Mapping[str, Any], pipeline_root: str | Path, *,
-                 docker: bool = False) -> LocalRun:
+                 docker: bool = False, image: str | None = None) -> LocalRun:
     """Run the compiled ``package`` with ``params`` under ``pipeline_root``; outputs and metrics."""
     from kfp import components, local
 
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if docker:
-        # The image's entry point is `lcron`; KFP passes the step's command as the container
-        # command, so `env` (which runs its arguments) stands in as entry point. Steps run as
-        # the calling user so the outputs in the mounted pipeline root stay writable.
-        runner: Any = local.DockerRunner(entrypoint=["env"], user=f"{os.getuid()}:{os.getgid()}",
-                                         environment={"HOME": "/tmp"})
+        check_docker(image)
+        runner: Any = _docker_runner(root)
     else:
         runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
@@ -151,6 +199,9 @@ def add_local_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--package", default=str(DEFAULT_PACKAGE),
                         help=f"compiled pipeline (default {DEFAULT_PACKAGE}; compiled if missing or stale)")
     parser.add_argument("--docker", action="store_true", help="run the steps in the project image (DockerRunner)")
+    parser.add_argument("--image", default=None, metavar="REF",
+                        help="with --docker: the image to run (make test-docker passes the Makefile's IMAGE_REF); "
+                             f"the package is compiled for it into {DOCKER_PACKAGE.parent}")
     parser.add_argument("--no-local-defaults", action="store_true",
                         help=f"use the pipeline's own defaults instead of {LOCAL_DEFAULTS}")
 
@@ -165,8 +216,10 @@ def resolve_local_options(parser: argparse.ArgumentParser, args: argparse.Namesp
     if not args.no_local_defaults:
         params = {**LOCAL_DEFAULTS, **params}
     package = Path(args.package)
+    if args.image and not args.docker:
+        parser.error("--image needs --docker")
     if package.resolve() == DEFAULT_PACKAGE.resolve():
-        package = ensure_package(package)
+        package = ensure_package(DOCKER_PACKAGE, args.image) if args.image else ensure_package(package)
     elif not package.is_file():
         parser.error(f"--package {package} does not exist")
     return params, package
@@ -182,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params, package = resolve_local_options(parser, args)
     try:
-        run = run_pipeline(package, params, args.pipeline_root, docker=args.docker)
+        run = run_pipeline(package, params, args.pipeline_root, docker=args.docker, image=args.image)
     except ValueError as exc:
         parser.error(str(exc))
     except RuntimeError as exc:  # kfp.local: a step failed (its log is above)

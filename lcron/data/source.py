@@ -1,4 +1,4 @@
-"""Where RecFlow files come from: a local folder or ``gs://bucket/prefix``.
+"""Where RecFlow files come from: a local folder, ``gs://bucket/prefix`` or ``s3://bucket/prefix``.
 
 The reader only needs four things from a source: list the days (the names of
 ``all_stage/*.feather``), read a small file's bytes (the pickles), give a local path
@@ -9,6 +9,11 @@ size + generation + md5 from the object's metadata (no download needed).
 
 With ``STORAGE_EMULATOR_HOST`` set (tests, local emulators) the GCS client uses anonymous
 credentials and the project ``test``; otherwise the default Google credentials.
+
+S3 (AWS, MinIO, any S3-compatible store) goes through boto3 with its standard environment:
+``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) for a non-AWS endpoint,
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (or a profile), ``AWS_DEFAULT_REGION``.
+S3 fingerprints are size + ETag from the object listing (no download needed).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from lcron.errors import DataError
 
-__all__ = ["Source", "LocalSource", "GCSSource", "open_source", "DAY_RE"]
+__all__ = ["Source", "LocalSource", "GCSSource", "S3Source", "open_source", "DAY_RE"]
 
 DAY_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.feather$")
 _HASH_CHUNK = 1 << 20
@@ -250,13 +255,146 @@ def _gcs_client() -> Any:
                         "credentials or STORAGE_EMULATOR_HOST") from None
 
 
+class S3Source(GCSSource):
+    """``s3://bucket/prefix`` through boto3 (AWS or an S3-compatible server such as MinIO).
+
+    It shares the download cache and the listing logic of :class:`GCSSource`; only the
+    object calls differ. Errors name the bucket and the environment variable to fix.
+    """
+
+    def __init__(self, uri: str, client: Any = None) -> None:
+        m = re.match(r"^s3://([^/]+)/?(.*)$", uri)
+        if not m:
+            raise DataError(f"{uri}: not an s3://bucket/prefix URI")
+        self.uri = uri.rstrip("/")
+        self.bucket_name, self.prefix = m.group(1), m.group(2).strip("/")
+        self._client = client or _s3_client()
+        self._blobs: dict[str, Any] = {}
+        self._cache_dir: Path | None = None
+        self._cached: dict[str, Path] = {}
+        self._check_bucket()
+
+    def _fail(self, what: str, exc: Exception) -> DataError:
+        """One clear message for the S3 failures a user can fix."""
+        return DataError(_s3_message(self.bucket_name, f"{what}", exc))
+
+    def _check_bucket(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket_name)
+        except Exception as exc:
+            raise self._fail(self.uri, exc) from None
+
+    def _blob(self, rel: str, required: bool = True) -> Any:
+        if rel not in self._blobs:
+            try:
+                head = self._client.head_object(Bucket=self.bucket_name, Key=self._name(rel))
+                self._blobs[rel] = {"Size": head["ContentLength"], "ETag": head["ETag"]}
+            except Exception as exc:
+                if _s3_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    self._blobs[rel] = None
+                else:
+                    raise self._fail(self.describe(rel), exc) from None
+        blob = self._blobs[rel]
+        if blob is None and required:
+            raise DataError(f"{self.describe(rel)}: file is missing")
+        return blob
+
+    def size(self, rel: str) -> int:
+        return int(self._blob(rel)["Size"])
+
+    def read_bytes(self, rel: str) -> bytes:
+        if rel in self._cached:
+            return self._cached[rel].read_bytes()
+        self._blob(rel)
+        try:
+            return self._client.get_object(Bucket=self.bucket_name, Key=self._name(rel))["Body"].read()
+        except Exception as exc:
+            raise self._fail(self.describe(rel), exc) from None
+
+    def local_path(self, rel: str) -> Path:
+        if rel in self._cached:
+            return self._cached[rel]
+        self._blob(rel)
+        if self._cache_dir is None:
+            self._cache_dir = Path(tempfile.mkdtemp(prefix="lcron-s3-"))
+        dest = self._cache_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._client.download_file(self.bucket_name, self._name(rel), str(dest))
+        except Exception as exc:
+            raise self._fail(self.describe(rel), exc) from None
+        self._cached[rel] = dest
+        return dest
+
+    def fingerprint(self, rel: str, *, keep: bool = False) -> dict[str, Any]:
+        blob = self._blob(rel)
+        return {"size": int(blob["Size"]), "etag": str(blob["ETag"]).strip('"')}
+
+    def list_names(self, folder: str) -> list[str]:
+        prefix = self._name(folder).rstrip("/") + "/"
+        names = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket_name, Prefix=prefix, Delimiter="/")
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    rest = obj["Key"][len(prefix):]
+                    if rest:
+                        names.append(rest)
+                        self._blobs.setdefault(f"{folder.rstrip('/')}/{rest}", obj)
+        except Exception as exc:
+            raise self._fail(f"{self.uri}/{folder}", exc) from None
+        return sorted(names)
+
+
+def _s3_code(exc: Exception) -> str:
+    """The error code of a botocore ClientError ('' for anything else)."""
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+# S3 error code -> what the user should fix ({bucket} is filled in).
+_S3_HINTS = {
+    "NoSuchBucket": "bucket {bucket} does not exist at this endpoint; check the bucket name or AWS_ENDPOINT_URL",
+    "404": "bucket {bucket} does not exist at this endpoint; check the bucket name or AWS_ENDPOINT_URL",
+    "InvalidAccessKeyId": "the S3 server does not know this access key; fix AWS_ACCESS_KEY_ID / "
+                          "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)",
+    "SignatureDoesNotMatch": "the S3 server rejected the secret key; fix AWS_SECRET_ACCESS_KEY",
+    "AccessDenied": "access to bucket {bucket} denied; give these credentials read/list rights on it",
+    "403": "access to bucket {bucket} denied (wrong credentials or no rights); check AWS_ACCESS_KEY_ID / "
+           "AWS_SECRET_ACCESS_KEY and the bucket policy",
+}
+
+
+def _s3_message(bucket: str, where: str, exc: Exception) -> str:
+    name = type(exc).__name__
+    if name == "NoCredentialsError":
+        hint = "no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+    elif name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
+        hint = "cannot reach the S3 endpoint; set AWS_ENDPOINT_URL to your server (e.g. http://minio:9000)"
+    else:
+        hint = _S3_HINTS.get(_s3_code(exc), "S3 request failed").format(bucket=bucket)
+    return f"{where}: {hint} ({name}: {exc})"
+
+
+def _s3_client() -> Any:
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as exc:  # pragma: no cover - dependency declared in pyproject
+        raise DataError(f"s3:// sources need boto3 ({exc})") from None
+    # Path-style addressing works with every S3-compatible server (MinIO, moto) and AWS.
+    return boto3.client("s3", config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
+
+
 def open_source(uri: "str | Path | Source") -> Source:
-    """A :class:`Source` for a local folder or a ``gs://bucket/prefix`` URI."""
+    """A :class:`Source` for a local folder or a ``gs://bucket/prefix`` / ``s3://bucket/prefix`` URI."""
     if isinstance(uri, Source):
         return uri
     text = str(uri)
     if text.startswith("gs://"):
         return GCSSource(text)
+    if text.startswith("s3://"):
+        return S3Source(text)
     if "://" in text:
-        raise DataError(f"{text}: unsupported source; give a local folder or gs://bucket/prefix")
+        raise DataError(f"{text}: unsupported source; give a local folder, gs://bucket/prefix or s3://bucket/prefix")
     return LocalSource(text)

@@ -104,6 +104,6 @@ def test_gcs_cache_is_removed_on_close(emulator, handmade, tmp_path):
 def test_open_source_kinds(tmp_path):
     assert isinstance(open_source(tmp_path), LocalSource)
     with pytest.raises(DataError, match="unsupported source"):
-        open_source("s3://bucket/x")
+        open_source("ftp://bucket/x")
     with pytest.raises(DataError, match="not a gs://bucket/prefix URI"):
         GCSSource("gs://", client=object())

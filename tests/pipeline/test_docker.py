@@ -1,14 +1,16 @@
 """The Dockerfiles: hadolint-clean, and the properties the pipeline relies on.
 
-No Docker engine runs here, so the images cannot be built in tests; what can be checked
-is that the files lint clean and say what the components need (Python 3.11, torch 2.13.0,
-the project with its pipeline extra so kfp's executor is present, a non-root user, the
-`lcron` entry point) and that every file they COPY exists and is not docker-ignored.
+These checks need no Docker engine: the files lint clean and say what the components need
+(Python 3.11, torch 2.13.0, the project with its pipeline extra so kfp's executor is
+present, a non-root user, the `lcron` entry point), every file they COPY exists and is not
+docker-ignored, and the build script names the fix when no engine answers. The built
+image itself is tested by tests/pipeline/test_docker_engine.py under `make test-docker`.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -57,26 +59,39 @@ def test_hadolint_catches_a_bad_file(tmp_path):
 def test_common_properties(dockerfile):
     ins = _instructions(dockerfile)
     runs = " ".join(a for i, a in ins if i == "RUN")
-    assert "torch==2.13.0" in runs
+    # the CPU image takes torch from the wheelhouse, which pins it
+    assert "torch==2.13.0" in (runs if "gpu" in dockerfile.name else (ROOT / "docker" / "wheelhouse.sh").read_text())
+    assert ins[0] == ("ARG", "BASE_IMAGE=" + ins[0][1].split("=", 1)[1])
+    assert all(a.split()[0] == "${BASE_IMAGE}" for i, a in ins if i == "FROM")
     assert '".[pipeline]"' in runs  # kfp (the component executor) is in the image
     users = [a for i, a in ins if i == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert ("ENTRYPOINT", '["lcron"]') in ins
-    copied = [a.split()[:-1] for i, a in ins if i == "COPY"]
-    assert [s for srcs in copied for s in srcs] == ["pyproject.toml", "README.md", "lcron"]
+    copied = [s for srcs in (a.split()[:-1] for i, a in ins if i == "COPY") for s in srcs]
+    assert [s for s in copied if s not in ("wheelhouse", "--from=deps", "/opt/venv")] == \
+        ["pyproject.toml", "README.md", "lcron"]
 
 
-def test_cpu_image():
+def test_cpu_image_installs_from_the_wheelhouse_only():
     ins = _instructions(DOCKERFILES[0])
-    assert ins[0] == ("FROM", "python:3.11-slim")
+    assert ins[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    env = " ".join(a for i, a in ins if i == "ENV")
+    assert "PIP_NO_INDEX=1" in env and "PIP_FIND_LINKS=/tmp/wheelhouse" in env
     runs = " ".join(a for i, a in ins if i == "RUN")
-    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in runs
+    assert "pip install --no-cache-dir /tmp/wheelhouse/*.whl" in runs and "index-url" not in runs
+    # two stages: the wheelhouse stays in the first, the final image copies only the venv
+    assert [a for i, a in ins if i == "FROM"] == ["${BASE_IMAGE} AS deps", "${BASE_IMAGE}"]
+    assert ("COPY", "--from=deps /opt/venv /opt/venv") in ins
+    assert "sys.version_info[:2] == (3, 11)" in runs  # a wrong base fails at once
     assert "faiss-gpu" not in runs
+    # the project's own wheel is left out (installed from source), torch is pinned
+    text = (ROOT / "docker" / "wheelhouse.sh").read_text()
+    assert "torch==2.13.0" in text and "rm -f \"$out\"/lcron_pipelines-*.whl" in text
 
 
 def test_gpu_image():
     ins = _instructions(DOCKERFILES[1])
-    assert ins[0][0] == "FROM" and ins[0][1].startswith("nvidia/cuda:") and "runtime" in ins[0][1]
+    assert ins[0][0] == "ARG" and ins[0][1].startswith("BASE_IMAGE=nvidia/cuda:") and "runtime" in ins[0][1]
     runs = " ".join(a for i, a in ins if i == "RUN")
     for needed in ("python3.11", "python3.11-dev", "gcc", "faiss-gpu==", "pip uninstall -y faiss-cpu"):
         assert needed in runs
@@ -105,3 +120,27 @@ def test_dockerignore_keeps_the_context_small_but_not_what_is_copied():
         assert not _ignored(needed, patterns), needed
     for src in ("pyproject.toml", "lcron"):
         assert (ROOT / src).exists()
+
+
+def test_build_without_engine_names_the_fix(tmp_path):
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    res = subprocess.run([str(ROOT / "docker" / "build.sh"), "docker/Dockerfile", "x:y", "python:3.11-slim"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 2
+    assert f"no Docker engine answers at unix://{tmp_path}/no-docker.sock" in res.stderr
+    assert "dockerd --iptables=false" in res.stderr
+
+
+def test_base_image_without_engine_names_the_fix(tmp_path):
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    res = subprocess.run([str(ROOT / "docker" / "base-image.sh"), "lcron-base:test"], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert res.returncode == 2 and "no Docker engine answers" in res.stderr
+
+
+def test_run_local_docker_without_engine_names_the_fix(tmp_path, monkeypatch):
+    from pipelines import run_local
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    with pytest.raises(RuntimeError, match=r"no Docker engine answers .*docs/docker.md"):
+        run_local.check_docker("x:y")

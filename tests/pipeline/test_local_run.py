@@ -127,7 +127,8 @@ def test_unknown_pipeline_parameter_is_refused(package, tmp_path):
 
 def test_docker_option_wires_the_docker_runner(tmp_path, monkeypatch):
     """--docker: kfp.local's DockerRunner with `env` as entry point (the image's is `lcron`),
-    the calling user, and HOME set; no Docker engine is needed to check the wiring."""
+    the calling user (the image's uid 1000 for root), HOME set and the host network; no
+    Docker engine is needed to check the wiring."""
     import os
     import types
 
@@ -135,6 +136,8 @@ def test_docker_option_wires_the_docker_runner(tmp_path, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(local, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(run_local, "check_docker", lambda image: seen.update(checked=image))
+    monkeypatch.setattr(os, "chown", lambda path, uid, gid: seen.setdefault("chowned", []).append((path, uid)))
 
     class FakePipeline:
         component_spec = types.SimpleNamespace(inputs={"method": None})
@@ -146,11 +149,20 @@ def test_docker_option_wires_the_docker_runner(tmp_path, monkeypatch):
             return types.SimpleNamespace(outputs={"report": html, "metrics": metrics})
 
     monkeypatch.setattr(components, "load_component_from_file", lambda path: FakePipeline())
-    run = run_local.run_pipeline("p.yaml", {"method": "lcron"}, tmp_path / "root", docker=True)
+    run = run_local.run_pipeline("p.yaml", {"method": "lcron"}, tmp_path / "root", docker=True, image="r/i:t")
     runner = seen["runner"]
-    assert isinstance(runner, local.DockerRunner)
-    assert runner.container_run_args == {"entrypoint": ["env"], "user": f"{os.getuid()}:{os.getgid()}",
-                                         "environment": {"HOME": "/tmp"}}
+    assert isinstance(runner, local.DockerRunner) and seen["checked"] == "r/i:t"
+    user = "1000:1000" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    run_local.run_pipeline("p.yaml", {"method": "lcron"}, tmp_path / "root", docker=True, image="r/i:t")
+    args = seen["runner"].container_run_args
+    assert args["environment"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    assert "AWS_SECRET_ACCESS_KEY" not in args["environment"]  # only variables that are set
+    assert {k: v for k, v in args.items() if k != "environment"} == {"entrypoint": ["env"], "user": user,
+                                                                      "network_mode": "host"}
+    assert args["environment"]["HOME"] == "/tmp"
+    assert ("chowned" in seen) == (os.getuid() == 0)
     assert seen["pipeline_root"] == str((tmp_path / "root").resolve()) and seen["raise_on_error"] is True
     assert seen["params"] == {"method": "lcron"}
     assert run.metrics == {"joint_recall": 0.25}

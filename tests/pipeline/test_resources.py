@@ -1,0 +1,89 @@
+"""Compile-time CPU/memory requests and limits, and the one image reference of the Makefile:
+`make pipeline` compiles exactly the images `make push` pushes."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import compile as pcompile
+from pipelines import resources
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _containers(path: Path) -> dict[str, dict]:
+    spec = next(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return {name.removeprefix("exec-"): e["container"] for name, e in spec["deploymentSpec"]["executors"].items()}
+
+
+def test_default_profile_sizes_preprocess_for_a_real_day(tmp_path):
+    assert pcompile.main(["--out", str(tmp_path), "--variants", "cpu"]) == 0
+    res = _containers(tmp_path / "cascade-cpu.yaml")
+    pre = res["preprocess"]["resources"]
+    assert pre["resourceMemoryRequest"] == "48G" and pre["resourceMemoryLimit"] == "48G"
+    assert pre["resourceCpuRequest"] == "8" and pre["resourceCpuLimit"] == "16"
+    assert set(res) == set(resources.STEPS)
+    assert all("resourceMemoryRequest" in c["resources"] for c in res.values())
+
+
+def test_overrides_and_profiles(tmp_path):
+    assert pcompile.main(["--out", str(tmp_path), "--variants", "gpu", "--resource-profile", "small",
+                          "--memory", "train=3Gi", "--cpu-limit", "train=4"]) == 0
+    res = _containers(tmp_path / "cascade-gpu.yaml")
+    assert res["train"]["resources"]["resourceMemoryRequest"] == "3Gi"
+    assert res["train"]["resources"]["resourceCpuLimit"] == "4"
+    assert res["train"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert res["report"]["resources"]["resourceMemoryRequest"] == "2G"
+    assert pcompile.main(["--out", str(tmp_path / "none"), "--variants", "cpu", "--resource-profile", "none"]) == 0
+    assert all("resources" not in c for c in _containers(tmp_path / "none" / "cascade-cpu.yaml").values())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory", "preprocess=lots"], "memory of preprocess: 'lots' is not a Kubernetes quantity"),
+    (["--cpu", "prepro=2"], "unknown step 'prepro'"),
+    (["--cpu", "train"], "expected STEP=VALUE"),
+])
+def test_bad_resource_options_are_usage_errors(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        pcompile.main(["--out", str(tmp_path), *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_resolve_rejects_unknown_profile_and_field():
+    with pytest.raises(ValueError, match="unknown resource profile 'huge'"):
+        resources.resolve("huge")
+    with pytest.raises(ValueError, match="unknown resource field 'gpu'"):
+        resources.resolve("small", {"gpu": {"train": "1"}})
+
+
+def _make(*args: str) -> str:
+    res = subprocess.run(["make", "-s", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_pipeline_names_exactly_the_pushed_images(tmp_path):
+    """The compiled packages name the images `make push` pushes, for the same REGISTRY and TAG."""
+    where = ["REGISTRY=registry.example:5000/team", "TAG=v7", "STAMP=pyproject.toml"]
+    refs = _make("image-refs", *where).split()
+    assert refs == ["registry.example:5000/team/lcron-pipelines:v7", "registry.example:5000/team/lcron-pipelines:v7-gpu"]
+    dry = _make("-n", "push", *where)
+    assert [line.split()[-1] for line in dry.splitlines() if line.startswith("docker push")] == refs
+    compile_line = next(line for line in _make("-n", "pipeline", *where).replace("\\\n", " ").splitlines()
+                        if "-m pipelines.compile" in line)
+    argv = shlex.split(compile_line)
+    argv = argv[argv.index("pipelines.compile") + 1:]
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    subprocess.run([sys.executable, "-m", "pipelines.compile", *argv], cwd=ROOT, check=True, capture_output=True,
+                   timeout=300)
+    for variant, ref in zip(("cpu", "gpu"), refs):
+        images = {c["image"] for c in _containers(tmp_path / f"cascade-{variant}.yaml").values()}
+        assert images == {ref}
