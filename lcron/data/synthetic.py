@@ -52,6 +52,11 @@ rank       0.4    top 40 = rank_pos (rank_index = position)        rank_neg
 rerank     0.3    top 10 of the rank survivors = rerank_pos        rerank_neg
 =========  =====  ===============================================  ===================
 
+Large catalogues: above ``max_scan_items`` (100,000) items, retrieval scores a uniform
+sample of ``scan_sample`` (20,000) items per group of requests, and histories come from a
+2,048-item sample per group of users, so a RecFlow-sized vocabulary (9M videos) costs
+seconds, not items x requests; smaller catalogues are scanned whole, as always.
+
 RECFLOW_FORMAT.md calls rank_pos the rank stage's top-10. Here rank keeps 40, so the
 stored rank_pos lists hold more than 10 items (the first-10 rule matters for them) and
 rerank has rank survivors to drop (rerank_neg).
