@@ -608,6 +608,88 @@ def serving_rows(result: dict[str, Any], setting: str) -> list[dict[str, Any]]:
     } for s in result["rows"]]
 
 
+# ------------------------------------------------------------------ real-size rows (issue 19)
+#: One real-size day for the preprocessing row: RecFlow has about 250,000 requests a day and
+#: 42,000 users (full mode); the smaller modes only check that the row runs.
+DAY_SIZES: dict[str, dict[str, Any]] = {
+    "quick": {"num_days": 1, "requests_per_day": 300, "users": 100, "items": 1000, "seed": 1},
+    "default": {"num_days": 1, "requests_per_day": 20_000, "users": 42_000, "items": 20_000, "seed": 1},
+    "full": {"num_days": 1, "requests_per_day": 250_000, "users": 42_000, "items": 20_000, "seed": 1},
+}
+
+
+def _worker_cli(p: dict[str, Any]) -> dict[str, Any]:
+    """Run ``lcron <argv>`` in this process and report its peak resident memory (VmHWM of
+    the whole process: interpreter, imports and the command)."""
+    from lcron.cli import main as cli_main
+
+    code = cli_main(list(p["argv"]))
+    return {"exit": code, "peak_rss_mb": _memory_mb()[1], "load_1m": _loadavg()}
+
+
+WORKERS["cli"] = _worker_cli
+
+
+def _timed_cli(argv: list[str]) -> dict[str, Any]:
+    """Wall time of a fresh ``lcron`` process running ``argv`` (start-up and imports included)."""
+    t0 = time.perf_counter()
+    res = _run_worker(["cli", json.dumps({"argv": argv})])
+    return {**res, "wall_s": time.perf_counter() - t0}
+
+
+@register("preprocess_day")
+def bench_preprocess_day(ctx: BenchContext) -> list[dict[str, Any]]:
+    """One real-size day (:data:`DAY_SIZES`; full mode 250,000 requests, 42,000 users)
+    preprocessed for the two-stage setting in a fresh process: requests/s and the peak
+    resident memory of the preprocessing child (docs/scale.md states the bound)."""
+    size = DAY_SIZES[ctx.mode]
+    root, marker = ctx.data_dir / f"{ctx.mode}-day", ctx.data_dir / f"{ctx.mode}-day.json"
+    fresh = not (root.is_dir() and marker.is_file() and json.loads(marker.read_text()) == size)
+    if fresh:
+        from lcron.data.synthetic import generate
+
+        shutil.rmtree(root, ignore_errors=True)
+        ctx.log(f"generating the real-size day ({ctx.mode}): {size}")
+        generate(root, progress=ctx.progress, **size)
+        write_json(marker, size)
+    out = ctx.work_dir / "shards-day"
+    r = _run_worker(["preprocess", str(root), str(out), "2"])
+    shutil.rmtree(out, ignore_errors=True)
+    return [{"name": "day_prep", "case": f"{r['requests']:,} req", "setting": r["setting"],
+             "value": _r(r["requests"] / r["wall_s"]), "unit": "requests/s", "requests": r["requests"],
+             "wall_s": _r(r["wall_s"], 2), "cpu_s": _r(r["cpu_s"], 2), "peak_rss_mb": _r(r["peak_rss_mb"]),
+             "baseline_rss_mb": _r(r["baseline_rss_mb"]),
+             "peak_kb_per_request": _r((r["peak_rss_mb"] - r["baseline_rss_mb"]) * 1024 / max(r["requests"], 1)),
+             "load_1m": _loadavg()}]
+
+
+@register("evaluate_process")
+def bench_evaluate_process(ctx: BenchContext) -> list[dict[str, Any]]:
+    """``lcron evaluate`` of the two-stage LCRON run as a user runs it: a fresh process,
+    wall time from start to exit (interpreter, imports, compile, scoring, metrics, sweep,
+    plot, files) and its peak memory. Run twice; the second run (inductor's compile
+    cache warm, as on any machine after the first evaluation) is the value."""
+    run, shards = ctx.lcron_run(2), ctx.shards(2)
+    argv = ["evaluate", "-q", "--model", str(run), "--shards", str(shards), "--out", str(ctx.work_dir / "eval-cli"),
+            "--overwrite", "--days", _all_days_of(shards)]
+    if not ctx.params["compile"]:
+        argv.append("--no-compile")
+    first, second = _timed_cli(argv), _timed_cli(argv)
+    doc = json.loads((ctx.work_dir / "eval-cli" / "metrics.json").read_text())
+    requests = doc["timing"]["requests_scored"]
+    return [{"name": "eval_proc", "case": f"{len(doc['seeds'])} seed(s)", "setting": doc["setting"],
+             "value": _r(second["wall_s"], 2), "unit": "s/process", "requests": requests,
+             "first_process_s": _r(first["wall_s"], 2), "peak_rss_mb": _r(max(first["peak_rss_mb"],
+                                                                               second["peak_rss_mb"])),
+             "compile": doc["compile"], "load_1m": second["load_1m"]}]
+
+
+def _all_days_of(shards: Path) -> str:
+    from lcron.data.shards import ShardSet
+
+    return _all_days(ShardSet(shards))
+
+
 # ------------------------------------------------------------------ runner
 _MAIN_KEYS = ("name", "case", "setting", "value", "unit", "peak_rss_mb")
 

@@ -15,6 +15,13 @@ from typing import Any, Mapping, Sequence
 DPI = 100
 
 
+def preload() -> None:
+    """Import the plotting library now (about a second of start-up), e.g. from a helper
+    thread while other work runs, so the first figure does not wait for it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    from matplotlib.figure import Figure  # noqa: F401
+
+
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -223,3 +223,11 @@ def test_profiled_step_is_the_trainers_step(quick_run, tmp_path):
         assert set(rec) == set(expected) - {"seed", "day", "step"}
         for key, value in rec.items():
             assert value == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
+
+
+def test_real_size_rows_are_registered_with_their_day_sizes():
+    """Issue 19: a real-size preprocessing day (full mode 250,000 requests, 42,000 users) and
+    the whole-process evaluation; the first five rows keep their order."""
+    assert {"preprocess_day", "evaluate_process"} <= set(bench.BENCHMARKS)
+    assert bench.DAY_SIZES["full"]["requests_per_day"] == 250_000 and bench.DAY_SIZES["full"]["users"] == 42_000
+    assert set(bench.DAY_SIZES) == set(bench.SIZES)

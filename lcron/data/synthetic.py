@@ -52,6 +52,11 @@ rank       0.4    top 40 = rank_pos (rank_index = position)        rank_neg
 rerank     0.3    top 10 of the rank survivors = rerank_pos        rerank_neg
 =========  =====  ===============================================  ===================
 
+Large catalogues: above ``max_scan_items`` (100,000) items, retrieval scores a uniform
+sample of ``scan_sample`` (20,000) items per group of requests, and histories come from a
+2,048-item sample per group of users, so a RecFlow-sized vocabulary (9M videos) costs
+seconds, not items x requests; smaller catalogues are scanned whole, as always.
+
 RECFLOW_FORMAT.md calls rank_pos the rank stage's top-10. Here rank keeps 40, so the
 stored rank_pos lists hold more than 10 items (the first-10 rule matters for them) and
 rerank has rank survivors to drop (rerank_neg).
@@ -141,6 +146,9 @@ _HISTORY_WINDOW_DAYS = 30
 _UPLOAD_WINDOW_DAYS = (30, 120)
 # Chunk the [requests, items] relevance matrix to about this many float32 cells (8 MB).
 _CHUNK_CELLS = 1 << 21
+# Large catalogues: each group of ~1,000 users draws its views from this many sampled items
+# (history costs users x sample cells; 42k users x 2k = 84M).
+_HISTORY_SAMPLE = 2048
 _EMPTY = np.empty((0, 0), np.int64)
 
 
@@ -180,6 +188,11 @@ class SyntheticConfig:
     # score noise of retrieval, pre-rank, coarse, rank, rerank (relevance has unit scale)
     stage_noise: tuple[float, float, float, float, float] = (1.0, 0.8, 0.6, 0.4, 0.3)
     max_shown: int = 6
+    # Catalogues larger than this are not scanned whole: each group of requests (retrieval)
+    # or users (history) scores a uniform sample of ``scan_sample`` items instead, so a
+    # RecFlow-sized vocabulary (9M items) costs what a 100k-item one does.
+    max_scan_items: int = 100_000
+    scan_sample: int = 20_000
     # request_id_dict sampling
     stored_min: int = 11
     stored_max: int = 20
@@ -231,6 +244,10 @@ class SyntheticConfig:
         if self.categories_level_two < self.categories_level_one:
             fail(f"categories_level_two ({self.categories_level_two}) must be >= categories_level_one "
                  f"({self.categories_level_one}): every cat1 needs a cat2")
+        for name in ("max_scan_items", "scan_sample"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < self.pool_size:
+                fail(f"{name} must be an integer >= pool_size ({self.pool_size}), got {value!r}")
         if self.items < self.pool_size:
             fail(f"items={self.items} is smaller than the candidate pool (pool_size={self.pool_size}); "
                  f"use items >= {self.pool_size}")
@@ -289,6 +306,26 @@ class _World:
         return rel
 
 
+    def relevance_of(self, users: np.ndarray, items: np.ndarray, hour_bucket: np.ndarray | None) -> np.ndarray:
+        """rel[r, j] of users[r] for item items[j] only (the sampled-catalogue path)."""
+        rel = self.user_pref[users].astype(np.float32) @ self.item_latent[items].astype(np.float32).T
+        rel *= np.float32(1.0 / self.dot_scale)
+        rel += self.item_bias[items].astype(np.float32)[None, :]
+        if hour_bucket is not None:
+            rel += self.hour_effect.astype(np.float32)[:, self.item_cat1[items]][hour_bucket]
+        return rel
+
+
+def _scanned(cfg: SyntheticConfig) -> bool:
+    """True when retrieval and history score every item (catalogues up to max_scan_items)."""
+    return cfg.items <= cfg.max_scan_items
+
+
+def _catalogue_sample(cfg: SyntheticConfig, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+    """``size`` (default ``scan_sample``) distinct item ids, uniform (no per-item pass)."""
+    return np.sort(rng.choice(cfg.items, size=size or cfg.scan_sample, replace=False))
+
+
 def _day_start_ms(day: _dt.date, utc_offset_hours: int) -> int:
     """Epoch ms of local midnight of ``day`` in UTC+offset (independent of the machine's zone)."""
     return (day.toordinal() - _dt.date(1970, 1, 1).toordinal()) * _DAY_MS - utc_offset_hours * _HOUR_MS
@@ -325,12 +362,28 @@ def _build_world(cfg: SyntheticConfig, rng: np.random.Generator) -> _World:
     item_duration = np.clip(np.round(rng.lognormal(np.log(30_000.0), 0.8, I)), 3_000, 600_000).astype(np.int64)
 
     emb1, emb2, emb_a = rng.standard_normal((c1, d)), rng.standard_normal((c2, d)), rng.standard_normal((A, d))
-    item_latent = (0.8 * emb1[item_cat1] + 0.8 * emb2[item_cat2] + 0.6 * emb_a[item_author]
-                   + 0.5 * rng.standard_normal((I, d)))
+    # In row blocks (the noise is drawn block after block: the same stream as one draw), kept
+    # as float32 for large catalogues (relevance is computed in float32 either way).
+    dtype = np.float64 if _scanned(cfg) else np.float32
+    item_latent = np.empty((I, d), dtype)
+    e1, e2, ea = (0.8 * emb1).astype(dtype), (0.8 * emb2).astype(dtype), (0.6 * emb_a).astype(dtype)
+    block = 1 << 20
+    for s in range(0, I, block):
+        e = min(I, s + block)
+        if _scanned(cfg):
+            noise = 0.5 * rng.standard_normal((e - s, d))
+        else:
+            noise = rng.standard_normal((e - s, d), dtype=np.float32)
+            noise *= np.float32(0.5)
+        out = item_latent[s:e]
+        np.take(e1, item_cat1[s:e], axis=0, out=out)
+        out += e2[item_cat2[s:e]]
+        out += ea[item_author[s:e]]
+        out += noise
     type_effect = 0.3 * rng.standard_normal(cfg.upload_types)
     item_bias = 0.3 * rng.standard_normal(I) + type_effect[item_upload_type]
     hour_effect = 0.3 * rng.standard_normal((_HOUR_BUCKETS, c1))
-    sample = user_pref[: min(U, 256)] @ item_latent[: min(I, 2048)].T
+    sample = user_pref[: min(U, 256)] @ item_latent[: min(I, 2048)].astype(np.float64).T
     dot_scale = float(sample.std()) or 1.0
 
     world = _World(user_device, user_age, user_gender, user_province, user_pref, user_activity,
@@ -364,16 +417,23 @@ def _build_history(world: _World, cfg: SyntheticConfig, rng: np.random.Generator
 
     # items by affinity: inverse-CDF sampling for all users at once (rows offset by their index)
     items = np.empty((U, H), np.int64)
-    chunk = max(1, _CHUNK_CELLS // I)
+    scanned = _scanned(cfg)
+    width = I if scanned else _HISTORY_SAMPLE
+    chunk = max(1, _CHUNK_CELLS // width)
     for s in range(0, U, chunk):
         users = np.arange(s, min(U, s + chunk))
-        logits = world.relevance_all(users, None).astype(np.float64) / _HISTORY_TEMPERATURE
+        if scanned:
+            logits = world.relevance_all(users, None).astype(np.float64) / _HISTORY_TEMPERATURE
+        else:  # a large catalogue: this group of users draws from a uniform sample of it
+            sample = _catalogue_sample(cfg, rng, _HISTORY_SAMPLE)
+            logits = world.relevance_of(users, sample, None).astype(np.float64) / _HISTORY_TEMPERATURE
         weight = np.exp(logits - logits.max(axis=1, keepdims=True))
         cdf = np.cumsum(weight, axis=1)
         cdf /= cdf[:, -1:]
         offset = np.arange(len(users))[:, None]
         pos = np.searchsorted((cdf + offset).ravel(), (rng.random((len(users), H)) + offset).ravel())
-        items[users] = np.minimum(pos.reshape(len(users), H) - offset * I, I - 1)
+        picked = np.minimum(pos.reshape(len(users), H) - offset * width, width - 1)
+        items[users] = picked if scanned else sample[picked]
 
     order = np.argsort(times, axis=1, kind="stable")
     world.hist_time = np.take_along_axis(times, order, axis=1)
@@ -415,13 +475,20 @@ def _simulate_day(world: _World, cfg: SyntheticConfig, day_index: int, rng: np.r
     sigma = cfg.stage_noise
     pool = np.empty((R, P), np.int64)
     rel = np.empty((R, P), np.float64)                              # relevance of the pool items
-    chunk = max(1, _CHUNK_CELLS // cfg.items)
+    scanned = _scanned(cfg)
+    width = cfg.items if scanned else cfg.scan_sample
+    chunk = max(1, _CHUNK_CELLS // width)
     for s in range(0, R, chunk):
         e = min(R, s + chunk)
-        rel_all = world.relevance_all(users[s:e], bucket[s:e])
+        if scanned:
+            rel_all = world.relevance_all(users[s:e], bucket[s:e])
+        else:  # a large catalogue: this group of requests retrieves from a uniform sample of it
+            sample = _catalogue_sample(cfg, rng)
+            rel_all = world.relevance_of(users[s:e], sample, bucket[s:e])
         noisy = rel_all + np.float32(sigma[0]) * rng.standard_normal(rel_all.shape, dtype=np.float32)
-        pool[s:e] = np.argpartition(noisy, cfg.items - P, axis=1)[:, cfg.items - P:]
-        rel[s:e] = np.take_along_axis(rel_all, pool[s:e], axis=1)
+        top = np.argpartition(noisy, width - P, axis=1)[:, width - P:]
+        rel[s:e] = np.take_along_axis(rel_all, top, axis=1)
+        pool[s:e] = top if scanned else sample[top]
     shuffle = np.argsort(rng.random((R, P)), axis=1)
     pool, rel = np.take_along_axis(pool, shuffle, axis=1), np.take_along_axis(rel, shuffle, axis=1)
 
@@ -475,14 +542,13 @@ def _simulate_day(world: _World, cfg: SyntheticConfig, day_index: int, rng: np.r
         r_idx, j_idx = np.nonzero(valid)
         stored[r_idx, lists[label][r_idx, j_idx]] = True
 
-    item_table = _item_matrix(world)                                 # [I, 8], column 7 filled below
     request_dict: dict[int, dict[str, np.ndarray]] = {}
     omit_empty = rng.random((R, len(STAGE_LABELS))) < 0.5
     viewed = feedback["effective_view"] & (flags["realshow"] == 1)   # only shown items have feedback
     label_arrays = {}
     for label in STAGE_LABELS:
         slots = lists[label][:, : int(counts[label].max(initial=0))]
-        arr = item_table[np.take_along_axis(pool, slots, axis=1)]    # [R, n, 8]
+        arr = _item_rows(world, np.take_along_axis(pool, slots, axis=1))  # [R, n, 8], column 7 below
         arr[..., 7] = np.take_along_axis(viewed, slots, axis=1)
         label_arrays[label] = arr
     rid_list = request_id.tolist()
@@ -521,11 +587,12 @@ def _stored_counts(cfg: SyntheticConfig, lists: dict[str, np.ndarray], n_shown: 
     return counts
 
 
-def _item_matrix(world: _World) -> np.ndarray:
-    """[I, 8] int64 item features in request_id_dict column order (effective_view = 0)."""
-    return np.stack([np.arange(len(world.item_author), dtype=np.int64), world.item_author, world.item_duration,
-                     world.item_cat2, world.item_upload_type, world.item_upload_ts, world.item_cat1,
-                     np.zeros_like(world.item_author)], axis=1)
+def _item_rows(world: _World, ids: np.ndarray) -> np.ndarray:
+    """[..., 8] int64 features of the items ``ids`` in request_id_dict column order
+    (effective_view = 0), gathered per column: no [items, 8] table of the whole catalogue."""
+    return np.stack([ids.astype(np.int64), world.item_author[ids], world.item_duration[ids], world.item_cat2[ids],
+                     world.item_upload_type[ids], world.item_upload_ts[ids], world.item_cat1[ids],
+                     np.zeros(ids.shape, np.int64)], axis=-1)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -616,9 +683,17 @@ def _write_pickle(path: Path, obj: Any) -> None:
     write_bytes(path, pickle.dumps(obj, protocol=4))
 
 
+_LATER_FIELDS = ("max_scan_items", "scan_sample")
+
+
 def _manifest(cfg: SyntheticConfig) -> dict[str, Any]:
     conf = dataclasses.asdict(cfg)
     conf["stage_noise"] = list(conf["stage_noise"])
+    # Fields added later are recorded only when they differ from their defaults, so folders
+    # written before they existed still match their own configuration.
+    for name in _LATER_FIELDS:
+        if conf[name] == SyntheticConfig.__dataclass_fields__[name].default:
+            del conf[name]
     return {"generator": "lcron.data.synthetic", "format": "recflow", "config": conf}
 
 

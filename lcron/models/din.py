@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from lcron.data import fields
 from lcron.models.embeddings import FeatureEmbedding, float_mask, require
-from lcron.models.fused import attention_pool, compiled_attention_pool
+from lcron.models.fused import attention_pool, compiled_attention_pool, compiled_inference_attention_pool
 from lcron.models.layers import mlp, score_candidates, uniform_when_empty, use_reference_padding
 
 ATTENTION_HIDDEN = 80
@@ -74,7 +74,12 @@ class DIN(nn.Module):
         item_proj = F.linear(item_e[..., :n_id], w[:, seq_w:])          # [B, N, 80], once per candidate
         # Inside a torch.compile of the whole model, the plain core lets inductor fuse it there.
         fused = self.use_compile and not torch.compiler.is_compiling()
-        pool = compiled_attention_pool() if fused else attention_pool
+        if not fused:
+            pool = attention_pool
+        elif torch.is_grad_enabled():
+            pool = compiled_attention_pool()
+        else:  # evaluation / serving: one inference graph, no autograd split
+            pool = compiled_inference_attention_pool()
         interest = pool(item_proj, seq_proj, att_out.weight[0], att_out.bias[0], seq_e, mask)
         request = torch.cat([ctx_e, user_e], -1)                        # [B, 8d]
         return score_candidates(self.head, request, [interest, item_e]).squeeze(-1)

@@ -207,3 +207,39 @@ def compiled_attention_pool() -> FallbackCompiled:
     if "attention_pool" not in _FUSED:
         _FUSED["attention_pool"] = FallbackCompiled(attention_pool, _FusedAttentionPool())
     return _FUSED["attention_pool"]
+
+
+def compiled_inference_attention_pool() -> FallbackCompiled:
+    """The process-wide fused :func:`attention_pool` for inference (no gradient): one graph.
+
+    Why a separate entry: evaluation and serving score without autograd, so the
+    ``ReluScores`` split (which exists for its memory-free backward) only adds a second
+    graph to compile. Compiling the whole core at once halves what a fresh process
+    traces and loads before its first batch (the evaluation's start-up), and inductor
+    fuses scores, softmax and pooling into one loop that never writes the
+    [B, N, L, H] or [B, N, L] intermediates. Same math as the eager oracle (tested).
+    """
+    if "inference_attention_pool" not in _FUSED:
+        _FUSED["inference_attention_pool"] = FallbackCompiled(
+            attention_pool, torch.compile(attention_pool, dynamic=False, fullgraph=True))
+    return _FUSED["inference_attention_pool"]
+
+
+def trust_cpu_isa() -> None:
+    """Let inductor take the CPU's vector ISA from its flags instead of probing it.
+
+    Why: in every fresh process, inductor's first CPU compile (even a cache hit) checks
+    each candidate ISA by building a test program and dlopen-ing it in a child Python,
+    one child per ISA: about a second of an evaluation's start-up on an idle 2-core
+    machine, several under load. The flags come from the CPU itself (/proc/cpuinfo);
+    if the compiler still cannot build for them, the compile fails and
+    :class:`FallbackCompiled` runs eager. An explicit TORCHINDUCTOR_VEC_ISA_OK wins.
+    """
+    import os
+
+    if os.environ.get("TORCHINDUCTOR_VEC_ISA_OK") is not None:
+        return
+    from torch._inductor import config
+
+    if config.cpp.vec_isa_ok is None:
+        config.cpp.vec_isa_ok = True

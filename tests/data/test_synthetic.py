@@ -353,3 +353,43 @@ def test_labels_are_predictable_from_features(days):
     share = ((seq[:, :, 2] == t1.category_level_two.to_numpy()[:, None]) & valid).sum(1) / np.maximum(valid.sum(1), 1)
     means = [share[t1[label].to_numpy() == 1].mean() for label in ("rank_pos", "rank_neg", "coarse_neg", "prerank_neg")]
     assert means == sorted(means, reverse=True) and means[0] > 2 * means[-1]
+
+
+# ------------------------------------------------------------ large catalogues (issue 19)
+def test_sampled_catalogue_honours_the_vocabulary_sizes(tmp_path):
+    """Above max_scan_items, retrieval and history draw from samples of the catalogue; the
+    vocabulary sizes (id_cnt.pkl, video info, id ranges) are still exactly the requested ones
+    and the candidates come from all over the catalogue, not from its first rows."""
+    cfg = SyntheticConfig(num_days=2, requests_per_day=120, users=70, items=40_000, authors=9_000, seed=5,
+                          max_scan_items=1_000, scan_sample=600)
+    out = generate_from_config(tmp_path / "big", cfg, progress=False)
+    counts = pickle.loads((out / "others" / "id_cnt.pkl").read_bytes())
+    assert counts["photo_id"] == 40_000 and counts["author_id"] == 9_000 and counts["user_id"] == 70
+    info = feather.read_table(out / "others" / "realshow_video_info.feather")
+    assert info.num_rows == 40_000 and info["video_id"].to_pylist()[-1] == 39_999
+    table = pd.concat([feather.read_table(out / "all_stage" / f"{d}.feather").to_pandas() for d in DAYS])
+    video, author = table["video_id"].to_numpy(), table["author_id"].to_numpy()
+    assert video.min() >= 0 and video.max() < 40_000 and author.max() < 9_000
+    # spread over the whole catalogue; each day's requests (one group here) share a 600-item sample
+    assert video.max() > 30_000 and len(np.unique(video)) > 600
+    assert table["user_id"].max() < 70
+    seqs = pickle.loads((out / "seq_effective_50_dict" / f"{DAYS[0]}.pkl").read_bytes())
+    viewed = np.concatenate([s[:, 0][s[:, 0] > 0] for s in seqs.values()])
+    assert viewed.max() < 40_000 and len(np.unique(viewed)) > 500
+    # the new fields are recorded because they differ from their defaults
+    assert '"max_scan_items": 1000' in (out / MANIFEST_NAME).read_text()
+
+
+def test_new_fields_at_defaults_keep_old_manifests_valid(tmp_path):
+    out = generate(tmp_path / "d", progress=False, num_days=1, requests_per_day=5, users=5, items=300)
+    text = (out / MANIFEST_NAME).read_text()
+    assert "max_scan_items" not in text and "scan_sample" not in text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(scan_sample=299), "scan_sample"), (dict(max_scan_items=10), "max_scan_items"),
+])
+def test_scan_config_errors(tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        generate_from_config(tmp_path / "e", SyntheticConfig(num_days=1, requests_per_day=5, users=5, items=300,
+                                                             **kwargs), progress=False)

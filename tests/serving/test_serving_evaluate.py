@@ -105,7 +105,9 @@ def test_cli_and_errors(run_2: Path, tmp_path: Path, capsys):
     parser = argparse.ArgumentParser()
     add_serve_eval_arguments(parser)
     args = parser.parse_args(["--model", str(run_2), "--k1", "10,40", "--batch-size", "7", "--device", "cpu",
-                              "--out", str(tmp_path), "--no-progress"])
+                              "--out", str(tmp_path), "--no-progress", "--no-compile"])
+    assert not args.compile
+    assert parser.parse_args(["--model", str(run_2)]).compile  # compiled by default (issue 19)
     assert run_serve_eval(args) == 0
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].split("\t") == ["K1", "retrieval", "after prerank"]

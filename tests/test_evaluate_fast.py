@@ -1,0 +1,104 @@
+"""The fast evaluation path gives the numbers of the slow one.
+
+The fast path (issue 19): DIN scores with one compiled inference graph of its attention
+core, the day is scored in even batches with the scores kept on the device until one
+copy at the end, the provenance record and the plotting import run in a helper thread.
+The reference here is the plain eager model scoring one request at a time, with the
+metrics computed by the same oracle-tested functions (tests/test_metrics.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lcron.evaluate import (
+    even_batch_size,
+    evaluate,
+    metric_keys,
+    quota_sweep_values,
+    request_metrics,
+    resolve_quota_grid,
+    score_arrays,
+)
+from lcron.models import fused
+from lcron.settings import Setting
+from lcron.train import TrainConfig, load_cascade, train
+
+
+@pytest.mark.parametrize("rows, batch, expected", [
+    (6000, 4096, 3000), (4096, 4096, 4096), (4097, 4096, 2049), (10, 4096, 10), (7, 3, 3), (1, 1, 1),
+])
+def test_even_batch_size(rows, batch, expected):
+    size = even_batch_size(rows, batch)
+    assert size == expected
+    assert size <= batch and -(-rows // size) == -(-rows // batch)  # as few batches as before
+
+
+def test_inference_attention_pool_matches_eager_oracle():
+    gen = torch.Generator().manual_seed(0)
+    b, n, length, h, e = 3, 5, 7, 6, 4
+    item_proj, seq_proj = torch.randn(b, n, h, generator=gen), torch.randn(b, length, h, generator=gen)
+    w, c = torch.randn(h, generator=gen), torch.randn((), generator=gen)
+    seq_emb = torch.randn(b, length, e, generator=gen)
+    mask = (torch.rand(b, length, generator=gen) > 0.3).float()
+    mask[1] = 0.0  # a request without any valid step
+    with torch.inference_mode():
+        fast = fused.compiled_inference_attention_pool()(item_proj, seq_proj, w, c, seq_emb, mask)
+        ref = fused.attention_pool(item_proj, seq_proj, w, c, seq_emb, mask)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    assert torch.all(fast[1] == 0)
+
+
+def test_trust_cpu_isa_respects_an_explicit_setting(monkeypatch):
+    from torch._inductor import config
+
+    with config.patch({"cpp.vec_isa_ok": None}):  # restored afterwards
+        monkeypatch.setenv("TORCHINDUCTOR_VEC_ISA_OK", "0")
+        fused.trust_cpu_isa()
+        assert config.cpp.vec_isa_ok is None
+        monkeypatch.delenv("TORCHINDUCTOR_VEC_ISA_OK")
+        fused.trust_cpu_isa()
+        assert config.cpp.vec_isa_ok is True
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from lcron.data.shards import preprocess
+    from lcron.data.synthetic import generate
+
+    base = tmp_path_factory.mktemp("evaluate-fast")
+    src = generate(base / "recflow", num_days=3, requests_per_day=70, users=60, items=300, seed=7, progress=False)
+    shards = preprocess(src, base / "shards", 2, progress=False)
+    train(shards, base / "run", TrainConfig(method="lcron", batch_size=16, seeds=(1, 2), compile=False),
+          progress=False, max_steps_per_day=2)
+    return shards, base / "run"
+
+
+def test_fast_evaluation_equals_the_slow_reference(run, tmp_path):
+    shards, run_dir = run
+    doc = evaluate(run_dir, out=tmp_path / "fast", compile=True, batch_size=40, progress=False)
+    setting = Setting.from_dict(json_setting(run_dir))
+    day = shards.days[-1]
+    arrays = shards.load_day(day)
+    labels, mask = np.asarray(arrays["label"]), np.asarray(arrays["mask"])
+    grid = resolve_quota_grid(None, setting)
+    for i, seed in enumerate(doc["seeds"]):
+        cascade, _ = load_cascade(run_dir / f"seed-{seed}" / "model.pt", "cpu", compile=False)
+        scores = score_arrays(cascade, arrays, batch_size=1)  # eager, one request per batch, no dedup
+        _, means, _ = request_metrics(scores, labels, mask, setting, tie_seed=0)
+        for key in metric_keys(setting):
+            got, want = doc["metrics"][key]["per_seed"][i], means[key]
+            assert got == pytest.approx(want, rel=1e-12, abs=1e-12), key
+        sweep = quota_sweep_values(scores, labels, mask, setting, grid, tie_seed=0)
+        got_sweep = [row["joint_recall"]["per_seed"][i] for row in doc["quota_sweep"]]
+        np.testing.assert_allclose(got_sweep, sweep, rtol=1e-12, atol=1e-12)
+    assert doc["provenance"]["data_fingerprint"] == shards.fingerprint()
+    assert (tmp_path / "fast" / "quota_sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def json_setting(run_dir):
+    import json
+
+    return json.loads((run_dir / "run.json").read_text())["setting"]
