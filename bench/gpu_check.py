@@ -10,8 +10,8 @@ a run cut short still reports what it measured):
 1. data        synthetic RecFlow 3 days x 20,000 requests, preprocessed two- and three-stage
 2. whole       `lcron train` as a user runs it (fresh process, 2 training days, batch 1024):
                wall time, steady requests/s, step mode, peak GPU memory; per setting the
-               device default (eager + CUDA graph), no CUDA graph, compiled + CUDA graph,
-               and batch 4096
+               device default (eager + CUDA graph), dense embedding Adam, no CUDA graph,
+               batch 4096 (two-stage) and, with --with-compile, compiled + CUDA graph
 3. methods     every method x setting with the device default (in one process)
 4. recflow     RecFlow vocabulary sizes (9M videos, 2M authors, 42k users): steady rate and
                peak GPU memory, two- and three-stage
@@ -102,6 +102,7 @@ def main() -> int:
     ap.add_argument("--reference-cases", default=str(ROOT.parent / "shared/spec/reference_cases"))
     ap.add_argument("--requests-per-day", type=int, default=20_000)
     ap.add_argument("--quick", action="store_true", help="fewer variants (a smoke test of this script)")
+    ap.add_argument("--with-compile", action="store_true", help="also the compiled + CUDA graph variant (+45 s)")
     a = ap.parse_args()
 
     import torch
@@ -146,8 +147,10 @@ def main() -> int:
                         "else 'cpu')"], check=True)
         rows: list[dict[str, Any]] = [{"variant": "python -c 'import torch' + CUDA init", "wall_s":
                                        round(time.perf_counter() - t, 2)}]
-        variants = [("default", []), ("no_cuda_graph", ["--no-cuda-graph"]), ("compile_graph", ["--compile"]),
-                    ("batch_4096", ["--batch-size", "4096"])]
+        variants = [("default", []), ("dense_embeddings", ["--embedding-optimizer", "dense"]),
+                    ("no_cuda_graph", ["--no-cuda-graph"]), ("batch_4096", ["--batch-size", "4096"])]
+        if a.with_compile:
+            variants.append(("compile_graph", ["--compile"]))
         if a.quick:
             variants = variants[:2]
         for st in (2, 3):

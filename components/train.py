@@ -26,7 +26,7 @@ def train(
     compile: bool,
     model: Output[Model],
     reference_quirks: bool = False,
-    embedding_optimizer: str = "lazy",
+    embedding_optimizer: str = "auto",
     day_snapshots: bool = True,
 ):
     """Train ``method`` for each seed; ``days`` "" = every shard day but the last; ``max_steps_per_day`` 0 = no cap."""

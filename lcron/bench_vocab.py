@@ -129,13 +129,13 @@ def bench_train_vocab(ctx: Any) -> list[dict[str, Any]]:
     import shutil
 
     from lcron.bench import SETTING_NAMES, _r, _run_worker
-    from lcron.optim import EMBEDDING_OPTIMIZERS
+    from lcron.optim import UPDATE_RULES
 
     vp = VOCAB_PARAMS[ctx.mode]
     rows: list[dict[str, Any]] = []
     for stages in vp["stages"]:
         for method in vp["methods"]:
-            for opt in EMBEDDING_OPTIMIZERS:
+            for opt in UPDATE_RULES:
                 ctx.log(f"  train {method} at RecFlow vocabulary, {opt} embeddings ({SETTING_NAMES[stages]}) ...")
                 out = ctx.work_dir / "runs-vocab" / f"{method}-{stages}-{opt}"
                 shutil.rmtree(out, ignore_errors=True)

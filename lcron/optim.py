@@ -33,10 +33,17 @@ from torch import Tensor
 
 from .errors import ConfigError
 
-#: The embedding optimizers (``--embedding-optimizer``), and the default chosen from the
-#: dense-vs-lazy evidence in docs/embedding_optimizer.md.
-EMBEDDING_OPTIMIZERS: tuple[str, ...] = ("dense", "lazy")
-DEFAULT_EMBEDDING_OPTIMIZER = "lazy"
+#: The embedding optimizers (``--embedding-optimizer``). ``auto`` (the default) picks one per
+#: run from the device and the table size (:func:`resolve_embedding_optimizer`); the recall
+#: of the two is the same within seed noise (docs/embedding_optimizer.md), so only cost decides.
+EMBEDDING_OPTIMIZERS: tuple[str, ...] = ("auto", "dense", "lazy")
+#: The two update rules ``auto`` resolves to.
+UPDATE_RULES: tuple[str, ...] = ("dense", "lazy")
+DEFAULT_EMBEDDING_OPTIMIZER = "auto"
+#: On CPU, ``auto`` is lazy from this many embedding rows per stage model: dense Adam costs in
+#: proportion to the rows (every row, every step), lazy in proportion to a batch's lookups
+#: (~600k per model at batch 1,024) plus a sort of them - so small tables are cheaper dense.
+LAZY_MIN_ROWS = 1_000_000
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -150,11 +157,30 @@ def check_embedding_optimizer(name: str) -> str:
     return name
 
 
+def resolve_embedding_optimizer(name: str, device: "torch.device | str", rows_per_model: int) -> str:
+    """``dense`` or ``lazy`` for a run: ``name`` itself unless it is ``auto``.
+
+    ``auto``: dense on CUDA (its update is captured in the training step's CUDA graph; on an
+    H200 a dense Adam pass over RecFlow's ~11M rows per model costs well under a millisecond,
+    while the lazy update's coalesce synchronises every step); on CPU lazy from
+    :data:`LAZY_MIN_ROWS` rows per model, dense below.
+    """
+    check_embedding_optimizer(name)
+    if name != "auto":
+        return name
+    if torch.device(device).type == "cuda":
+        return "dense"
+    return "lazy" if rows_per_model >= LAZY_MIN_ROWS else "dense"
+
+
 def build_embedding_optimizer(name: str, tables: list[Tensor], lr: float,
                               adam_options: dict[str, Any] | None = None) -> torch.optim.Optimizer:
     """The optimizer of the embedding tables: ``torch.optim.Adam`` (dense, with the run's
     ``adam_options``, e.g. capturable on CUDA) or LazyAdam (lazy: never captured in a CUDA
     graph, it steps beside it)."""
+    if name not in UPDATE_RULES:
+        raise ConfigError(f"embedding optimizer {name!r} must be resolved to dense or lazy first "
+                          "(resolve_embedding_optimizer)")
     options = dict(adam_options or {})
     factory: dict[str, Callable[[list[Tensor], float], torch.optim.Optimizer]] = {
         "dense": lambda ts, r: torch.optim.Adam(ts, lr=r, **options),

@@ -55,7 +55,7 @@ from .defaults import TRAIN
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
 from .models.embeddings import ids_prechecked as embedding_ids_prechecked
 from .optim import (DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_embedding_optimizer,
-                    check_embedding_optimizer)
+                    check_embedding_optimizer, resolve_embedding_optimizer)
 from .progress import Progress
 from .logs import get_logger
 from .settings import Setting, get_setting
@@ -91,7 +91,7 @@ class TrainConfig:
     shuffle: bool = True
     log_every: int = 64  # loss rows are read back from the device every this many steps (and at day end)
     reference_quirks: bool = False  # the published models' quirks (docs/reference.md); needs reference shards
-    embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER  # "dense" or "lazy" (lcron.optim)
+    embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER  # "auto", "dense" or "lazy" (lcron.optim)
     day_snapshots: bool = True  # checkpoints/<day>.pt for streaming evaluation (docs/scale.md)
 
     def validate(self) -> None:
@@ -178,7 +178,8 @@ def build_training_objects(setting: Setting, embedding_sizes: Mapping[str, int],
 
     Optimizers: one Adam per stage model over its dense (MLP) parameters, one for the
     learned loss weights, and ``optimizers[EMBEDDINGS]`` for every stage's embedding table
-    (``cfg.embedding_optimizer``: Adam on dense gradients or LazyAdam on sparse ones).
+    (``cfg.embedding_optimizer``, ``auto`` resolved by :func:`lcron.optim.resolve_embedding_optimizer`:
+    Adam on dense gradients or LazyAdam on sparse ones).
     Adam is per-parameter, so with ``dense`` this split trains exactly as one Adam per stage.
     """
     from .losses import build_loss
@@ -192,14 +193,16 @@ def build_training_objects(setting: Setting, embedding_sizes: Mapping[str, int],
                             reference_quirks=cfg.reference_quirks).to(device)
     loss = build_loss(cfg.method, setting=setting, **cfg.loss_options).to(device)
     adam = adam_options(device)
+    embedding_optimizer = resolve_embedding_optimizer(cfg.embedding_optimizer, device,
+                                                      sum(int(v) for v in embedding_sizes.values()))
     tables = embedding_tables(cascade)
     for table in tables:
-        table.sparse = cfg.embedding_optimizer == "lazy"
+        table.sparse = embedding_optimizer == "lazy"
     table_ids = {id(t.weight) for t in tables}
     optimizers = {name: torch.optim.Adam([p for p in cascade.stages[name].parameters() if id(p) not in table_ids],
                                          lr=cfg.lr, **adam)
                   for name in setting.stage_names}
-    optimizers[EMBEDDINGS] = build_embedding_optimizer(cfg.embedding_optimizer, [t.weight for t in tables], cfg.lr,
+    optimizers[EMBEDDINGS] = build_embedding_optimizer(embedding_optimizer, [t.weight for t in tables], cfg.lr,
                                                    adam)
     loss_params = list(loss.parameters())
     if loss_params:
@@ -315,6 +318,9 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     days = training_days(shard_set, cfg.days)
     batches = batch_plan({d: shard_set.num_requests(d) for d in days}, cfg.batch_size, max_steps_per_day)
     device = resolve_device(cfg.device)
+    # run.json records the resolved choice: an "auto" run says what it trained with.
+    cfg = dataclasses.replace(cfg, embedding_optimizer=resolve_embedding_optimizer(
+        cfg.embedding_optimizer, device, sum(shard_set.embedding_sizes.values())))
     plan = plan_step(device, compile=cfg.compile, cuda_graph=cfg.cuda_graph, tf32=cfg.tf32)
     out = Path(out)
 
@@ -745,7 +751,8 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=TRAIN.lr, help=f"Adam learning rate (default {TRAIN.lr})")
     parser.add_argument("--embedding-optimizer", choices=EMBEDDING_OPTIMIZERS, default=DEFAULT_EMBEDDING_OPTIMIZER,
                         help="embedding tables: 'lazy' updates only the rows a batch touches (row-wise Adam), "
-                        "'dense' is Adam on every row, as the reference (default %(default)s; docs/models.md)")
+                        "'dense' is Adam on every row, as the reference; 'auto' (default) is dense on CUDA and "
+                        "for small tables, lazy on CPU from 1M rows per model (docs/embedding_optimizer.md)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--no-day-snapshots", action="store_true",
                         help="write no checkpoints/DAY.pt (the per-day snapshots only streaming evaluation reads)")

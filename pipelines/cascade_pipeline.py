@@ -88,7 +88,7 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         batch_size: int = TRAIN.batch_size,
         lr: float = TRAIN.lr,
         dim: int = TRAIN.dim,
-        embedding_optimizer: str = "lazy",  # lcron.optim.DEFAULT_EMBEDDING_OPTIMIZER (tested)
+        embedding_optimizer: str = "auto",  # lcron.optim.DEFAULT_EMBEDDING_OPTIMIZER (tested)
         train_days: str = "",
         max_steps_per_day: int = 0,
         device: str = "auto",

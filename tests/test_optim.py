@@ -18,7 +18,7 @@ import torch
 
 from lcron.errors import ConfigError
 from lcron.models.embeddings import _GatherRows
-from lcron.optim import (EMBEDDING_OPTIMIZERS, LazyAdam, build_embedding_optimizer, check_embedding_optimizer,
+from lcron.optim import (UPDATE_RULES, LazyAdam, build_embedding_optimizer, check_embedding_optimizer,
                          coalesce_rows)
 
 LR, B1, B2, EPS = 0.1, 0.9, 0.999, 1e-8
@@ -61,7 +61,7 @@ def _hand_adam(lazy: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return w, m, v
 
 
-@pytest.mark.parametrize("kind", EMBEDDING_OPTIMIZERS)
+@pytest.mark.parametrize("kind", UPDATE_RULES)
 def test_two_steps_match_hand_computed_adam(kind):
     weight, state = _run(kind)
     w, m, v = _hand_adam(lazy=kind == "lazy")
@@ -88,7 +88,7 @@ def test_lazy_touches_only_rows_of_the_batch():
 
 
 def test_padding_row_never_updated_in_either_mode():
-    for kind in EMBEDDING_OPTIMIZERS:
+    for kind in UPDATE_RULES:
         weight, state = _run(kind)
         assert torch.equal(weight[0], torch.zeros(2)), kind
         assert torch.equal(state["exp_avg"][0], torch.zeros(2)), kind
@@ -143,7 +143,7 @@ def test_lazy_state_survives_a_state_dict_round_trip():
 
 
 def test_errors_name_the_choices():
-    with pytest.raises(ConfigError, match="unknown embedding optimizer 'sparse'; choose one of dense, lazy"):
+    with pytest.raises(ConfigError, match="unknown embedding optimizer 'sparse'; choose one of auto, dense, lazy"):
         check_embedding_optimizer("sparse")
     w = torch.nn.Parameter(torch.zeros(3, 2))
     w.grad = torch.ones(3, 2)
@@ -153,3 +153,15 @@ def test_errors_name_the_choices():
         LazyAdam([w], lr=0.0)
     with pytest.raises(ConfigError, match="betas"):
         LazyAdam([w], betas=(1.0, 0.9))
+
+
+def test_auto_embedding_optimizer_by_device_and_table_size():
+    from lcron.optim import LAZY_MIN_ROWS, resolve_embedding_optimizer
+
+    assert resolve_embedding_optimizer("auto", "cpu", LAZY_MIN_ROWS - 1) == "dense"
+    assert resolve_embedding_optimizer("auto", "cpu", LAZY_MIN_ROWS) == "lazy"
+    assert resolve_embedding_optimizer("auto", "cuda", 20 * LAZY_MIN_ROWS) == "dense"
+    assert resolve_embedding_optimizer("lazy", "cuda", 10) == "lazy"
+    assert resolve_embedding_optimizer("dense", "cpu", 20 * LAZY_MIN_ROWS) == "dense"
+    with pytest.raises(ConfigError, match="unknown embedding optimizer"):
+        resolve_embedding_optimizer("sparse", "cpu", 10)

@@ -254,8 +254,9 @@ def test_kill_and_resume_matches_uninterrupted_run(learn_data, tmp_path, embeddi
     Every run is a fresh `lcron train` process, as a user (or a preempted KFP pod) would run it.
     """
     shards = learn_data[2]
+    # Not --quiet: the resumed process's "resuming after day" line is checked below.
     args = ["--shards", str(shards.root), "--method", "lcron", "--batch-size", "8", "--seeds", "5", "--no-compile",
-            "--quiet", "--embedding-optimizer", embedding_optimizer]
+            "--embedding-optimizer", embedding_optimizer]
     ref = tmp_path / "ref"
     proc = _cli_train(args, ref)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
@@ -369,7 +370,7 @@ def test_day_snapshot_scores_the_next_day_like_the_full_model(learn_data, tmp_pa
 
 
 def test_unknown_embedding_optimizer_is_refused(learn_data, tmp_path):
-    with pytest.raises(ConfigError, match="unknown embedding optimizer 'adagrad'; choose one of dense, lazy"):
+    with pytest.raises(ConfigError, match="unknown embedding optimizer 'adagrad'; choose one of auto, dense, lazy"):
         train(learn_data[2], tmp_path / "r", TrainConfig(method="bce", embedding_optimizer="adagrad"), progress=False)
     assert not (tmp_path / "r").exists()
 
