@@ -76,7 +76,7 @@ def worker_train_vocab(p: dict[str, Any]) -> dict[str, Any]:
     from lcron.bench import _loadavg, _measured
     from lcron.train import RESUME_FILE, TrainConfig, _checkpoint_payload, build_training_objects, train
 
-    shards = VocabularyScaledShards(p["shards"])
+    shards = VocabularyScaledShards(p["shards"], p.get("id_counts", RECFLOW_ID_COUNTS))
     cfg = TrainConfig(method=p["method"], batch_size=int(p["batch_size"]), seeds=(1,), compile=bool(p["compile"]),
                       embedding_optimizer=p["embedding_optimizer"], days=f"{shards.days[0]}:{shards.days[-1]}")
     out = Path(p["out"])
@@ -141,6 +141,7 @@ def bench_train_vocab(ctx: Any) -> list[dict[str, Any]]:
                 shutil.rmtree(out, ignore_errors=True)
                 r = _run_worker(["train_vocab", json.dumps({
                     "shards": str(ctx.shards(stages)), "out": str(out), "method": method, "embedding_optimizer": opt,
+                    "id_counts": vp["id_counts"],
                     "batch_size": vp["batch_size"], "steps_per_day": vp["steps_per_day"], "compile": vp["compile"]})])
                 shutil.rmtree(out, ignore_errors=True)
                 common = {"setting": r["setting"], "embedding_optimizer": opt, "embedding_rows": r["embedding_rows"],

@@ -39,7 +39,8 @@ def test_quick_bench_writes_valid_json(quick_run):
     assert result["data"]["requests"] == 200 and result["data"]["days"] == 2
     assert set(result["data"]["stored_items_per_label_mean"]) >= {"rank_pos", "rank_neg", "coarse_neg", "prerank_neg"}
     assert result["run_params"]["batch_size"] == 32 and result["run_params"]["compile"] is False
-    assert list(result["seconds"]) == ["preprocess", "train", "evaluate", "metrics", "serving", "total"]
+    assert list(result["seconds"]) == [*bench.BENCHMARKS, "total"]
+    assert list(bench.BENCHMARKS)[:2] == ["preprocess", "train"]
 
     rows = _rows(result, "preprocess")
     assert [r["setting"] for r in rows] == SETTINGS
@@ -160,7 +161,7 @@ def test_profile_training_needs_a_full_batch(quick_run, tmp_path):
 
 
 def test_registry_and_bad_arguments():
-    assert list(bench.BENCHMARKS)[:5] == ["preprocess", "train", "evaluate", "metrics", "serving"]
+    assert {"preprocess", "train", "evaluate", "metrics", "serving"} <= set(bench.BENCHMARKS)
     with pytest.raises(ConfigError, match="registered twice"):
         bench.register("preprocess")(lambda ctx: [])
     with pytest.raises(ConfigError, match="unknown benchmark"):

@@ -83,7 +83,7 @@ def test_validate_failing_day_exit_2(handmade, tmp_path, capsys):
     src = handmade.write(tmp_path / "recflow")
     p = src / "request_id_dict" / "2024-01-15.pkl"
     p.write_bytes(p.read_bytes()[:40])
-    code, out, err = _run(capsys, "validate", "--source", str(src))
+    code, out, err = _run(capsys, "validate", "--source", str(src), "-q")  # -q: no progress line on stderr
     assert code == 2
     assert "FAILED" in out and "the pickle is truncated" in out
     assert err.strip() == "lcron validate: error: 1 of 1 day(s) failed validation: 2024-01-15"

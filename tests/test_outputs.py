@@ -193,7 +193,9 @@ def _train_args(shards: Path, run: Path) -> list[str]:
 
 def test_disk_full_during_train_and_evaluate(tiny_shards_2, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    monkeypatch.setattr(atomic.os, "fsync", _DiskFills(after=11))  # seed 1 done, seed 2 half-written
+    # fsyncs: lock, run.json, pending marker, then 8 per seed (2 days of log + snapshot + resume.pt,
+    # model.pt, summary.json): the 14th falls inside seed 2 - seed 1 done, seed 2 half-written.
+    monkeypatch.setattr(atomic.os, "fsync", _DiskFills(after=14))
     code, _, err = _cli(capsys, *_train_args(tiny_shards_2.root, run))
     monkeypatch.undo()
     assert code == 2
