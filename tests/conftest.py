@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import pickle
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,3 +208,13 @@ def tiny_shards_3(tiny_recflow: Path, tmp_path_factory: pytest.TempPathFactory):
 
     return preprocess(tiny_recflow, tmp_path_factory.mktemp("tiny_shards") / "three_stage", 3, progress=False)
 
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function that returns a free TCP port on loopback (for the servers tests start)."""
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return pick

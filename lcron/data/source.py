@@ -153,13 +153,17 @@ class GCSSource(Source):
     """``gs://bucket/prefix`` through google-cloud-storage."""
 
     def __init__(self, uri: str, client: Any = None) -> None:
-        m = re.match(r"^gs://([^/]+)/?(.*)$", uri)
-        if not m:
-            raise DataError(f"{uri}: not a gs://bucket/prefix URI")
-        self.uri = uri.rstrip("/")
-        self.bucket_name, self.prefix = m.group(1), m.group(2).strip("/")
+        self._open_uri(uri, "gs", "a")
         self._client = client or _gcs_client()
         self._bucket = self._client.bucket(self.bucket_name)
+
+    def _open_uri(self, uri: str, scheme: str, article: str) -> None:
+        """Bucket and prefix of ``scheme://bucket/prefix``, and an empty object and download cache."""
+        m = re.match(rf"^{scheme}://([^/]+)/?(.*)$", uri)
+        if not m:
+            raise DataError(f"{uri}: not {article} {scheme}://bucket/prefix URI")
+        self.uri = uri.rstrip("/")
+        self.bucket_name, self.prefix = m.group(1), m.group(2).strip("/")
         self._blobs: dict[str, Any] = {}
         self._cache_dir: Path | None = None
         self._cached: dict[str, Path] = {}
@@ -263,15 +267,8 @@ class S3Source(GCSSource):
     """
 
     def __init__(self, uri: str, client: Any = None) -> None:
-        m = re.match(r"^s3://([^/]+)/?(.*)$", uri)
-        if not m:
-            raise DataError(f"{uri}: not an s3://bucket/prefix URI")
-        self.uri = uri.rstrip("/")
-        self.bucket_name, self.prefix = m.group(1), m.group(2).strip("/")
+        self._open_uri(uri, "s3", "an")
         self._client = client or _s3_client()
-        self._blobs: dict[str, Any] = {}
-        self._cache_dir: Path | None = None
-        self._cached: dict[str, Path] = {}
         self._check_bucket()
 
     def _fail(self, what: str, exc: Exception) -> DataError:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 
@@ -17,19 +15,13 @@ from lcron.errors import DataError
 BUCKET = "recflow-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def emulator():
+def emulator(free_port):
     """A gcp-storage-emulator on a free loopback port; STORAGE_EMULATOR_HOST points at it."""
     from gcp_storage_emulator.server import create_server
 
     mp = pytest.MonkeyPatch()
-    port = _free_port()
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
     mp.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")

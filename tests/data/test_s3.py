@@ -3,8 +3,6 @@ the same shards as the local copy, validate and a clear message for each user mi
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 
@@ -17,19 +15,13 @@ from lcron.errors import DataError
 BUCKET = "recflow-s3"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3_server():
+def s3_server(free_port):
     """moto's S3 server on a free loopback port; AWS_ENDPOINT_URL and test credentials point at it."""
     from moto.server import ThreadedMotoServer
 
     mp = pytest.MonkeyPatch()
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -111,8 +103,8 @@ def test_wrong_credentials_name_the_variables(s3_server, monkeypatch):
         open_source(f"s3://{BUCKET}/x")
 
 
-def test_unreachable_endpoint_names_the_variable(monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+def test_unreachable_endpoint_names_the_variable(monkeypatch, free_port):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
