@@ -53,7 +53,7 @@ from .train_step import (DeviceDay, LossLog, StepPlan, TrainStep, adam_options, 
                          make_stepper, plan_step)
 from .defaults import TRAIN
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
-from .models.embeddings import ids_prechecked as embedding_ids_prechecked
+from .models.embeddings import embedding_tables, ids_prechecked as embedding_ids_prechecked
 from .optim import (DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_embedding_optimizer,
                     check_embedding_optimizer, resolve_embedding_optimizer)
 from .progress import Progress
@@ -184,7 +184,6 @@ def build_training_objects(setting: Setting, embedding_sizes: Mapping[str, int],
     """
     from .losses import build_loss
     from .models import build_cascade
-    from .models.embeddings import embedding_tables
 
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
@@ -540,7 +539,7 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         torch.cuda.reset_peak_memory_stats(device)
     cascade.train()
     stepper = make_stepper(TrainStep(cascade, loss, optimizers), plan)
-    embedding = next(m.embedding for m in cascade.models)
+    embedding = embedding_tables(cascade)[0]  # every stage model has the same tables: one checks the ids
     losses = LossLog(flush_every=cfg.log_every)
     # Start-up steps: the first step (compiles) or, with a CUDA graph, the eager warm-up steps and
     # the capture; they are timed apart, like a compile, and the steady rate counts the rest.
@@ -556,9 +555,6 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         if max_steps_per_day is not None:
             n_batches = min(n_batches, max_steps_per_day)
             order = order[: n_batches * cfg.batch_size]
-        if n_batches == 0:
-            log(f"seed {seed}: day {day} has {len(order)} requests, fewer than one batch of {cfg.batch_size}; "
-                "nothing to train on that day")
         if plan.device_resident:
             resident = DeviceDay(arrays, device)
             resident.check_ids(embedding)  # once per day, so no step needs to read ids back
