@@ -10,6 +10,11 @@ vocabulary, one draw per occurrence (seeded by the day): every lookup hits a ran
 the full-size table - the worst case for the rows touched per batch and for the caches.
 Vocabulary: ``RECFLOW_ID_COUNTS`` (9M videos, 2M authors, 42k users: ~11.1M rows per stage
 model at dim 8, 355 MB of float32 weights).
+
+Why ``day_repeat``: the bench shard set's days hold 2,000 requests, one batch of 1,024, so
+a 4-day run measured its steady rate on 3 steps - noise on a shared machine. Each day is
+read ``day_repeat`` times over (every copy with its own id draws), which gives several
+steps per day and a steady rate from tens of steps.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 
 from lcron.data import fields
 from lcron.data.shards import ShardSet
+from lcron.errors import ConfigError
 
 #: RecFlow's vocabulary (issue 19): the synthetic id counts with 9M videos, 2M authors, 42k users.
 RECFLOW_ID_COUNTS: dict[str, int] = {
@@ -38,14 +44,22 @@ _COLUMNS: dict[str, tuple[str, ...]] = {"context": fields.CONTEXT_KINDS, "user":
 class VocabularyScaledShards(ShardSet):
     """A shard set read with its ids spread over larger vocabularies (see the module docstring)."""
 
-    def __init__(self, root: str | Path, id_counts: dict[str, int] = RECFLOW_ID_COUNTS) -> None:
+    def __init__(self, root: str | Path, id_counts: dict[str, int] = RECFLOW_ID_COUNTS, day_repeat: int = 1) -> None:
         super().__init__(root)
+        if isinstance(day_repeat, bool) or not isinstance(day_repeat, int) or day_repeat < 1:
+            raise ConfigError(f"day_repeat must be an integer >= 1, got {day_repeat!r}")
         self.embedding_sizes = fields.embedding_sizes(id_counts)
         self._small = dict(fields.embedding_sizes(self.id_counts))
         self.id_counts = dict(id_counts)
+        self.day_repeat = day_repeat
+
+    def num_requests(self, day: str) -> int:
+        return super().num_requests(day) * self.day_repeat
 
     def load_day(self, day: str, mmap: bool = True) -> dict[str, np.ndarray]:
         arrays = dict(super().load_day(day, mmap=False))
+        if self.day_repeat > 1:  # the copies differ in their ids, drawn below per occurrence
+            arrays = {k: np.concatenate([v] * self.day_repeat) for k, v in arrays.items()}
         rng = np.random.default_rng([int(day.replace("-", "")), 19])
         for name, kinds in _COLUMNS.items():
             ids = np.asarray(arrays[name], dtype=np.int64).copy()
@@ -76,7 +90,7 @@ def worker_train_vocab(p: dict[str, Any]) -> dict[str, Any]:
     from lcron.bench import _loadavg, _measured
     from lcron.train import RESUME_FILE, TrainConfig, _checkpoint_payload, build_training_objects, train
 
-    shards = VocabularyScaledShards(p["shards"], p.get("id_counts", RECFLOW_ID_COUNTS))
+    shards = VocabularyScaledShards(p["shards"], p.get("id_counts", RECFLOW_ID_COUNTS), int(p.get("day_repeat", 1)))
     cfg = TrainConfig(method=p["method"], batch_size=int(p["batch_size"]), seeds=(1,), compile=bool(p["compile"]),
                       embedding_optimizer=p["embedding_optimizer"], days=f"{shards.days[0]}:{shards.days[-1]}")
     out = Path(p["out"])
@@ -103,20 +117,23 @@ def worker_train_vocab(p: dict[str, Any]) -> dict[str, Any]:
     os.unlink(resume)
     rows = sum(t.numel() for n, t in cascade.state_dict().items() if n.endswith("embedding.weight")) // cfg.dim
     return {**m, "method": p["method"], "embedding_optimizer": p["embedding_optimizer"], "setting": s["setting"],
-            "steps": s["steps"], "steady": s["steady_requests_per_s"], "first_step_s": s["first_step_seconds"],
+            "steps": s["steps"], "steady_steps": s["steps"] - s["startup_steps"], "steady": s["steady_requests_per_s"], "first_step_s": s["first_step_seconds"],
             "batch_size": cfg.batch_size, "embedding_rows": rows, "days": len(s["days"]), **sizes,
             "threads": torch.get_num_threads(), "device": s["device"], "load_1m": _loadavg()}
 
 
-#: Per bench mode: the vocabulary, the methods and settings trained, batches per day. Quick
-#: mode (CI) checks the rows work on a 10x smaller vocabulary.
+#: Per bench mode: the vocabulary, the methods and settings trained, how often each day is
+#: read over (``day_repeat``) and the batches per day per update rule (dense steps cost ~5-15x
+#: lazy ones at this vocabulary, and their cost barely varies: fewer of them keep the mode's
+#: time bounded). Quick mode (CI) checks the rows work on a 10x smaller vocabulary.
 VOCAB_PARAMS: dict[str, dict[str, Any]] = {
     "quick": {"id_counts": {**RECFLOW_ID_COUNTS, "video_id": 90_000, "author_id": 20_000}, "methods": ("lcron",),
-              "stages": (2,), "batch_size": 32, "steps_per_day": 1, "compile": False},
+              "stages": (2,), "batch_size": 32, "day_repeat": 1, "steps_per_day": {"dense": 1, "lazy": 1},
+              "compile": False},
     "default": {"id_counts": RECFLOW_ID_COUNTS, "methods": ("lcron",), "stages": (2, 3), "batch_size": 1024,
-                "steps_per_day": 1, "compile": True},
+                "day_repeat": 4, "steps_per_day": {"dense": 2, "lazy": 7}, "compile": True},
     "full": {"id_counts": RECFLOW_ID_COUNTS, "methods": ("lcron",), "stages": (2, 3), "batch_size": 1024,
-             "steps_per_day": 2, "compile": True},
+             "day_repeat": 1, "steps_per_day": {"dense": 2, "lazy": 9}, "compile": True},
 }
 
 
@@ -141,13 +158,15 @@ def bench_train_vocab(ctx: Any) -> list[dict[str, Any]]:
                 shutil.rmtree(out, ignore_errors=True)
                 r = _run_worker(["train_vocab", json.dumps({
                     "shards": str(ctx.shards(stages)), "out": str(out), "method": method, "embedding_optimizer": opt,
-                    "id_counts": vp["id_counts"],
-                    "batch_size": vp["batch_size"], "steps_per_day": vp["steps_per_day"], "compile": vp["compile"]})])
+                    "id_counts": vp["id_counts"], "day_repeat": vp["day_repeat"],
+                    "batch_size": vp["batch_size"], "steps_per_day": vp["steps_per_day"][opt],
+                    "compile": vp["compile"]})])
                 shutil.rmtree(out, ignore_errors=True)
                 common = {"setting": r["setting"], "embedding_optimizer": opt, "embedding_rows": r["embedding_rows"],
                           "device": r["device"], "threads": r["threads"], "load_1m": r["load_1m"]}
                 rows.append({"name": "train_vocab", "case": f"{method}/{opt}", "value": _r(r["steady"]),
                              "unit": "requests/s", "batch_size": r["batch_size"], "steps": r["steps"],
+                             "steady_steps": r["steady_steps"],
                              "first_step_s": _r(r["first_step_s"], 2), "peak_rss_mb": _r(r["peak_rss_mb"]),
                              **common})
                 rows.append({"name": "checkpoint", "case": f"{method}/{opt}", "value": _r(r["seed_folder_mb"]),

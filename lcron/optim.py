@@ -73,6 +73,7 @@ class LazyAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        plans = _RowPlans()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -89,15 +90,17 @@ class LazyAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                _lazy_adam_rows(p, p.grad, state["exp_avg"], state["exp_avg_sq"], float(state["step"]),
+                rows, values = plans.coalesce(p.grad)
+                _lazy_adam_rows(p, rows, values, state["exp_avg"], state["exp_avg_sq"], float(state["step"]),
                                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"])
         return loss
 
 
-def _lazy_adam_rows(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: float, *,
-                    lr: float, beta1: float, beta2: float, eps: float) -> None:
-    """Adam's update on the rows of ``grad`` (sparse COO), in ``torch.optim.Adam``'s op order."""
-    rows, values = coalesce_rows(grad)  # sums repeated rows: the update is non-linear in the gradient
+def _lazy_adam_rows(param: Tensor, rows: Tensor, values: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
+                    step: float, *, lr: float, beta1: float, beta2: float, eps: float) -> None:
+    """Adam's update on ``rows`` (distinct) with their summed gradients ``values``, in
+    ``torch.optim.Adam``'s op order (repeats must be summed first: the update is non-linear
+    in the gradient)."""
     if rows.numel() == 0:
         return
     m = exp_avg.index_select(0, rows).lerp_(values, 1 - beta1)
@@ -119,20 +122,30 @@ def coalesce_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
     table, most of a step; numpy's vectorised sort of one int64 key per lookup (row in the
     high bits, lookup position in the low bits: unique keys, so the order and the
     summation order of repeats are fixed on every machine) then a segment sum does it in a
-    fraction of that. Repeats are summed in lookup order.
+    fraction of that (:func:`row_plan`, then :func:`sum_rows`). Repeats are summed in
+    lookup order.
     """
     if grad.device.type != "cpu":
         grad = grad.coalesce()
         return grad.indices()[0], grad.values()
-    index = grad._indices()[0]
-    values = grad._values()
-    n = index.numel()
-    if n == 0:
-        return index, values
+    return sum_rows(row_plan(grad._indices()[0], grad.shape[0]), grad._values())
+
+
+#: What coalescing a CPU row gradient needs from its lookup rows alone: (the lookups in
+#: (row, position) order, the length of each run of one row, the distinct rows ascending).
+RowPlan = tuple[Tensor, Tensor, Tensor]
+
+
+def row_plan(index: Tensor, num_rows: int) -> RowPlan:
+    """The sort half of :func:`coalesce_rows` for the lookups ``index`` (CPU int64) into a
+    table of ``num_rows`` rows; it depends on the rows looked up, not on the gradient."""
     import numpy as np
 
+    n = index.numel()
+    if n == 0:
+        return index, index, index
     pos_bits = max(1, (n - 1).bit_length())
-    row_bits = max(1, (grad.shape[0] - 1).bit_length())
+    row_bits = max(1, (num_rows - 1).bit_length())
     idx = index.numpy()
     if pos_bits + row_bits <= 62:
         keys = np.sort((idx << pos_bits) | np.arange(n, dtype=np.int64))
@@ -146,8 +159,40 @@ def coalesce_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
     np.not_equal(sorted_rows[1:], sorted_rows[:-1], out=first[1:])
     starts = np.flatnonzero(first)
     lengths = torch.from_numpy(np.diff(np.append(starts, n)))
-    summed = torch.segment_reduce(values.index_select(0, torch.from_numpy(order)), "sum", lengths=lengths)
-    return torch.from_numpy(sorted_rows[starts]), summed
+    return torch.from_numpy(order), lengths, torch.from_numpy(sorted_rows[starts])
+
+
+def sum_rows(plan: RowPlan, values: Tensor) -> tuple[Tensor, Tensor]:
+    """(distinct rows, their summed values): the segment-sum half of :func:`coalesce_rows`."""
+    order, lengths, rows = plan
+    if order.numel() == 0:
+        return rows, values
+    return rows, torch.segment_reduce(values.index_select(0, order), "sum", lengths=lengths)
+
+
+class _RowPlans:
+    """The row plans of one optimizer step, shared by gradients that look up the same rows.
+
+    Why: every stage model of a cascade embeds the same batch with the same table layout,
+    so their embedding gradients have identical lookup rows; the sort is done once per step
+    instead of once per model (a comparison of the index, one pass, is far cheaper than a
+    sort). Only the plan is shared - each table still sums its own values, in the same
+    order as alone, so the result is bit-identical to :func:`coalesce_rows` per table.
+    """
+
+    def __init__(self) -> None:
+        self._plans: list[tuple[Tensor, int, RowPlan]] = []
+
+    def coalesce(self, grad: Tensor) -> tuple[Tensor, Tensor]:
+        if grad.device.type != "cpu":
+            return coalesce_rows(grad)
+        index, num_rows = grad._indices()[0], grad.shape[0]
+        for known, known_rows, plan in self._plans:
+            if known is index or (known_rows == num_rows and torch.equal(known, index)):
+                return sum_rows(plan, grad._values())
+        plan = row_plan(index, num_rows)
+        self._plans.append((index, num_rows, plan))
+        return sum_rows(plan, grad._values())
 
 
 def check_embedding_optimizer(name: str) -> str:

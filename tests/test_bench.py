@@ -73,6 +73,7 @@ def test_quick_bench_has_vocabulary_training_and_checkpoint_rows(quick_run):
     assert [r["case"] for r in train_rows] == [r["case"] for r in ckpt_rows] == ["lcron/dense", "lcron/lazy"]
     for r in train_rows:
         assert r["value"] > 0 and r["unit"] == "requests/s" and r["embedding_rows"] == rows_total
+        assert r["steps"] == 2 and r["steady_steps"] == 1                # 2 days x 1 step, the first is start-up
     for r in ckpt_rows:
         # 2 days: one day snapshot (the last day is followed by no shard day); the resume
         # state holds the weights and both Adam moments, the model only the weights

@@ -125,6 +125,47 @@ def test_coalesce_rows_sums_repeats_in_order():
     assert empty_rows.numel() == 0 and empty_vals.shape == (0, 2)
 
 
+def test_lazy_tables_with_the_same_lookups_share_one_sort_and_train_as_alone():
+    """One LazyAdam over three tables (two looking up the same rows, as a cascade's stage
+    models do, one other rows) ends bit-identical to one LazyAdam per table."""
+    gen = torch.Generator().manual_seed(3)
+    w0 = [torch.randn(50, 4, generator=gen) for _ in range(3)]
+    lookups = [torch.randint(0, 50, (40,), generator=gen) for _ in range(3)]
+    lookups[1] = lookups[0].clone()                                      # equal rows, another tensor
+    together = [torch.nn.Parameter(w.clone()) for w in w0]
+    alone = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt = LazyAdam(together, lr=LR)
+    opts = [LazyAdam([p], lr=LR) for p in alone]
+    for step in range(3):
+        grads = [torch.randn(40, 4, generator=gen) for _ in range(3)]
+        for params in (together, alone):
+            for p, rows, g in zip(params, lookups, grads):
+                p.grad = torch.sparse_coo_tensor(rows[None] if step % 2 else rows.flip(0)[None],
+                                                 g, p.shape)
+        opt.step()
+        for o in opts:
+            o.step()
+    for a, b, o in zip(together, alone, opts):
+        assert torch.equal(a, b)
+        assert torch.equal(opt.state[a]["exp_avg"], o.state[b]["exp_avg"])
+        assert torch.equal(opt.state[a]["exp_avg_sq"], o.state[b]["exp_avg_sq"])
+    assert not torch.equal(together[0].detach(), w0[0])
+
+
+def test_row_plan_is_shared_only_between_equal_lookups():
+    from lcron.optim import _RowPlans
+
+    vals = torch.ones(3, 2)
+    plans = _RowPlans()
+    r1, s1 = plans.coalesce(torch.sparse_coo_tensor(torch.tensor([[4, 1, 4]]), vals, (6, 2)))
+    r2, s2 = plans.coalesce(torch.sparse_coo_tensor(torch.tensor([[4, 1, 3]]), 2 * vals, (6, 2)))
+    r3, s3 = plans.coalesce(torch.sparse_coo_tensor(torch.tensor([[4, 1, 4]]), 3 * vals, (9, 2)))
+    assert r1.tolist() == [1, 4] and s1.tolist() == [[1, 1], [2, 2]]
+    assert r2.tolist() == [1, 3, 4] and s2.tolist() == [[2, 2], [2, 2], [2, 2]]
+    assert r3.tolist() == [1, 4] and s3.tolist() == [[3, 3], [6, 6]]
+    assert len(plans._plans) == 3                                        # other rows or table size: own plan
+
+
 def test_lazy_state_survives_a_state_dict_round_trip():
     w = torch.nn.Parameter(torch.tensor(W0, dtype=torch.float32))
     opt = LazyAdam([w], lr=LR)
