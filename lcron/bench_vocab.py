@@ -117,7 +117,8 @@ def worker_train_vocab(p: dict[str, Any]) -> dict[str, Any]:
     os.unlink(resume)
     rows = sum(t.numel() for n, t in cascade.state_dict().items() if n.endswith("embedding.weight")) // cfg.dim
     return {**m, "method": p["method"], "embedding_optimizer": p["embedding_optimizer"], "setting": s["setting"],
-            "steps": s["steps"], "steady_steps": s["steps"] - s["startup_steps"], "steady": s["steady_requests_per_s"], "first_step_s": s["first_step_seconds"],
+            "steps": s["steps"], "steady_steps": s["steps"] - s["startup_steps"], "steady": s["steady_requests_per_s"],
+            "first_step_s": s["first_step_seconds"],
             "batch_size": cfg.batch_size, "embedding_rows": rows, "days": len(s["days"]), **sizes,
             "threads": torch.get_num_threads(), "device": s["device"], "load_1m": _loadavg()}
 
