@@ -13,18 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from lcron.evaluate import (
-    even_batch_size,
-    evaluate,
-    metric_keys,
-    quota_sweep_values,
-    request_metrics,
-    resolve_quota_grid,
-    score_arrays,
-)
+from lcron.evaluate import evaluate
+from lcron.evaluation.per_request import quota_sweep_values, request_metrics
+from lcron.evaluation.quota_grid import resolve_quota_grid
+from lcron.evaluation.results import metric_keys
+from lcron.evaluation.scoring import even_batch_size, score_arrays
 from lcron.models import fused
 from lcron.settings import Setting
-from lcron.train import TrainConfig, load_cascade, train
+from lcron.run_folder import load_cascade
+from lcron.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("rows, batch, expected", [
