@@ -68,6 +68,7 @@ def score_arrays(cascade: Any, arrays: Mapping[str, np.ndarray], *, batch_size: 
 
     from ..batches import gather
     from ..data.fields import MODEL_INPUTS
+    from ..models.embeddings import embedding_tables, ids_prechecked
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
@@ -79,7 +80,8 @@ def score_arrays(cascade: Any, arrays: Mapping[str, np.ndarray], *, batch_size: 
     first = models[0]
     dedup = items is not None and _two_tower(first)
     parts: list[list[Any]] = [[] for _ in models]
-    with torch.inference_mode():
+    _check_day_ids(embedding_tables(cascade), arrays)
+    with torch.inference_mode(), ids_prechecked():
         if dedup:
             vectors = torch.cat([
                 first.item_vectors(torch.from_numpy(items.unique[i:i + size * n].astype(np.int64)).to(device))
@@ -101,6 +103,18 @@ def score_arrays(cascade: Any, arrays: Mapping[str, np.ndarray], *, batch_size: 
                 bar.update(stop - start)
         # Scores stay on the device until here: one copy to the host per stage, no per-batch sync.
         return [torch.cat(p).cpu().numpy() for p in parts]
+
+
+def _check_day_ids(tables: list[Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """The embeddings' id range check on the whole day, once, instead of once per model and
+    batch (every stage model has the same tables; the trainer does the same per day)."""
+    import torch
+
+    if not tables:
+        return
+    for name in ("context", "user", "seq", "items"):
+        if name in arrays:
+            tables[0].check_ids(name, torch.from_numpy(np.ascontiguousarray(arrays[name])))
 
 
 def even_batch_size(rows: int, batch_size: int) -> int:
