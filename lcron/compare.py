@@ -40,9 +40,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError
-from .report import (SERVING_FILE, Section, Table, format_cell, load_serving, read_json, serving_metric_key,
-                     guard_page, write_page)
+from .errors import ConfigError, DataError, IncompleteOutputError
+from .logs import get_logger
+from .evaluation.results import KIND, load_per_request, metric_label, npz_name, require_complete_evaluation
+from .jsonfile import read_json
+from .render import Section, Table, format_cell, guard_page, write_page
+from .serving.results import KIND as SERVING_KIND
+from .serving.results import SERVING_FILE, load_serving, serving_metric_key
 
 COMPARE_KIND = "lcron-comparison"
 HEADLINE = "joint_recall"
@@ -66,13 +70,17 @@ class Evaluation:
 
 # --------------------------------------------------------------------------- discovery
 def _is_evaluation(doc: Any) -> bool:
-    from .evaluate import KIND
-
     return isinstance(doc, dict) and doc.get("kind") == KIND
 
 
-def find_evaluations(paths: Iterable[str | Path]) -> list[Evaluation]:
-    """Every lcron evaluation under ``paths`` (see the module docstring), each once, in a stable order."""
+def find_evaluations(paths: Iterable[str | Path], skipped: list[str] | None = None) -> list[Evaluation]:
+    """Every complete lcron evaluation under ``paths`` (see the module docstring), each once, in a
+    stable order.
+
+    A folder named directly must hold a complete evaluation (else IncompleteOutputError). An
+    evaluation found by searching a root that ``lcron evaluate`` has not finished (still being
+    written, or its writer died) is left out with a warning, appended to ``skipped``: a root
+    is typically a pipeline root where other runs are still going on."""
     import json
 
     found: dict[Path, Evaluation] = {}
@@ -88,13 +96,11 @@ def find_evaluations(paths: Iterable[str | Path]) -> list[Evaluation]:
             explicit = []
         else:
             raise DataError(f"{p} does not exist")
-        hits = 0
+        hits, unfinished = 0, []
         for f in explicit:
             doc = read_json(f, "evaluation metrics")
             if not _is_evaluation(doc):
                 raise DataError(f"{f} is not an lcron evaluation (kind {doc.get('kind')!r})")
-            from .evaluate import require_complete_evaluation
-
             require_complete_evaluation(f.parent)
             found.setdefault(f.resolve(), Evaluation(f, doc))
             hits += 1
@@ -104,12 +110,23 @@ def find_evaluations(paths: Iterable[str | Path]) -> list[Evaluation]:
                     doc = json.loads(f.read_text())
                 except (OSError, json.JSONDecodeError):
                     continue  # another tool's metrics file
-                if _is_evaluation(doc):
-                    found.setdefault(f.resolve(), Evaluation(f, doc))
-                    hits += 1
+                if not _is_evaluation(doc):
+                    continue
+                try:
+                    require_complete_evaluation(f.parent)
+                except IncompleteOutputError as exc:
+                    note = f"left out: {exc}"
+                    get_logger(__name__).warning("warning: %s", note)
+                    unfinished.append(note)
+                    continue
+                found.setdefault(f.resolve(), Evaluation(f, doc))
+                hits += 1
         if not hits:
-            raise DataError(f"no lcron evaluation (metrics.json of kind 'lcron-evaluation') under {p}; "
-                            "run lcron evaluate first")
+            extra = f" ({len(unfinished)} unfinished: {'; '.join(unfinished)})" if unfinished else ""
+            raise DataError(f"no complete lcron evaluation (metrics.json of kind 'lcron-evaluation') under {p}; "
+                            f"run lcron evaluate first{extra}")
+        if skipped is not None:
+            skipped.extend(unfinished)
     return list(found.values())
 
 
@@ -127,8 +144,6 @@ def attach_serving(evals: list[Evaluation], paths: Iterable[str | Path]) -> list
     """
     import json
 
-    from .serving.evaluate import KIND
-
     found: dict[Path, list[tuple[Path, dict[str, Any]]]] = {}
     searched: set[Path] = set()
     for raw in paths:
@@ -142,7 +157,7 @@ def attach_serving(evals: list[Evaluation], paths: Iterable[str | Path]) -> list
             except (OSError, json.JSONDecodeError):
                 continue  # another tool's file
             run = _resolved(doc.get("run_dir")) if isinstance(doc, dict) else None
-            if run is not None and doc.get("kind") == KIND:
+            if run is not None and doc.get("kind") == SERVING_KIND:
                 known = found.setdefault(run, [])
                 if all(g.resolve() != f.resolve() for g, _ in known):
                     known.append((f, doc))
@@ -223,8 +238,6 @@ def per_request_headline(e: Evaluation):
     """A DataFrame (day, request_id, value) of the headline metric averaged over seeds."""
     import pandas as pd
 
-    from .evaluate import load_per_request, npz_name
-
     arr = load_per_request(e.eval_dir)
     name = npz_name(HEADLINE)
     if name not in arr or "request_id" not in arr:
@@ -261,8 +274,6 @@ def _columns(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _column_title(key: str, doc: Mapping[str, Any]) -> str:
-    from .report import metric_label
-
     return metric_label(key, doc)
 
 
@@ -404,8 +415,9 @@ def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None
     inputs = {"paths": sorted(str(Path(p).resolve()) for p in paths), "setting": setting, "bootstrap": bootstrap,
               "seed": seed}
     guard_page(Path(out), "compare", inputs, overwrite, "comparison")
-    evals = find_evaluations(paths)
-    serving_notes = attach_serving(evals, paths)
+    unfinished: list[str] = []
+    evals = find_evaluations(paths, unfinished)
+    serving_notes = unfinished + attach_serving(evals, paths)
     groups: dict[str, list[Evaluation]] = {}
     for e in evals:
         groups.setdefault(e.doc["setting"], []).append(e)

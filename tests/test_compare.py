@@ -14,7 +14,7 @@ import pytest
 
 from lcron.compare import add_compare_arguments, compare, find_evaluations, paired_bootstrap, run_compare
 from lcron.errors import ConfigError, DataError
-from lcron.evaluate import aggregate
+from lcron.evaluation.results import summarize_seeds
 
 DAY = "2024-01-16"
 
@@ -29,9 +29,9 @@ def make_eval(root: Path, run: str, method: str, joint: np.ndarray, request_ids,
     joint = np.asarray(joint, dtype=np.float64)
     seeds = list(range(1, joint.shape[0] + 1))
     keys = ([f"recall_at_10_m/{s}" for s in stages] + [f"ndcg_at_10/{s}" for s in stages])
-    table = {"joint_recall": aggregate([float(np.nanmean(row)) for row in joint])}
+    table = {"joint_recall": summarize_seeds([float(np.nanmean(row)) for row in joint])}
     for k in keys:
-        table[k] = aggregate((means or {}).get(k, [0.5] * len(seeds)))
+        table[k] = summarize_seeds((means or {}).get(k, [0.5] * len(seeds)))
     doc = {"kind": "lcron-evaluation", "method": method, "setting": setting, "stage_names": list(stages),
            "quotas": list(quotas), "seeds": seeds, "days": [day], "run_dir": str(root / run), "metrics": table,
            "data_fingerprint": "fp", "tie_seed": 0, "requests": {"evaluated": joint.shape[1], "skipped": 0},
@@ -159,8 +159,35 @@ def test_discovery(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         find_evaluations([tmp_path / "missing"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no lcron evaluation"):
+    with pytest.raises(DataError, match="no complete lcron evaluation"):
         find_evaluations([tmp_path / "empty"])
+
+
+def test_a_root_scan_leaves_out_unfinished_evaluations_with_a_warning(tmp_path, caplog):
+    from lcron import outputs
+    from lcron.errors import IncompleteOutputError
+
+    ids = np.arange(5)
+    make_eval(tmp_path / "root", "done", "bce", np.ones((1, 5)), ids)
+    busy = make_eval(tmp_path / "root", "busy", "lcron", np.ones((1, 5)), ids)
+    outputs.begin(busy, "evaluation", "lcron evaluate --model busy")  # an evaluation being (re)written
+    notes: list[str] = []
+    found = find_evaluations([tmp_path / "root"], notes)
+    assert [e.doc["method"] for e in found] == ["bce"]
+    assert len(notes) == 1 and str(busy) in notes[0] and "lcron evaluate --model busy" in notes[0]
+    assert "left out" in caplog.text
+    res = compare([tmp_path / "root"], tmp_path / "cmp", bootstrap=20)
+    assert [r["label"] for r in res["settings"]["two_stage"]["rows"]] == ["bce"]
+    assert "left out" in (tmp_path / "cmp" / "compare.md").read_text()
+    # named directly, an unfinished evaluation is an error, not a silent omission
+    with pytest.raises(IncompleteOutputError, match="is incomplete"):
+        find_evaluations([busy])
+    # a root holding only unfinished evaluations says so
+    other = make_eval(tmp_path / "only" / "x", "run", "bce", np.ones((1, 5)), ids)
+    outputs.begin(other, "evaluation", "lcron evaluate --model run")
+    with pytest.raises(DataError, match=r"no complete lcron evaluation .*\(1 unfinished: left out: "
+                                        r"evaluation .*only/x/run/eval is incomplete"):
+        find_evaluations([tmp_path / "only"])
 
 
 def test_repeated_methods_get_distinct_labels_and_html_escapes(tmp_path):
@@ -195,7 +222,7 @@ def test_cli_functions(three_methods, tmp_path_factory, capsys):
 def make_serving(folder: Path, run_dir: Path, e2e: dict, *, day: str = DAY, index: str = "flat",
                  setting: str = "two_stage", stages=("retrieval", "prerank")) -> Path:
     """A serving.json written by hand into ``folder``: ``e2e`` = {K1: per-seed end-to-end recalls}."""
-    from lcron.serving.evaluate import summarize
+    from lcron.evaluation.results import summarize_seeds as summarize
 
     results = {"gt_in_corpus": summarize([1.0])}
     for k, values in e2e.items():

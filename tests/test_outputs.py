@@ -137,6 +137,23 @@ def test_a_lock_of_another_host_is_not_taken_over(tmp_path):
             pass
 
 
+def test_a_failed_step_leaves_no_empty_folders_behind(tmp_path, tiny_shards_2, capsys):
+    deep = tmp_path / "a" / "b" / "c" / "eval"
+    with pytest.raises(RuntimeError):
+        with outputs.output_lock(deep, "x"):
+            raise RuntimeError("the step failed before writing anything")
+    assert not (tmp_path / "a").exists() and sorted(tmp_path.iterdir()) == []
+    with outputs.output_lock(deep, "y"):  # a step that wrote its output keeps the folders
+        deep.mkdir()
+        (deep / "f.txt").write_text("done")
+    assert (deep / "f.txt").is_file() and not outputs.lock_path(deep).exists()
+    # through the CLI: a run folder that is no run, evaluated into a new nested folder
+    code, _, err = _cli(capsys, "evaluate", "--model", str(tiny_shards_2.root), "--out", str(tmp_path / "n" / "m" / "ev"),
+                        "-q")
+    assert code == 2 and "not a training run folder" in _error_line(err, "evaluate")
+    assert not (tmp_path / "n").exists()
+
+
 def test_cli_second_writer_exits_2_at_once(tiny_recflow, tmp_path, capsys):
     out = tmp_path / "s"
     with outputs.output_lock(out, "lcron preprocess (the first one)"):
@@ -216,7 +233,7 @@ def test_disk_full_during_train_and_evaluate(tiny_shards_2, tmp_path, capsys, mo
     code, _, err = _cli(capsys, "evaluate", "--model", str(run), "--no-compile", "--device", "cpu", "-q")
     monkeypatch.undo()
     assert code == 2 and "No space left on device" in _error_line(err, "evaluate")
-    from lcron.evaluate import load_per_request
+    from lcron.evaluation.results import load_per_request
 
     with pytest.raises(IncompleteOutputError, match=r"evaluation .* is incomplete"):
         load_per_request(ev)
@@ -282,7 +299,7 @@ def test_sigkill_of_one_of_two_concurrent_writers_leaves_the_survivor_intact(tin
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     outputs.require_complete(run, "run", "run", "x")
-    from lcron.train import run_seeds
+    from lcron.run_folder import run_seeds
 
     assert [p.name for p in run_seeds(run)] == ["seed-1", "seed-2"]
     assert not outputs.lock_path(run).exists()
