@@ -5,10 +5,6 @@ The library holds all logic; the KFP components in ``components/`` only adapt it
 
 __version__ = "0.1.0"
 
-from lcron.hugepages import ask_for_huge_pages as _ask_for_huge_pages
-
-_ask_for_huge_pages()  # before anything imports torch: PyTorch reads it once per process (lcron.hugepages)
-
 from lcron.logs import get_logger as _get_logger
 
 _get_logger()  # the ``lcron`` logger writes to stderr unless configured otherwise (lcron.logs)
