@@ -19,13 +19,14 @@ S3 fingerprints are size + ETag from the object listing (no download needed).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lcron.errors import DataError
 
@@ -64,6 +65,12 @@ class Source(ABC):
     @abstractmethod
     def list_names(self, folder: str) -> list[str]:
         """Base names of the files directly in ``folder``."""
+
+    def open_binary(self, rel: str) -> BinaryIO:
+        """A binary stream of ``rel``'s content (a buffered file; remote objects are
+        downloaded to the cache first, :meth:`release` drops them). Pickles are unpickled
+        from it, so their bytes are never held whole next to the objects."""
+        return open(self.local_path(rel), "rb")
 
     def describe(self, rel: str) -> str:
         """The full location of ``rel`` for messages."""
@@ -121,6 +128,10 @@ class LocalSource(Source):
 
     def local_path(self, rel: str) -> Path:
         return self._require(rel)
+
+    def open_binary(self, rel: str) -> BinaryIO:
+        kept = self._kept.pop(rel, None)
+        return io.BytesIO(kept) if kept is not None else open(self._require(rel), "rb")
 
     def fingerprint(self, rel: str, *, keep: bool = False) -> dict[str, Any]:
         p = self._require(rel)
