@@ -25,6 +25,7 @@ import numpy as np
 
 from lcron.data import schemas as S
 from lcron.errors import DataError
+from lcron.memtrim import trim
 
 __all__ = ["AllStageDay", "read_all_stage", "check_range", "group_requests", "check_schema"]
 
@@ -235,6 +236,7 @@ def read_all_stage(path: Path, where: str, read: set[str], index_labels: tuple[s
         return _reduce(cr, read, index_labels, id_counts)
     finally:
         cr.close()
+        trim()  # this thread's freed columns back to the system before the pickles are parsed
 
 
 def _reduce(cr: _ColumnReader, read: set[str], index_labels: tuple[str, ...],

@@ -38,6 +38,7 @@ from lcron.data.all_stage import AllStageDay, check_range as _check_range, check
 from lcron.data.source import Source, open_source
 from lcron.defaults import PREPROCESS
 from lcron.errors import ConfigError, DataError
+from lcron.memtrim import trim
 from lcron.safe_pickle import safe_load
 
 __all__ = ["RecFlowReader", "RecFlowDay", "DayInputs", "Candidates", "RecFlowWarning", "select_days", "parse_day"]
@@ -362,6 +363,7 @@ class RecFlowReader:
                 return self._load_dict(fh, where)
         finally:
             self.source.release(rel)
+            trim()  # the unpickler's memo held every array's bytes a second time until now
 
     @staticmethod
     def _resolve(inputs: "DayInputs | Future[DayInputs]", day: str) -> DayInputs:
@@ -433,6 +435,7 @@ class RecFlowReader:
         drafts = {label: self._draft(entries, label, limit) for label in labels}  # type: ignore[arg-type]
         if all(d is not None for d in drafts.values()):
             entries = None  # the dict's arrays are freed here
+            trim()
 
         # ---- seq_effective_50_dict: which requests it holds
         sd = self._load_pickle(files["seq_effective_50_dict"])
@@ -503,6 +506,7 @@ class RecFlowReader:
         # ---- sequences of the usable requests, stacked in request order
         seq = self._sequences(sd, req_k, where_sq, counts)
         del sd
+        trim()
         stats["items_per_label"] = {
             lb: {"mean": float(c.stored.mean()), "max": int(c.stored.max(initial=0)),
                  "requests_with_items": int((c.stored > 0).sum()), "kept_mean": float(c.lengths.mean())}
