@@ -141,16 +141,21 @@ def build_day_arrays(day: RecFlowDay, setting: Setting, id_counts: dict[str, int
     mask = np.zeros((r_count, n), dtype=np.uint8)
     label = np.zeros((r_count, n), dtype=dt["label"])
     req_pos = np.arange(r_count)
+    # Scatter through flat (request * N + slot) positions: one index array per group.
+    items_flat, mask_flat, label_flat = items.reshape(-1, items.shape[2]), mask.reshape(-1), label.reshape(-1)
     for g, group in enumerate(setting.groups):
         cand = day.candidates[group]
         if cand.rows.shape[0] == 0:
             continue
         owner = np.repeat(req_pos, cand.lengths)
         slot = g * gsize + np.arange(cand.rows.shape[0]) - np.repeat(cand.offsets, cand.lengths)
-        feats = np.concatenate([cand.rows[:, _ITEM_ID_COLS] + shift,
-                                time_features(cand.rows[:, _UPLOAD_TS_COL], tz_offset_hours)], axis=1)
-        items[owner, slot] = feats
-        mask[owner, slot] = 1
+        flat = owner * n + slot
+        ids = cand.rows[:, _ITEM_ID_COLS]
+        ids += shift
+        items_flat[flat, :len(_ITEM_ID_COLS)] = ids
+        items_flat[flat, len(_ITEM_ID_COLS):] = time_features(cand.rows[:, _UPLOAD_TS_COL], tz_offset_hours)
+        del ids
+        mask_flat[flat] = 1
         if g == 0:
             idx = cand.top_index
             if idx is None:  # pragma: no cover - the reader always looks the top group up
@@ -161,9 +166,9 @@ def build_day_arrays(day: RecFlowDay, setting: Setting, id_counts: dict[str, int
                     f"{where}: column {setting.top_index_column}: {int(bad.sum())} top-group item(s) with a "
                     f"position outside [0, {setting.top_label_base}) (e.g. {int(idx[bad][0])}, request_id "
                     f"{int(day.request_id[owner[bad][0]])}); labels would not be positive")
-            label[owner, slot] = setting.top_label_base - idx
+            label_flat[flat] = setting.top_label_base - idx
         else:
-            label[owner, slot] = setting.group_labels[group]
+            label_flat[flat] = setting.group_labels[group]
     seq_valid = day.seq[:, :, S.SEQ_TIME_COLUMN] > 0
     seq = day.seq[:, :, _SEQ_ID_COLS]  # a copy (fancy index): shifted and masked in place
     seq += shift
@@ -512,6 +517,21 @@ def _write_day(day_dir: Path, arrays: dict[str, np.ndarray], manifest: dict[str,
     write_json(day_dir / "manifest.json", manifest)
 
 
+def _write_and_reduce(day_dir: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> np.ndarray:
+    """:func:`_write_day`, then the day's item reduction (both in the writer thread, off the
+    parsing thread's path)."""
+    _write_day(day_dir, arrays, manifest)
+    return _day_items(arrays)
+
+
+def _keep_items(fresh: dict[str, np.ndarray], day: str, written: Future, budget_bytes: int) -> None:
+    """Wait for ``day``'s write; keep its item reduction for the item table while all kept
+    reductions stay within ``budget_bytes`` (otherwise the table reads that day back)."""
+    items = written.result()
+    if sum(a.nbytes for a in fresh.values()) + items.nbytes <= budget_bytes:
+        fresh[day] = items
+
+
 def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Setting | Path" = "two_stage",
                days: str | None = None, *, tz_offset_hours: int = 8, max_missing_fraction: float = 0.01,
                overwrite: bool = False, progress: bool = True, max_no_gt_fraction: float = 0.5,
@@ -571,7 +591,7 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
                     return fp, None
                 return fp, fetch(day)
 
-            pending: Future | None = None
+            pending: tuple[str, Future] | None = None
             fresh_items: dict[str, np.ndarray] = {}
             ahead: Future | None = None  # checked_fetch of the current day, when read ahead
             for i, day in enumerate(chosen):
@@ -604,16 +624,12 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
                 del inputs
                 manifest.update(source_fingerprint=fp_f.result(), config_hash=chash)
                 if pending is not None:
-                    pending.result()
-                pending = writer.submit(_write_day, day_dir, arrays, manifest)
-                items = _day_items(arrays)
-                if sum(a.nbytes for a in fresh_items.values()) + items.nbytes <= budget:
-                    fresh_items[day] = items  # otherwise read back from the shards at the end
-                del items
+                    _keep_items(fresh_items, *pending, budget)
+                pending = (day, writer.submit(_write_and_reduce, day_dir, arrays, manifest))
                 bar.update(1, postfix=f"{day}: {manifest['requests']} requests")
                 del arrays
             if pending is not None:
-                pending.result()
+                _keep_items(fresh_items, *pending, budget)
         dataset["days"] = _complete_days(out)
         write_json(out / "dataset.json", dataset)
     shards = ShardSet(out, require_complete=False)
