@@ -54,7 +54,7 @@ from lcron.progress import Progress
 from lcron.settings import Setting, SettingError, get_setting
 
 __all__ = ["FORMAT_VERSION", "ShardSet", "preprocess", "time_features", "build_day_arrays", "shard_dtypes",
-           "smallest_int_dtype", "config_hash"]
+           "smallest_int_dtype", "config_hash", "memory_bound_mb"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,19 @@ _SEQ_ID_COLS = [S.SEQ_COLUMNS.index(f) for f in fields.SEQ_FIELDS]
 # Reference mode: cat1 (column _CAT1 of the id columns) is not shifted; padding slots hold cat1 2.
 _CAT1 = fields.ITEM_ID_FIELDS.index("category_level_one")
 _REFERENCE_CAT1_PADDING = 2
+
+
+#: The documented bound of preprocessing's peak resident memory (docs/scale.md, "Preprocessing
+#: memory"): MEMORY_BOUND_BASE_MB + MEMORY_BOUND_KB_PER_REQUEST x the requests of the largest
+#: day, for days shaped like the synthetic data (about 90 stored candidate rows, 75 all_stage
+#: rows and one 50-step sequence per request). The bench row ``day_prep`` checks it.
+MEMORY_BOUND_BASE_MB = 160
+MEMORY_BOUND_KB_PER_REQUEST = 17
+
+
+def memory_bound_mb(largest_day_requests: int) -> float:
+    """Peak resident MiB that preprocessing stays under (see MEMORY_BOUND_BASE_MB)."""
+    return MEMORY_BOUND_BASE_MB + MEMORY_BOUND_KB_PER_REQUEST * int(largest_day_requests) / 1024
 
 
 def _id_shift(reference_quirks: bool) -> np.ndarray:

@@ -155,3 +155,10 @@ def test_trim_runs_on_linux():
     import sys
 
     assert trim() is sys.platform.startswith("linux")
+
+
+def test_memory_bound_is_linear_in_the_largest_day():
+    from lcron.data.shards import MEMORY_BOUND_BASE_MB, MEMORY_BOUND_KB_PER_REQUEST, memory_bound_mb
+
+    assert memory_bound_mb(0) == MEMORY_BOUND_BASE_MB
+    assert memory_bound_mb(250_000) == pytest.approx(MEMORY_BOUND_BASE_MB + MEMORY_BOUND_KB_PER_REQUEST * 250_000 / 1024)
