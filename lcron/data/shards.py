@@ -432,9 +432,14 @@ def _latest_items(older: np.ndarray, newer: np.ndarray) -> np.ndarray:
 
 
 def _day_items(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """One day's candidates reduced to the latest row per video (requests are in time order)."""
-    flat = np.asarray(arrays["items"])[np.asarray(arrays["mask"]).astype(bool)]
-    return _latest_items(flat[:0], flat)
+    """One day's candidates reduced to the latest row per video (requests are in time order),
+    sorted by video id. Only the video column of the filled slots is gathered and sorted; the
+    feature rows are gathered for the distinct videos alone (no copy of every filled slot)."""
+    items = np.asarray(arrays["items"])
+    rows = items.reshape(-1, items.shape[-1])
+    pos = np.flatnonzero(np.asarray(arrays["mask"]).reshape(-1))[::-1]  # latest slot first
+    _, first = np.unique(rows[pos, 0], return_index=True)  # first in reversed order = latest
+    return rows[pos[first]]
 
 
 def _write_item_table(out: Path, shards: ShardSet, fresh: dict[str, np.ndarray]) -> int:
