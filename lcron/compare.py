@@ -40,7 +40,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, IncompleteOutputError
+from .logs import get_logger
 from .report import (SERVING_FILE, Section, Table, format_cell, load_serving, read_json, serving_metric_key,
                      guard_page, write_page)
 
@@ -71,9 +72,17 @@ def _is_evaluation(doc: Any) -> bool:
     return isinstance(doc, dict) and doc.get("kind") == KIND
 
 
-def find_evaluations(paths: Iterable[str | Path]) -> list[Evaluation]:
-    """Every lcron evaluation under ``paths`` (see the module docstring), each once, in a stable order."""
+def find_evaluations(paths: Iterable[str | Path], skipped: list[str] | None = None) -> list[Evaluation]:
+    """Every complete lcron evaluation under ``paths`` (see the module docstring), each once, in a
+    stable order.
+
+    A folder named directly must hold a complete evaluation (else IncompleteOutputError). An
+    evaluation found by searching a root that ``lcron evaluate`` has not finished (still being
+    written, or its writer died) is left out with a warning, appended to ``skipped``: a root
+    is typically a pipeline root where other runs are still going on."""
     import json
+
+    from .evaluate import require_complete_evaluation
 
     found: dict[Path, Evaluation] = {}
     for raw in paths:
@@ -88,13 +97,11 @@ def find_evaluations(paths: Iterable[str | Path]) -> list[Evaluation]:
             explicit = []
         else:
             raise DataError(f"{p} does not exist")
-        hits = 0
+        hits, unfinished = 0, []
         for f in explicit:
             doc = read_json(f, "evaluation metrics")
             if not _is_evaluation(doc):
                 raise DataError(f"{f} is not an lcron evaluation (kind {doc.get('kind')!r})")
-            from .evaluate import require_complete_evaluation
-
             require_complete_evaluation(f.parent)
             found.setdefault(f.resolve(), Evaluation(f, doc))
             hits += 1
@@ -104,12 +111,23 @@ def find_evaluations(paths: Iterable[str | Path]) -> list[Evaluation]:
                     doc = json.loads(f.read_text())
                 except (OSError, json.JSONDecodeError):
                     continue  # another tool's metrics file
-                if _is_evaluation(doc):
-                    found.setdefault(f.resolve(), Evaluation(f, doc))
-                    hits += 1
+                if not _is_evaluation(doc):
+                    continue
+                try:
+                    require_complete_evaluation(f.parent)
+                except IncompleteOutputError as exc:
+                    note = f"left out: {exc}"
+                    get_logger(__name__).warning("warning: %s", note)
+                    unfinished.append(note)
+                    continue
+                found.setdefault(f.resolve(), Evaluation(f, doc))
+                hits += 1
         if not hits:
-            raise DataError(f"no lcron evaluation (metrics.json of kind 'lcron-evaluation') under {p}; "
-                            "run lcron evaluate first")
+            extra = f" ({len(unfinished)} unfinished: {'; '.join(unfinished)})" if unfinished else ""
+            raise DataError(f"no complete lcron evaluation (metrics.json of kind 'lcron-evaluation') under {p}; "
+                            f"run lcron evaluate first{extra}")
+        if skipped is not None:
+            skipped.extend(unfinished)
     return list(found.values())
 
 
@@ -404,8 +422,9 @@ def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None
     inputs = {"paths": sorted(str(Path(p).resolve()) for p in paths), "setting": setting, "bootstrap": bootstrap,
               "seed": seed}
     guard_page(Path(out), "compare", inputs, overwrite, "comparison")
-    evals = find_evaluations(paths)
-    serving_notes = attach_serving(evals, paths)
+    unfinished: list[str] = []
+    evals = find_evaluations(paths, unfinished)
+    serving_notes = unfinished + attach_serving(evals, paths)
     groups: dict[str, list[Evaluation]] = {}
     for e in evals:
         groups.setdefault(e.doc["setting"], []).append(e)

@@ -208,17 +208,47 @@ def _describe(holder: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
-    """Hold the advisory lock of output ``folder`` for the block (see the module docstring)."""
-    import fcntl
+    """Hold the advisory lock of output ``folder`` for the block (see the module docstring).
 
+    Folders created to hold the lock file are removed again if the step leaves them empty."""
     folder = Path(folder)
     path = lock_path(folder)
+    created = _make_parents(path.parent, folder)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        yield from _locked(folder, path, command)
+    finally:
+        _remove_if_empty(created)
+
+
+def _make_parents(parent: Path, folder: Path) -> list[Path]:
+    """Create ``parent`` and its missing ancestors; returns those it created, deepest first."""
+    created = [p for p in [parent, *parent.parents] if not p.exists()]
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot create the folder of {folder}: {exc.strerror}", str(path.parent)) from None
+        raise OSError(exc.errno, f"cannot create the folder of {folder}: {exc.strerror}", str(parent)) from None
+    return created
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders the lock created when the step left nothing in them (it failed before
+    writing), deepest first: a failed step leaves no empty directory tree behind."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:  # not empty (the step wrote its output), or already gone
+            return
+
+
+def _locked(folder: Path, path: Path, command: str) -> Iterator[Path]:
+    import fcntl
+
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # a failing step of another process removed the empty parent just now
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -232,7 +262,7 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
                 os.close(fd)
                 raise
             warnings.warn(f"{path}: file locks are not supported here ({exc.strerror}); "
-                          "nothing stops a second writer of this folder", OutputWarning, stacklevel=3)
+                          "nothing stops a second writer of this folder", OutputWarning, stacklevel=4)
         # The file may have been removed and recreated by a finishing holder between our
         # open and flock: then we lock a dead inode; start again on the current one.
         try:
@@ -248,7 +278,7 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
         if old:
             if old.get("host") == host and not _pid_alive(old.get("pid")):
                 warnings.warn(f"{folder}: taking over the stale lock of a process that is no longer running "
-                              f"({_describe(old)}); its output is checked before use", OutputWarning, stacklevel=3)
+                              f"({_describe(old)}); its output is checked before use", OutputWarning, stacklevel=4)
             elif old.get("host") != host:
                 os.close(fd)
                 raise OutputLockedError(

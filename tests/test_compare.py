@@ -159,8 +159,35 @@ def test_discovery(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         find_evaluations([tmp_path / "missing"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no lcron evaluation"):
+    with pytest.raises(DataError, match="no complete lcron evaluation"):
         find_evaluations([tmp_path / "empty"])
+
+
+def test_a_root_scan_leaves_out_unfinished_evaluations_with_a_warning(tmp_path, caplog):
+    from lcron import outputs
+    from lcron.errors import IncompleteOutputError
+
+    ids = np.arange(5)
+    make_eval(tmp_path / "root", "done", "bce", np.ones((1, 5)), ids)
+    busy = make_eval(tmp_path / "root", "busy", "lcron", np.ones((1, 5)), ids)
+    outputs.begin(busy, "evaluation", "lcron evaluate --model busy")  # an evaluation being (re)written
+    notes: list[str] = []
+    found = find_evaluations([tmp_path / "root"], notes)
+    assert [e.doc["method"] for e in found] == ["bce"]
+    assert len(notes) == 1 and str(busy) in notes[0] and "lcron evaluate --model busy" in notes[0]
+    assert "left out" in caplog.text
+    res = compare([tmp_path / "root"], tmp_path / "cmp", bootstrap=20)
+    assert [r["label"] for r in res["settings"]["two_stage"]["rows"]] == ["bce"]
+    assert "left out" in (tmp_path / "cmp" / "compare.md").read_text()
+    # named directly, an unfinished evaluation is an error, not a silent omission
+    with pytest.raises(IncompleteOutputError, match="is incomplete"):
+        find_evaluations([busy])
+    # a root holding only unfinished evaluations says so
+    other = make_eval(tmp_path / "only" / "x", "run", "bce", np.ones((1, 5)), ids)
+    outputs.begin(other, "evaluation", "lcron evaluate --model run")
+    with pytest.raises(DataError, match=r"no complete lcron evaluation .*\(1 unfinished: left out: "
+                                        r"evaluation .*only/x/run/eval is incomplete"):
+        find_evaluations([tmp_path / "only"])
 
 
 def test_repeated_methods_get_distinct_labels_and_html_escapes(tmp_path):

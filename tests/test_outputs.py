@@ -137,6 +137,23 @@ def test_a_lock_of_another_host_is_not_taken_over(tmp_path):
             pass
 
 
+def test_a_failed_step_leaves_no_empty_folders_behind(tmp_path, tiny_shards_2, capsys):
+    deep = tmp_path / "a" / "b" / "c" / "eval"
+    with pytest.raises(RuntimeError):
+        with outputs.output_lock(deep, "x"):
+            raise RuntimeError("the step failed before writing anything")
+    assert not (tmp_path / "a").exists() and sorted(tmp_path.iterdir()) == []
+    with outputs.output_lock(deep, "y"):  # a step that wrote its output keeps the folders
+        deep.mkdir()
+        (deep / "f.txt").write_text("done")
+    assert (deep / "f.txt").is_file() and not outputs.lock_path(deep).exists()
+    # through the CLI: a run folder that is no run, evaluated into a new nested folder
+    code, _, err = _cli(capsys, "evaluate", "--model", str(tiny_shards_2.root), "--out", str(tmp_path / "n" / "m" / "ev"),
+                        "-q")
+    assert code == 2 and "not a training run folder" in _error_line(err, "evaluate")
+    assert not (tmp_path / "n").exists()
+
+
 def test_cli_second_writer_exits_2_at_once(tiny_recflow, tmp_path, capsys):
     out = tmp_path / "s"
     with outputs.output_lock(out, "lcron preprocess (the first one)"):

@@ -344,6 +344,9 @@ def _export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | Non
                                                    zip(setting.stage_names[1:], setting.quotas[1:])),
             items=corpus.size, index=index, torch_version=torch.__version__.split("+")[0],
             last=setting.quotas[-1], tz=shard_set.tz_offset_hours))
+        # cascade.json is written last and lists every file with its size: the loader checks them
+        # first, so a folder copied in part or damaged is refused by name, not by a torch error.
+        meta["file_bytes"] = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
         atomic.write_json(staging / loader.META_FILE, meta)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()

@@ -211,6 +211,30 @@ def _load_program(path: Path, device: torch.device) -> torch.nn.Module:
     return program.module()
 
 
+def check_files(folder: Path, meta: Mapping[str, Any]) -> None:
+    """Refuse an export whose files are not all there as written: ``file_bytes`` of cascade.json
+    (written last by the exporter) lists every file with its size. A folder copied in part, or
+    a file damaged or replaced since, fails here with the file's name rather than deep inside
+    torch or faiss. Exports from before ``file_bytes`` existed are checked for presence only."""
+    listed = meta.get("file_bytes")
+    if listed is None:
+        files = meta.get("files") or {}
+        listed = {str(f): None for v in files.values() for f in (v if isinstance(v, list) else [v])}
+    problems = []
+    for name, size in dict(listed).items():
+        path = folder / name
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            problems.append(f"{name} is missing")
+            continue
+        if size is not None and actual != int(size):
+            problems.append(f"{name} has {actual} bytes, {int(size)} when it was exported")
+    if problems:
+        raise ExportError(f"{folder} is not a complete exported cascade: {'; '.join(problems)} (listed in "
+                          f"{META_FILE}); copy the whole folder again or re-run lcron export")
+
+
 class ExportedCascade:
     """An exported cascade: the towers, the later stage models, the faiss index and the item table.
 
@@ -232,6 +256,7 @@ class ExportedCascade:
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise ExportError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('format_version')!r}; "
                               f"this loader reads {FORMAT!r} version {FORMAT_VERSION}")
+        check_files(self.folder, meta)
         self.meta = meta
         self.device = torch.device(device)
         self.max_slots = int(max_slots or DEFAULT_MAX_SLOTS.get(self.device.type, DEFAULT_MAX_SLOTS["cpu"]))

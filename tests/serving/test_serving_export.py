@@ -119,6 +119,26 @@ def test_loader_checks_requests(exported_2: Path, run_2: Path):
         load_exported(exported_2.parent)
 
 
+def test_loader_refuses_a_partial_or_damaged_copy_by_file_name(exported_2: Path, tmp_path: Path):
+    import shutil
+
+    meta = json.loads((exported_2 / "cascade.json").read_text())
+    assert set(meta["file_bytes"]) == {p.name for p in exported_2.iterdir() if p.name != "cascade.json"}
+    copy = tmp_path / "copy"
+    shutil.copytree(exported_2, copy)
+    (copy / "corpus.faiss").unlink()  # a copy that stopped early
+    with open(copy / "stage-1-prerank.pt2", "ab") as fh:  # and one file changed since the export
+        fh.write(b"x")
+    with pytest.raises(ExportError, match=r"copy is not a complete exported cascade: corpus.faiss is missing; "
+                                          r"stage-1-prerank.pt2 has \d+ bytes, \d+ when it was exported"):
+        load_exported(copy)
+    # an export written before sizes were listed: presence of the files it names is still checked
+    del meta["file_bytes"]
+    (copy / "cascade.json").write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match="corpus.faiss is missing"):
+        load_exported(copy)
+
+
 def test_loader_imports_no_training_code_and_its_copy_serves_without_lcron(exported_2: Path, run_2: Path,
                                                                           tmp_path: Path):
     """One subprocess, two phases. (1) lcron is blocked: the folder's own loader.py loads and
