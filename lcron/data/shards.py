@@ -592,9 +592,9 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
         # Helper threads overlap the GIL-free parts with the parsing of day d: the
         # fingerprint (sha256) and the column-by-column all_stage read of day d run while
         # the main thread unpickles its request_id_dict; the writer saves day d - 1 (np.save
-        # and fsync). The next day is read ahead only when its files are small
-        # (_overlap_next), so at most one big day is in memory; the memory bound is in
-        # docs/scale.md ("Preprocessing memory").
+        # and fsync). Only small days (_overlap_next) are read ahead and parsed while the
+        # previous day is still being written, so at most one big day is in memory; the
+        # memory bound is in docs/scale.md ("Preprocessing memory").
         budget = int(prefetch_budget_mb) * 2**20
         with Progress(len(chosen), f"preprocess {st.name}", unit="day", enabled=progress) as bar, \
                 ThreadPoolExecutor(max_workers=2, thread_name_prefix="lcron-prefetch") as helpers, \
@@ -637,6 +637,11 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
                     log.info("day %s: up to date, skipped", day)
                     bar.update(1, postfix=f"{day} skipped")
                     continue
+                if pending is not None and not _overlap_next(reader, day, budget):
+                    # A big day is parsed only after the previous day's arrays are written
+                    # (its all_stage read has started meanwhile): one big day in memory.
+                    _keep_items(fresh_items, *pending, budget)
+                    pending = None
                 (day_dir / "manifest.json").unlink(missing_ok=True)
                 arrays, manifest = _build_day(reader, day, inputs, st, counts, tz_offset_hours, bool(reference_quirks))
                 del inputs

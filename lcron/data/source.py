@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -177,7 +178,15 @@ class GCSSource(Source):
         self.bucket_name, self.prefix = m.group(1), m.group(2).strip("/")
         self._blobs: dict[str, Any] = {}
         self._cache_dir: Path | None = None
+        self._cache_lock = threading.Lock()
         self._cached: dict[str, Path] = {}
+
+    def _cache_folder(self, prefix: str) -> Path:
+        """The download cache, made once (preprocessing downloads from two threads)."""
+        with self._cache_lock:
+            if self._cache_dir is None:
+                self._cache_dir = Path(tempfile.mkdtemp(prefix=prefix))
+            return self._cache_dir
 
     def _name(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
@@ -212,9 +221,7 @@ class GCSSource(Source):
         if rel in self._cached:
             return self._cached[rel]
         blob = self._blob(rel)
-        if self._cache_dir is None:
-            self._cache_dir = Path(tempfile.mkdtemp(prefix="lcron-gcs-"))
-        dest = self._cache_dir / rel
+        dest = self._cache_folder("lcron-gcs-") / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             blob.download_to_filename(str(dest))
@@ -323,9 +330,7 @@ class S3Source(GCSSource):
         if rel in self._cached:
             return self._cached[rel]
         self._blob(rel)
-        if self._cache_dir is None:
-            self._cache_dir = Path(tempfile.mkdtemp(prefix="lcron-s3-"))
-        dest = self._cache_dir / rel
+        dest = self._cache_folder("lcron-s3-") / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._client.download_file(self.bucket_name, self._name(rel), str(dest))

@@ -162,3 +162,56 @@ def test_memory_bound_is_linear_in_the_largest_day():
 
     assert memory_bound_mb(0) == MEMORY_BOUND_BASE_MB
     assert memory_bound_mb(250_000) == pytest.approx(MEMORY_BOUND_BASE_MB + MEMORY_BOUND_KB_PER_REQUEST * 250_000 / 1024)
+
+
+def test_big_days_wait_for_the_previous_write(small_set, tmp_path, monkeypatch):
+    """With every day above the read-ahead budget, a day is parsed only once the previous
+    day is completely written (its manifest, written last, exists): one big day in memory.
+    Small days are parsed while the previous one is still being written. Each write is held
+    back (up to 1 s) so that a parse which does not wait would see no manifest."""
+    import threading
+
+    from lcron.data import shards as sh
+
+    real, real_write = sh._build_day, sh._write_and_reduce
+    state: dict = {"out": None, "seen": []}
+    hold = threading.Event()
+
+    def slow_write(*args):
+        hold.wait(1.0)
+        return real_write(*args)
+
+    def spy(reader, day, *args, **kwargs):
+        days = reader.available_days
+        i = days.index(day)
+        state["seen"].append(i == 0 or (state["out"] / "days" / days[i - 1] / "manifest.json").is_file())
+        return real(reader, day, *args, **kwargs)
+
+    monkeypatch.setattr(sh, "_build_day", spy)
+    monkeypatch.setattr(sh, "_write_and_reduce", slow_write)
+    for name, budget, expected in (("big", 0, [True, True, True]), ("small", 256, [True, False, False])):
+        state.update(out=tmp_path / name, seen=[])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            preprocess(small_set, tmp_path / name, 2, progress=False, prefetch_budget_mb=budget)
+        assert state["seen"] == expected, name
+        assert _digest(tmp_path / name) == RECORDED[2]
+
+
+def test_gcs_download_cache_is_made_once_across_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lcron.data.source import GCSSource
+
+    class _Client:
+        def bucket(self, name):
+            return object()
+
+    src = GCSSource("gs://bucket/prefix", client=_Client())
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            folders = set(pool.map(lambda _: src._cache_folder("lcron-gcs-"), range(32)))
+        assert len(folders) == 1 and next(iter(folders)).is_dir()
+    finally:
+        src.close()
+    assert not next(iter(folders)).exists()
