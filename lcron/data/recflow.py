@@ -434,8 +434,7 @@ class RecFlowReader:
         del rd
         drafts = {label: self._draft(entries, label, limit) for label in labels}  # type: ignore[arg-type]
         if all(d is not None for d in drafts.values()):
-            entries = None  # the dict's arrays are freed here
-            trim()
+            entries = None  # the dict's arrays are freed here (seq_effective_50_dict reuses the heap)
 
         # ---- seq_effective_50_dict: which requests it holds
         sd = self._load_pickle(files["seq_effective_50_dict"])
