@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("bce", "fs_ranknet", "fs_lambdaloss", "icc", "rankflow", "arf", "arf_v2", "lcron")
+from lcron.losses import METHODS  # noqa: E402 - every registered method, in registry order
+
 OPTIMIZERS = ("dense", "lazy")
 
 

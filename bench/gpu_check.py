@@ -247,7 +247,7 @@ def main() -> int:
         from lcron.batches import gather
         from lcron.data.fields import MODEL_INPUTS
         from lcron.losses import build_loss
-        from lcron.train import load_cascade
+        from lcron.run_folder import load_cascade
 
         out: dict[str, Any] = {}
         cases_file = Path(a.reference_cases) / "losses.json"

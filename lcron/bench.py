@@ -317,9 +317,8 @@ def _worker_train(p: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from lcron.data.shards import ShardSet
+    from lcron.devices import resolve_device
     from lcron.train import TrainConfig, train
-
-    from lcron.train import resolve_device
 
     shard_set = ShardSet(p["shards"])
     device = p.get("device", "auto")
@@ -355,8 +354,10 @@ def _worker_evaluate(p: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from lcron.data.shards import ShardSet
-    from lcron.evaluate import evaluate, score_arrays
-    from lcron.train import load_cascade, resolve_device, run_seeds
+    from lcron.devices import resolve_device
+    from lcron.evaluate import evaluate
+    from lcron.evaluation.scoring import score_arrays
+    from lcron.run_folder import load_cascade, run_seeds
 
     shard_set = ShardSet(p["shards"])
     days = _all_days(shard_set)

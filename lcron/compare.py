@@ -42,8 +42,11 @@ import numpy as np
 
 from .errors import ConfigError, DataError, IncompleteOutputError
 from .logs import get_logger
-from .report import (SERVING_FILE, Section, Table, format_cell, load_serving, read_json, serving_metric_key,
-                     guard_page, write_page)
+from .evaluation.results import KIND, load_per_request, metric_label, npz_name, require_complete_evaluation
+from .jsonfile import read_json
+from .render import Section, Table, format_cell, guard_page, write_page
+from .serving.results import KIND as SERVING_KIND
+from .serving.results import SERVING_FILE, load_serving, serving_metric_key
 
 COMPARE_KIND = "lcron-comparison"
 HEADLINE = "joint_recall"
@@ -67,8 +70,6 @@ class Evaluation:
 
 # --------------------------------------------------------------------------- discovery
 def _is_evaluation(doc: Any) -> bool:
-    from .evaluate import KIND
-
     return isinstance(doc, dict) and doc.get("kind") == KIND
 
 
@@ -81,8 +82,6 @@ def find_evaluations(paths: Iterable[str | Path], skipped: list[str] | None = No
     written, or its writer died) is left out with a warning, appended to ``skipped``: a root
     is typically a pipeline root where other runs are still going on."""
     import json
-
-    from .evaluate import require_complete_evaluation
 
     found: dict[Path, Evaluation] = {}
     for raw in paths:
@@ -145,8 +144,6 @@ def attach_serving(evals: list[Evaluation], paths: Iterable[str | Path]) -> list
     """
     import json
 
-    from .serving.evaluate import KIND
-
     found: dict[Path, list[tuple[Path, dict[str, Any]]]] = {}
     searched: set[Path] = set()
     for raw in paths:
@@ -160,7 +157,7 @@ def attach_serving(evals: list[Evaluation], paths: Iterable[str | Path]) -> list
             except (OSError, json.JSONDecodeError):
                 continue  # another tool's file
             run = _resolved(doc.get("run_dir")) if isinstance(doc, dict) else None
-            if run is not None and doc.get("kind") == KIND:
+            if run is not None and doc.get("kind") == SERVING_KIND:
                 known = found.setdefault(run, [])
                 if all(g.resolve() != f.resolve() for g, _ in known):
                     known.append((f, doc))
@@ -241,8 +238,6 @@ def per_request_headline(e: Evaluation):
     """A DataFrame (day, request_id, value) of the headline metric averaged over seeds."""
     import pandas as pd
 
-    from .evaluate import load_per_request, npz_name
-
     arr = load_per_request(e.eval_dir)
     name = npz_name(HEADLINE)
     if name not in arr or "request_id" not in arr:
@@ -279,8 +274,6 @@ def _columns(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _column_title(key: str, doc: Mapping[str, Any]) -> str:
-    from .report import metric_label
-
     return metric_label(key, doc)
 
 

@@ -40,7 +40,6 @@ its presence means the evaluation completed:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -50,250 +49,24 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import atomic, metrics, outputs
+from . import atomic, outputs
+from .devices import default_compile, resolve_device
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
-from .progress import Progress
+from .evaluation.per_request import NDCG_K, items_scored, quota_sweep_values, request_metrics
+from .evaluation.quota_grid import resolve_quota_grid
+from .evaluation.results import (EVALUATION_KIND, FORMAT_VERSION, KIND, is_complete_evaluation, metric_keys, npz_name,
+                                 summarize_seeds)
+from .evaluation.scoring import item_index, score_arrays
+from .hashing import config_hash
 from .logs import get_logger
-from .settings import Setting, SettingError
-
-KIND = "lcron-evaluation"
-FORMAT_VERSION = 1
-NDCG_K = 10
-SWEEP_POINTS = 5
+from .progress import Progress
+from .run_folder import FinishedRun, load_cascade, seed_number
+from .settings import Setting
 
 
 def log(msg: str) -> None:
     """A progress fact on the ``lcron`` logger (stderr; ``lcron -q`` silences it)."""
     get_logger(__name__).info(msg)
-
-
-# --------------------------------------------------------------------------- metric keys
-def metric_keys(setting: Setting) -> list[str]:
-    """Every metric key of metrics.json for ``setting``, in report order."""
-    names = setting.stage_names
-    return (["joint_recall"]
-            + [f"recall_at_10_m/{s}" for s in names]
-            + [f"ndcg_at_10/{s}" for s in names]
-            + [f"funnel/gt_after/{s}" for s in names]
-            + [f"funnel/lost_share/{s}" for s in names])
-
-
-def npz_name(key: str) -> str:
-    """The per_request.npz array name of a metric key ('/' is not safe inside a zip member name)."""
-    return key.replace("/", "__")
-
-
-def aggregate(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean over seeds, sample standard deviation (ddof = 1; None for fewer than 2 values), n.
-
-    NaN/None values (a seed on which the metric is undefined) are kept in ``per_seed`` as
-    None and left out of mean, std and n."""
-    per_seed = [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
-    ok = np.array([v for v in per_seed if v is not None], dtype=np.float64)
-    n = int(ok.size)
-    return {
-        "mean": float(ok.mean()) if n else None,
-        "std": float(ok.std(ddof=1)) if n > 1 else None,
-        "n": n,
-        "per_seed": per_seed,
-    }
-
-
-# --------------------------------------------------------------------------- quota grid
-def check_quotas(quotas: Sequence[int], setting: Setting) -> tuple[int, ...]:
-    """``quotas`` as a valid quota tuple of ``setting`` (one per stage, non-increasing, <= N)."""
-    try:
-        qs = tuple(int(q) for q in quotas)
-    except (TypeError, ValueError):
-        raise ConfigError(f"quota tuple {list(quotas)!r} must hold integers") from None
-    if len(qs) != setting.num_stages:
-        raise ConfigError(f"quota tuple {list(qs)} has {len(qs)} entries; setting {setting.name!r} has "
-                          f"{setting.num_stages} stages ({', '.join(setting.stage_names)})")
-    try:
-        dataclasses.replace(setting, quotas=qs)
-    except SettingError as exc:
-        raise ConfigError(f"quota tuple {list(qs)}: {exc}") from None
-    return qs
-
-
-def parse_quota_grid(text: str, setting: Setting) -> list[tuple[int, ...]]:
-    """Parse "30,20;25,20;40,20" (tuples separated by ';', quotas by ',') into checked tuples."""
-    grid = []
-    for part in text.split(";"):
-        if not part.strip():
-            continue
-        try:
-            qs = [int(q) for q in part.split(",")]
-        except ValueError:
-            raise ConfigError(f"--quota-grid: {part.strip()!r} is not a comma-separated list of integers "
-                              "(expected e.g. '30,20;25,20')") from None
-        grid.append(check_quotas(qs, setting))
-    if not grid:
-        raise ConfigError(f"--quota-grid {text!r} holds no quota tuple (expected e.g. '30,20;25,20')")
-    return list(dict.fromkeys(grid))
-
-
-def default_quota_grid(setting: Setting, points: int = SWEEP_POINTS) -> list[tuple[int, ...]]:
-    """The setting's quotas plus, for every stage but the last, ``points`` values between the
-    next stage's quota and what the stage receives (N for stage 1, the previous quota after),
-    the other quotas fixed. Two-stage: (20, 20), (25, 20), (30, 20), (35, 20), (40, 20)."""
-    base = tuple(setting.quotas)
-    grid = {base}
-    for s in range(setting.num_stages - 1):
-        lo = base[s + 1]
-        hi = setting.list_size if s == 0 else base[s - 1]
-        for v in np.unique(np.rint(np.linspace(lo, hi, points)).astype(int)):
-            grid.add(base[:s] + (int(v),) + base[s + 1:])
-    return sorted(grid)
-
-
-def resolve_quota_grid(quota_grid: "str | Iterable[Sequence[int]] | None", setting: Setting) -> list[tuple[int, ...]]:
-    if quota_grid is None:
-        return default_quota_grid(setting)
-    if isinstance(quota_grid, str):
-        return parse_quota_grid(quota_grid, setting)
-    grid = [check_quotas(q, setting) for q in quota_grid]
-    if not grid:
-        raise ConfigError("the quota grid is empty")
-    return list(dict.fromkeys(grid))
-
-
-# --------------------------------------------------------------------------- scoring
-@dataclass
-class ItemIndex:
-    """The distinct candidate feature rows of a day and where each slot points.
-
-    A two-tower model's item vector depends only on the item's 8 feature ids, and a day's
-    candidate slots repeat the same items many times (RecFlow: a few thousand popular
-    videos fill most lists). Running the item tower once per distinct row instead of once
-    per slot is how a retrieval model is served, and it removes most of the first stage's
-    inference cost; ``unique[inverse[r, n]]`` is slot (r, n)'s feature row.
-    """
-
-    unique: np.ndarray  # [U, F] the distinct rows
-    inverse: np.ndarray  # [R, N] int64 index into unique
-
-
-def item_index(items: np.ndarray) -> ItemIndex:
-    """Distinct rows of ``items`` [R, N, F] (one sort of the rows viewed as fixed-size bytes)."""
-    items = np.ascontiguousarray(items)
-    r, n, f = items.shape
-    flat = items.reshape(r * n, f)
-    keys = flat.view(np.dtype((np.void, flat.dtype.itemsize * f))).ravel()
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return ItemIndex(flat[first], inverse.reshape(r, n).astype(np.int64))
-
-
-def stage_models(cascade: Any) -> list[Any]:
-    """The stage models of a cascade in stage order (``.models`` as a list or a ModuleDict)."""
-    models = cascade.models
-    return list(models.values()) if hasattr(models, "values") else list(models)
-
-
-def _two_tower(model: Any) -> bool:
-    return callable(getattr(model, "user_vectors", None)) and callable(getattr(model, "item_vectors", None))
-
-
-def score_arrays(cascade: Any, arrays: Mapping[str, np.ndarray], *, batch_size: int = 4096,
-                 device: Any = "cpu", pad_last: bool = False, bar: Progress | None = None,
-                 items: ItemIndex | None = None) -> list[np.ndarray]:
-    """Logits of every stage model for every slot of a day: a list of float32 [R, N], first stage first.
-
-    Batches are consecutive row ranges (contiguous reads of the memory-mapped shards).
-    ``pad_last`` repeats the last row to fill the final partial batch, so a compiled model
-    (static shapes) does not compile a second graph for it; the padding rows are dropped.
-    With ``items`` (:func:`item_index` of ``arrays["items"]``), a two-tower first stage
-    scores as it is served: its item tower runs once per distinct item, and each slot's
-    logit is the dot product of the request's user vector with its item's vector (the
-    model's forward up to float rounding).
-    """
-    import torch
-
-    from .batches import gather
-    from .data.fields import MODEL_INPUTS
-
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
-    r, n = arrays["mask"].shape
-    models = stage_models(cascade)
-    if r == 0:
-        return [np.empty((r, n), dtype=np.float32) for _ in models]
-    size = even_batch_size(r, batch_size)
-    first = models[0]
-    dedup = items is not None and _two_tower(first)
-    parts: list[list[Any]] = [[] for _ in models]
-    with torch.inference_mode():
-        if dedup:
-            vectors = torch.cat([
-                first.item_vectors(torch.from_numpy(items.unique[i:i + size * n].astype(np.int64)).to(device))
-                for i in range(0, len(items.unique), size * n)])
-            inverse = torch.from_numpy(items.inverse).to(vectors.device)
-        for start in range(0, r, size):
-            stop = min(start + size, r)
-            rows: slice | np.ndarray = slice(start, stop)
-            if pad_last and stop - start < size:
-                rows = np.concatenate([np.arange(start, stop), np.full(size - (stop - start), stop - 1)])
-            batch = gather(arrays, rows, MODEL_INPUTS, device)
-            if dedup:
-                u = first.user_vectors(batch)[: stop - start]
-                v = vectors[inverse[start:stop]]
-                parts[0].append(torch.bmm(v, u.unsqueeze(-1)).squeeze(-1).float())
-            for s in range(1 if dedup else 0, len(models)):
-                parts[s].append(models[s](batch)[: stop - start].float())
-            if bar is not None:
-                bar.update(stop - start)
-        # Scores stay on the device until here: one copy to the host per stage, no per-batch sync.
-        return [torch.cat(p).cpu().numpy() for p in parts]
-
-
-def even_batch_size(rows: int, batch_size: int) -> int:
-    """The batch size that covers ``rows`` in as few batches as ``batch_size`` allows, all of
-    (nearly) one size: 6,000 rows at 4,096 give 2 x 3,000, not 4,096 + a last batch padded
-    from 1,904 to 4,096 (a third of the work wasted under ``pad_last``)."""
-    batches = -(-rows // batch_size)
-    return -(-rows // batches)
-
-
-# --------------------------------------------------------------------------- metrics of scores
-def request_metrics(scores: Sequence[np.ndarray], labels: np.ndarray, mask: np.ndarray, setting: Setting,
-                    tie_seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, Any]]:
-    """Per-request values ([R] per key, NaN for a request without valid slot), the per-key
-    means over requests, and the GT funnel summary, for one seed's scores."""
-    rm = metrics.cascade_metrics(scores, labels, mask, setting.quotas, gt=setting.gt_size, ndcg_k=NDCG_K,
-                                 seed=tie_seed)
-    skipped = rm.gt_size == 0
-    per: dict[str, np.ndarray] = {"joint_recall": rm.joint_recall}
-    for s, name in enumerate(setting.stage_names):
-        per[f"recall_at_10_m/{name}"] = rm.recall_at_k_m[s]
-        per[f"ndcg_at_10/{name}"] = rm.ndcg_at_k[s]
-    for s, name in enumerate(setting.stage_names):
-        per[f"funnel/gt_after/{name}"] = np.where(skipped, np.nan, rm.gt_survivors[s].astype(np.float64))
-    funnel = metrics.summarize_funnel(rm.gt_survivors, rm.gt_size, setting.quotas, setting.stage_names)
-    means = {k: metrics.request_mean(v).mean for k, v in per.items()}
-    for st in funnel["stages"]:
-        means[f"funnel/lost_share/{st['stage']}"] = st["gt_lost_share"] if funnel["gt_lost_total"] else math.nan
-    return per, means, funnel
-
-
-def items_scored(mask: np.ndarray, quotas: Sequence[int]) -> np.ndarray:
-    """Mean number of items each stage scores per request (requests with a valid slot):
-    stage 1 scores the n valid slots, stage s the min(quota_{s-1}, n) survivors of stage s-1."""
-    n = np.asarray(mask).astype(bool).sum(axis=1)
-    n = n[n > 0].astype(np.float64)
-    if n.size == 0:
-        return np.full(len(quotas), np.nan)
-    cols = [n] + [np.minimum(q, n) for q in quotas[:-1]]
-    return np.array([c.mean() for c in cols])
-
-
-def quota_sweep_values(scores: Sequence[np.ndarray], labels: np.ndarray, mask: np.ndarray, setting: Setting,
-                       grid: Sequence[Sequence[int]], tie_seed: int = 0) -> np.ndarray:
-    """Mean end-to-end recall of one seed's fixed scores for each quota tuple of ``grid`` ([G])."""
-    return np.array([
-        metrics.request_mean(metrics.joint_recall(scores, labels, mask, tuple(q), gt=setting.gt_size,
-                                                  seed=tie_seed)).mean
-        for q in grid
-    ])
 
 
 # --------------------------------------------------------------------------- planning
@@ -307,24 +80,6 @@ class Unit:
     checkpoint_day: str | None = None
 
 
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise DataError(f"{run_dir} is not a training run folder (no run.json)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from None
-    for key in ("method", "setting", "embedding_sizes", "config_hash", "days"):
-        if key not in cfg:
-            raise DataError(f"{path} lacks the field {key!r}; was it written by lcron train?")
-    return cfg
-
-
-def _seed_number(folder: Path) -> int:
-    return int(folder.name.split("-", 1)[1])
-
-
 def plan_units(shard_set: Any, cfg: Mapping[str, Any], seed_dirs: Sequence[Path], days: str | None,
                streaming: bool, run_dir: Path) -> list[Unit]:
     """What to evaluate: one unit of the chosen test days (model.pt), or one unit per
@@ -335,7 +90,7 @@ def plan_units(shard_set: Any, cfg: Mapping[str, Any], seed_dirs: Sequence[Path]
         chosen = shard_set.select_days(days) if days else all_days[-1:]
         if not chosen:
             raise DataError(f"shard set {shard_set.root} holds no complete day to evaluate")
-        return [Unit("test", list(chosen), {_seed_number(p): p / "model.pt" for p in seed_dirs})]
+        return [Unit("test", list(chosen), {seed_number(p): p / "model.pt" for p in seed_dirs})]
 
     if days:
         chosen = list(shard_set.select_days(days))
@@ -362,7 +117,7 @@ def plan_units(shard_set: Any, cfg: Mapping[str, Any], seed_dirs: Sequence[Path]
             if not ck.is_file():
                 raise DataError(f"streaming test day {day}: checkpoint {ck} (written after training day {prev}) "
                                 "does not exist")
-            ckpts[_seed_number(p)] = ck
+            ckpts[seed_number(p)] = ck
         units.append(Unit(day, [day], ckpts, checkpoint_day=prev))
     return units
 
@@ -370,28 +125,6 @@ def plan_units(shard_set: Any, cfg: Mapping[str, Any], seed_dirs: Sequence[Path]
 def _next_day(all_days: list[str], day: str) -> str:
     i = all_days.index(day) if day in all_days else -1
     return all_days[i + 1] if 0 <= i < len(all_days) - 1 else "(none)"
-
-
-def open_run_shards(shards: Any, cfg: Mapping[str, Any], setting: Setting) -> Any:
-    """The shard set to evaluate a run on (run.json's by default), checked against what the run was trained on."""
-    from .data.shards import ShardSet
-
-    if shards is None:
-        if not cfg.get("shards"):
-            raise ConfigError("run.json names no shard set; pass --shards DIR")
-        shards = cfg["shards"]
-    shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards)
-    ss = shard_set.setting
-    if ss.groups != setting.groups or ss.group_size != setting.group_size:
-        raise ConfigError(f"shard set {shard_set.root} has setting {ss.name!r} (groups {list(ss.groups)}), the run "
-                          f"was trained for {setting.name!r} (groups {list(setting.groups)})")
-    sizes = {k: int(v) for k, v in shard_set.embedding_sizes.items()}
-    trained_sizes = {k: int(v) for k, v in cfg["embedding_sizes"].items()}
-    if sizes != trained_sizes:
-        diff = sorted(k for k in set(sizes) | set(trained_sizes) if sizes.get(k) != trained_sizes.get(k))
-        raise ConfigError(f"shard set {shard_set.root} has other vocabulary sizes than the run was trained with "
-                          f"(fields {diff}); ids would not match the embedding tables")
-    return shard_set
 
 
 def evaluation_inputs(cfg: Mapping[str, Any], seeds: list[int], units: list[Unit], streaming: bool, tie_seed: int,
@@ -409,32 +142,7 @@ def evaluation_inputs(cfg: Mapping[str, Any], seeds: list[int], units: list[Unit
     }
 
 
-# --------------------------------------------------------------------------- completion
-EVALUATION_KIND = "evaluation"
-
-
-def _legacy_evaluation_problem(eval_dir: Path) -> str | None:
-    """An evaluation written before completion markers: complete when metrics.json (written
-    last) exists and names files that all exist."""
-    try:
-        doc = json.loads((eval_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return f"{eval_dir / 'metrics.json'} is missing or not readable"
-    files = doc.get("files") if isinstance(doc, dict) else None
-    for name in (files or {}).values():
-        if not (eval_dir / str(name)).is_file():
-            return f"{eval_dir / str(name)} is missing"
-    return None
-
-
-def require_complete_evaluation(eval_dir: str | Path) -> None:
-    """Refuse an evaluation folder that ``lcron evaluate`` has not finished."""
-    eval_dir = Path(eval_dir)
-    outputs.require_complete(eval_dir, EVALUATION_KIND, "evaluation",
-                             f"lcron evaluate --model RUN_DIR --out {eval_dir} (the same options as before)",
-                             legacy=_legacy_evaluation_problem)
-
-
+# --------------------------------------------------------------------------- the evaluation
 def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = None, **kwargs: Any) -> dict[str, Any]:
     """Evaluate a run (see :func:`_evaluate`) while holding the lock of the output folder."""
     folder = Path(out) if out is not None else Path(run_dir) / "eval"
@@ -443,7 +151,6 @@ def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = N
         return _evaluate(run_dir, shards, folder, **kwargs)
 
 
-# --------------------------------------------------------------------------- the evaluation
 def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = None, *, days: str | None = None,
              streaming: bool = False, batch_size: int = 4096, device: str = "auto", compile: bool | None = None,
              quota_grid: "str | Iterable[Sequence[int]] | None" = None, tie_seed: int = 0, overwrite: bool = False,
@@ -459,20 +166,15 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
     reference-mode run is evaluated with the reference's protocol (lcron.reference.protocol).
     """
     from .reference import mode
-    from .train import config_hash, resolve_device, run_seeds
-    from .train_step import plan_step
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
     if isinstance(tie_seed, bool) or not isinstance(tie_seed, int) or tie_seed < 0:
         raise ConfigError(f"tie seed must be an integer >= 0, got {tie_seed!r}")
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    setting = Setting.from_dict(cfg["setting"])
-    seed_dirs = run_seeds(run_dir)
-    seeds = [_seed_number(p) for p in seed_dirs]
-    shard_set = open_run_shards(shards, cfg, setting)
-    reference = mode.recorded(cfg)
+    run = FinishedRun.open(run_dir)
+    run_dir, cfg, setting, seed_dirs, seeds = run.root, run.config, run.setting, run.seed_dirs, run.seeds
+    shard_set = run.shards(shards)
+    reference = run.reference_quirks
     if reference_quirks is not None:
         mode.check_match(reference_quirks, reference, step="evaluate", what=f"run {run_dir}",
                          fix="give --reference-quirks exactly when the run was trained with it")
@@ -494,7 +196,7 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
         except json.JSONDecodeError:
             old = {}
         if (old.get("inputs_hash") == inputs_hash and not overwrite
-                and outputs.is_complete(out, EVALUATION_KIND, _legacy_evaluation_problem)):
+                and is_complete_evaluation(out)):
             log(f"evaluation of {run_dir} already in {out} (same run, seeds, days and options); skipped")
             return {**old, "skipped": True, "out": str(out)}
         if not overwrite and old.get("inputs_hash") != inputs_hash:
@@ -505,7 +207,7 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
                 "choose another --out or pass --overwrite")
 
     dev = resolve_device(device)
-    compile = plan_step(dev, compile=compile).compile  # None: the device's default (train_step.DEVICE_DEFAULTS)
+    compile = default_compile(dev) if compile is None else bool(compile)  # devices.DEVICE_DEFAULTS
     if compile:
         from .models.fused import trust_cpu_isa
 
@@ -548,7 +250,7 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
                     for i, v in enumerate(np.nanmean(np.where(np.isfinite(per_unit), per_unit, np.nan), axis=0))]
 
     with np.errstate(all="ignore"):
-        metric_table = {k: aggregate(seed_values(k)) for k in keys}
+        metric_table = {k: summarize_seeds(seed_values(k)) for k in keys}
     sweep_rows = _sweep_rows(results, grid, setting, seeds)
     evaluated = sum(u.evaluated for u in results)
     skipped = sum(u.skipped for u in results)
@@ -656,7 +358,6 @@ def _evaluate_unit(unit: Unit, shard_set: Any, seeds: list[int], setting: Settin
     spent loading + scoring and computing metrics to ``timing``. ``reference_batch``: use the
     reference's protocol (lcron.reference.protocol) with that batch size."""
     from .reference import protocol
-    from .train import load_cascade
 
     t0 = time.perf_counter()
     day_arrays = [shard_set.load_day(d) for d in unit.days]
@@ -709,7 +410,7 @@ def _sweep_rows(results: list[UnitResult], grid: list[tuple[int, ...]], setting:
             "default": tuple(q) == tuple(setting.quotas),
             "items_scored": {name: float(items[s]) for s, name in enumerate(setting.stage_names)},
             "items_scored_after_first": float(items[1:].sum()),
-            "joint_recall": aggregate(per_seed),
+            "joint_recall": summarize_seeds(per_seed),
         })
     return rows
 
@@ -739,21 +440,10 @@ def _streaming_doc(results: list[UnitResult], keys: list[str], seeds: list[int],
             "checkpoint_day": u.unit.checkpoint_day,
             "checkpoints": {str(s): str(p) for s, p in u.unit.checkpoints.items()},
             "requests": {"evaluated": u.evaluated, "skipped": u.skipped},
-            "metrics": {k: aggregate([m[k] for m in u.means]) for k in keys},
+            "metrics": {k: summarize_seeds([m[k] for m in u.means]) for k in keys},
         })
     return {"kind": "lcron-streaming-evaluation", "method": cfg["method"], "setting": setting.name,
             "seeds": seeds, "days": days, "average": dict(average)}
-
-
-def load_per_request(eval_dir: str | Path) -> dict[str, np.ndarray]:
-    """per_request.npz of an evaluation folder as a dict of arrays (no pickle)."""
-    path = Path(eval_dir) / "per_request.npz"
-    if path.is_file():
-        require_complete_evaluation(eval_dir)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; evaluate the run first")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 # --------------------------------------------------------------------------- CLI

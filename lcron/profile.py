@@ -136,7 +136,8 @@ def profile_training(shards: str | Path, method: str, *, batch_size: int = 1024,
 
     from lcron.data.fields import MODEL_INPUTS
     from lcron.data.shards import ShardSet
-    from lcron.train import TrainConfig, build_training_objects, resolve_device
+    from lcron.devices import resolve_device
+    from lcron.train import TrainConfig, build_training_objects
 
     if steps < 1 or warmup < 1:
         raise ConfigError(f"profile: steps and warmup must be >= 1, got steps={steps}, warmup={warmup}")

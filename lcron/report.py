@@ -1,10 +1,10 @@
 """The report of one run: HTML (self-contained), Markdown and JSON views of the same tables.
 
-Why three files: the HTML page is for people (plots embedded as base64 PNG, CSS inline,
-so it can be mailed or attached as a KFP artifact and opens anywhere offline), the
-Markdown is for reviews and READMEs, and the JSON holds exactly the numbers of the tables
-for machines. All three are rendered from one list of :class:`Section` objects, so they
-cannot disagree.
+The three views are rendered by :mod:`lcron.render` from one list of sections, so they
+cannot disagree. This module decides what the sections of a run's report are and reads
+their inputs through the modules that own them: the run folder (:mod:`lcron.run_folder`),
+the evaluation folder (:mod:`lcron.evaluation.results`) and the serving result
+(:mod:`lcron.serving.results`).
 
 Contents: configuration; the metric table (mean ± std over seeds, with n); the GT funnel;
 the quota sweep (table + plot); streaming results per day (streaming evaluations);
@@ -12,354 +12,24 @@ training-loss curves per loss part (one line per seed, from ``train_log.jsonl``)
 loss weights (ARF, LCRON; from ``summary.json``); the serving-style evaluation (retrieval
 from the whole corpus, ``serving.json`` of :mod:`lcron.serving.evaluate`) when one was run;
 provenance.
-
-The table/page renderers here are shared with :mod:`lcron.compare`.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import atomic
-from .errors import ConfigError, DataError, OutputExistsError
+from .errors import ConfigError, DataError
+from .evaluation.results import load_metrics, metric_label
+from .jsonfile import read_json
+from .render import Section, Table, count_value, guard_page, write_page
+from .run_folder import read_run_config, read_summaries, read_train_logs
+from .serving.results import SERVING_FILE, find_serving, load_serving, serving_metric_means
 
 REPORT_KIND = "lcron-report"
 
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
-       color: #1b1b1b; padding: 0 1em; }
-h1 { font-size: 1.6em; border-bottom: 2px solid #1f4e79; padding-bottom: .3em; }
-h2 { font-size: 1.25em; margin-top: 1.8em; color: #1f4e79; }
-table { border-collapse: collapse; margin: .6em 0 1em; font-size: .9em; }
-th, td { border: 1px solid #c8c8c8; padding: .3em .7em; text-align: left; vertical-align: top; }
-th { background: #eef3f8; }
-tr:nth-child(even) td { background: #fafafa; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.best { font-weight: bold; background: #e3f1e3 !important; }
-img { max-width: 100%; border: 1px solid #ddd; margin: .5em 0; }
-p.note { color: #555; font-size: .9em; }
-caption { caption-side: top; text-align: left; font-weight: bold; padding: .2em 0; }
-"""
-
-
-# --------------------------------------------------------------------------- tables and pages
-@dataclass
-class Table:
-    """A table whose cells are raw values; :func:`format_cell` renders every view of it.
-
-    ``best`` lists (row, column) positions to emphasise (bold in Markdown, highlighted in HTML).
-    """
-
-    id: str
-    title: str
-    columns: list[str]
-    rows: list[list[Any]]
-    best: list[tuple[int, int]] = field(default_factory=list)
-    note: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"title": self.title, "columns": self.columns, "rows": self.rows,
-                "best": [list(b) for b in self.best], "note": self.note}
-
-
-@dataclass
-class Section:
-    id: str
-    title: str
-    text: list[str] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    images: list[tuple[str, str, bytes]] = field(default_factory=list)  # (file name, alt text, PNG bytes)
-
-
-def mean_decimals(std: float | None) -> int:
-    """Decimals a mean deserves given its spread: two significant digits of the std (0.0141 -> 3,
-    0.35 -> 2), at most 4; 4 without a spread (one seed) or with none (std 0)."""
-    if std is None or not math.isfinite(std) or std <= 0:
-        return 4
-    return max(0, min(4, 1 - math.floor(math.log10(std))))
-
-
-def count_value(value: Any) -> Any:
-    """A count measured as a mean (items scored, GT per request): the integer when it is one
-    (40.0 -> 40), so it prints as "40", not "40.0000"."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def format_cell(value: Any) -> str:
-    """The text of a cell: mean ± std for an aggregate ({"mean", "std"}; decimals from the spread,
-    :func:`mean_decimals`), "[low, high]" for an interval ({"low", "high"}), 4 decimals for
-    floats below 10 (2 below 100, else 1), integers as integers, n/a for None."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value:
-            return "n/a"
-        # 4 decimals for fractions (metrics), fewer for larger numbers (mean counts, rates)
-        return f"{value:.{4 if abs(value) < 10 else 2 if abs(value) < 100 else 1}f}"
-    if isinstance(value, Mapping) and "mean" in value:
-        if value["mean"] is None:
-            return "n/a"
-        std = value.get("std")
-        places = mean_decimals(std)
-        text = f"{value['mean']:.{places}f}"
-        if std is not None:
-            text += f" ± {std:.{places}f}"
-        return text
-    if isinstance(value, Mapping) and "low" in value and "high" in value:
-        return f"[{value['low']:+.4f}, {value['high']:+.4f}]"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(format_cell(v) for v in value)
-    return str(value)
-
-
-def _is_numeric(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
-        isinstance(value, Mapping) and ("mean" in value or "low" in value))
-
-
-def _numeric_column(table: Table, j: int) -> bool:
-    """Right-align a column whose filled cells are all numbers."""
-    cells = [r[j] for r in table.rows if r[j] is not None]
-    return bool(cells) and all(_is_numeric(v) for v in cells)
-
-
-def markdown_table(table: Table) -> str:
-    """A GitHub-flavoured Markdown table; '|' in cells is escaped, best cells are bold."""
-    def cell(text: str) -> str:
-        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-    best = set(map(tuple, table.best))
-    lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |",
-             "|" + "|".join("---:" if _numeric_column(table, j) else "---"
-                            for j in range(len(table.columns))) + "|"]
-    for i, row in enumerate(table.rows):
-        texts = [cell(format_cell(v)) for v in row]
-        texts = [f"**{t}**" if (i, j) in best else t for j, t in enumerate(texts)]
-        lines.append("| " + " | ".join(texts) + " |")
-    return "\n".join(lines)
-
-
-def html_table(table: Table) -> str:
-    best = set(map(tuple, table.best))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = []
-    for i, row in enumerate(table.rows):
-        cells = []
-        for j, v in enumerate(row):
-            cls = " ".join(c for c in ("num" if _is_numeric(v) else "", "best" if (i, j) in best else "") if c)
-            attr = f' class="{cls}"' if cls else ""
-            cells.append(f"<td{attr}>{html.escape(format_cell(v))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table id="table-{html.escape(table.id)}"><caption>{html.escape(table.title)}</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
-
-
-def render_html(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
-    """A self-contained page: CSS inline, images as data: URIs, every text escaped."""
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    if subtitle:
-        parts.append(f'<p class="note">{html.escape(subtitle)}</p>')
-    for sec in sections:
-        parts.append(f'<section id="{html.escape(sec.id)}"><h2>{html.escape(sec.title)}</h2>')
-        for t in sec.text:
-            parts.append(f"<p>{html.escape(t)}</p>")
-        for tab in sec.tables:
-            parts.append(html_table(tab))
-            if tab.note:
-                parts.append(f'<p class="note">{html.escape(tab.note)}</p>')
-        for name, alt, png in sec.images:
-            data = base64.b64encode(png).decode("ascii")
-            parts.append(f'<figure><img id="img-{html.escape(Path(name).stem)}" alt="{html.escape(alt)}" '
-                         f'src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>')
-        parts.append("</section>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def render_markdown(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
-    """The Markdown view; images are referenced as files written beside it."""
-    out = [f"# {title}", ""]
-    if subtitle:
-        out += [subtitle, ""]
-    for sec in sections:
-        out += [f"## {sec.title}", ""]
-        for t in sec.text:
-            out += [t, ""]
-        for tab in sec.tables:
-            out += [f"**{tab.title}**", "", markdown_table(tab), ""]
-            if tab.note:
-                out += [f"_{tab.note}_", ""]
-        for name, alt, _ in sec.images:
-            out += [f"![{alt}]({name})", ""]
-    return "\n".join(out).rstrip() + "\n"
-
-
-def guard_page(out: Path, stem: str, inputs: Mapping[str, Any], overwrite: bool, what: str) -> None:
-    """Refuse (unless ``overwrite``) to replace ``out/<stem>.json`` written from other ``inputs``
-    (another run, other evaluations): like every step, an earlier output is never lost silently.
-    The same inputs may be rendered again (e.g. after a re-evaluation)."""
-    path = out / f"{stem}.json"
-    if overwrite or not path.exists():
-        return
-    try:
-        before = json.loads(path.read_text()).get("inputs")
-    except (OSError, ValueError):
-        before = None
-    if before != json.loads(json.dumps(dict(inputs))):
-        raise OutputExistsError(f"{out} holds a {what} of other inputs ({before} -> {dict(inputs)}); choose "
-                                "another --out or pass --overwrite")
-
-
-def write_page(out: Path, stem: str, title: str, sections: Sequence[Section], doc: dict[str, Any],
-               subtitle: str = "") -> dict[str, Path]:
-    """Write <stem>.html, <stem>.md, <stem>.json and the PNG files; returns their paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    for sec in sections:
-        for name, _, png in sec.images:
-            atomic.write_bytes(out / name, png)
-            paths[Path(name).stem] = out / name
-    doc = {**doc, "tables": {t.id: t.to_json() for s in sections for t in s.tables},
-           "images": [name for s in sections for name, _, _ in s.images]}
-    atomic.write_json(out / f"{stem}.json", doc)
-    atomic.write_text(out / f"{stem}.md", render_markdown(title, sections, subtitle))
-    atomic.write_text(out / f"{stem}.html", render_html(title, sections, subtitle))
-    paths.update({"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "html": out / f"{stem}.html"})
-    return paths
-
-
-# --------------------------------------------------------------------------- inputs
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"{what} {path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{what} {path} is not valid JSON: {exc}") from None
-
-
-def load_metrics(eval_dir: Path) -> dict[str, Any]:
-    """An evaluation's metrics.json, checked to be one."""
-    from .evaluate import KIND, require_complete_evaluation
-
-    doc = read_json(eval_dir / "metrics.json", "evaluation metrics")
-    if doc.get("kind") == KIND:
-        require_complete_evaluation(eval_dir)
-    if doc.get("kind") != KIND:
-        raise DataError(f"{eval_dir / 'metrics.json'} is not an lcron evaluation (kind {doc.get('kind')!r}, "
-                        f"expected {KIND!r})")
-    return doc
-
-
-def read_train_logs(run_dir: Path, seeds: Sequence[int]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
-    """Loss curves from every seed's train_log.jsonl: ``{part: {"seed N": (steps, values)}}``."""
-    curves: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
-    for seed in seeds:
-        path = run_dir / f"seed-{seed}" / "train_log.jsonl"
-        if not path.is_file():
-            continue
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path} line {n} is not valid JSON: {exc}") from None
-            for part, value in rec.items():
-                if part in ("seed", "day", "step") or not isinstance(value, (int, float)):
-                    continue
-                steps, values = curves.setdefault(part, {}).setdefault(f"seed {seed}", ([], []))
-                steps.append(int(rec.get("step", len(steps) + 1)))
-                values.append(float(value))
-    # "total" first, then the parts in the order they were logged.
-    return dict(sorted(curves.items(), key=lambda kv: kv[0] != "total"))
-
-
-def read_summaries(run_dir: Path, seeds: Sequence[int]) -> dict[int, dict[str, Any]]:
-    out = {}
-    for seed in seeds:
-        path = run_dir / f"seed-{seed}" / "summary.json"
-        if path.is_file():
-            out[seed] = read_json(path, "seed summary")
-    return out
-
-
-# --------------------------------------------------------------------------- serving results
-SERVING_FILE = "serving.json"
-
-
-def find_serving(serving_dir: str | Path | None, eval_dir: str | Path | None) -> Path | None:
-    """The serving.json that belongs to a report: in ``serving_dir`` first (the pipeline's
-    serving artifact), else in ``eval_dir`` (``lcron serve-eval`` writes RUN_DIR/eval/serving.json
-    beside metrics.json); None when neither holds one (the serving evaluation was not run)."""
-    for folder in (serving_dir, eval_dir):
-        if folder is not None and (Path(folder) / SERVING_FILE).is_file():
-            return Path(folder) / SERVING_FILE
-    return None
-
-
-def load_serving(path: str | Path) -> dict[str, Any]:
-    """A serving.json, checked to be one (kind, and the fields the tables read)."""
-    from .serving.evaluate import KIND
-
-    path = Path(path)
-    doc = read_json(path, "serving evaluation")
-    if not isinstance(doc, dict) or doc.get("kind") != KIND:
-        kind = doc.get("kind") if isinstance(doc, dict) else None
-        raise DataError(f"{path} is not an lcron serving evaluation (kind {kind!r}, expected {KIND!r})")
-    missing = [k for k in ("stage_names", "k1", "results", "index", "seeds") if k not in doc]
-    missing += [str(k) for k in doc.get("k1", []) if str(k) not in doc.get("results", {})]
-    if missing:
-        raise DataError(f"{path} lacks the field(s) {missing}; was it written by lcron serve-eval?")
-    return doc
-
-
-def serving_metric_key(name: str, k1: int | str) -> str:
-    """The scalar name of a per-K1 serving number, e.g. ``serving/recall_e2e@K1=100``."""
-    return f"serving/{name}@K1={k1}"
-
-
-def serving_metric_means(doc: Mapping[str, Any]) -> dict[str, float]:
-    """The mean over seeds of every serving number as flat scalars (the KFP Metrics view).
-
-    ``serving/gt_in_corpus`` (independent of K1), and per K1 ``serving/recall_retrieval@K1=k``,
-    ``serving/recall_after/<stage>@K1=k`` for the later stages before the last,
-    ``serving/recall_e2e@K1=k`` (= recall after the last stage, logged once under this name)
-    and, for ivf/hnsw, ``serving/index_recall@K1=k``. Means that are None or NaN are left out
-    (NaN is not valid JSON for the KFP UI)."""
-    out: dict[str, float] = {}
-
-    def put(key: str, entry: Mapping[str, Any] | None) -> None:
-        mean = (entry or {}).get("mean")
-        if mean is not None and math.isfinite(float(mean)):
-            out[key] = float(mean)
-
-    put("serving/gt_in_corpus", doc["results"].get("gt_in_corpus"))
-    later = list(doc["stage_names"][1:])
-    for k in doc["k1"]:
-        res = doc["results"][str(k)]
-        put(serving_metric_key("recall_retrieval", k), res.get("recall_retrieval"))
-        for stage in later[:-1]:
-            put(serving_metric_key(f"recall_after/{stage}", k), res.get(f"recall_after/{stage}"))
-        put(serving_metric_key("recall_e2e", k), res.get("recall_e2e"))
-        if "index_recall" in res:
-            put(serving_metric_key("index_recall", k), res["index_recall"])
-    return out
 
 
 def _mean_std(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -476,24 +146,6 @@ def _day_range(days: Sequence[str]) -> str:
     if not days:
         return "n/a"
     return days[0] if len(days) == 1 else f"{days[0]} .. {days[-1]} ({len(days)} days)"
-
-
-def metric_label(key: str, m: Mapping[str, Any]) -> str:
-    """A readable name of a metric key, e.g. 'Recall@10@30 (retrieval)'."""
-    names, quotas = list(m["stage_names"]), list(m["quotas"])
-    if key == "joint_recall":
-        return "end-to-end recall (" + " -> ".join(map(str, quotas)) + ")"
-    kind, _, stage = key.rpartition("/")
-    quota = quotas[names.index(stage)] if stage in names else "m"
-    if kind == "recall_at_10_m":
-        return f"Recall@10@{quota} ({stage})"
-    if kind == "ndcg_at_10":
-        return f"NDCG@10 ({stage})"
-    if kind == "funnel/gt_after":
-        return f"GT alive after {stage}"
-    if kind == "funnel/lost_share":
-        return f"share of lost GT dropped by {stage}"
-    return key
 
 
 def _metric_table(m: Mapping[str, Any]) -> Table:
@@ -614,7 +266,6 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
     The serving section is there when a serving.json is found (:func:`find_serving`: in
     ``serving_dir``, else in the evaluation folder); it must describe the same setting."""
     from . import plots, provenance
-    from .evaluate import read_run_config
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)

@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import json
 import math
 import time
@@ -52,12 +51,15 @@ from .batches import day_order, iter_batches
 from .train_step import (DeviceDay, LossLog, StepPlan, TrainStep, adam_options, float32_matmul_precision,
                          make_stepper, plan_step)
 from .defaults import TRAIN
+from .devices import resolve_device
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
+from .hashing import config_hash
 from .models.embeddings import embedding_tables, ids_prechecked as embedding_ids_prechecked
 from .optim import (DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_embedding_optimizer,
                     check_embedding_optimizer, resolve_embedding_optimizer)
-from .progress import Progress
 from .logs import get_logger
+from .progress import Progress
+from .run_folder import RUN_KIND, load_checkpoint, seed_complete, train_command
 from .settings import Setting, get_setting
 
 FORMAT_VERSION = 1
@@ -131,14 +133,6 @@ def normalise_loss_options(method: str, options: Mapping[str, Any], setting: Set
     return parsed
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but CUDA is not available on this machine")
-    return torch.device(name)
-
-
 def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
     if not isinstance(text, str):
         return tuple(int(s) for s in text)
@@ -157,18 +151,6 @@ def training_days(shards, spec: str | None) -> list[str]:
             f"shard set {shards.root} holds {len(shards.days)} day(s); training by default uses every day "
             "but the last (the test day), so at least 2 are needed - or give --days FIRST:LAST")
     return shards.days[:-1]
-
-
-def _canonical(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(obj, (list, tuple)):
-        return [_canonical(v) for v in obj]
-    return obj
-
-
-def config_hash(payload: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(_canonical(payload), sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -249,41 +231,6 @@ def _checkpoint_payload(run_cfg: dict, seed: int, day: str, day_index: int, step
     return payload
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint or model file without executing anything it might carry (weights_only)."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"model file {path} does not exist") from None
-    except Exception as exc:
-        # torch's own message suggests weights_only=False: never do that with a file you did not write.
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        useful = [ln for ln in lines if ln.lower().startswith(("trying to load unsupported", "unsupported"))]
-        reason = useful[0] if useful else ("not a valid checkpoint" if "Weights only" in str(exc) else lines[0])
-        raise DataError(f"model file {path} cannot be loaded safely (weights only; nothing was executed): "
-                        f"{reason}") from None
-
-
-def load_cascade(path: str | Path, device: str | torch.device = "cpu", compile: bool = False):
-    """Rebuild a trained cascade from model.pt or a day checkpoint: (cascade in eval mode, payload)."""
-    from .models import build_cascade
-
-    payload = load_checkpoint(path, map_location=device)
-    cfg = payload["config"]
-    setting = Setting.from_dict(cfg["setting"])
-    cascade = build_cascade(setting, dict(cfg["embedding_sizes"]), dim=int(cfg["train"]["dim"]), compile=compile,
-                            reference_quirks=bool(cfg.get("reference_quirks", False)))
-    state = dict(payload["model_state"])
-    shapes = {k: v.shape for k, v in cascade.state_dict().items()}
-    for key, part in payload.get("embedding_rows", {}).items():  # a day snapshot: the stored rows, NaN elsewhere
-        weight = torch.full(shapes[key], math.nan, dtype=part["values"].dtype, device=part["values"].device)
-        state[key] = weight.index_copy_(0, part["rows"].to(weight.device, torch.int64), part["values"])
-    cascade.load_state_dict(state)
-    cascade.to(device).eval()
-    return cascade, payload
-
-
 # --------------------------------------------------------------------------- the run
 @dataclass
 class SeedResult:
@@ -340,7 +287,7 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     if cfg.reference_quirks:  # only when set, so default-mode runs keep their config hash
         run_cfg["reference_quirks"] = True
     run_cfg["config_hash"] = config_hash({k: v for k, v in run_cfg.items() if k != "shards"})
-    command = outputs.current_command(_train_command(out, run_cfg, cfg.seeds))
+    command = outputs.current_command(train_command(out, run_cfg, cfg.seeds))
     with outputs.output_lock(out, command):
         _claim_run_folder(out, run_cfg, cfg, overwrite)
         outputs.begin(out, RUN_KIND, command)
@@ -353,67 +300,16 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     return results
 
 
-RUN_KIND = "run"
-
-
-def _train_command(out: Path, run_cfg: Mapping[str, Any], seeds: Sequence[int]) -> str:
-    """The ``lcron train`` command that completes the run at ``out`` (a hint; the writer's own is preferred)."""
-    t = run_cfg.get("train", {})
-    days = run_cfg.get("days") or []
-    cmd = (f"lcron train --shards {run_cfg.get('shards')} --out {out} --method {run_cfg.get('method')} "
-           f"--seeds {','.join(str(s) for s in seeds)} --batch-size {t.get('batch_size')} --lr {t.get('lr')}")
-    if days:
-        cmd += f" --days {days[0]}:{days[-1]}"
-    if t.get("max_steps_per_day") is not None:
-        cmd += f" --max-steps-per-day {t['max_steps_per_day']}"
-    for k, v in (run_cfg.get("loss_options") or {}).items():
-        cmd += f" --loss-option {k}={v}"
-    return cmd
-
-
-def _seed_complete(folder: Path, chash: Any) -> bool:
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return summary.get("config_hash") == chash and (folder / "model.pt").is_file()
-
-
 def _finish_run(out: Path, run_cfg: Mapping[str, Any]) -> None:
     """The run's completion marker: run.json and, of every seed run.json lists, model.pt,
     summary.json and train_log.jsonl (checkpoints stay out: they may be pruned)."""
     seeds = json.loads((out / "run.json").read_text()).get("seeds", [])
-    done = [s for s in seeds if _seed_complete(out / f"seed-{s}", run_cfg["config_hash"])]
+    done = [s for s in seeds if seed_complete(out / f"seed-{s}", run_cfg["config_hash"])]
     files = [out / "run.json"]
     for s in done:
         files += [out / f"seed-{s}" / name for name in ("model.pt", "summary.json", "train_log.jsonl")
                   if (out / f"seed-{s}" / name).is_file()]
     outputs.finish(out, RUN_KIND, files, {"seeds": done})
-
-
-def _legacy_run_problem(run_dir: Path) -> str | None:
-    """A run written before completion markers: complete when every seed that run.json
-    lists has model.pt and a summary.json (written last) of the same configuration."""
-    try:
-        cfg = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return f"{run_dir / 'run.json'} is not readable"
-    missing = [s for s in cfg.get("seeds", []) if not _seed_complete(run_dir / f"seed-{s}", cfg.get("config_hash"))]
-    if missing:
-        return (f"seed(s) {', '.join(map(str, missing))} have no summary.json or model.pt of this configuration "
-                "(training did not finish)")
-    return None
-
-
-def require_complete_run(run_dir: str | Path) -> None:
-    """Refuse a run folder that training has not finished (see :mod:`lcron.outputs`)."""
-    run_dir = Path(run_dir)
-    try:
-        cfg = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        cfg = {}
-    hint = _train_command(run_dir, cfg, cfg.get("seeds") or [1]) if cfg else f"lcron train ... --out {run_dir}"
-    outputs.require_complete(run_dir, RUN_KIND, "run folder", hint, legacy=_legacy_run_problem)
 
 
 @dataclass(frozen=True)
@@ -698,19 +594,6 @@ def _read_log(path: Path, max_step: int) -> list[dict]:
 
 def _write_log(path: Path, records: list[dict]) -> None:
     atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
-def run_seeds(run_dir: str | Path) -> list[Path]:
-    """The completed seed folders of a run (those with model.pt and summary.json)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").exists():
-        raise DataError(f"{run_dir} is not a training run folder (no run.json)")
-    require_complete_run(run_dir)
-    seeds = sorted((p for p in run_dir.glob("seed-*") if (p / "summary.json").exists() and (p / "model.pt").exists()),
-                   key=lambda p: int(p.name.split("-", 1)[1]))
-    if not seeds:
-        raise DataError(f"{run_dir} holds no completed seed (seed-*/model.pt with summary.json)")
-    return seeds
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

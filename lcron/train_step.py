@@ -42,32 +42,11 @@ from torch import Tensor
 
 from .batches import TARGET_ARRAYS, batch_slices
 from .data.fields import MODEL_INPUTS
+from .devices import DEVICE_DEFAULTS, DeviceDefaults
 from .errors import ConfigError
 
 __all__ = ["DeviceDefaults", "DEVICE_DEFAULTS", "StepPlan", "plan_step", "adam_options", "TrainStep", "LossLog",
            "DeviceDay", "GraphedStep", "make_stepper", "is_capturable", "float32_matmul_precision"]
-
-
-# --------------------------------------------------------------------------- per-device defaults
-@dataclass(frozen=True)
-class DeviceDefaults:
-    """What a device kind does by default (see the module docstring for each part)."""
-
-    compile: bool          # torch.compile the DIN attention core
-    cuda_graph: bool       # capture the step as one CUDA graph
-    tf32: bool             # TF32 tensor-core matmuls for float32
-    device_resident: bool  # the training day's arrays live on the device
-
-
-#: Chosen from measurements (docs/benchmarks.md, "GPU"): on CPU the compiled attention core
-#: makes a step ~5x faster; on an H200 eager kernels captured in a graph beat compiled ones at
-#: batch 1024 and cost no compile time. TF32 stays off on CUDA: the fidelity checks on the
-#: GPU (bench/gpu_check.py) put float32 within the reference cases' tolerance and TF32 not
-#: reliably, and the step is launch-bound, so TF32 buys no measurable speed.
-DEVICE_DEFAULTS: dict[str, DeviceDefaults] = {
-    "cpu": DeviceDefaults(compile=True, cuda_graph=False, tf32=False, device_resident=False),
-    "cuda": DeviceDefaults(compile=False, cuda_graph=True, tf32=False, device_resident=True),
-}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pytest
 
 from lcron.compare import add_compare_arguments, compare, find_evaluations, paired_bootstrap, run_compare
 from lcron.errors import ConfigError, DataError
-from lcron.evaluate import aggregate
+from lcron.evaluation.results import summarize_seeds
 
 DAY = "2024-01-16"
 
@@ -29,9 +29,9 @@ def make_eval(root: Path, run: str, method: str, joint: np.ndarray, request_ids,
     joint = np.asarray(joint, dtype=np.float64)
     seeds = list(range(1, joint.shape[0] + 1))
     keys = ([f"recall_at_10_m/{s}" for s in stages] + [f"ndcg_at_10/{s}" for s in stages])
-    table = {"joint_recall": aggregate([float(np.nanmean(row)) for row in joint])}
+    table = {"joint_recall": summarize_seeds([float(np.nanmean(row)) for row in joint])}
     for k in keys:
-        table[k] = aggregate((means or {}).get(k, [0.5] * len(seeds)))
+        table[k] = summarize_seeds((means or {}).get(k, [0.5] * len(seeds)))
     doc = {"kind": "lcron-evaluation", "method": method, "setting": setting, "stage_names": list(stages),
            "quotas": list(quotas), "seeds": seeds, "days": [day], "run_dir": str(root / run), "metrics": table,
            "data_fingerprint": "fp", "tie_seed": 0, "requests": {"evaluated": joint.shape[1], "skipped": 0},
@@ -222,7 +222,7 @@ def test_cli_functions(three_methods, tmp_path_factory, capsys):
 def make_serving(folder: Path, run_dir: Path, e2e: dict, *, day: str = DAY, index: str = "flat",
                  setting: str = "two_stage", stages=("retrieval", "prerank")) -> Path:
     """A serving.json written by hand into ``folder``: ``e2e`` = {K1: per-seed end-to-end recalls}."""
-    from lcron.serving.evaluate import summarize
+    from lcron.evaluation.results import summarize_seeds as summarize
 
     results = {"gt_in_corpus": summarize([1.0])}
     for k, values in e2e.items():

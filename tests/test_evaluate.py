@@ -17,24 +17,14 @@ import torch
 
 from lcron import metrics
 from lcron.errors import ConfigError, DataError, OutputExistsError
-from lcron.evaluate import (
-    add_evaluate_arguments,
-    aggregate,
-    default_quota_grid,
-    evaluate,
-    item_index,
-    items_scored,
-    load_per_request,
-    metric_keys,
-    npz_name,
-    parse_quota_grid,
-    quota_sweep_values,
-    request_metrics,
-    run_evaluate,
-    score_arrays,
-)
+from lcron.evaluate import add_evaluate_arguments, evaluate, run_evaluate
+from lcron.evaluation.per_request import items_scored, quota_sweep_values, request_metrics
+from lcron.evaluation.quota_grid import default_quota_grid, parse_quota_grid
+from lcron.evaluation.results import summarize_seeds, load_per_request, metric_keys, npz_name
+from lcron.evaluation.scoring import item_index, score_arrays
 from lcron.settings import THREE_STAGE, TWO_STAGE
-from lcron.train import TrainConfig, load_cascade, train
+from lcron.run_folder import load_cascade
+from lcron.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +51,15 @@ def _scores(model_path: Path, shards, day: str) -> list[np.ndarray]:
 
 # --------------------------------------------------------------------------- pure parts
 def test_aggregate_hand_checked():
-    a = aggregate([0.5, 0.7])
+    a = summarize_seeds([0.5, 0.7])
     assert a["mean"] == pytest.approx(0.6)
     assert a["std"] == pytest.approx(math.sqrt(0.02))  # ((0.1^2 + 0.1^2) / (2 - 1)) ** 0.5
     assert a["n"] == 2 and a["per_seed"] == [0.5, 0.7]
-    one = aggregate([0.25])
+    one = summarize_seeds([0.25])
     assert one == {"mean": 0.25, "std": None, "n": 1, "per_seed": [0.25]}
-    holes = aggregate([0.2, float("nan"), 0.4, None])
+    holes = summarize_seeds([0.2, float("nan"), 0.4, None])
     assert holes["n"] == 2 and holes["mean"] == pytest.approx(0.3) and holes["per_seed"] == [0.2, None, 0.4, None]
-    assert aggregate([])["mean"] is None
+    assert summarize_seeds([])["mean"] is None
 
 
 def test_quota_grids_and_parsing():

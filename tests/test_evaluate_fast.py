@@ -13,18 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from lcron.evaluate import (
-    even_batch_size,
-    evaluate,
-    metric_keys,
-    quota_sweep_values,
-    request_metrics,
-    resolve_quota_grid,
-    score_arrays,
-)
+from lcron.evaluate import evaluate
+from lcron.evaluation.per_request import quota_sweep_values, request_metrics
+from lcron.evaluation.quota_grid import resolve_quota_grid
+from lcron.evaluation.results import metric_keys
+from lcron.evaluation.scoring import even_batch_size, score_arrays
 from lcron.models import fused
 from lcron.settings import Setting
-from lcron.train import TrainConfig, load_cascade, train
+from lcron.run_folder import load_cascade
+from lcron.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("rows, batch, expected", [
@@ -102,3 +99,23 @@ def json_setting(run_dir):
     import json
 
     return json.loads((run_dir / "run.json").read_text())["setting"]
+
+
+def test_ids_are_checked_once_per_day_and_a_bad_id_is_still_refused(run, monkeypatch):
+    from lcron.errors import DataError
+    from lcron.models.embeddings import FeatureEmbedding
+
+    shards, run_dir = run
+    cascade, _ = load_cascade(run_dir / "seed-1" / "model.pt", "cpu", compile=False)
+    arrays = shards.load_day(shards.days[-1], mmap=False)
+    calls: list[str] = []
+    real = FeatureEmbedding.check_ids
+    monkeypatch.setattr(FeatureEmbedding, "check_ids", lambda self, name, ids: (calls.append(name),
+                                                                                 real(self, name, ids))[1])
+    scores = score_arrays(cascade, arrays, batch_size=8)  # 70 requests: 9 batches, 2 stage models
+    assert sorted(calls) == ["context", "items", "seq", "user"]  # once per input for the day
+    assert all(np.isfinite(s[arrays["mask"] > 0]).all() for s in scores)
+    bad = dict(arrays, items=arrays["items"].astype(np.int64))
+    bad["items"][5, 0, 0] = 10**7  # a video id far outside the table
+    with pytest.raises(DataError, match=r"batch field 'items' column 0 \(video_id\): ids must lie in"):
+        score_arrays(cascade, bad, batch_size=8)

@@ -233,7 +233,7 @@ def test_disk_full_during_train_and_evaluate(tiny_shards_2, tmp_path, capsys, mo
     code, _, err = _cli(capsys, "evaluate", "--model", str(run), "--no-compile", "--device", "cpu", "-q")
     monkeypatch.undo()
     assert code == 2 and "No space left on device" in _error_line(err, "evaluate")
-    from lcron.evaluate import load_per_request
+    from lcron.evaluation.results import load_per_request
 
     with pytest.raises(IncompleteOutputError, match=r"evaluation .* is incomplete"):
         load_per_request(ev)
@@ -299,7 +299,7 @@ def test_sigkill_of_one_of_two_concurrent_writers_leaves_the_survivor_intact(tin
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     outputs.require_complete(run, "run", "run", "x")
-    from lcron.train import run_seeds
+    from lcron.run_folder import run_seeds
 
     assert [p.name for p in run_seeds(run)] == ["seed-1", "seed-2"]
     assert not outputs.lock_path(run).exists()

@@ -10,11 +10,13 @@ import pytest
 from lcron.data.shards import preprocess
 from lcron.data.synthetic import generate
 from lcron.errors import ConfigError, DataError
-from lcron.evaluate import evaluate, request_metrics
+from lcron.evaluate import evaluate
+from lcron.evaluation.per_request import request_metrics
 from lcron.reference import protocol
 from lcron.report import build_report
 from lcron.settings import TWO_STAGE
-from lcron.train import TrainConfig, load_cascade, train
+from lcron.run_folder import load_cascade
+from lcron.train import TrainConfig, train
 
 N = 40
 

@@ -31,7 +31,8 @@ import torch
 from lcron import atomic, cli
 from lcron.data.shards import ShardSet, preprocess
 from lcron.errors import ConfigError, DataError, UnsafePickleError
-from lcron.evaluate import evaluate, load_per_request
+from lcron.evaluate import evaluate
+from lcron.evaluation.results import load_per_request
 from lcron.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,18 +18,10 @@ import pytest
 from lcron.compare import compare
 from lcron.errors import ConfigError, DataError
 from lcron.evaluate import evaluate
-from lcron.report import (
-    Section,
-    Table,
-    add_report_arguments,
-    build_report,
-    format_cell,
-    markdown_table,
-    read_train_logs,
-    render_html,
-    run_report,
-    serving_metric_means,
-)
+from lcron.render import Section, Table, format_cell, markdown_table, render_html
+from lcron.report import add_report_arguments, build_report, run_report
+from lcron.run_folder import read_train_logs
+from lcron.serving.results import serving_metric_means
 from lcron.train import TrainConfig, train
 
 
@@ -227,7 +219,7 @@ def serving_doc(run_dir, *, k1=(100, 500), index=None, day="2024-01-15", setting
                 stages=("retrieval", "prerank"), e2e=None) -> dict:
     """A serving.json written by hand: per-seed values [0.5, 0.7] everywhere except ``e2e``
     ({k1: [seed values]}); index recall only for a non-flat ``index``."""
-    from lcron.serving.evaluate import summarize
+    from lcron.evaluation.results import summarize_seeds as summarize
 
     index = index or {"kind": "flat", "items": 300, "ntotal": 300, "dim": 32, "options": {}}
     results = {"gt_in_corpus": summarize([0.9, 1.0])}

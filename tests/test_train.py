@@ -21,7 +21,8 @@ from lcron.data.synthetic import generate
 from lcron.errors import ConfigError, NumericalError, OutputExistsError
 from lcron.losses import METHODS
 from lcron.metrics import recall_at_k_m
-from lcron.train import TrainConfig, load_cascade, load_checkpoint, train
+from lcron.run_folder import load_cascade, load_checkpoint
+from lcron.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

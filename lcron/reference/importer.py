@@ -26,7 +26,7 @@ FORMAT_VERSION = 1
 
 def load_reference_state(path: str | Path) -> dict[str, torch.Tensor]:
     """A reference state dict from ``path`` (weights only; a ``{"state_dict": ...}`` wrapper is unwrapped)."""
-    from lcron.train import load_checkpoint
+    from lcron.run_folder import load_checkpoint
 
     obj: Any = load_checkpoint(path)
     for key in ("state_dict", "model_state_dict", "model"):
@@ -59,7 +59,7 @@ def import_reference(stage_files: Mapping[str, str | Path], out: str | Path, *, 
     from lcron.data.shards import ShardSet
     from lcron.models import build_cascade
     from lcron.settings import get_setting
-    from lcron.train import config_hash
+    from lcron.hashing import config_hash
 
     shard_set = ShardSet(shards) if shards is not None else None
     if shard_set is not None:

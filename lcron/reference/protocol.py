@@ -16,8 +16,8 @@ Concretely, against this project's protocol (section 6):
 * NDCG@10 is computed over all N slots (padding has gain 0 but takes rank positions).
 
 Tie-breaks are the default protocol's seeded ones, so the two protocols differ only in
-the three points above. Functions mirror :func:`lcron.evaluate.request_metrics` and
-:func:`lcron.evaluate.quota_sweep_values` (same keys, same shapes).
+the three points above. Functions mirror :func:`lcron.evaluation.per_request.request_metrics` and
+:func:`lcron.evaluation.per_request.quota_sweep_values` (same keys, same shapes).
 """
 
 from __future__ import annotations

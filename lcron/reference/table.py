@@ -37,15 +37,15 @@ def _log(msg: str) -> None:
 
 
 def _scores(run_seed_dir: Path, arrays: dict[str, np.ndarray], compile: bool) -> list[np.ndarray]:
-    from lcron.evaluate import item_index, score_arrays
-    from lcron.train import load_cascade
+    from lcron.evaluation.scoring import item_index, score_arrays
+    from lcron.run_folder import load_cascade
 
     cascade, _ = load_cascade(run_seed_dir / "model.pt", "cpu", compile=compile)
     return score_arrays(cascade, arrays, batch_size=4096, pad_last=compile, items=item_index(arrays["items"]))
 
 
 def _joint(scores, arrays, setting, reference_protocol: bool, batch_size: int) -> float:
-    from lcron.evaluate import request_metrics
+    from lcron.evaluation.per_request import request_metrics
     from lcron.reference import protocol
 
     if reference_protocol:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -46,32 +45,24 @@ import numpy as np
 import torch
 
 from lcron import atomic
+from lcron.devices import resolve_device
 from lcron.errors import ConfigError, DataError, OutputExistsError
-from lcron.evaluate import open_run_shards, read_run_config
-from lcron.progress import Progress
+from lcron.evaluation.results import summarize_seeds
 from lcron.logs import get_logger
+from lcron.progress import Progress
+from lcron.run_folder import FinishedRun, load_cascade, seed_number
 from lcron.serving.index import (Corpus, IndexOptions, build_corpus, build_index, check_kind, clamp_k1,
                                  overlap_recall, retrieval_tower, rows_in, search, stage_modules, user_vectors)
 from lcron.serving.loader import DEFAULT_MAX_SLOTS, run_cascade, score_items
+from lcron.serving.results import FORMAT_VERSION, KIND
 from lcron.settings import Setting
 
-KIND = "lcron-serving-evaluation"
-FORMAT_VERSION = 1
 REQUEST_NAMES = ("context", "user", "seq", "seq_mask")
 
 
 def log(msg: str) -> None:
     """A progress fact on the ``lcron`` logger (stderr; ``lcron -q`` silences it)."""
     get_logger(__name__).info(msg)
-
-
-def summarize(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean over seeds, sample std (ddof = 1; None for fewer than 2 values), n, per_seed."""
-    per_seed = [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
-    ok = np.array([v for v in per_seed if v is not None], dtype=np.float64)
-    return {"mean": float(ok.mean()) if ok.size else None,
-            "std": float(ok.std(ddof=1)) if ok.size > 1 else None,
-            "n": int(ok.size), "per_seed": per_seed}
 
 
 def parse_k1(text: "str | Sequence[int]") -> tuple[int, ...]:
@@ -283,18 +274,14 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     An existing ``serving.json`` made from other inputs (run, seeds, day, K1, index, tie seed)
     is an :class:`OutputExistsError` unless ``overwrite``, as with every other step's output.
     """
-    from lcron.train import load_cascade, resolve_device, run_seeds
-
-    run_dir = Path(run_dir)
     check_kind(index)
     opts = IndexOptions.from_mapping(index_options)
     k1_req = parse_k1(k1)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
-    cfg = read_run_config(run_dir)
-    setting = Setting.from_dict(cfg["setting"])
-    seed_dirs = run_seeds(run_dir)
-    shard_set = open_run_shards(shards, cfg, setting)
+    run = FinishedRun.open(run_dir)
+    run_dir, cfg, setting, seed_dirs = run.root, run.config, run.setting, run.seed_dirs
+    shard_set = run.shards(shards)
     if not shard_set.days:
         raise DataError(f"shard set {shard_set.root} holds no complete day")
     test_day = day or shard_set.days[-1]
@@ -330,7 +317,7 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     timings: dict[str, Any] = {}
     stages = list(setting.stage_names[1:])
     for seed_dir in seed_dirs:
-        seed_no = int(seed_dir.name.split("-", 1)[1])
+        seed_no = seed_number(seed_dir)
         t0 = time.perf_counter()
         cascade, _ = load_cascade(seed_dir / "model.pt", dev, compile=compile)
         corpus = build_corpus(retrieval_tower(cascade, setting), video_ids, features, index, opts, device=dev)
@@ -352,10 +339,10 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
                                  "requests_per_s": n_req / total if total > 0 else None}
 
     seeds = sorted(per_seed)
-    results: dict[str, Any] = {"gt_in_corpus": summarize([per_seed[s]["gt_in_corpus"] for s in seeds])}
+    results: dict[str, Any] = {"gt_in_corpus": summarize_seeds([per_seed[s]["gt_in_corpus"] for s in seeds])}
     for k in k1_list:
         keys = per_seed[seeds[0]][str(k)].keys()
-        results[str(k)] = {key: summarize([per_seed[s][str(k)][key] for s in seeds]) for key in keys}
+        results[str(k)] = {key: summarize_seeds([per_seed[s][str(k)][key] for s in seeds]) for key in keys}
     doc = {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
@@ -420,14 +407,10 @@ def bench_serving(shards: Any, run_dir: "str | Path", k1_list: Sequence[int], *,
 
 def _bench_serving(shards: Any, run_dir: "str | Path", k1_list: Sequence[int], *, requests: int, compile: bool,
                    max_slots: int, seed_dir: "str | Path | None", repeats: int) -> list[dict[str, Any]]:
-    from lcron.train import load_cascade, run_seeds
-
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    setting = Setting.from_dict(cfg["setting"])
-    shard_set = open_run_shards(shards, cfg, setting)
+    run = FinishedRun.open(run_dir)
+    setting, shard_set = run.setting, run.shards(shards)
     dev = torch.device("cpu")
-    folder = Path(seed_dir) if seed_dir is not None else run_seeds(run_dir)[0]
+    folder = Path(seed_dir) if seed_dir is not None else run.seed_dirs[0]
     cascade, _ = load_cascade(folder / "model.pt", dev, compile=compile)
     video_ids, features = shard_set.item_table()
     tower = retrieval_tower(cascade, setting)

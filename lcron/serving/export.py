@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lcron import atomic
-from lcron.errors import ConfigError, DataError, LcronError, OutputExistsError
+from lcron.errors import ConfigError, LcronError, OutputExistsError
 from lcron.serving import loader
 from lcron.serving.loader import ExportedCascade, ExportError, load_exported
 
@@ -243,19 +243,6 @@ the rows), item_features.npy ([I, 8] features of the rows), loader.py.
 """
 
 
-def _pick_seed(run_dir: Path, seed: int | None) -> Path:
-    from lcron.train import run_seeds
-
-    seeds = run_seeds(run_dir)
-    if seed is None:
-        return seeds[0]
-    for folder in seeds:
-        if folder.name == f"seed-{seed}":
-            return folder
-    raise DataError(f"{run_dir} has no completed seed {seed}; completed: "
-                    f"{', '.join(p.name.split('-', 1)[1] for p in seeds)}")
-
-
 def export_cascade(run_dir: "str | Path", out: "str | Path", **kwargs: Any) -> Path:
     """Export a trained cascade (see :func:`_export_cascade`) holding the lock of ``out``. The
     folder is built under a staging name and renamed into place, so it is complete or absent."""
@@ -274,22 +261,21 @@ def _export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | Non
     ``index`` is flat (exact), ivf or hnsw (``index_options``: see IndexOptions).
     Returns the folder. An existing non-empty ``out`` is refused unless ``overwrite``.
     """
-    from lcron.data.shards import ShardSet
+    from lcron.run_folder import FinishedRun, load_cascade
     from lcron.serving.index import IndexOptions, build_corpus, check_kind, retrieval_tower, stage_modules, to_cpu
-    from lcron.settings import Setting
-    from lcron.train import load_cascade
 
     run_dir, out = Path(run_dir), Path(out)
     check_kind(index)
     opts = IndexOptions.from_mapping(index_options)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    seed_dir = _pick_seed(run_dir, seed)
+    run = FinishedRun.open(run_dir)
+    seed_dir = run.seed_dirs[0] if seed is None else run.seed_dir(seed)
     model_path = seed_dir / "model.pt"
     cascade, payload = load_cascade(model_path, "cpu", compile=False)
     cfg = payload["config"]
-    setting = Setting.from_dict(cfg["setting"])
-    shard_set = ShardSet(shards if shards is not None else cfg["shards"])
+    setting = run.setting
+    shard_set = run.shards(shards)
     video_ids, features = shard_set.item_table()
     tower = retrieval_tower(cascade, setting)
     corpus = build_corpus(tower, video_ids, features, index, opts, device="cpu")

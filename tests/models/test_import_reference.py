@@ -12,7 +12,7 @@ from lcron.cli import main
 from lcron.errors import ConfigError, DataError
 from lcron.reference import mapping
 from lcron.reference.importer import import_reference, parse_stage_files
-from lcron.train import load_cascade, run_seeds
+from lcron.run_folder import load_cascade, run_seeds
 from .test_reference_models import CASES, _inputs, _params
 
 

@@ -17,7 +17,7 @@ from lcron.data.shards import ShardSet
 from lcron.errors import OutputExistsError
 from lcron.serving.export import add_export_arguments, export_cascade, load_exported, run_export
 from lcron.serving.loader import ExportError
-from lcron.train import load_cascade
+from lcron.run_folder import load_cascade
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUEST = ("context", "user", "seq", "seq_mask")

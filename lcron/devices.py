@@ -1,0 +1,48 @@
+"""Which device a step runs on, and what each device kind does by default.
+
+Training (:mod:`lcron.train_step`), evaluation and the serving evaluation resolve
+``--device`` and their defaults here, so a reading step does not import the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; asking for CUDA on a machine without it is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    """What a device kind does by default (see the module docstring for each part)."""
+
+    compile: bool          # torch.compile the DIN attention core
+    cuda_graph: bool       # capture the step as one CUDA graph
+    tf32: bool             # TF32 tensor-core matmuls for float32
+    device_resident: bool  # the training day's arrays live on the device
+
+
+#: Chosen from measurements (docs/benchmarks.md, "GPU"): on CPU the compiled attention core
+#: makes a step ~5x faster; on an H200 eager kernels captured in a graph beat compiled ones at
+#: batch 1024 and cost no compile time. TF32 stays off on CUDA: the fidelity checks on the
+#: GPU (bench/gpu_check.py) put float32 within the reference cases' tolerance and TF32 not
+#: reliably, and the step is launch-bound, so TF32 buys no measurable speed.
+DEVICE_DEFAULTS: dict[str, DeviceDefaults] = {
+    "cpu": DeviceDefaults(compile=True, cuda_graph=False, tf32=False, device_resident=False),
+    "cuda": DeviceDefaults(compile=False, cuda_graph=True, tf32=False, device_resident=True),
+}
+
+
+def default_compile(device: "torch.device | str") -> bool:
+    """Whether models torch.compile DIN's attention core on ``device`` unless told otherwise
+    (device kinds without an entry, e.g. ``mps``, get the CPU defaults)."""
+    return DEVICE_DEFAULTS.get(torch.device(device).type, DEVICE_DEFAULTS["cpu"]).compile

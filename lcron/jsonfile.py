@@ -1,0 +1,19 @@
+"""Read a JSON document with errors that name the file (writing is :func:`lcron.atomic.write_json`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """The document at ``path``; a missing file or invalid JSON is a DataError naming ``what`` and the path."""
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} {path} is not valid JSON: {exc}") from None
