@@ -209,9 +209,10 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
     dev = resolve_device(device)
     compile = default_compile(dev) if compile is None else bool(compile)  # devices.DEVICE_DEFAULTS
     if compile:
-        from .models.fused import trust_cpu_isa
+        from .models.fused import compile_in_process, trust_cpu_isa
 
         trust_cpu_isa()
+        compile_in_process()
     keys = metric_keys(setting)
     trained = set(cfg["days"])
     warnings = [f"test day {d} was also a training day of this run" for u in units for d in u.days

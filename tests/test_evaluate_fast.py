@@ -60,6 +60,18 @@ def test_trust_cpu_isa_respects_an_explicit_setting(monkeypatch):
         assert config.cpp.vec_isa_ok is True
 
 
+def test_compile_in_process_respects_an_explicit_setting(monkeypatch):
+    from torch._inductor import config
+
+    with config.patch({"compile_threads": 2}):  # restored afterwards
+        monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "2")
+        fused.compile_in_process()
+        assert config.compile_threads == 2
+        monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS")
+        fused.compile_in_process()
+        assert config.compile_threads == 1
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from lcron.data.shards import preprocess

@@ -292,9 +292,10 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
         notes.append(f"day {test_day} was a training day of this run: the numbers are not held-out")
     dev = resolve_device(device)
     if compile:
-        from lcron.models.fused import trust_cpu_isa
+        from lcron.models.fused import compile_in_process, trust_cpu_isa
 
         trust_cpu_isa()
+        compile_in_process()
     slots = int(max_slots or DEFAULT_MAX_SLOTS.get(dev.type, DEFAULT_MAX_SLOTS["cpu"]))
     video_ids, features = shard_set.item_table()
     k1_list, clamp_notes = clamp_k1(k1_req, len(video_ids))
