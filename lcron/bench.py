@@ -293,9 +293,11 @@ def _worker_preprocess(source: str, out: str, stages: str) -> dict[str, Any]:
     shards = preprocess(source, out, int(stages), progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     _, peak = _memory_mb()
-    requests = sum(shards.num_requests(d) for d in shards.days)
+    per_day = [shards.num_requests(d) for d in shards.days]
+    requests = sum(per_day)
     first = shards.manifest(shards.days[0])
     return {"wall_s": wall, "cpu_s": cpu, "requests": requests, "days": len(shards.days),
+            "largest_day_requests": max(per_day),
             "setting": shards.setting.name, "peak_rss_mb": peak, "baseline_rss_mb": base_rss,
             "items_per_label": {k: v["mean"] for k, v in first["items_per_label"].items()}}
 
@@ -653,15 +655,21 @@ def bench_preprocess_day(ctx: BenchContext) -> list[dict[str, Any]]:
         ctx.log(f"generating the real-size day ({ctx.mode}): {size}")
         generate(root, progress=ctx.progress, **size)
         write_json(marker, size)
+    from lcron.data.shards import memory_bound_mb
+
     out = ctx.work_dir / "shards-day"
     r = _run_worker(["preprocess", str(root), str(out), "2"])
     shutil.rmtree(out, ignore_errors=True)
+    bound = memory_bound_mb(r["largest_day_requests"])
+    if r["peak_rss_mb"] > bound:
+        print(f"WARNING day_prep: peak {r['peak_rss_mb']:.0f} MiB is above the documented bound {bound:.0f} MiB "
+              "(docs/scale.md, Preprocessing memory)", file=sys.stderr, flush=True)
     return [{"name": "day_prep", "case": f"{r['requests']:,} req", "setting": r["setting"],
              "value": _r(r["requests"] / r["wall_s"]), "unit": "requests/s", "requests": r["requests"],
              "wall_s": _r(r["wall_s"], 2), "cpu_s": _r(r["cpu_s"], 2), "peak_rss_mb": _r(r["peak_rss_mb"]),
              "baseline_rss_mb": _r(r["baseline_rss_mb"]),
              "peak_kb_per_request": _r((r["peak_rss_mb"] - r["baseline_rss_mb"]) * 1024 / max(r["requests"], 1)),
-             "load_1m": _loadavg()}]
+             "bound_mb": _r(bound), "bound_held": bool(r["peak_rss_mb"] <= bound), "load_1m": _loadavg()}]
 
 
 @register("evaluate_process")

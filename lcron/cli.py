@@ -108,6 +108,10 @@ def _preprocess_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-quirks", action="store_true",
                    help="build the features as the published experiments did (cat1 unshifted, padded steps' cat1 0, "
                         "padding slots' cat1 2; docs/reference.md); train and evaluate with --reference-quirks too")
+    p.add_argument("--prefetch-budget-mb", type=int, default=PREPROCESS.prefetch_budget_mb, metavar="MB",
+                   help="read the next day ahead while one is parsed only when its files total at most MB MiB "
+                        f"(default {PREPROCESS.prefetch_budget_mb}; 0: never), so two big days are never in "
+                        "memory together (docs/scale.md, Preprocessing memory)")
 
 
 def _preprocess_run(a: argparse.Namespace) -> int:
@@ -116,7 +120,8 @@ def _preprocess_run(a: argparse.Namespace) -> int:
     setting = a.stages if a.stages is not None else a.setting
     shards = preprocess(a.source, a.out, setting, a.days, tz_offset_hours=a.tz_offset_hours,
                         max_missing_fraction=a.max_missing_fraction, overwrite=a.overwrite, progress=not a.quiet,
-                        max_no_gt_fraction=a.max_no_gt_fraction, reference_quirks=a.reference_quirks)
+                        max_no_gt_fraction=a.max_no_gt_fraction, reference_quirks=a.reference_quirks,
+                        prefetch_budget_mb=a.prefetch_budget_mb)
     total = sum(shards.num_requests(d) for d in shards.days)
     print(f"{shards.root}: setting {shards.setting.name}, {len(shards.days)} day(s), {total} requests, "
           f"N = {shards.setting.list_size}{', reference mode' if shards.reference_quirks else ''}")

@@ -26,11 +26,13 @@ class SyntheticDefaults:
 
 @dataclass(frozen=True)
 class PreprocessDefaults:
-    """RecFlow's time zone (UTC+8) and the share of a day's requests that may be dropped for
-    missing from a pkl."""
+    """RecFlow's time zone (UTC+8), the share of a day's requests that may be dropped for
+    missing from a pkl, and the size (MiB of a day's files) up to which the next day is read
+    ahead while one is parsed (bigger days are read one at a time, docs/scale.md)."""
 
     tz_offset_hours: int = 8
     max_missing_fraction: float = 0.01
+    prefetch_budget_mb: int = 256
 
 
 @dataclass(frozen=True)

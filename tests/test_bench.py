@@ -233,3 +233,15 @@ def test_real_size_rows_are_registered_with_their_day_sizes():
     assert {"preprocess_day", "evaluate_process"} <= set(bench.BENCHMARKS)
     assert bench.DAY_SIZES["full"]["requests_per_day"] == 250_000 and bench.DAY_SIZES["full"]["users"] == 42_000
     assert set(bench.DAY_SIZES) == set(bench.SIZES)
+
+
+def test_quick_bench_day_row_reports_the_memory_bound(quick_run):
+    """Issue 19: the real-size day row states the documented bound for its day and whether
+    the measured peak stayed under it."""
+    from lcron.data.shards import memory_bound_mb
+
+    (row,) = _rows(json.loads(quick_run["json"].read_text()), "day_prep")
+    assert 0 < row["requests"] <= bench.DAY_SIZES["quick"]["requests_per_day"]
+    assert row["bound_mb"] == pytest.approx(memory_bound_mb(row["requests"]), abs=0.1)
+    assert isinstance(row["bound_held"], bool) and row["bound_held"] == (row["peak_rss_mb"] <= row["bound_mb"])
+    assert row["peak_kb_per_request"] is not None

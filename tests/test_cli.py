@@ -160,3 +160,14 @@ def test_serve_eval_takes_days_like_every_command():
         assert args.day == "2024-01-16"
     for cmd in ("evaluate", "serve-eval", "preprocess", "validate", "ingest", "train"):
         assert "--days" in cli.build_parser(only=cmd)._subparsers._group_actions[0].choices[cmd].format_help()
+
+
+def test_preprocess_prefetch_budget(handmade, tmp_path, capsys):
+    src = handmade.write(tmp_path / "recflow", days=("2024-01-15", "2024-01-16"))
+    code, out, err = _run(capsys, "preprocess", "--source", str(src), "--out", str(tmp_path / "s"), "--stages", "2",
+                          "--prefetch-budget-mb", "0", "-q")
+    assert code == 0, err
+    assert "2 day(s), 4 requests" in out
+    code, _, err = _run(capsys, "preprocess", "--source", str(src), "--out", str(tmp_path / "t"), "--stages", "2",
+                        "--prefetch-budget-mb", "-1", "-q")
+    assert code == 2 and "prefetch_budget_mb must be an integer >= 0" in err

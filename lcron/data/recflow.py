@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -34,9 +34,11 @@ import numpy as np
 
 from lcron.data import fields
 from lcron.data import schemas as S
+from lcron.data.all_stage import AllStageDay, check_range as _check_range, check_schema, read_all_stage
 from lcron.data.source import Source, open_source
 from lcron.defaults import PREPROCESS
 from lcron.errors import ConfigError, DataError
+from lcron.memtrim import trim
 from lcron.safe_pickle import safe_load
 
 __all__ = ["RecFlowReader", "RecFlowDay", "DayInputs", "Candidates", "RecFlowWarning", "select_days", "parse_day"]
@@ -70,13 +72,17 @@ class Candidates:
 
 @dataclass
 class DayInputs:
-    """The raw inputs of one day: all_stage columns as int64 and the two pickles' bytes."""
+    """What :meth:`RecFlowReader.fetch_day` reads ahead: the reduced all_stage columns.
+
+    The two pickles are not read ahead: they are unpickled straight from their files, one
+    after the other, each dropped once reduced (see :meth:`RecFlowReader.read_day`)."""
 
     day: str
-    columns: dict[str, np.ndarray]
-    rows: int
-    request_id_dict: bytes
-    seq_effective_50_dict: bytes
+    all_stage: AllStageDay
+
+    @property
+    def rows(self) -> int:
+        return self.all_stage.rows
 
 
 @dataclass
@@ -140,61 +146,6 @@ def select_days(available: Sequence[str], spec: str | None, *, where: str) -> li
     if not chosen:
         raise DataError(f"{where}: no available day in {first}..{last}; available: {rng}")
     return chosen
-
-
-def _check_range(values: np.ndarray, *, where: str, column: str, check: str, id_field: str | None,
-                 id_counts: dict[str, int], example_ids: np.ndarray | None = None) -> None:
-    """Vectorised value check of one integer column (see schemas: id/flag/index/timestamp)."""
-    if values.size == 0 or check in ("integer", "any"):
-        return
-    lo, hi = int(values.min()), int(values.max())
-    if check == "id":
-        count = id_counts[id_field]  # type: ignore[index]
-        bad_mask = None
-        if lo < 0:
-            bad_mask = values < 0
-            what = f"{int(bad_mask.sum())} negative value(s) (min {lo}); ids must be >= 0"
-        elif hi >= count:
-            bad_mask = values >= count
-            what = (f"{int(bad_mask.sum())} value(s) >= id_cnt[{id_field!r}] = {count} (max {hi}); "
-                    f"ids must be in [0, {count})")
-        if bad_mask is not None:
-            raise DataError(f"{where}: column {column}: {what}{_example(bad_mask, example_ids)}")
-    elif check == "flag":
-        if lo < 0 or hi > 1:
-            bad = (values != 0) & (values != 1)
-            raise DataError(f"{where}: column {column}: {int(bad.sum())} value(s) other than 0/1 "
-                            f"(min {lo}, max {hi}){_example(bad, example_ids)}")
-    elif check in ("index", "timestamp_ms", "timestamp_s"):
-        if lo < 0:
-            bad = values < 0
-            raise DataError(f"{where}: column {column}: {int(bad.sum())} negative value(s) (min {lo}); "
-                            f"expected >= 0{_example(bad, example_ids)}")
-    else:  # pragma: no cover - schema and code out of sync
-        raise AssertionError(f"unknown check {check!r}")
-
-
-def _example(bad: np.ndarray, example_ids: np.ndarray | None) -> str:
-    """", e.g. request_id X" for the first bad value (``example_ids`` aligned with the values)."""
-    if example_ids is None or not bad.any():
-        return ""
-    return f", e.g. request_id {int(example_ids[np.argmax(bad)])}"
-
-
-def _group_requests(rid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(request ids, first row of each, request index of every row), like
-    ``np.unique(rid, return_index=True, return_inverse=True)`` but in first-appearance order.
-
-    RecFlow stores the rows of a request contiguously; then the runs of equal ids are the
-    requests and only the run starts need sorting (requests, not rows). Otherwise: np.unique.
-    """
-    starts = np.flatnonzero(np.concatenate([[True], rid[1:] != rid[:-1]]))
-    run_ids = rid[starts]
-    if np.unique(run_ids).shape[0] == run_ids.shape[0]:
-        lengths = np.diff(np.append(starts, rid.shape[0]))
-        return run_ids, starts, np.repeat(np.arange(starts.shape[0]), lengths)
-    uniq, first, inv = np.unique(rid, return_index=True, return_inverse=True)
-    return uniq, first, inv.reshape(-1)
 
 
 def _int_column(col: Any) -> np.ndarray:
@@ -348,20 +299,8 @@ class RecFlowReader:
             schema = pa.ipc.open_file(mm).schema
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise DataError(f"{where}: not a readable Feather v2 (Arrow IPC) file ({exc})") from None
-        names = set(schema.names)
+        check_schema(schema, where, self._warned_extra)
         required = S.all_stage_columns(required_only=True)
-        missing = [c["name"] for c in required if c["name"] not in names]
-        if missing:
-            raise DataError(f"{where}: required column(s) missing: {', '.join(missing)}")
-        known = {c["name"] for c in S.ALL_STAGE_COLUMNS}
-        extra = sorted(names - known - self._warned_extra)
-        if extra:
-            self._warned_extra.update(extra)
-            warnings.warn(f"{where}: ignoring extra column(s) {', '.join(extra)}", RecFlowWarning, stacklevel=4)
-        for c in required:
-            t = schema.field(c["name"]).type
-            if not pa.types.is_integer(t):
-                raise DataError(f"{where}: column {c['name']} has type {t}; expected an integer type")
         wanted = [c["name"] for c in required if c["name"] in read]
         try:
             options = pa.ipc.IpcReadOptions(included_fields=[schema.get_field_index(n) for n in wanted])
@@ -392,9 +331,10 @@ class RecFlowReader:
 
     def fetch_day(self, day: str, *, index_labels: Iterable[str] = tuple(S.INDEX_COLUMNS),
                   check_all_columns: bool = True) -> DayInputs:
-        """The I/O half of :meth:`read_day`: the all_stage columns (schema checked) and the
-        bytes of both pickles. It releases the GIL most of the time (file reads, Arrow
-        decompression), so preprocessing runs it for the next day in a helper thread."""
+        """The all_stage half of :meth:`read_day`: schema and values checked, reduced column
+        by column (:mod:`lcron.data.all_stage`). It releases the GIL most of the time (file
+        reads, Arrow decompression, numpy), so preprocessing runs it in a helper thread
+        while the main thread unpickles."""
         if day not in self.available_days:
             self.select_days(day)  # raises with the available range
         files = self.day_files(day)
@@ -405,15 +345,36 @@ class RecFlowReader:
             read = {c["name"] for c in S.all_stage_columns(required_only=True)}
         else:
             read = {*S.REQUEST_COLUMNS, "video_id", *index_labels, *(S.INDEX_COLUMNS[lb] for lb in index_labels)}
-        cols, n_rows = self._read_all_stage(files["all_stage"], read)
-        self.source.release(files["all_stage"])
-        return DayInputs(day=day, columns=cols, rows=n_rows,
-                         request_id_dict=self.source.read_bytes(files["request_id_dict"]),
-                         seq_effective_50_dict=self.source.read_bytes(files["seq_effective_50_dict"]))
+        rel = files["all_stage"]
+        counts = self.id_counts()
+        try:
+            table = read_all_stage(self.source.local_path(rel), self.source.describe(rel), read, index_labels,
+                                   counts, self._warned_extra)
+        finally:
+            self.source.release(rel)
+        return DayInputs(day=day, all_stage=table)
+
+    def _load_pickle(self, rel: str) -> dict:
+        """Unpickle ``rel`` straight from its file: the bytes are never held whole next to
+        the objects they become."""
+        where = self.source.describe(rel)
+        try:
+            with self.source.open_binary(rel) as fh:
+                return self._load_dict(fh, where)
+        finally:
+            self.source.release(rel)
+            trim()  # the unpickler's memo held every array's bytes a second time until now
+
+    @staticmethod
+    def _resolve(inputs: "DayInputs | Future[DayInputs]", day: str) -> DayInputs:
+        got = inputs.result() if isinstance(inputs, Future) else inputs
+        if got.day != day:
+            raise DataError(f"inputs of day {got.day} given for day {day}")
+        return got
 
     def read_day(self, day: str, *, labels: Iterable[str] = S.STAGE_LABELS,
                  index_labels: Iterable[str] | None = None, limit: int = 10,
-                 check_all_columns: bool = True, inputs: DayInputs | None = None) -> RecFlowDay:
+                 check_all_columns: bool = True, inputs: "DayInputs | Future[DayInputs] | None" = None) -> RecFlowDay:
         """Read and validate ``day``; keep the first ``limit`` rows of each label in ``labels``.
 
         ``index_labels`` (default: those of ``labels`` with an index column, i.e. rank_pos
@@ -425,7 +386,14 @@ class RecFlowReader:
         values of only the columns the shards are built from: the request columns, video_id
         and the index labels' flag and index columns. Item features come from
         request_id_dict, whose used rows are always checked. ``inputs``: the result of
-        :meth:`fetch_day` when it ran ahead (otherwise it is called here).
+        :meth:`fetch_day` when it ran ahead, or its Future while it still runs (then
+        request_id_dict is unpickled meanwhile); otherwise it is called here.
+
+        Memory: one pickled dict is alive at a time. request_id_dict is unpickled and
+        reduced to the first ``limit`` rows per label (for every request of all_stage it
+        holds) and dropped; then seq_effective_50_dict is unpickled, the sequences of the
+        usable requests stacked, and it is dropped. Values are checked only for the
+        requests that end up used, exactly as when both dicts were held together.
         """
         labels = tuple(labels)
         unknown = [lb for lb in labels if lb not in S.STAGE_LABELS]
@@ -440,76 +408,65 @@ class RecFlowReader:
                             f"({sorted(S.INDEX_COLUMNS)})")
         if inputs is None:
             inputs = self.fetch_day(day, index_labels=index_labels, check_all_columns=check_all_columns)
-        elif inputs.day != day:
-            raise DataError(f"inputs of day {inputs.day} given for day {day}")
-        lacking = [c for c in {*S.REQUEST_COLUMNS, "video_id", *index_labels,
-                               *(S.INDEX_COLUMNS[lb] for lb in index_labels)} if c not in inputs.columns]
-        if lacking:
-            raise DataError(f"day {day}: fetched without column(s) {sorted(lacking)}")
         files = self.day_files(day)
         counts = self.id_counts()
-        cols, n_rows = inputs.columns, inputs.rows
-
-        # ---- all_stage: checks, requests
-        where_as = self.source.describe(files["all_stage"])
-        for c in S.all_stage_columns(required_only=True):
-            if c["name"] not in cols:
-                continue
-            values, ids = cols[c["name"]], cols["request_id"]
-            column = c["name"]
-            if "checked_where" in c:  # index columns: only where the stage flag is 1
-                flag_col = c["checked_where"].split(" ")[0]
-                if flag_col not in cols:
-                    continue
-                flag = cols[flag_col] == 1
-                values, ids = values[flag], ids[flag]
-                column = f"{column} (where {c['checked_where']})"
-            _check_range(values, where=where_as, column=column, check=c["check"],
-                         id_field=c.get("id_field"), id_counts=counts, example_ids=ids)
-        rid_rows = cols["request_id"]
-        uniq, first, inv = _group_requests(rid_rows)
-        for name in S.REQUEST_COLUMNS[1:]:
-            v = cols[name]
-            bad = v != v[first][inv]
-            if bad.any():
-                r = int(rid_rows[np.argmax(bad)])
-                raise DataError(f"{where_as}: column {name} is not constant within request_id {r} "
-                                f"({int(bad.sum())} row(s) disagree with the request's first row)")
-        ts_u = cols["request_timestamp"][first]
-        user_u = np.stack([cols[name][first] for name in fields.USER_FIELDS], axis=1)
-        order = np.lexsort((first, ts_u))  # time order, ties by first appearance
-        n_all = int(uniq.shape[0])
-
-        # ---- the two pickles: which requests they hold
         where_rd = self.source.describe(files["request_id_dict"])
         where_sq = self.source.describe(files["seq_effective_50_dict"])
-        rd = self._load_dict(inputs.request_id_dict, where_rd)
-        sd = self._load_dict(inputs.seq_effective_50_dict, where_sq)
-        inputs.request_id_dict = inputs.seq_effective_50_dict = b""
-        req = uniq[order]  # request ids in output order
-        uidx = order  # index into uniq of each output request
+
+        # ---- request_id_dict (while all_stage may still be read in a helper thread)
+        try:
+            rd = self._load_pickle(files["request_id_dict"])
+        except DataError:
+            self._resolve(inputs, day)  # problems of all_stage are reported first
+            raise
+        table = self._resolve(inputs, day).all_stage
+        lacking = [lb for lb in index_labels if lb not in table.flagged]
+        if lacking:
+            raise DataError(f"day {day}: fetched without the index column(s) of {sorted(lacking)}")
+        n_all = table.num_requests
+        ts_u = table.request_columns["request_timestamp"]
+        user_u = np.stack([table.request_columns[name] for name in fields.USER_FIELDS], axis=1)
+        order = np.lexsort((table.first, ts_u))  # time order, ties by first appearance
+        req = table.request_id[order]  # request ids in output order
+        uidx = order  # index into the distinct requests of each output request
         in_rd = np.isin(req, self._keys(rd, where_rd))
+        entries: list | None = [rd[r] for r in req[in_rd].tolist()]
+        del rd
+        drafts = {label: self._draft(entries, label, limit) for label in labels}  # type: ignore[arg-type]
+        if all(d is not None for d in drafts.values()):
+            entries = None  # the dict's arrays are freed here (seq_effective_50_dict reuses the heap)
+
+        # ---- seq_effective_50_dict: which requests it holds
+        sd = self._load_pickle(files["seq_effective_50_dict"])
         in_sq = np.isin(req, self._keys(sd, where_sq))
         keep = in_rd & in_sq
+        kept_of_rd = in_sq[in_rd]
 
         # ---- candidates per label for the requests present in both dicts
         req_k = req[keep]
-        entries = [rd[r] for r in req_k.tolist()]
         cands: dict[str, Candidates] = {}
         for label in labels:
-            cands[label] = self._candidates(entries, req_k, label, limit, where_rd, counts)
+            draft = drafts.pop(label)
+            if draft is None:  # slow path: name the first bad entry among the kept requests
+                assert entries is not None
+                kept_entries = [entries[i] for i in np.flatnonzero(kept_of_rd).tolist()]
+                cands[label] = self._candidates(kept_entries, req_k, label, limit, where_rd, counts)
+            else:
+                cands[label] = self._checked(_subset(draft, kept_of_rd), req_k, label, where_rd, counts)
+        entries = None
 
         # ---- top-group positions from all_stage
         missing_index = np.zeros(req_k.shape[0], dtype=bool)
         index_missing_rows: dict[str, int] = {}
         for label in index_labels:
             cand = cands[label]
-            idx, found = self._lookup_index(cols, inv, uidx[keep], cand, label)
+            idx, found = self._lookup_index(table.flagged[label], n_all, uidx[keep], cand, label)
             cand.top_index = idx
             owner = np.repeat(np.arange(req_k.shape[0]), cand.lengths)
             missing_index |= np.bincount(owner[~found], minlength=req_k.shape[0]) > 0
             index_missing_rows[label] = int((~found).sum())
-        del cols
+        n_rows = table.rows
+        del table
 
         n_missing_rd = int((~in_rd).sum())
         n_missing_sq = int((~in_sq).sum())
@@ -547,6 +504,8 @@ class RecFlowReader:
 
         # ---- sequences of the usable requests, stacked in request order
         seq = self._sequences(sd, req_k, where_sq, counts)
+        del sd
+        trim()
         stats["items_per_label"] = {
             lb: {"mean": float(c.stored.mean()), "max": int(c.stored.max(initial=0)),
                  "requests_with_items": int((c.stored > 0).sum()), "kept_mean": float(c.lengths.mean())}
@@ -560,9 +519,10 @@ class RecFlowReader:
 
     # -------------------------------------------------------------- helpers
     @staticmethod
-    def _candidates(entries: list, req: np.ndarray, label: str, limit: int, where: str,
-                    counts: dict[str, int]) -> Candidates:
-        """First ``limit`` rows of ``label`` for every request: one list pass, one concatenate."""
+    def _draft(entries: list, label: str, limit: int) -> "Candidates | None":
+        """First ``limit`` rows of ``label`` for every entry (one list pass, one concatenate),
+        or None when the arrays do not combine into int rows of the 8 columns (then the
+        slow path names the bad entry). Values are not checked here (see :meth:`_checked`)."""
         width = len(S.REQUEST_ID_DICT_COLUMNS)
         empty = np.zeros((0, width), dtype=np.int64)
         try:
@@ -573,35 +533,48 @@ class RecFlowReader:
         except (AttributeError, TypeError, ValueError, IndexError):
             ok = False
         if not ok:
+            return None
+        return Candidates(lengths=np.minimum(stored, limit), stored=stored, rows=rows.astype(np.int64, copy=False))
+
+    @classmethod
+    def _candidates(cls, entries: list, req: np.ndarray, label: str, limit: int, where: str,
+                    counts: dict[str, int]) -> Candidates:
+        """First ``limit`` rows of ``label`` for every request, structure and values checked."""
+        cand = cls._draft(entries, label, limit)
+        if cand is None:
             _locate_bad_candidates(entries, req, label, where)
-        rows = rows.astype(np.int64, copy=False)
-        lengths = np.minimum(stored, limit)
-        owner_ids = np.repeat(req, lengths)
+        return cls._checked(cand, req, label, where, counts)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _checked(cand: Candidates, req: np.ndarray, label: str, where: str, counts: dict[str, int]) -> Candidates:
+        """``cand`` (rows of the requests ``req``) after the id and timestamp checks."""
+        rows = cand.rows
+        owner_ids = np.repeat(req, cand.lengths)
         for name, col in S.REQUEST_ID_DICT_ID_COLUMNS.items():
             _check_range(rows[:, col], where=f"{where}: label {label}", column=name, check="id", id_field=name,
                          id_counts=counts, example_ids=owner_ids)
         _check_range(rows[:, S.REQUEST_ID_DICT_COLUMNS.index("upload_timestamp")], where=f"{where}: label {label}",
                      column="upload_timestamp", check="timestamp_s", id_field=None, id_counts=counts,
                      example_ids=owner_ids)
-        return Candidates(lengths=lengths, stored=stored, rows=rows)
+        return cand
 
     @staticmethod
-    def _lookup_index(cols: dict[str, np.ndarray], inv: np.ndarray, cand_uidx: np.ndarray, cand: Candidates,
-                      label: str) -> tuple[np.ndarray, np.ndarray]:
-        """Stage position of each candidate row: all_stage rows with ``label`` == 1, keyed by
-        (request, video_id); the first such row wins if a pair repeats. Returns (index, found)."""
-        flagged = cols[label] == 1
-        vid_rows = cols["video_id"][flagged]
+    def _lookup_index(flagged: tuple[np.ndarray, np.ndarray, np.ndarray], n_requests: int, cand_uidx: np.ndarray,
+                      cand: Candidates, label: str) -> tuple[np.ndarray, np.ndarray]:
+        """Stage position of each candidate row: all_stage rows with ``label`` == 1 (``flagged``:
+        their request index, video_id and position), keyed by (request, video_id); the first
+        such row wins if a pair repeats. Returns (index, found)."""
+        owner_rows, vid_rows, idx_rows = flagged
         vid_q = cand.rows[:, 0]
         span = int(max(vid_rows.max(initial=0), vid_q.max(initial=0))) + 1
-        if (int(inv.max(initial=0)) + 1) * span >= 2**62:  # pragma: no cover - beyond any real data set
+        if max(n_requests, 1) * span >= 2**62:  # pragma: no cover - beyond any real data set
             raise DataError(f"{label}: too many (request, video) pairs to index")
-        keys = inv[flagged].astype(np.int64) * span + vid_rows
+        keys = owner_rows.astype(np.int64) * span + vid_rows
         o = np.argsort(keys, kind="stable")
         ks = keys[o]
         first = np.ones(ks.shape[0], dtype=bool)
         first[1:] = ks[1:] != ks[:-1]
-        ks, vals = ks[first], cols[S.INDEX_COLUMNS[label]][flagged][o][first]
+        ks, vals = ks[first], idx_rows[o][first]
         q = np.repeat(cand_uidx.astype(np.int64), cand.lengths) * span + vid_q
         pos = np.searchsorted(ks, q)
         pos_c = np.minimum(pos, max(ks.shape[0] - 1, 0))
@@ -611,6 +584,9 @@ class RecFlowReader:
 
     @staticmethod
     def _sequences(sd: dict, req: np.ndarray, where: str, counts: dict[str, int]) -> np.ndarray:
+        """The sequences of ``req`` stacked; ids checked on the valid steps. A column whose
+        whole range (padding included) is already within its vocabulary needs no masking:
+        only a column that fails that test is checked step by step."""
         shape = (fields.SEQ_LEN, len(S.SEQ_COLUMNS))
         try:
             seq = np.stack([sd[r] for r in req.tolist()])
@@ -620,13 +596,24 @@ class RecFlowReader:
         if not ok:
             _locate_bad_sequence(sd, req, where, shape)
         seq = seq.astype(np.int64, copy=False)
-        valid = seq[:, :, S.SEQ_TIME_COLUMN] > 0
-        ids_of = np.repeat(req, valid.sum(axis=1))
-        flat = seq[valid]
+        valid = ids_of = None
         for name, col in S.SEQ_ID_COLUMNS.items():
-            _check_range(flat[:, col], where=where, column=name, check="id", id_field=name, id_counts=counts,
+            column = seq[:, :, col]
+            if column.size == 0 or (int(column.min()) >= 0 and int(column.max()) < counts[name]):
+                continue
+            if valid is None:
+                valid = seq[:, :, S.SEQ_TIME_COLUMN] > 0
+                ids_of = np.repeat(req, valid.sum(axis=1))
+            _check_range(column[valid], where=where, column=name, check="id", id_field=name, id_counts=counts,
                          example_ids=ids_of)
         return seq
+
+
+def _subset(cand: Candidates, kept: np.ndarray) -> Candidates:
+    """The rows of the requests with ``kept`` set (all of them: ``cand`` itself)."""
+    if kept.all():
+        return cand
+    return Candidates(lengths=cand.lengths[kept], stored=cand.stored[kept], rows=cand.rows[np.repeat(kept, cand.lengths)])
 
 
 def _locate_bad_candidates(entries: list, req: np.ndarray, label: str, where: str) -> None:

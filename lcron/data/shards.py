@@ -48,12 +48,13 @@ from lcron.atomic import save_npy, write_json
 from lcron.data import fields
 from lcron.data import schemas as S
 from lcron.data.recflow import DayInputs, RecFlowDay, RecFlowReader, select_days
+from lcron.defaults import PREPROCESS
 from lcron.errors import ConfigError, DataError, OutputExistsError
 from lcron.progress import Progress
 from lcron.settings import Setting, SettingError, get_setting
 
 __all__ = ["FORMAT_VERSION", "ShardSet", "preprocess", "time_features", "build_day_arrays", "shard_dtypes",
-           "smallest_int_dtype", "config_hash"]
+           "smallest_int_dtype", "config_hash", "memory_bound_mb"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,19 @@ _SEQ_ID_COLS = [S.SEQ_COLUMNS.index(f) for f in fields.SEQ_FIELDS]
 # Reference mode: cat1 (column _CAT1 of the id columns) is not shifted; padding slots hold cat1 2.
 _CAT1 = fields.ITEM_ID_FIELDS.index("category_level_one")
 _REFERENCE_CAT1_PADDING = 2
+
+
+#: The documented bound of preprocessing's peak resident memory (docs/scale.md, "Preprocessing
+#: memory"): MEMORY_BOUND_BASE_MB + MEMORY_BOUND_KB_PER_REQUEST x the requests of the largest
+#: day, for days shaped like the synthetic data (about 90 stored candidate rows, 75 all_stage
+#: rows and one 50-step sequence per request). The bench row ``day_prep`` checks it.
+MEMORY_BOUND_BASE_MB = 160
+MEMORY_BOUND_KB_PER_REQUEST = 17
+
+
+def memory_bound_mb(largest_day_requests: int) -> float:
+    """Peak resident MiB that preprocessing stays under (see MEMORY_BOUND_BASE_MB)."""
+    return MEMORY_BOUND_BASE_MB + MEMORY_BOUND_KB_PER_REQUEST * int(largest_day_requests) / 1024
 
 
 def _id_shift(reference_quirks: bool) -> np.ndarray:
@@ -140,16 +154,21 @@ def build_day_arrays(day: RecFlowDay, setting: Setting, id_counts: dict[str, int
     mask = np.zeros((r_count, n), dtype=np.uint8)
     label = np.zeros((r_count, n), dtype=dt["label"])
     req_pos = np.arange(r_count)
+    # Scatter through flat (request * N + slot) positions: one index array per group.
+    items_flat, mask_flat, label_flat = items.reshape(-1, items.shape[2]), mask.reshape(-1), label.reshape(-1)
     for g, group in enumerate(setting.groups):
         cand = day.candidates[group]
         if cand.rows.shape[0] == 0:
             continue
         owner = np.repeat(req_pos, cand.lengths)
         slot = g * gsize + np.arange(cand.rows.shape[0]) - np.repeat(cand.offsets, cand.lengths)
-        feats = np.concatenate([cand.rows[:, _ITEM_ID_COLS] + shift,
-                                time_features(cand.rows[:, _UPLOAD_TS_COL], tz_offset_hours)], axis=1)
-        items[owner, slot] = feats
-        mask[owner, slot] = 1
+        flat = owner * n + slot
+        ids = cand.rows[:, _ITEM_ID_COLS]
+        ids += shift
+        items_flat[flat, :len(_ITEM_ID_COLS)] = ids
+        items_flat[flat, len(_ITEM_ID_COLS):] = time_features(cand.rows[:, _UPLOAD_TS_COL], tz_offset_hours)
+        del ids
+        mask_flat[flat] = 1
         if g == 0:
             idx = cand.top_index
             if idx is None:  # pragma: no cover - the reader always looks the top group up
@@ -160,11 +179,13 @@ def build_day_arrays(day: RecFlowDay, setting: Setting, id_counts: dict[str, int
                     f"{where}: column {setting.top_index_column}: {int(bad.sum())} top-group item(s) with a "
                     f"position outside [0, {setting.top_label_base}) (e.g. {int(idx[bad][0])}, request_id "
                     f"{int(day.request_id[owner[bad][0]])}); labels would not be positive")
-            label[owner, slot] = setting.top_label_base - idx
+            label_flat[flat] = setting.top_label_base - idx
         else:
-            label[owner, slot] = setting.group_labels[group]
+            label_flat[flat] = setting.group_labels[group]
     seq_valid = day.seq[:, :, S.SEQ_TIME_COLUMN] > 0
-    seq = (day.seq[:, :, _SEQ_ID_COLS] + shift) * seq_valid[:, :, None]
+    seq = day.seq[:, :, _SEQ_ID_COLS]  # a copy (fancy index): shifted and masked in place
+    seq += shift
+    seq *= seq_valid[:, :, None]
     return {
         "request_id": day.request_id.astype(np.int64, copy=False),
         "context": time_features(day.request_timestamp // 1000, tz_offset_hours).astype(dt["context"]),
@@ -411,9 +432,14 @@ def _latest_items(older: np.ndarray, newer: np.ndarray) -> np.ndarray:
 
 
 def _day_items(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """One day's candidates reduced to the latest row per video (requests are in time order)."""
-    flat = np.asarray(arrays["items"])[np.asarray(arrays["mask"]).astype(bool)]
-    return _latest_items(flat[:0], flat)
+    """One day's candidates reduced to the latest row per video (requests are in time order),
+    sorted by video id. Only the video column of the filled slots is gathered and sorted; the
+    feature rows are gathered for the distinct videos alone (no copy of every filled slot)."""
+    items = np.asarray(arrays["items"])
+    rows = items.reshape(-1, items.shape[-1])
+    pos = np.flatnonzero(np.asarray(arrays["mask"]).reshape(-1))[::-1]  # latest slot first
+    _, first = np.unique(rows[pos, 0], return_index=True)  # first in reversed order = latest
+    return rows[pos[first]]
 
 
 def _write_item_table(out: Path, shards: ShardSet, fresh: dict[str, np.ndarray]) -> int:
@@ -442,10 +468,38 @@ def _write_item_table(out: Path, shards: ShardSet, fresh: dict[str, np.ndarray])
     return int(table.shape[0])
 
 
-def _build_day(reader: RecFlowReader, inputs: DayInputs, st: Setting, counts: dict[str, int],
-               tz_offset_hours: int, reference_quirks: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Validate and convert one fetched day; returns its arrays and manifest (less fingerprints)."""
-    day = inputs.day
+def _may_skip(day_dir: Path, redo: bool) -> bool:
+    """Whether ``day_dir`` could be up to date (then its fingerprint decides before any work)."""
+    return not redo and (day_dir / "manifest.json").is_file()
+
+
+def _day_input_bytes(reader: RecFlowReader, day: str) -> int:
+    """Total size of ``day``'s three files (0 when one is missing: its read reports that)."""
+    try:
+        return sum(reader.source.size(rel) for rel in reader.day_files(day).values())
+    except DataError:
+        return 0
+
+
+def _overlap_next(reader: RecFlowReader, day: str, budget_bytes: int) -> bool:
+    """Read ``day`` ahead while the current day is parsed? Only when its files total at most
+    ``budget_bytes``: small days keep the overlap (throughput), a big day is read only after
+    the previous one is parsed, so two big days are never in memory at once."""
+    return _day_input_bytes(reader, day) <= budget_bytes
+
+
+def _done(value: Any) -> Future:
+    """A Future already holding ``value``."""
+    f: Future = Future()
+    f.set_result(value)
+    return f
+
+
+def _build_day(reader: RecFlowReader, day: str, inputs: "DayInputs | Future[DayInputs]", st: Setting,
+               counts: dict[str, int], tz_offset_hours: int,
+               reference_quirks: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Validate and convert one day (``inputs``: its all_stage read, maybe still running);
+    returns its arrays and manifest (less fingerprints)."""
     rd = reader.read_day(day, labels=st.groups, index_labels=(st.top_group,), limit=st.group_size,
                          check_all_columns=False, inputs=inputs)
     arrays = build_day_arrays(rd, st, counts, tz_offset_hours,
@@ -481,10 +535,25 @@ def _write_day(day_dir: Path, arrays: dict[str, np.ndarray], manifest: dict[str,
     write_json(day_dir / "manifest.json", manifest)
 
 
+def _write_and_reduce(day_dir: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> np.ndarray:
+    """:func:`_write_day`, then the day's item reduction (both in the writer thread, off the
+    parsing thread's path)."""
+    _write_day(day_dir, arrays, manifest)
+    return _day_items(arrays)
+
+
+def _keep_items(fresh: dict[str, np.ndarray], day: str, written: Future, budget_bytes: int) -> None:
+    """Wait for ``day``'s write; keep its item reduction for the item table while all kept
+    reductions stay within ``budget_bytes`` (otherwise the table reads that day back)."""
+    items = written.result()
+    if sum(a.nbytes for a in fresh.values()) + items.nbytes <= budget_bytes:
+        fresh[day] = items
+
+
 def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Setting | Path" = "two_stage",
                days: str | None = None, *, tz_offset_hours: int = 8, max_missing_fraction: float = 0.01,
                overwrite: bool = False, progress: bool = True, max_no_gt_fraction: float = 0.5,
-               reference_quirks: bool = False) -> ShardSet:
+               reference_quirks: bool = False, prefetch_budget_mb: int = PREPROCESS.prefetch_budget_mb) -> ShardSet:
     """Turn the RecFlow ``days`` of ``source`` (folder or ``gs://``) into a shard set at ``out``.
 
     ``setting``: a Setting, a built-in name, 2/3 (stages) or a setting file. ``days``:
@@ -492,7 +561,12 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
     same inputs and configuration are skipped; ``out`` holding another configuration is an
     OutputExistsError unless ``overwrite`` (which rebuilds everything). ``reference_quirks``:
     the published experiments' feature conventions (module docstring), recorded in dataset.json.
+    ``prefetch_budget_mb``: the next day is read ahead while a day is parsed only when its
+    files total at most this many MiB (and the per-day item reductions are kept in memory up
+    to this size), so a big day never has another one next to it in memory.
     """
+    if not isinstance(prefetch_budget_mb, int) or isinstance(prefetch_budget_mb, bool) or prefetch_budget_mb < 0:
+        raise ConfigError(f"prefetch_budget_mb must be an integer >= 0, got {prefetch_budget_mb!r}")
     try:
         st = get_setting(setting)
     except SettingError as exc:
@@ -515,44 +589,70 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
         outputs.begin(out, SHARDS_KIND, outputs.current_command(_complete_command(out, dataset, days)))
         dataset["days"] = _complete_days(out)
         write_json(out / "dataset.json", dataset)
-        # Two helper threads overlap the GIL-free parts with the parsing of day d: one reads,
-        # hashes and decompresses the files of day d + 1 (file reads, sha256 and Arrow release
-        # the GIL), one writes day d - 1 (np.save and fsync too). Memory stays bounded by
-        # about two days.
+        # Helper threads overlap the GIL-free parts with the parsing of day d: the
+        # fingerprint (sha256) and the column-by-column all_stage read of day d run while
+        # the main thread unpickles its request_id_dict; the writer saves day d - 1 (np.save
+        # and fsync). Only small days (_overlap_next) are read ahead and parsed while the
+        # previous day is still being written, so at most one big day is in memory; the
+        # memory bound is in docs/scale.md ("Preprocessing memory").
+        budget = int(prefetch_budget_mb) * 2**20
         with Progress(len(chosen), f"preprocess {st.name}", unit="day", enabled=progress) as bar, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="lcron-prefetch") as prefetch, \
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="lcron-prefetch") as helpers, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="lcron-shard-writer") as writer:
-            def fetch(day: str) -> tuple[dict, DayInputs | None]:
-                fp = reader.fingerprint_day(day, keep_bytes=True)
-                if not redo and _up_to_date(out / "days" / day, fp, chash):
-                    reader.release_day(day)
-                    return fp, None
-                return fp, reader.fetch_day(day, index_labels=(st.top_group,), check_all_columns=False)
+            def fetch(day: str) -> DayInputs:
+                return reader.fetch_day(day, index_labels=(st.top_group,), check_all_columns=False)
 
-            pending: Future | None = None
+            def checked_fetch(day: str) -> tuple[dict, DayInputs | None]:
+                """Fingerprint, then the all_stage read unless the day is up to date."""
+                fp = reader.fingerprint_day(day)
+                if _may_skip(out / "days" / day, redo) and _up_to_date(out / "days" / day, fp, chash):
+                    return fp, None
+                return fp, fetch(day)
+
+            pending: tuple[str, Future] | None = None
             fresh_items: dict[str, np.ndarray] = {}
-            fetched = prefetch.submit(fetch, chosen[0])
+            ahead: Future | None = None  # checked_fetch of the current day, when read ahead
             for i, day in enumerate(chosen):
                 day_dir = out / "days" / day
-                fp, inputs = fetched.result()
-                if i + 1 < len(chosen):
-                    fetched = prefetch.submit(fetch, chosen[i + 1])
+                fp_f: "Future[dict]"
+                inputs: "Future[DayInputs]"
+                if ahead is not None:
+                    fp, fetched = ahead.result()
+                    if fetched is None:
+                        inputs = None  # type: ignore[assignment]
+                    else:
+                        fp_f, inputs = _done(fp), _done(fetched)
+                elif _may_skip(day_dir, redo):
+                    fp = reader.fingerprint_day(day)
+                    if _up_to_date(day_dir, fp, chash):
+                        inputs = None  # type: ignore[assignment]
+                    else:
+                        fp_f, inputs = _done(fp), helpers.submit(fetch, day)
+                else:  # nothing to skip: the fingerprint is only needed for the manifest
+                    fp_f, inputs = helpers.submit(reader.fingerprint_day, day), helpers.submit(fetch, day)
+                ahead = None
+                if i + 1 < len(chosen) and _overlap_next(reader, chosen[i + 1], budget):
+                    ahead = helpers.submit(checked_fetch, chosen[i + 1])
                 if inputs is None:
                     log.info("day %s: up to date, skipped", day)
                     bar.update(1, postfix=f"{day} skipped")
                     continue
+                if pending is not None and not _overlap_next(reader, day, budget):
+                    # A big day is parsed only after the previous day's arrays are written
+                    # (its all_stage read has started meanwhile): one big day in memory.
+                    _keep_items(fresh_items, *pending, budget)
+                    pending = None
                 (day_dir / "manifest.json").unlink(missing_ok=True)
-                arrays, manifest = _build_day(reader, inputs, st, counts, tz_offset_hours, bool(reference_quirks))
+                arrays, manifest = _build_day(reader, day, inputs, st, counts, tz_offset_hours, bool(reference_quirks))
                 del inputs
-                manifest.update(source_fingerprint=fp, config_hash=chash)
+                manifest.update(source_fingerprint=fp_f.result(), config_hash=chash)
                 if pending is not None:
-                    pending.result()
-                pending = writer.submit(_write_day, day_dir, arrays, manifest)
-                fresh_items[day] = _day_items(arrays)
+                    _keep_items(fresh_items, *pending, budget)
+                pending = (day, writer.submit(_write_and_reduce, day_dir, arrays, manifest))
                 bar.update(1, postfix=f"{day}: {manifest['requests']} requests")
                 del arrays
             if pending is not None:
-                pending.result()
+                _keep_items(fresh_items, *pending, budget)
         dataset["days"] = _complete_days(out)
         write_json(out / "dataset.json", dataset)
     shards = ShardSet(out, require_complete=False)

@@ -19,13 +19,15 @@ S3 fingerprints are size + ETag from the object listing (no download needed).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
 import tempfile
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lcron.errors import DataError
 
@@ -64,6 +66,12 @@ class Source(ABC):
     @abstractmethod
     def list_names(self, folder: str) -> list[str]:
         """Base names of the files directly in ``folder``."""
+
+    def open_binary(self, rel: str) -> BinaryIO:
+        """A binary stream of ``rel``'s content (a buffered file; remote objects are
+        downloaded to the cache first, :meth:`release` drops them). Pickles are unpickled
+        from it, so their bytes are never held whole next to the objects."""
+        return open(self.local_path(rel), "rb")
 
     def describe(self, rel: str) -> str:
         """The full location of ``rel`` for messages."""
@@ -122,6 +130,10 @@ class LocalSource(Source):
     def local_path(self, rel: str) -> Path:
         return self._require(rel)
 
+    def open_binary(self, rel: str) -> BinaryIO:
+        kept = self._kept.pop(rel, None)
+        return io.BytesIO(kept) if kept is not None else open(self._require(rel), "rb")
+
     def fingerprint(self, rel: str, *, keep: bool = False) -> dict[str, Any]:
         p = self._require(rel)
         if keep:
@@ -166,7 +178,15 @@ class GCSSource(Source):
         self.bucket_name, self.prefix = m.group(1), m.group(2).strip("/")
         self._blobs: dict[str, Any] = {}
         self._cache_dir: Path | None = None
+        self._cache_lock = threading.Lock()
         self._cached: dict[str, Path] = {}
+
+    def _cache_folder(self, prefix: str) -> Path:
+        """The download cache, made once (preprocessing downloads from two threads)."""
+        with self._cache_lock:
+            if self._cache_dir is None:
+                self._cache_dir = Path(tempfile.mkdtemp(prefix=prefix))
+            return self._cache_dir
 
     def _name(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
@@ -201,9 +221,7 @@ class GCSSource(Source):
         if rel in self._cached:
             return self._cached[rel]
         blob = self._blob(rel)
-        if self._cache_dir is None:
-            self._cache_dir = Path(tempfile.mkdtemp(prefix="lcron-gcs-"))
-        dest = self._cache_dir / rel
+        dest = self._cache_folder("lcron-gcs-") / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             blob.download_to_filename(str(dest))
@@ -312,9 +330,7 @@ class S3Source(GCSSource):
         if rel in self._cached:
             return self._cached[rel]
         self._blob(rel)
-        if self._cache_dir is None:
-            self._cache_dir = Path(tempfile.mkdtemp(prefix="lcron-s3-"))
-        dest = self._cache_dir / rel
+        dest = self._cache_folder("lcron-s3-") / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._client.download_file(self.bucket_name, self._name(rel), str(dest))

@@ -1,0 +1,305 @@
+"""One day's ``all_stage`` Feather file, read column by column into what the reader keeps.
+
+Why column by column: a real RecFlow day has ~200 all_stage rows per request (tens of
+millions of rows); the ten int64 columns preprocessing uses would be 80 bytes a row, 4 GB
+for a 250,000-request day. What the reader needs from them is small: each request's first
+row of the user columns, and for each index label the (request, video, position) of the
+rows flagged 1 (about ten a request). So each column is read batch by batch into one int64
+array, value-checked, reduced and dropped before the next one is read; at most
+``request_id``, ``video_id``, one flag mask per index label and the current column are
+alive per row.
+
+The checks and their precedence are those of reading the whole table first: every null
+error comes before any value error (columns in schema order), and a user column that is not
+constant within a request is reported after all value checks (in ``REQUEST_COLUMNS`` order).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lcron.data import schemas as S
+from lcron.errors import DataError
+from lcron.memtrim import trim
+
+__all__ = ["AllStageDay", "read_all_stage", "check_range", "group_requests", "check_schema"]
+
+
+@dataclass
+class AllStageDay:
+    """What the reader keeps of one all_stage file (a few dozen bytes per request)."""
+
+    rows: int
+    request_id: np.ndarray  # [U] int64 distinct request ids (group_requests order)
+    first: np.ndarray  # [U] int64 first row of each request
+    request_columns: dict[str, np.ndarray]  # REQUEST_COLUMNS[1:] read, at each request's first row
+    # label -> (request index [F], video_id [F], stage position [F]) of the rows flagged 1 (row order)
+    flagged: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def num_requests(self) -> int:
+        return int(self.request_id.shape[0])
+
+
+def check_range(values: np.ndarray, *, where: str, column: str, check: str, id_field: str | None,
+                id_counts: dict[str, int], example_ids: np.ndarray | None = None) -> None:
+    """Vectorised value check of one integer column (see schemas: id/flag/index/timestamp)."""
+    if values.size == 0 or check in ("integer", "any"):
+        return
+    lo, hi = int(values.min()), int(values.max())
+    if check == "id":
+        count = id_counts[id_field]  # type: ignore[index]
+        bad_mask = None
+        if lo < 0:
+            bad_mask = values < 0
+            what = f"{int(bad_mask.sum())} negative value(s) (min {lo}); ids must be >= 0"
+        elif hi >= count:
+            bad_mask = values >= count
+            what = (f"{int(bad_mask.sum())} value(s) >= id_cnt[{id_field!r}] = {count} (max {hi}); "
+                    f"ids must be in [0, {count})")
+        if bad_mask is not None:
+            raise DataError(f"{where}: column {column}: {what}{_example(bad_mask, example_ids)}")
+    elif check == "flag":
+        if lo < 0 or hi > 1:
+            bad = (values != 0) & (values != 1)
+            raise DataError(f"{where}: column {column}: {int(bad.sum())} value(s) other than 0/1 "
+                            f"(min {lo}, max {hi}){_example(bad, example_ids)}")
+    elif check in ("index", "timestamp_ms", "timestamp_s"):
+        if lo < 0:
+            bad = values < 0
+            raise DataError(f"{where}: column {column}: {int(bad.sum())} negative value(s) (min {lo}); "
+                            f"expected >= 0{_example(bad, example_ids)}")
+    else:  # pragma: no cover - schema and code out of sync
+        raise AssertionError(f"unknown check {check!r}")
+
+
+def _example(bad: np.ndarray, example_ids: np.ndarray | None) -> str:
+    """", e.g. request_id X" for the first bad value (``example_ids`` aligned with the values)."""
+    if example_ids is None or not bad.any():
+        return ""
+    return f", e.g. request_id {int(example_ids[np.argmax(bad)])}"
+
+
+@dataclass
+class _Groups:
+    """Requests of the rows: ids, first rows, and either run starts/lengths (rows of a
+    request contiguous, as RecFlow stores them) or the full row -> request inverse."""
+
+    ids: np.ndarray
+    first: np.ndarray
+    lengths: np.ndarray | None
+    inverse: np.ndarray | None
+
+    def of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Request index of each of ``rows`` (row numbers, ascending)."""
+        if self.inverse is not None:
+            return self.inverse[rows]
+        return np.searchsorted(self.first, rows, side="right").astype(np.int64) - 1
+
+    def broadcast(self, per_request: np.ndarray) -> np.ndarray:
+        """``per_request`` repeated onto the rows."""
+        if self.inverse is not None:
+            return per_request[self.inverse]
+        return np.repeat(per_request, self.lengths)
+
+
+def group_requests(rid: np.ndarray) -> _Groups:
+    """Requests in first-appearance order when RecFlow's rows of a request are contiguous
+    (then only the run starts need checking for uniqueness); otherwise ``np.unique``'s
+    sorted ids, first rows and inverse."""
+    starts = np.flatnonzero(np.concatenate([[True], rid[1:] != rid[:-1]]))
+    run_ids = rid[starts]
+    if np.unique(run_ids).shape[0] == run_ids.shape[0]:
+        return _Groups(run_ids, starts, np.diff(np.append(starts, rid.shape[0])), None)
+    uniq, first, inv = np.unique(rid, return_index=True, return_inverse=True)
+    return _Groups(uniq, first, None, inv.reshape(-1))
+
+
+def _not_constant(values: np.ndarray, groups: _Groups, rid: np.ndarray, where: str, name: str) -> str | None:
+    """The error message when ``values`` differ within a request, else None.
+
+    Contiguous requests: a value changes inside a run iff some row differs from the row
+    before it where that row is not a run start (one bool per row, no per-row int64 copy);
+    the exact count of disagreeing rows is computed only when there is one."""
+    if groups.inverse is None and values.shape[0] > 1:
+        change = values[1:] != values[:-1]
+        at_starts = int(change[groups.first[1:] - 1].sum())
+        if int(change.sum()) == at_starts:
+            return None
+    bad = values != groups.broadcast(values[groups.first])
+    if not bad.any():
+        return None
+    r = int(rid[np.argmax(bad)])
+    return (f"{where}: column {name} is not constant within request_id {r} "
+            f"({int(bad.sum())} row(s) disagree with the request's first row)")
+
+
+def check_schema(schema: Any, where: str, warned_extra: set[str]) -> None:
+    """Required columns present with integer types; extra columns warned about once."""
+    import pyarrow as pa
+
+    from lcron.data.recflow import RecFlowWarning
+
+    names = set(schema.names)
+    required = S.all_stage_columns(required_only=True)
+    missing = [c["name"] for c in required if c["name"] not in names]
+    if missing:
+        raise DataError(f"{where}: required column(s) missing: {', '.join(missing)}")
+    known = {c["name"] for c in S.ALL_STAGE_COLUMNS}
+    extra = sorted(names - known - warned_extra)
+    if extra:
+        warned_extra.update(extra)
+        warnings.warn(f"{where}: ignoring extra column(s) {', '.join(extra)}", RecFlowWarning, stacklevel=5)
+    for c in required:
+        t = schema.field(c["name"]).type
+        if not pa.types.is_integer(t):
+            raise DataError(f"{where}: column {c['name']} has type {t}; expected an integer type")
+
+
+class _ColumnReader:
+    """One Feather file opened once; each column read on its own into an int64 array."""
+
+    def __init__(self, path: Path, where: str) -> None:
+        import pyarrow as pa
+        import pyarrow.ipc
+
+        self.where = where
+        try:
+            # A plain file, not a memory map: the mapped (compressed) pages would count in
+            # the resident memory for as long as any array read from them is alive.
+            self.file = pa.OSFile(str(path), "r")
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{where}: cannot open ({exc})") from None
+        try:
+            self.schema = pa.ipc.open_file(self.file).schema
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            self.file.close()
+            raise DataError(f"{where}: not a readable Feather v2 (Arrow IPC) file ({exc})") from None
+
+    def read(self, spec: dict[str, Any], rows: int | None) -> np.ndarray:
+        """Column ``spec`` as int64 (nulls: an error, or -1 where ``null_allowed_elsewhere``)."""
+        import pyarrow as pa
+        import pyarrow.ipc
+
+        name = spec["name"]
+        parts: list[np.ndarray] = []
+        nulls = 0
+        try:
+            options = pa.ipc.IpcReadOptions(included_fields=[self.schema.get_field_index(name)])
+            reader = pa.ipc.open_file(self.file, options=options)
+            out = np.empty(rows, dtype=np.int64) if rows is not None else None
+            pos = 0
+            for i in range(reader.num_record_batches):
+                chunk = reader.get_batch(i).column(0)
+                if chunk.null_count:
+                    nulls += chunk.null_count
+                    if not spec.get("null_allowed_elsewhere"):
+                        continue
+                    chunk = chunk.fill_null(-1)
+                data = np.frombuffer(chunk.buffers()[1], dtype=np.dtype(str(chunk.type)))
+                data = data[chunk.offset: chunk.offset + len(chunk)]
+                if out is None:
+                    parts.append(data.astype(np.int64))
+                else:
+                    np.copyto(out[pos: pos + data.shape[0]], data, casting="unsafe")
+                pos += data.shape[0]
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise DataError(f"{self.where}: cannot read Feather columns ({exc}); is the file truncated?") from None
+        if nulls and not spec.get("null_allowed_elsewhere"):
+            raise DataError(f"{self.where}: column {name} has {nulls} null/NaN value(s); "
+                            "expected integers everywhere")
+        if out is None:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        if pos != rows:  # pragma: no cover - Arrow guarantees equal column lengths
+            raise DataError(f"{self.where}: column {name} has {pos} rows, expected {rows}")
+        return out
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_all_stage(path: Path, where: str, read: set[str], index_labels: tuple[str, ...],
+                   id_counts: dict[str, int], warned_extra: set[str]) -> AllStageDay:
+    """Read, check and reduce the ``read`` columns of one all_stage file (module docstring).
+
+    ``index_labels``: the labels whose flagged rows' (request, video_id, position) are kept;
+    their flag and index columns and video_id must be in ``read``.
+    """
+    cr = _ColumnReader(path, where)
+    try:
+        check_schema(cr.schema, where, warned_extra)
+        return _reduce(cr, read, index_labels, id_counts)
+    finally:
+        cr.close()
+        trim()  # this thread's freed columns back to the system before the pickles are parsed
+
+
+def _reduce(cr: _ColumnReader, read: set[str], index_labels: tuple[str, ...],
+            id_counts: dict[str, int]) -> AllStageDay:
+    where = cr.where
+    specs = [c for c in S.all_stage_columns(required_only=True) if c["name"] in read]
+    # Flags whose index column is read: their masks are kept until that column is checked.
+    masked_flags = {flag for flag, col in S.INDEX_COLUMNS.items() if col in read and flag in read}
+    index_of = {S.INDEX_COLUMNS[lb]: lb for lb in index_labels}
+    rows: int | None = None
+    rid = video = None
+    groups: _Groups | None = None
+    masks: dict[str, np.ndarray] = {}
+    request_columns: dict[str, np.ndarray] = {}
+    flagged: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    not_constant: dict[str, str] = {}
+    value_error: DataError | None = None
+    for c in specs:
+        name = c["name"]
+        values = cr.read(c, rows)
+        if rows is None:
+            rows = int(values.shape[0])
+            if rows == 0:
+                raise DataError(f"{where}: file has no rows")
+        if value_error is not None:
+            continue  # only null errors (raised by read) can still come before it
+        if name == "request_id":
+            rid, groups = values, group_requests(values)
+        try:
+            if "checked_where" in c:  # index columns: only where the stage flag is 1
+                flag_col = c["checked_where"].split(" ")[0]
+                if flag_col in masks:
+                    m = masks[flag_col]
+                    check_range(values[m], where=where, column=f"{name} (where {c['checked_where']})",
+                                check=c["check"], id_field=c.get("id_field"), id_counts=id_counts,
+                                example_ids=rid[m])
+            else:
+                check_range(values, where=where, column=name, check=c["check"], id_field=c.get("id_field"),
+                            id_counts=id_counts, example_ids=rid)
+        except DataError as exc:
+            value_error = exc
+            continue
+        assert rid is not None and groups is not None  # request_id is the first column
+        if name in S.REQUEST_COLUMNS[1:]:
+            msg = _not_constant(values, groups, rid, where, name)
+            if msg is not None:
+                not_constant[name] = msg
+            request_columns[name] = values[groups.first]
+        if name == "video_id" and index_labels:
+            video = values
+        if name in masked_flags:
+            masks[name] = values == 1
+        if name in index_of:
+            lb = index_of[name]
+            m = masks[lb]
+            rows_flagged = np.flatnonzero(m)
+            flagged[lb] = (groups.of_rows(rows_flagged), video[rows_flagged], values[rows_flagged])  # type: ignore[index]
+        del values
+    if value_error is not None:
+        raise value_error
+    for name in S.REQUEST_COLUMNS[1:]:
+        if name in not_constant:
+            raise DataError(not_constant[name])
+    assert groups is not None and rows is not None
+    return AllStageDay(rows=rows, request_id=groups.ids, first=groups.first.astype(np.int64, copy=False),
+                       request_columns=request_columns, flagged=flagged)
