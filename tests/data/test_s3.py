@@ -3,14 +3,14 @@ the same shards as the local copy, validate and a clear message for each user mi
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from lcron.data import fields
 from lcron.data.shards import preprocess
 from lcron.data.source import S3Source, open_source
 from lcron.data.validate import validate
 from lcron.errors import DataError
+
+from .shard_checks import assert_same_shards
 
 BUCKET = "recflow-s3"
 
@@ -54,11 +54,8 @@ def test_s3_gives_identical_shards(s3_server, handmade, tmp_path):
     uri = _upload(local, "identical")
     s_local = preprocess(local, tmp_path / "local", 2, progress=False)
     s_s3 = preprocess(uri, tmp_path / "s3", 2, progress=False)
-    assert s_s3.days == s_local.days == ["2024-01-15", "2024-01-16"]
-    for day in s_local.days:
-        a, b = s_local.load_day(day), s_s3.load_day(day)
-        for name in fields.SHARD_ARRAYS:
-            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert s_local.days == ["2024-01-15", "2024-01-16"]
+    assert_same_shards(s_local, s_s3)
     fp = s_s3.manifest("2024-01-15")["source_fingerprint"]["request_id_dict/2024-01-15.pkl"]
     assert set(fp) == {"size", "etag"} and len(fp["etag"]) == 32
     assert s_s3.source == uri
@@ -128,7 +125,4 @@ def test_pipeline_ingest_and_preprocess_from_s3_match_the_local_copy(s3_server, 
     assert staged.fingerprint == fp
     s_local = preprocess(local, tmp_path / "local", 2, progress=False)
     s_staged = preprocess(tmp_path / "staged", tmp_path / "from-s3", 2, progress=False)
-    for day in s_local.days:
-        a, b = s_local.load_day(day), s_staged.load_day(day)
-        for name in fields.SHARD_ARRAYS:
-            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert_same_shards(s_local, s_staged)
