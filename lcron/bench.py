@@ -669,8 +669,8 @@ def bench_preprocess_day(ctx: BenchContext) -> list[dict[str, Any]]:
     size = DAY_SIZES[ctx.mode]
     root, marker = ctx.data_dir / f"{ctx.mode}-day", ctx.data_dir / f"{ctx.mode}-day.json"
     fresh = not (root.is_dir() and marker.is_file() and json.loads(marker.read_text()) == size)
-    need, have = generator_memory_mb(size["requests_per_day"]), available_memory_mb()
-    if fresh and have is not None and need > have:
+    need, have = generator_memory_mb(size["requests_per_day"]), available_memory_mb() if fresh else None
+    if have is not None and need > have:
         # The generator holds a whole day in memory: rather no row than a machine out of memory.
         reason = (f"generating a {size['requests_per_day']:,}-request day needs about {need:,.0f} MiB "
                   f"(the synthetic generator holds a whole day), {have:,.0f} MiB available; put a day of "

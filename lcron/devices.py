@@ -42,7 +42,11 @@ DEVICE_DEFAULTS: dict[str, DeviceDefaults] = {
 }
 
 
+def device_defaults(device: "torch.device | str") -> DeviceDefaults:
+    """The defaults of ``device``'s kind; kinds without an entry (e.g. ``mps``) get the CPU's."""
+    return DEVICE_DEFAULTS.get(torch.device(device).type, DEVICE_DEFAULTS["cpu"])
+
+
 def default_compile(device: "torch.device | str") -> bool:
-    """Whether models torch.compile DIN's attention core on ``device`` unless told otherwise
-    (device kinds without an entry, e.g. ``mps``, get the CPU defaults)."""
-    return DEVICE_DEFAULTS.get(torch.device(device).type, DEVICE_DEFAULTS["cpu"]).compile
+    """Whether models torch.compile DIN's attention core on ``device`` unless told otherwise."""
+    return device_defaults(device).compile

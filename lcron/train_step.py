@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .batches import TARGET_ARRAYS, batch_slices
 from .data.fields import MODEL_INPUTS
-from .devices import DEVICE_DEFAULTS, DeviceDefaults
+from .devices import DEVICE_DEFAULTS, DeviceDefaults, device_defaults
 from .errors import ConfigError
 
 __all__ = ["DeviceDefaults", "DEVICE_DEFAULTS", "StepPlan", "plan_step", "adam_options", "TrainStep", "LossLog",
@@ -73,7 +73,7 @@ def plan_step(device: torch.device | str, *, compile: bool | None = None, cuda_g
     need a CUDA device: asking for them elsewhere is a ConfigError, not a silent no-op.
     """
     device = torch.device(device)
-    base = DEVICE_DEFAULTS.get(device.type, DEVICE_DEFAULTS["cpu"])
+    base = device_defaults(device)
     if device.type != "cuda":
         if cuda_graph:
             raise ConfigError(f"CUDA graphs need a CUDA device; this run is on {device} (drop --cuda-graph)")
@@ -231,9 +231,7 @@ class DeviceDay:
 
     def check_ids(self, embedding: Any) -> None:
         """The id range check of ``embedding`` (a FeatureEmbedding) on the whole day, once."""
-        for name in ("context", "user", "seq", "items"):
-            if name in self.arrays:
-                embedding.check_ids(name, self.arrays[name])
+        embedding.check_day(self.arrays)
 
     def batches(self, order: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[dict[str, Tensor]]:
         rows_all = torch.as_tensor(np.asarray(order, dtype=np.int64)).to(self.device)

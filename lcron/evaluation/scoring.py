@@ -80,7 +80,9 @@ def score_arrays(cascade: Any, arrays: Mapping[str, np.ndarray], *, batch_size: 
     first = models[0]
     dedup = items is not None and _two_tower(first)
     parts: list[list[Any]] = [[] for _ in models]
-    _check_day_ids(embedding_tables(cascade), arrays)
+    tables = embedding_tables(cascade)
+    if tables:  # every stage model has the same tables: the day's ids are checked once, not per model and batch
+        tables[0].check_day(arrays)
     with torch.inference_mode(), ids_prechecked():
         if dedup:
             vectors = torch.cat([
@@ -103,18 +105,6 @@ def score_arrays(cascade: Any, arrays: Mapping[str, np.ndarray], *, batch_size: 
                 bar.update(stop - start)
         # Scores stay on the device until here: one copy to the host per stage, no per-batch sync.
         return [torch.cat(p).cpu().numpy() for p in parts]
-
-
-def _check_day_ids(tables: list[Any], arrays: Mapping[str, np.ndarray]) -> None:
-    """The embeddings' id range check on the whole day, once, instead of once per model and
-    batch (every stage model has the same tables; the trainer does the same per day)."""
-    import torch
-
-    if not tables:
-        return
-    for name in ("context", "user", "seq", "items"):
-        if name in arrays:
-            tables[0].check_ids(name, torch.from_numpy(np.ascontiguousarray(arrays[name])))
 
 
 def even_batch_size(rows: int, batch_size: int) -> int:

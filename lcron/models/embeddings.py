@@ -34,6 +34,7 @@ import contextlib
 import contextvars
 from typing import Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -193,6 +194,15 @@ class FeatureEmbedding(nn.Module):
             self.check_ids(name, ids)
         # Integer type promotion makes the sum int64 whatever the input width (uint8 included).
         return ids + getattr(self, f"_{name}_offsets")
+
+    def check_day(self, arrays: "Mapping[str, Tensor | np.ndarray]") -> None:
+        """:meth:`check_ids` of every model input in ``arrays`` (tensors or numpy arrays, e.g. a
+        whole shard day), once: callers that check a day up front then look ids up under
+        :func:`ids_prechecked` (the trainer per training day, the evaluation per test day)."""
+        for name in _LAYOUT:
+            if name in arrays:
+                ids = arrays[name]
+                self.check_ids(name, ids if isinstance(ids, Tensor) else torch.from_numpy(np.ascontiguousarray(ids)))
 
     def check_ids(self, name: str, ids: Tensor) -> None:
         """DataError unless ``ids`` (any leading shape) is an integer array of input ``name`` within its tables."""
