@@ -25,13 +25,14 @@ def evaluate(
     metrics: Output[Metrics],
     reference_quirks: bool = False,
 ):
-    """Evaluate the run in ``model`` on ``shards``; ``days`` "" = the shard set's last day."""
+    """Evaluate the run in ``model`` on ``shards``; ``days`` "" = the shard set's last day,
+    ``batch_size`` 0 = the device's default."""
     import math
 
     from lcron.evaluate import evaluate as run_evaluation
 
     result = run_evaluation(model.path, shards.path, evaluation.path, days=days or None, streaming=streaming,
-                            batch_size=batch_size, device=device, compile=compile, tie_seed=tie_seed,
+                            batch_size=batch_size or None, device=device, compile=compile, tie_seed=tie_seed,
                             overwrite=True, reference_quirks=reference_quirks)
     for key, entry in result["metrics"].items():
         mean = entry.get("mean")

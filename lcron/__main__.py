@@ -1,7 +1,5 @@
 """``python -m lcron``: the same command line as the ``lcron`` console script."""
 
-import sys
+from lcron.cli import console_main
 
-from lcron.cli import main
-
-sys.exit(main())
+console_main()

@@ -29,6 +29,8 @@ class DeviceDefaults:
     cuda_graph: bool       # capture the step as one CUDA graph
     tf32: bool             # TF32 tensor-core matmuls for float32
     device_resident: bool  # the training day's arrays live on the device
+    eval_batch_size: int = 4096           # requests per inference batch of ``lcron evaluate``
+    eval_compile_from: int | None = None  # request-seeds from which an evaluation compiles (None: never)
 
 
 #: Chosen from measurements (docs/benchmarks.md, "GPU"): on CPU the compiled attention core
@@ -36,8 +38,17 @@ class DeviceDefaults:
 #: batch 1024 and cost no compile time. TF32 stays off on CUDA: the fidelity checks on the
 #: GPU (bench/gpu_check.py) put float32 within the reference cases' tolerance and TF32 not
 #: reliably, and the step is launch-bound, so TF32 buys no measurable speed.
+#:
+#: Evaluation (forward only) on CPU: eager DIN runs its attention core in cache-sized blocks
+#: (lcron.models.fused.blocked_attention_pool), at 512 requests per batch, until an evaluation
+#: is big enough to pay for compiling. Measured on the 2-core machine, 2026-11-30, a two-stage
+#: LCRON run on a 6,000-request day: compiled scoring is ~27 us per request and seed faster
+#: (65 against 92 us at batch 512), but a compiling process pays ~4.5 s more (importing
+#: torch's compiler, loading the graph): break-even near 170,000 request-seeds. Numbers of the
+#: two paths agree to float rounding (docs/benchmarks.md, "Evaluation start-up").
 DEVICE_DEFAULTS: dict[str, DeviceDefaults] = {
-    "cpu": DeviceDefaults(compile=True, cuda_graph=False, tf32=False, device_resident=False),
+    "cpu": DeviceDefaults(compile=True, cuda_graph=False, tf32=False, device_resident=False,
+                          eval_batch_size=512, eval_compile_from=170_000),
     "cuda": DeviceDefaults(compile=False, cuda_graph=True, tf32=False, device_resident=True),
 }
 
@@ -50,3 +61,17 @@ def device_defaults(device: "torch.device | str") -> DeviceDefaults:
 def default_compile(device: "torch.device | str") -> bool:
     """Whether models torch.compile DIN's attention core on ``device`` unless told otherwise."""
     return device_defaults(device).compile
+
+
+def default_eval_batch_size(device: "torch.device | str") -> int:
+    """Requests per inference batch of an evaluation on ``device`` unless told otherwise."""
+    return device_defaults(device).eval_batch_size
+
+
+def default_eval_compile(device: "torch.device | str", request_seeds: int) -> bool:
+    """Whether an evaluation scoring ``request_seeds`` (requests x seeds) compiles DIN on ``device``.
+
+    Compiling costs a fixed start-up (the compiler's import, the graph) and saves a little
+    per request, so it pays only for big evaluations; see :data:`DEVICE_DEFAULTS`."""
+    threshold = device_defaults(device).eval_compile_from
+    return threshold is not None and request_seeds >= threshold

@@ -95,7 +95,7 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         compile: bool = compile_default,
         eval_days: str = "",
         streaming: bool = False,
-        eval_batch_size: int = 4096,
+        eval_batch_size: int = 0,  # 0: the device's default (lcron.devices.DEVICE_DEFAULTS)
         tie_seed: int = 0,
         serving_eval: bool = False,
         serving_k1: list = [100, 500, 1000],  # noqa: B006

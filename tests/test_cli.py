@@ -33,6 +33,27 @@ def test_usage_error_exit_2(capsys):
     assert code == 2
 
 
+def test_console_script_exits_quickly_but_completely(tmp_path):
+    """console_main skips the module teardown, not what Python's exit owes: non-daemon threads
+    finish, atexit handlers run, buffered output is flushed, and the exit code is the command's."""
+    marker = tmp_path / "thread-finished"
+    probe = (
+        "import atexit, sys, threading, time\n"
+        "atexit.register(lambda: print('atexit handler ran'))\n"
+        f"threading.Thread(target=lambda: (time.sleep(0.3), open({str(marker)!r}, 'w').close())).start()\n"
+        "print('buffered before exit', end='')\n"
+        "sys.argv = ['lcron', 'evaluate', '--model', " + repr(str(tmp_path / "no-such-run")) + "]\n"
+        "from lcron.cli import console_main\n"
+        "console_main()\n"
+        "print('never reached')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "lcron evaluate: error:" in proc.stderr and "no-such-run" in proc.stderr
+    assert proc.stdout == "buffered before exitatexit handler ran\n"
+    assert marker.exists()
+
+
 def test_python_dash_m_lcron_help():
     proc = subprocess.run([sys.executable, "-m", "lcron", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "usage: lcron" in proc.stdout

@@ -149,6 +149,19 @@ def test_item_index_and_dedup_scoring_match_forward(world):
         np.testing.assert_allclose(b, c, rtol=1e-5, atol=1e-5)
 
 
+def test_item_index_of_a_video_seen_with_two_feature_rows():
+    """Rows are a function of the video id almost always (one sort of column 0); where they are
+    not, every distinct row still gets its own entry."""
+    items = np.array([[[5, 1, 2], [7, 3, 4], [5, 1, 2]],
+                      [[7, 3, 4], [5, 9, 2], [0, 0, 0]]], dtype=np.int32)  # video 5 with author 1 and 9
+    ix = item_index(items)
+    np.testing.assert_array_equal(ix.unique[ix.inverse], items)
+    assert len(ix.unique) == 4 and ix.inverse.dtype == np.int64
+    same = item_index(np.where(items == 9, 1, items))  # video 5 always with author 1
+    np.testing.assert_array_equal(same.unique, [[0, 0, 0], [5, 1, 2], [7, 3, 4]])
+    np.testing.assert_array_equal(same.inverse, [[1, 2, 1], [2, 1, 0]])
+
+
 # --------------------------------------------------------------------------- the evaluation
 def test_metrics_json_matches_lcron_metrics(world):
     res, run = world.res, world.run

@@ -48,6 +48,48 @@ def test_inference_attention_pool_matches_eager_oracle():
     assert torch.all(fast[1] == 0)
 
 
+@pytest.mark.parametrize("b, block_elements", [(5, 1), (5, 2 * 5 * 7 * 6), (5, 3 * 5 * 7 * 6), (5, 10**9), (1, 1)])
+def test_blocked_attention_pool_equals_the_eager_core(b, block_elements):
+    gen = torch.Generator().manual_seed(1)
+    n, length, h, e = 5, 7, 6, 4
+    item_proj, seq_proj = torch.randn(b, n, h, generator=gen), torch.randn(b, length, h, generator=gen)
+    w, c = torch.randn(h, generator=gen), torch.randn((), generator=gen)
+    seq_emb = torch.randn(b, length, e, generator=gen)
+    mask = (torch.rand(b, length, generator=gen) > 0.3).float()
+    mask[0] = 0.0  # a request without any valid step
+    args = (item_proj, seq_proj, w, c, seq_emb, mask)
+    with torch.inference_mode():
+        blocked = fused.blocked_attention_pool(*args, block_elements=block_elements)
+        ref = fused.attention_pool(*args)
+    torch.testing.assert_close(blocked, ref, rtol=1e-6, atol=1e-6)  # BLAS may sum a block in another order
+    if block_elements >= b * n * length * h:
+        assert torch.equal(blocked, ref)  # one block: the very same operations
+    assert torch.all(blocked[0] == 0)
+
+
+def test_evaluation_compiles_only_where_it_pays_for_itself():
+    from lcron.devices import DEVICE_DEFAULTS, default_eval_batch_size, default_eval_compile
+
+    threshold = DEVICE_DEFAULTS["cpu"].eval_compile_from
+    assert threshold is not None and threshold > 6_000 * 2  # a 6,000-request day, 2 seeds: eager
+    assert not default_eval_compile("cpu", threshold - 1)
+    assert default_eval_compile("cpu", threshold)
+    assert not default_eval_compile("cuda", 10**9)  # on CUDA never by default
+    assert (default_eval_batch_size("cpu"), default_eval_batch_size("cuda")) == (512, 4096)
+
+
+def test_a_read_only_day_is_checked_without_a_warning(run):
+    import warnings
+
+    shards, run_dir = run
+    cascade, _ = load_cascade(run_dir / "seed-1" / "model.pt", "cpu", compile=False)
+    arrays = shards.load_day(shards.days[-1])  # memory-mapped, read-only
+    assert not np.asarray(arrays["items"]).flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cascade.models[0].embedding.check_day(arrays)
+
+
 def test_trust_cpu_isa_respects_an_explicit_setting(monkeypatch):
     from torch._inductor import config
 
@@ -85,9 +127,14 @@ def run(tmp_path_factory):
     return shards, base / "run"
 
 
-def test_fast_evaluation_equals_the_slow_reference(run, tmp_path):
+@pytest.mark.parametrize("options, compiled, batch", [
+    ({"compile": True, "batch_size": 40}, True, 40),
+    ({}, False, 512),  # the CPU defaults for a small evaluation: eager, blocked attention core
+])
+def test_fast_evaluation_equals_the_slow_reference(run, tmp_path, options, compiled, batch):
     shards, run_dir = run
-    doc = evaluate(run_dir, out=tmp_path / "fast", compile=True, batch_size=40, progress=False)
+    doc = evaluate(run_dir, out=tmp_path / "fast", device="cpu", progress=False, **options)
+    assert (doc["compile"], doc["batch_size"]) == (compiled, batch)
     setting = Setting.from_dict(json_setting(run_dir))
     day = shards.days[-1]
     arrays = shards.load_day(day)

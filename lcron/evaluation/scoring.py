@@ -32,12 +32,19 @@ class ItemIndex:
 
 
 def item_index(items: np.ndarray) -> ItemIndex:
-    """Distinct rows of ``items`` [R, N, F] (one sort of the rows viewed as fixed-size bytes)."""
+    """Distinct rows of ``items`` [R, N, F].
+
+    A slot's feature row is normally a function of its video id (column 0): then one sort
+    of that column finds the distinct rows, and one comparison proves it (6,000 x 40
+    slots: 11 ms, against 69 ms for sorting whole rows). Data where one video appears
+    with different features gets the sort of the rows viewed as fixed-size bytes."""
     items = np.ascontiguousarray(items)
     r, n, f = items.shape
     flat = items.reshape(r * n, f)
-    keys = flat.view(np.dtype((np.void, flat.dtype.itemsize * f))).ravel()
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(flat[:, 0], return_index=True, return_inverse=True)
+    if not np.array_equal(flat[first][inverse], flat):
+        keys = flat.view(np.dtype((np.void, flat.dtype.itemsize * f))).ravel()
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     return ItemIndex(flat[first], inverse.reshape(r, n).astype(np.int64))
 
 

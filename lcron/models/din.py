@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from lcron.data import fields
 from lcron.models.embeddings import FeatureEmbedding, float_mask, require
-from lcron.models.fused import attention_pool, compiled_attention_pool, compiled_inference_attention_pool
+from lcron.models.fused import (attention_pool, blocked_attention_pool, compiled_attention_pool,
+                                compiled_inference_attention_pool)
 from lcron.models.layers import mlp, score_candidates, uniform_when_empty, use_reference_padding
 
 ATTENTION_HIDDEN = 80
@@ -74,8 +75,8 @@ class DIN(nn.Module):
         item_proj = F.linear(item_e[..., :n_id], w[:, seq_w:])          # [B, N, 80], once per candidate
         # Inside a torch.compile of the whole model, the plain core lets inductor fuse it there.
         fused = self.use_compile and not torch.compiler.is_compiling()
-        if not fused:
-            pool = attention_pool
+        if not fused:  # eager: without autograd (evaluation, serving), in cache-sized blocks
+            pool = attention_pool if torch.is_grad_enabled() else blocked_attention_pool
         elif torch.is_grad_enabled():
             pool = compiled_attention_pool()
         else:  # evaluation / serving: one inference graph, no autograd split

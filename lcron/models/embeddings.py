@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -202,7 +203,11 @@ class FeatureEmbedding(nn.Module):
         for name in _LAYOUT:
             if name in arrays:
                 ids = arrays[name]
-                self.check_ids(name, ids if isinstance(ids, Tensor) else torch.from_numpy(np.ascontiguousarray(ids)))
+                if not isinstance(ids, Tensor):
+                    with warnings.catch_warnings():  # a read-only memory map: the check only reads it
+                        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                        ids = torch.from_numpy(np.ascontiguousarray(ids))
+                self.check_ids(name, ids)
 
     def check_ids(self, name: str, ids: Tensor) -> None:
         """DataError unless ``ids`` (any leading shape) is an integer array of input ``name`` within its tables."""

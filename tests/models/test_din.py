@@ -142,6 +142,27 @@ def test_fallback_compiled_switches_to_eager_on_compile_error():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("reference_quirks", [False, True])
+def test_eager_din_without_autograd_scores_in_blocks_with_identical_logits(monkeypatch, reference_quirks):
+    """Evaluation and serving (no autograd) run the core in cache-sized blocks; training keeps autograd's."""
+    from lcron.models import din as din_module
+
+    torch.manual_seed(0)
+    model = DIN(SIZES, compile=False, reference_quirks=reference_quirks).eval()
+    batch = make_batch(b=5, n=6, seq_len=9, seed=3)  # request 2 has no history
+    with torch.enable_grad():
+        trained_path = model(batch)
+    calls = []
+    real = din_module.blocked_attention_pool
+    monkeypatch.setattr(din_module, "blocked_attention_pool", lambda *a: (calls.append(1), real(*a))[1])
+    with torch.inference_mode():
+        blocked = model(batch)
+    with torch.no_grad():
+        no_grad = model(batch)
+    assert len(calls) == 2
+    assert torch.equal(blocked, trained_path.detach()) and torch.equal(no_grad, blocked)
+
+
 def test_compiled_din_matches_eager():
     """Fused core (training, forward + backward) and whole-model compile (inference) match eager."""
     torch.manual_seed(0)
