@@ -41,14 +41,16 @@ class DeviceDefaults:
 #:
 #: Evaluation (forward only) on CPU: eager DIN runs its attention core in cache-sized blocks
 #: (lcron.models.fused.blocked_attention_pool), at 512 requests per batch, until an evaluation
-#: is big enough to pay for compiling. Measured on the 2-core machine, 2026-11-30, a two-stage
-#: LCRON run on a 6,000-request day: compiled scoring is ~27 us per request and seed faster
-#: (65 against 92 us at batch 512), but a compiling process pays ~4.5 s more (importing
-#: torch's compiler, loading the graph): break-even near 170,000 request-seeds. Numbers of the
-#: two paths agree to float rounding (docs/benchmarks.md, "Evaluation start-up").
+#: is big enough to pay for compiling. Measured on the 2-core machine, 2026-11-30, whole
+#: `lcron evaluate` processes of a two-stage LCRON run (2 seeds, 1 and 3 days of 6,000
+#: requests): compiled scoring saves ~25 us per request and seed (71 against 96 us), but a
+#: compiling process starts ~2.8 s later with inductor's cache warm and ~7.3 s later with it
+#: cold (a batch shape not compiled before): break-even near 110,000 and 290,000
+#: request-seeds. The default compiles from 200,000. The two paths' numbers agree to float
+#: rounding (docs/benchmarks.md, "Evaluation start-up").
 DEVICE_DEFAULTS: dict[str, DeviceDefaults] = {
     "cpu": DeviceDefaults(compile=True, cuda_graph=False, tf32=False, device_resident=False,
-                          eval_batch_size=512, eval_compile_from=170_000),
+                          eval_batch_size=512, eval_compile_from=200_000),
     "cuda": DeviceDefaults(compile=False, cuda_graph=True, tf32=False, device_resident=True),
 }
 

@@ -463,7 +463,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests per inference batch (default: the device's, 512 on CPU, 4096 on CUDA)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile DIN's attention core (default: on CPU from 170,000 requests x seeds, "
+                        help="torch.compile DIN's attention core (default: on CPU from 200,000 requests x seeds, "
                              "where compiling pays for its start-up; never on CUDA)")
     parser.add_argument("--quota-grid", default=None, metavar="Q1,Q2;...",
                         help="quota tuples of the sweep, e.g. '30,20;25,20;40,20' (default: a grid around the setting's)")

@@ -93,7 +93,13 @@ def finish(folder: str | os.PathLike, kind: str, files: Iterable[str | os.PathLi
     listed: dict[str, int] = {}
     for f in files:
         p = Path(f)
-        rel = p.relative_to(folder) if p.is_absolute() else p
+        # An absolute path, ``folder / name`` as the folder was given (maybe relative), or a bare name.
+        if p.is_absolute():
+            if not p.is_relative_to(folder.absolute()):
+                raise ValueError(f"{p} is not inside the output folder {folder}")
+            rel = p.relative_to(folder.absolute())
+        else:
+            rel = p.relative_to(folder) if p.is_relative_to(folder) else p
         try:
             listed[rel.as_posix()] = (folder / rel).stat().st_size
         except FileNotFoundError:

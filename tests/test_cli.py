@@ -175,6 +175,23 @@ def test_quiet_silences_every_progress_line(tiny_shards_2, tmp_path, capsys, whe
     assert code == 0 and "seed 1: complete" in err  # without -q the same command reports on stderr
 
 
+def test_relative_paths_from_data_to_evaluation(tiny_recflow, tmp_path, capsys, monkeypatch):
+    """What a user types: folders relative to the working directory, at every step."""
+    import shutil
+
+    shutil.copytree(tiny_recflow, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    for argv in (["preprocess", "--source", "data", "--out", "work/shards", "--stages", "2"],
+                 ["train", "--shards", "work/shards", "--out", "work/run", "--method", "bce", "--batch-size", "16",
+                  "--no-compile", "--max-steps-per-day", "1"],
+                 ["evaluate", "--model", "work/run"]):
+        code, _, err = _run(capsys, *argv, "-q")
+        assert code == 0, err
+    assert json.loads((tmp_path / "work" / "run" / "eval" / "metrics.json").read_text())["seeds"] == [1]
+    code, _, err = _run(capsys, "evaluate", "--model", "work/run")  # the finished evaluation is recognised
+    assert code == 0 and "already in" in err
+
+
 def test_serve_eval_takes_days_like_every_command():
     for flag in ("--days", "--day"):
         args = cli.build_parser(only="serve-eval").parse_args(["serve-eval", "--model", "r", flag, "2024-01-16"])

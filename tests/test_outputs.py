@@ -87,6 +87,20 @@ def test_finish_refuses_a_missing_file(tmp_path):
     assert not outputs.marker_path(tmp_path, "thing").exists()
 
 
+def test_finish_with_a_relative_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = Path("out") / "step"
+    folder.mkdir(parents=True)
+    (folder / "a.txt").write_text("a")
+    (folder / "b.txt").write_text("bb")
+    outputs.begin(folder, "thing", "x")
+    outputs.finish(folder, "thing", [folder / "a.txt", "b.txt", tmp_path / folder / "a.txt"])
+    assert json.loads(outputs.marker_path(folder, "thing").read_text())["files"] == {"a.txt": 1, "b.txt": 2}
+    outputs.require_complete(folder, "thing", "thing", "HOW")
+    with pytest.raises(ValueError, match="not inside the output folder"):
+        outputs.finish(folder, "thing", [tmp_path / "elsewhere.txt"])
+
+
 def test_legacy_outputs_go_through_the_kind_check(tmp_path):
     outputs.require_complete(tmp_path, "thing", "thing", "HOW", legacy=lambda p: None)
     with pytest.raises(IncompleteOutputError, match="incomplete: seed 2 is missing; complete it with: HOW"):
