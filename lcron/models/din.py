@@ -73,9 +73,9 @@ class DIN(nn.Module):
         seq_w = seq_e.shape[-1]
         seq_proj = F.linear(seq_e, w[:, :seq_w], att_in.bias)          # [B, L, 80], once per request
         item_proj = F.linear(item_e[..., :n_id], w[:, seq_w:])          # [B, N, 80], once per candidate
-        # Inside a torch.compile of the whole model, the plain core lets inductor fuse it there.
-        fused = self.use_compile and not torch.compiler.is_compiling()
-        if not fused:  # eager: without autograd (evaluation, serving), in cache-sized blocks
+        if torch.compiler.is_compiling():  # inside a torch.compile of the whole model: inductor fuses the plain core
+            pool = attention_pool
+        elif not self.use_compile:  # eager: without autograd (evaluation, serving), in cache-sized blocks
             pool = attention_pool if torch.is_grad_enabled() else blocked_attention_pool
         elif torch.is_grad_enabled():
             pool = compiled_attention_pool()

@@ -141,7 +141,6 @@ def test_fallback_compiled_switches_to_eager_on_compile_error():
     assert out.shape == (3,) and len(calls) == 2
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("reference_quirks", [False, True])
 def test_eager_din_without_autograd_scores_in_blocks_with_identical_logits(monkeypatch, reference_quirks):
     """Evaluation and serving (no autograd) run the core in cache-sized blocks; training keeps autograd's."""
@@ -161,8 +160,12 @@ def test_eager_din_without_autograd_scores_in_blocks_with_identical_logits(monke
         no_grad = model(batch)
     assert len(calls) == 2
     assert torch.equal(blocked, trained_path.detach()) and torch.equal(no_grad, blocked)
+    with torch.inference_mode():  # a torch.compile of the whole model (serving) traces the plain core
+        torch.compile(model, fullgraph=True, dynamic=False)(batch)
+    assert len(calls) == 2
 
 
+@pytest.mark.slow
 def test_compiled_din_matches_eager():
     """Fused core (training, forward + backward) and whole-model compile (inference) match eager."""
     torch.manual_seed(0)
