@@ -25,12 +25,12 @@ def resolve_device(name: str) -> torch.device:
 class DeviceDefaults:
     """What a device kind does by default (see the module docstring for each part)."""
 
-    compile: bool          # torch.compile the DIN attention core
-    cuda_graph: bool       # capture the step as one CUDA graph
-    tf32: bool             # TF32 tensor-core matmuls for float32
-    device_resident: bool  # the training day's arrays live on the device
-    eval_batch_size: int = 4096           # requests per inference batch of ``lcron evaluate``
-    eval_compile_from: int | None = None  # request-seeds from which an evaluation compiles (None: never)
+    compile: bool                  # training: torch.compile the DIN attention core
+    cuda_graph: bool               # training: capture the step as one CUDA graph
+    tf32: bool                     # TF32 tensor-core matmuls for float32
+    device_resident: bool          # training: the day's arrays live on the device
+    eval_batch_size: int           # evaluation: requests per inference batch
+    eval_compile_from: int | None  # evaluation: request-seeds from which it compiles (None: never)
 
 
 #: Chosen from measurements (docs/benchmarks.md, "GPU"): on CPU the compiled attention core
@@ -51,18 +51,14 @@ class DeviceDefaults:
 DEVICE_DEFAULTS: dict[str, DeviceDefaults] = {
     "cpu": DeviceDefaults(compile=True, cuda_graph=False, tf32=False, device_resident=False,
                           eval_batch_size=512, eval_compile_from=200_000),
-    "cuda": DeviceDefaults(compile=False, cuda_graph=True, tf32=False, device_resident=True),
+    "cuda": DeviceDefaults(compile=False, cuda_graph=True, tf32=False, device_resident=True,
+                           eval_batch_size=4096, eval_compile_from=None),
 }
 
 
 def device_defaults(device: "torch.device | str") -> DeviceDefaults:
     """The defaults of ``device``'s kind; kinds without an entry (e.g. ``mps``) get the CPU's."""
     return DEVICE_DEFAULTS.get(torch.device(device).type, DEVICE_DEFAULTS["cpu"])
-
-
-def default_compile(device: "torch.device | str") -> bool:
-    """Whether models torch.compile DIN's attention core on ``device`` unless told otherwise."""
-    return device_defaults(device).compile
 
 
 def default_eval_batch_size(device: "torch.device | str") -> int:
