@@ -640,9 +640,11 @@ def _timed_cli(argv: list[str]) -> dict[str, Any]:
     return {**res, "wall_s": time.perf_counter() - t0}
 
 
-#: Peak memory of ``lcron generate`` per request of a day (measured: 1,359 MiB for one
-#: 20,000-request day with 42,000 users and 20,000 items, 2026-11-30).
-GENERATOR_KB_PER_REQUEST = 70
+#: Peak memory of ``lcron generate`` per request of a day: it simulates a day in parts
+#: (lcron.data.synthetic.DAY_PART_REQUESTS) but holds the day's two dicts until they are
+#: pickled. Measured 2026-12-01: 5,511 MiB for one 250,000-request day with 42,000 users and
+#: 20,000 items (22 KB per request; 14,521 MiB before days came in parts).
+GENERATOR_KB_PER_REQUEST = 23
 
 
 def generator_memory_mb(requests_per_day: int) -> float:
@@ -671,9 +673,9 @@ def bench_preprocess_day(ctx: BenchContext) -> list[dict[str, Any]]:
     fresh = not (root.is_dir() and marker.is_file() and json.loads(marker.read_text()) == size)
     need, have = generator_memory_mb(size["requests_per_day"]), available_memory_mb() if fresh else None
     if have is not None and need > have:
-        # The generator holds a whole day in memory: rather no row than a machine out of memory.
+        # The generator holds a day's dicts in memory: rather no row than a machine out of memory.
         reason = (f"generating a {size['requests_per_day']:,}-request day needs about {need:,.0f} MiB "
-                  f"(the synthetic generator holds a whole day), {have:,.0f} MiB available; put a day of "
+                  f"(the synthetic generator holds a day's dicts), {have:,.0f} MiB available; put a day of "
                   f"that size in {root} (with {marker.name}) or run on a machine with more memory")
         print(f"WARNING day_prep skipped: {reason}", file=sys.stderr, flush=True)
         return [{"name": "day_prep", "case": f"{size['requests_per_day']:,} req", "setting": "two_stage",

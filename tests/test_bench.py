@@ -248,14 +248,14 @@ def test_quick_bench_day_row_reports_the_memory_bound(quick_run):
 
 
 def test_day_row_is_skipped_with_a_reason_when_the_generator_would_not_fit_in_memory(tmp_path, monkeypatch, capsys):
-    """A full-mode day of 250,000 requests needs ~17 GB in the generator: on a smaller machine
+    """A full-mode day of 250,000 requests needs ~5.7 GiB in the generator: on a smaller machine
     the row says why it is missing instead of running the machine out of memory."""
     monkeypatch.setattr(bench, "available_memory_mb", lambda: 1000.0)
     monkeypatch.setattr("lcron.data.synthetic.generate", lambda *a, **k: pytest.fail("must not generate"))
     ctx = bench.BenchContext(mode="full", data_dir=tmp_path / "data", work_dir=tmp_path / "work", progress=False)
     (row,) = bench.bench_preprocess_day(ctx)
     assert row["value"] is None and row["name"] == "day_prep" and row["case"] == "250,000 req"
-    assert "needs about 17,290 MiB" in row["skipped"] and "1,000 MiB available" in row["skipped"]
+    assert "needs about 5,815 MiB" in row["skipped"] and "1,000 MiB available" in row["skipped"]
     assert "WARNING day_prep skipped" in capsys.readouterr().err
     assert "n/a" in bench.format_table([row])
-    assert bench.generator_memory_mb(20_000) == pytest.approx(200 + 70 * 20_000 / 1024)
+    assert bench.generator_memory_mb(20_000) == pytest.approx(200 + 23 * 20_000 / 1024)

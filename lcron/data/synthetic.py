@@ -95,20 +95,21 @@ protocol 4 and feather files use zstd. The same configuration gives byte-identic
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 
-from lcron.atomic import atomic_open, write_bytes, write_json
+from lcron.atomic import atomic_open, write_json
 from lcron.defaults import SYNTHETIC
 from lcron.errors import ConfigError, OutputExistsError
 from lcron.progress import Progress
@@ -445,8 +446,20 @@ def _build_history(world: _World, cfg: SyntheticConfig, rng: np.random.Generator
 
 
 # ----------------------------------------------------------------------------- one day
+#: Requests simulated at a time. A bigger day is simulated in consecutive parts of this many
+#: requests (in time order), each part's all_stage rows written before the next part is
+#: simulated, so the simulation's working memory is one part's; only the two dicts, pickled
+#: at the end, grow with the day. A 250,000-request day peaked at 14,521 MiB in one part and
+#: at 5,511 MiB in parts (docs/data.md). Days up to this size are one part and come out
+#: exactly as before parts existed.
+DAY_PART_REQUESTS = 20_000
+
+
 @dataclass
-class _Day:
+class _DayPart:
+    """A run of consecutive requests of a day: their all_stage rows and their entries of the
+    two pickled dicts."""
+
     all_stage: pa.Table
     request_dict: dict[int, dict[str, np.ndarray]]
     seq_dict: dict[int, np.ndarray]
@@ -457,8 +470,12 @@ def _row_shuffle(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.take_along_axis(a, np.argsort(rng.random(a.shape), axis=1), axis=1)
 
 
-def _simulate_day(world: _World, cfg: SyntheticConfig, day_index: int, rng: np.random.Generator) -> _Day:
-    R, P = cfg.requests_per_day, cfg.pool_size
+def _simulate_day(world: _World, cfg: SyntheticConfig, day_index: int, rng: np.random.Generator,
+                  part_requests: int | None = None) -> Iterator[_DayPart]:
+    """The day's requests (users, times, ids) at once, then the cascade of each run of
+    ``part_requests`` of them in time order, one :class:`_DayPart` at a time (the random
+    draws follow in that order, so a one-part day draws exactly what it always did)."""
+    R = cfg.requests_per_day
     day = cfg.first_day + _dt.timedelta(days=day_index)
 
     # requests, in time order
@@ -470,6 +487,16 @@ def _simulate_day(world: _World, cfg: SyntheticConfig, day_index: int, rng: np.r
     t_ms = _day_start_ms(day, cfg.utc_offset_hours) + offset
     bucket = hour // (24 // _HOUR_BUCKETS)
     request_id = day_index * R + rng.permutation(R).astype(np.int64)
+    part_requests = part_requests or DAY_PART_REQUESTS
+    for s in range(0, R, part_requests):
+        e = min(R, s + part_requests)
+        yield _simulate_part(world, cfg, rng, users[s:e], bucket[s:e], t_ms[s:e], request_id[s:e])
+
+
+def _simulate_part(world: _World, cfg: SyntheticConfig, rng: np.random.Generator, users: np.ndarray,
+                   bucket: np.ndarray, t_ms: np.ndarray, request_id: np.ndarray) -> _DayPart:
+    """The cascade, feedback, stored lists and sequences of the requests given (time order)."""
+    R, P = len(users), cfg.pool_size
 
     # retrieval: the pool is the top P of all items by a noisy relevance (row order randomised)
     sigma = cfg.stage_noise
@@ -566,7 +593,7 @@ def _simulate_day(world: _World, cfg: SyntheticConfig, day_index: int, rng: np.r
 
     table = _all_stage_table(world, cfg, stored, pool, users, t_ms, request_id, flags, rank_index,
                              rerank_index, feedback)
-    return _Day(table, request_dict, seq_dict)
+    return _DayPart(table, request_dict, seq_dict)
 
 
 def _stored_counts(cfg: SyntheticConfig, lists: dict[str, np.ndarray], n_shown: np.ndarray,
@@ -674,13 +701,50 @@ def _video_info_table(world: _World) -> pa.Table:
 
 
 # ----------------------------------------------------------------------------- writing
+#: Rows per record batch of the Feather files (pyarrow.feather.write_feather's own default:
+#: a one-part day's files are the bytes write_feather wrote before days came in parts).
+_FEATHER_BATCH_ROWS = 64 * 1024
+_FEATHER_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+
+
 def _write_feather(path: Path, table: pa.Table) -> None:
     with atomic_open(path, "wb") as fh:
         feather.write_feather(table, fh, compression="zstd")
 
 
 def _write_pickle(path: Path, obj: Any) -> None:
-    write_bytes(path, pickle.dumps(obj, protocol=4))
+    """Pickle ``obj`` straight into the file (protocol 4; the same bytes as pickle.dumps)."""
+    with atomic_open(path, "wb") as fh:
+        pickle.dump(obj, fh, protocol=4)
+
+
+def _write_day(out: Path, day: str, parts: Iterable[_DayPart]) -> int:
+    """Write one day's four files from its parts; returns its all_stage rows.
+
+    all_stage and realshow are Feather (Arrow IPC) files written part by part; the two
+    dicts take every part's entries and are pickled once at the end (each is one pickle).
+    """
+    rows = 0
+    request_dict: dict[int, dict[str, np.ndarray]] = {}
+    seq_dict: dict[int, np.ndarray] = {}
+    with contextlib.ExitStack() as files:
+        writers: list[pa.ipc.RecordBatchFileWriter] = []
+        for part in parts:
+            if not writers:
+                for folder in ("all_stage", "realshow"):
+                    fh = files.enter_context(atomic_open(out / folder / f"{day}.feather", "wb"))
+                    writers.append(files.enter_context(
+                        pa.ipc.new_file(fh, part.all_stage.schema, options=_FEATHER_OPTIONS)))
+            shown = part.all_stage.filter(pc.equal(part.all_stage["realshow"], 1))
+            for writer, table in zip(writers, (part.all_stage, shown)):
+                writer.write_table(table, max_chunksize=_FEATHER_BATCH_ROWS)
+            rows += part.all_stage.num_rows
+            request_dict.update(part.request_dict)
+            seq_dict.update(part.seq_dict)
+            del part, shown
+    _write_pickle(out / "request_id_dict" / f"{day}.pkl", request_dict)
+    _write_pickle(out / "seq_effective_50_dict" / f"{day}.pkl", seq_dict)
+    return rows
 
 
 _LATER_FIELDS = ("max_scan_items", "scan_sample")
@@ -735,13 +799,8 @@ def generate_from_config(out_dir: str | Path, config: SyntheticConfig, *, progre
     with Progress(config.num_days, "synthetic RecFlow", unit="day", enabled=progress) as bar:
         world = _build_world(config, np.random.default_rng(seeds[0]))
         for d, day in enumerate(config.days):
-            data = _simulate_day(world, config, d, np.random.default_rng(seeds[d + 1]))
-            _write_feather(out / "all_stage" / f"{day}.feather", data.all_stage)
-            shown = data.all_stage.filter(pc.equal(data.all_stage["realshow"], 1))
-            _write_feather(out / "realshow" / f"{day}.feather", shown)
-            _write_pickle(out / "request_id_dict" / f"{day}.pkl", data.request_dict)
-            _write_pickle(out / "seq_effective_50_dict" / f"{day}.pkl", data.seq_dict)
-            bar.update(1, postfix=f"{day}: {data.all_stage.num_rows} rows")
+            rows = _write_day(out, day, _simulate_day(world, config, d, np.random.default_rng(seeds[d + 1])))
+            bar.update(1, postfix=f"{day}: {rows} rows")
     counts = config.id_counts()
     if config.published_spellings:
         counts = {PUBLISHED_SPELLINGS.get(k, k): v for k, v in counts.items()}

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
 
+from lcron.data import synthetic
 from lcron.data.synthetic import (
     MANIFEST_NAME,
     SyntheticConfig,
@@ -44,9 +45,14 @@ def _load(path: Path):
         return pickle.load(fh)
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return generate(tmp_path_factory.mktemp("syn") / "recflow", progress=False, **SIZES)
+@pytest.fixture(scope="module", params=[None, 40], ids=["one-part", "parts-of-40"])
+def root(request, tmp_path_factory) -> Path:
+    """The data set, written as usual and with its days simulated in parts of 40 requests
+    (as days above synthetic.DAY_PART_REQUESTS are): every check below holds for both."""
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param:
+            mp.setattr(synthetic, "DAY_PART_REQUESTS", request.param)
+        return generate(tmp_path_factory.mktemp("syn") / "recflow", progress=False, **SIZES)
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +299,26 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     for day in ("2024-01-13", "2024-01-14"):
         for sub, ext in (("all_stage", "feather"), ("request_id_dict", "pkl"), ("seq_effective_50_dict", "pkl")):
             assert (a / sub / f"{day}.{ext}").read_bytes() != (c / sub / f"{day}.{ext}").read_bytes()
+
+
+def test_a_day_in_parts_is_one_day_in_time_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "DAY_PART_REQUESTS", 40)
+    args = dict(num_days=2, requests_per_day=130, users=30, items=400, seed=11, progress=False)
+    a, b = generate(tmp_path / "a", **args), generate(tmp_path / "b", **args)
+    for rel in sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file()):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel  # parts are deterministic too
+    for d, day in enumerate(DAYS):
+        reader = pa.ipc.open_file(a / "all_stage" / f"{day}.feather")
+        assert reader.num_record_batches == 4  # 40 + 40 + 40 + 10 requests, one batch each
+        table = reader.read_all()
+        ts = table["request_timestamp"].to_numpy()
+        assert (np.diff(ts) >= 0).all()  # the parts follow each other in time
+        rids = np.unique(table["request_id"].to_numpy())
+        np.testing.assert_array_equal(rids, d * 130 + np.arange(130))
+        assert set(_load(a / "request_id_dict" / f"{day}.pkl")) == set(rids.tolist())
+        assert set(_load(a / "seq_effective_50_dict" / f"{day}.pkl")) == set(rids.tolist())
+        shown = feather.read_table(a / "realshow" / f"{day}.feather")
+        assert shown.equals(table.filter(pa.compute.equal(table["realshow"], 1)))
 
 
 def test_rerun_and_output_guard(tmp_path):
