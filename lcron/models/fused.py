@@ -20,7 +20,8 @@ Measured on the 2-core dev machine (B = 1024, N = 40, one thread, CPU time of fo
 backward of the core): plain autograd compiled as one graph 126 ms, this split 81 ms;
 eager autograd 1.8 s, and it needs GBs for the activations.
 
-``attention_pool`` is the eager path (plain autograd; ``compile=False``) and the oracle.
+``attention_pool`` is the eager path (plain autograd; ``compile=False``) and the oracle;
+``blocked_attention_pool`` is the same for inference without a compiler, in cache-sized blocks.
 ``compiled_attention_pool()`` is the fused one, wrapped in ``FallbackCompiled``, which
 falls back to the eager path when compilation fails (no C++ compiler, unsupported
 platform): it warns once and stays eager.
