@@ -470,11 +470,10 @@ def _row_shuffle(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.take_along_axis(a, np.argsort(rng.random(a.shape), axis=1), axis=1)
 
 
-def _simulate_day(world: _World, cfg: SyntheticConfig, day_index: int, rng: np.random.Generator,
-                  part_requests: int | None = None) -> Iterator[_DayPart]:
+def _simulate_day(world: _World, cfg: SyntheticConfig, day_index: int, rng: np.random.Generator) -> Iterator[_DayPart]:
     """The day's requests (users, times, ids) at once, then the cascade of each run of
-    ``part_requests`` of them in time order, one :class:`_DayPart` at a time (the random
-    draws follow in that order, so a one-part day draws exactly what it always did)."""
+    :data:`DAY_PART_REQUESTS` of them in time order, one :class:`_DayPart` at a time (the
+    random draws follow in that order, so a one-part day draws exactly what it always did)."""
     R = cfg.requests_per_day
     day = cfg.first_day + _dt.timedelta(days=day_index)
 
@@ -487,9 +486,8 @@ def _simulate_day(world: _World, cfg: SyntheticConfig, day_index: int, rng: np.r
     t_ms = _day_start_ms(day, cfg.utc_offset_hours) + offset
     bucket = hour // (24 // _HOUR_BUCKETS)
     request_id = day_index * R + rng.permutation(R).astype(np.int64)
-    part_requests = part_requests or DAY_PART_REQUESTS
-    for s in range(0, R, part_requests):
-        e = min(R, s + part_requests)
+    for s in range(0, R, DAY_PART_REQUESTS):
+        e = min(R, s + DAY_PART_REQUESTS)
         yield _simulate_part(world, cfg, rng, users[s:e], bucket[s:e], t_ms[s:e], request_id[s:e])
 
 
