@@ -281,17 +281,18 @@ def test_kill_and_resume_matches_uninterrupted_run(learn_data, tmp_path, embeddi
     resumed = next(line for line in err.splitlines() if "resuming after day" in line)
     a, b = _state(ref / "seed-5/model.pt"), _state(out / "seed-5/model.pt")
     assert a.keys() == b.keys()
-    ref_log = (ref / "seed-5/train_log.jsonl").read_text().splitlines()
-    res_log = (out / "seed-5/train_log.jsonl").read_text().splitlines()
+    ref_log = (ref / "seed-5/train_log.jsonl").read_text()
+    res_log = (out / "seed-5/train_log.jsonl").read_text()
     differ = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])}
-    first_log_diff = next((i for i, (x, y) in enumerate(zip(ref_log, res_log)) if x != y), None)
+    ref_lines, res_lines = ref_log.splitlines(), res_log.splitlines()
+    first_log_diff = next((i for i, (x, y) in enumerate(zip(ref_lines, res_lines)) if x != y), None)
     # On a failure, the message says where the runs parted: the resumed day, the weights that
     # differ (largest difference), the first log line (step) that differs and each process's
     # torch threads (MKL's results depend on its thread count).
     ref_sum = json.loads((ref / "seed-5/summary.json").read_text())
     res_sum = json.loads((out / "seed-5/summary.json").read_text())
     threads = (ref_sum["torch_threads"], res_sum["torch_threads"])
-    assert not differ and ref_log == res_log, (resumed, differ, first_log_diff, len(ref_log), len(res_log), threads)
+    assert not differ and ref_log == res_log, (resumed, differ, first_log_diff, len(ref_lines), len(res_lines), threads)
     assert res_sum["final_loss"] == ref_sum["final_loss"] and res_sum["steps"] == ref_sum["steps"]
     assert not (out / "seed-5" / "resume.pt").exists()  # a complete seed keeps no resume state
 
