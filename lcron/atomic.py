@@ -21,30 +21,72 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# Every final path this process has written: a completion marker trusts these as they are and
+# checks any other file it lists (kept from an earlier run) against the earlier digests.
+_WRITTEN: set[str] = set()
+
+
+def written_in_this_process(path: str | os.PathLike) -> bool:
+    """Whether this process wrote ``path`` through this module (since :func:`forget_written`)."""
+    return os.path.abspath(path) in _WRITTEN
+
+
+def forget_written(folder: str | os.PathLike) -> None:
+    """Start counting writes under ``folder`` afresh (a step begins writing it)."""
+    prefix = os.path.join(os.path.abspath(folder), "")
+    _WRITTEN.difference_update([p for p in _WRITTEN if p.startswith(prefix)])
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it is renamed to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp creates the file with O_EXCL (a planted file or link at the name is never
+    # followed); the rename below replaces a link at ``path`` instead of writing through it.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
     ok = False
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _WRITTEN.add(os.path.abspath(path))
         ok = True
     except OSError as exc:
-        if exc.filename is not None or exc.errno is None:
+        if exc.filename is not None:
             raise
-        # ENOSPC and friends come from write/fsync without a file name: name the output.
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        # ENOSPC and friends come from write/fsync without a file name, and numpy's short
+        # write ("1200 requested and 496 written") without even an errno: name the output
+        # and, where the system did not say, find the cause.
+        code, cause = (exc.errno, exc.strerror or str(exc)) if exc.errno is not None else _short_write_cause(tmp, exc)
+        raise OSError(code, cause, str(path)) from exc
     finally:
         if not ok:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+def _short_write_cause(tmp: str, exc: OSError) -> tuple[int, str]:
+    """(errno, message) for a write that stopped short without an errno: a full file system,
+    the process's file-size limit (``ulimit -f``), or else the writer's own words."""
+    import errno
+    import resource
+
+    detail = str(exc) or "short write"
+    with contextlib.suppress(OSError):
+        st = os.statvfs(os.path.dirname(tmp) or ".")
+        free = st.f_bavail * st.f_frsize
+        if free < 1 << 20:
+            return errno.ENOSPC, f"No space left on device ({free} bytes free; {detail})"
+    with contextlib.suppress(OSError, ValueError):
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and os.stat(tmp).st_size >= limit - (1 << 16):
+            return errno.EFBIG, (f"File too large: the process may write files of at most {limit} bytes "
+                                 f"(ulimit -f); {detail}")
+    return errno.EIO, f"the write stopped short ({detail})"
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -108,7 +108,7 @@ def find_evaluations(paths: Iterable[str | Path], skipped: list[str] | None = No
             for f in sorted(p.rglob("metrics.json")):
                 try:
                     doc = json.loads(f.read_text())
-                except (OSError, json.JSONDecodeError):
+                except (OSError, ValueError, RecursionError):
                     continue  # another tool's metrics file
                 if not _is_evaluation(doc):
                     continue
@@ -154,7 +154,7 @@ def attach_serving(evals: list[Evaluation], paths: Iterable[str | Path]) -> list
         for f in sorted(p.rglob(SERVING_FILE)):
             try:
                 doc = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError, RecursionError):
                 continue  # another tool's file
             run = _resolved(doc.get("run_dir")) if isinstance(doc, dict) else None
             if run is not None and doc.get("kind") == SERVING_KIND:

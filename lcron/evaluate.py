@@ -43,6 +43,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -54,8 +55,8 @@ from .devices import default_eval_batch_size, default_eval_compile, resolve_devi
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
 from .evaluation.per_request import NDCG_K, items_scored, quota_sweep_values, request_metrics
 from .evaluation.quota_grid import resolve_quota_grid
-from .evaluation.results import (EVALUATION_KIND, FORMAT_VERSION, KIND, is_complete_evaluation, metric_keys, npz_name,
-                                 summarize_seeds)
+from .evaluation.results import (EVALUATION_KIND, FORMAT_VERSION, KIND, is_complete_evaluation, is_eval_folder,
+                                 metric_keys, npz_name, summarize_seeds)
 from .evaluation.scoring import item_index, score_arrays
 from .hashing import config_hash
 from .logs import get_logger
@@ -189,12 +190,14 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
         inputs["protocol"] = "reference"
     inputs_hash = config_hash(inputs)
 
+    outputs.refuse_foreign(out, is_eval_folder(out), "an lcron evaluation folder")
     metrics_path = out / "metrics.json"
     if metrics_path.exists():
         try:
             old = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             old = {}
+        old = old if isinstance(old, dict) else {}
         if (old.get("inputs_hash") == inputs_hash and not overwrite
                 and is_complete_evaluation(out)):
             log(f"evaluation of {run_dir} already in {out} (same run, seeds, days and options); skipped")
@@ -221,10 +224,10 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
         compile_in_process()
     keys = metric_keys(setting)
     trained = set(cfg["days"])
-    warnings = [f"test day {d} was also a training day of this run" for u in units for d in u.days
-                if u.checkpoint_day is None and d in trained]
-    for w in warnings:
-        log(f"warning: {w}")
+    overlap = [f"test day {d} was also a training day of this run" for u in units for d in u.days
+               if u.checkpoint_day is None and d in trained]
+    for w in overlap:
+        warnings.warn(f"{w}: its metrics measure fit to training data, not generalisation", stacklevel=2)
 
     # Start-up work off the critical path: a helper thread collects the provenance record (git
     # subprocesses, package metadata) and imports the plotting library while the models score
@@ -313,7 +316,7 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
             "requests_per_s": (requests_scored / timing["load_and_inference_seconds"]
                                if timing["load_and_inference_seconds"] > 0 else None),
         },
-        "warnings": warnings,
+        "warnings": overlap,
         "files": files,
         "provenance": prov.result(),
     }

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import __version__, atomic
+from . import __version__, atomic, outputs
 from .errors import ConfigError, DataError, OutputExistsError
 from .progress import Progress
 
@@ -49,6 +49,8 @@ __all__ = ["SYNTHETIC", "MANIFEST_NAME", "VIDEO_INFO", "IngestResult", "is_synth
 SYNTHETIC = "synthetic"
 MANIFEST_NAME = "ingest.json"
 MANIFEST_KIND = "lcron-ingest"
+#: The pending-record kind of an unfinished staging (`_pending-ingest.json`, lcron.outputs).
+INGEST_KIND = "ingest"
 VIDEO_INFO = "others/realshow_video_info.feather"
 _CHUNK = 1 << 20
 # Arguments of lcron.data.synthetic.generate that a user may set (everything else keeps its default).
@@ -210,15 +212,19 @@ def read_manifest(folder: "str | Path") -> dict[str, Any]:
 def _prepare_out(out: Path, fingerprint_ok: Callable[[dict], bool], overwrite: bool) -> dict[str, Any] | None:
     """Return the existing manifest when ``out`` already holds this staging; clear or refuse otherwise."""
     if not out.exists():
-        return None
+        return _begin(out)
     if not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder")
     if not any(out.iterdir()):
-        return None
+        return _begin(out)
     try:
         old = read_manifest(out)
     except DataError:
         old = None
+    # Only a folder ingest made (its manifest, or the pending record of an unfinished staging)
+    # is ever cleared: --out pointed at a RecFlow source must not delete it.
+    outputs.refuse_foreign(out, old is not None or outputs.has_marker(out, [INGEST_KIND]),
+                           f"an lcron ingest output ({MANIFEST_NAME})")
     if old is not None and fingerprint_ok(old):
         return old
     if not overwrite:
@@ -226,6 +232,12 @@ def _prepare_out(out: Path, fingerprint_ok: Callable[[dict], bool], overwrite: b
                 f"{str(old.get('fingerprint'))[:12]})" if old else "files that are not a complete ingest output")
         raise OutputExistsError(f"{out} already holds {what}; choose another folder or pass --overwrite")
     shutil.rmtree(out)
+    return _begin(out)
+
+
+def _begin(out: Path) -> None:
+    """Record that ingest is staging into ``out`` (so a crashed staging may be cleared later)."""
+    outputs.begin(out, INGEST_KIND, outputs.current_command(f"lcron ingest --out {out}"))
     return None
 
 
@@ -319,6 +331,7 @@ def _finish(out: Path, source: str, days: list[str], fingerprint: str, expected:
     manifest = {"kind": MANIFEST_KIND, "format_version": 1, "source": source, "days": days,
                 "fingerprint": fingerprint, "files": files, "synthetic": synthetic, "lcron_version": __version__}
     atomic.write_json(out / MANIFEST_NAME, manifest)
+    outputs.pending_path(out, INGEST_KIND).unlink(missing_ok=True)  # ingest.json is the completion marker
     return IngestResult(out, source, days, fingerprint, files)
 
 

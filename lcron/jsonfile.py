@@ -14,6 +14,9 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{what} {path} is not valid JSON: {exc}") from None
+        doc = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as exc:  # invalid JSON, not UTF-8, or nested beyond parsing
+        raise DataError(f"{what} {path} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{what} {path} is not a JSON object (it holds a {type(doc).__name__})")
+    return doc

@@ -26,18 +26,21 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import hashlib
+import itertools
 import json
 import os
 import shlex
 import socket
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from . import atomic
-from .errors import IncompleteOutputError, OutputLockedError
+from .errors import IncompleteOutputError, OutputExistsError, OutputLockedError
 
-__all__ = ["begin", "finish", "require_complete", "is_complete", "output_lock", "marker_path", "pending_path",
+__all__ = ["begin", "finish", "require_complete", "require_content", "file_sha256", "has_marker", "json_kind", "refuse_foreign", "is_complete", "output_lock", "marker_path", "pending_path",
            "lock_path", "command_line", "current_command", "OutputWarning"]
 
 FORMAT_VERSION = 1
@@ -79,11 +82,29 @@ def pending_path(folder: str | os.PathLike, kind: str) -> Path:
 
 
 def begin(folder: str | os.PathLike, kind: str, command: str) -> None:
-    """Mark ``folder`` as being written: drop the completion marker, record ``command``."""
+    """Mark ``folder`` as being written: drop the completion marker, record ``command``.
+
+    The digests of the old marker move into the pending record (``previous``): a step that
+    keeps files of an earlier run (a skipped day or seed) has :func:`finish` check them
+    against those, so a file damaged since is not blessed by the next marker."""
     folder = Path(folder)
+    previous = _previous_digests(folder, kind)
     marker_path(folder, kind).unlink(missing_ok=True)
     atomic.write_json(pending_path(folder, kind), {"kind": kind, "command": command, "started": _now(),
-                                                   "pid": os.getpid(), "host": socket.gethostname()})
+                                                   "pid": os.getpid(), "host": socket.gethostname(),
+                                                   "previous": previous})
+
+
+def _previous_digests(folder: Path, kind: str) -> dict[str, str]:
+    """The content digests recorded for ``folder``: its marker's, else those an unfinished
+    step carried over in its pending record; {} when there are none (or they are unreadable)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return _read_marker(marker_path(folder, kind))[1]
+    with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
+        prev = json.loads(_read_small(pending_path(folder, kind))).get("previous") or {}
+        if isinstance(prev, dict):
+            return {str(k): str(v) for k, v in prev.items()}
+    return {}
 
 
 def finish(folder: str | os.PathLike, kind: str, files: Iterable[str | os.PathLike],
@@ -105,23 +126,70 @@ def finish(folder: str | os.PathLike, kind: str, files: Iterable[str | os.PathLi
         except FileNotFoundError:
             raise IncompleteOutputError(f"{folder / rel}: expected output file is missing at the end of the "
                                         "step; the output is not marked complete") from None
+    previous = _previous_digests(folder, kind)
+    digests = {}
+    for rel in listed:
+        p = folder / rel
+        kept = not atomic.written_in_this_process(p)
+        digests[rel] = _cached_sha256(p) if kept else file_sha256(p)
+        if kept and rel in previous and previous[rel] != digests[rel]:
+            raise IncompleteOutputError(
+                f"{p} has been changed since it was written (sha256 {digests[rel][:16]}... instead of "
+                f"{previous[rel][:16]}...) and this step kept it: delete it (or the day or seed folder that holds "
+                "it) and run the step again")
     pending = pending_path(folder, kind)
     path = marker_path(folder, kind)
     # No time, host or command in the marker: reruns of a step stay byte-identical.
-    atomic.write_json(path, {"kind": kind, "format_version": FORMAT_VERSION, "files": listed, **(info or {})})
+    atomic.write_json(path, {"kind": kind, "format_version": FORMAT_VERSION, "files": listed, "sha256": digests,
+                             **(info or {})})
     pending.unlink(missing_ok=True)
     return path
 
 
-def _problem(folder: Path, kind: str, legacy: Callable[[Path], str | None] | None) -> str | None:
-    """None when complete, else what is wrong (one sentence)."""
+def _read_marker(marker: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """(sizes, sha256 digests) of the files a completion marker lists; markers written
+    before content hashes existed give no digests. Raises ValueError when malformed."""
+    doc = json.loads(_read_small(marker))
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
+        raise ValueError("no 'files' mapping")
+    files = {str(k): int(v) for k, v in doc["files"].items()}
+    digests = doc.get("sha256") or {}
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise ValueError("malformed 'sha256' mapping")
+    for rel in files:  # a listed name never leads outside the folder
+        if rel.startswith("/") or ".." in Path(rel).parts:
+            raise ValueError(f"listed file {rel!r} is outside the folder")
+    return files, {str(k): v for k, v in digests.items()}
+
+
+def _read_small(path: Path, limit: int = 64 << 20) -> str:
+    """The text of a marker file, opened without following a link; a link, a device or a
+    file larger than ``limit`` is not one of ours (ValueError)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("it is a symbolic link") from None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data.decode()
+
+
+def _problem(folder: Path, kind: str, legacy: Callable[[Path], str | None] | None,
+             content: bool = True) -> str | None:
+    """None when complete, else what is wrong (one sentence). ``content``: also compare every
+    listed file's sha256 with the marker's (sizes alone miss a flipped byte)."""
     marker = marker_path(folder, kind)
-    if marker.is_file():
+    if marker.is_file() or marker.is_symlink():
         try:
-            doc = json.loads(marker.read_text())
-            files = dict(doc["files"])
+            files, digests = _read_marker(marker)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return f"its completion marker {marker} is not readable ({type(exc).__name__})"
+            return f"its completion marker {marker} is not readable ({type(exc).__name__}: {exc})"
         for rel, size in files.items():
             p = folder / rel
             try:
@@ -130,6 +198,11 @@ def _problem(folder: Path, kind: str, legacy: Callable[[Path], str | None] | Non
                 return f"{p} is missing (listed in {marker.name})"
             if actual != size:
                 return f"{p} has {actual} bytes, {size} when it was written (damaged or replaced)"
+        if content:
+            for rel in files:
+                bad = _content_problem(folder / rel, digests.get(rel), marker)
+                if bad:
+                    return bad
         return None
     pending = pending_path(folder, kind)
     if pending.is_file():
@@ -146,26 +219,132 @@ def _problem(folder: Path, kind: str, legacy: Callable[[Path], str | None] | Non
     return f"{marker} is missing"
 
 
-def is_complete(folder: str | os.PathLike, kind: str, legacy: Callable[[Path], str | None] | None = None) -> bool:
-    return _problem(Path(folder), kind, legacy) is None
+def is_complete(folder: str | os.PathLike, kind: str, legacy: Callable[[Path], str | None] | None = None,
+                content: bool = True) -> bool:
+    return _problem(Path(folder), kind, legacy, content) is None
 
 
 def require_complete(folder: str | os.PathLike, kind: str, what: str, how: str,
-                     legacy: Callable[[Path], str | None] | None = None) -> None:
+                     legacy: Callable[[Path], str | None] | None = None, content: bool = True) -> None:
     """Raise :class:`IncompleteOutputError` unless ``folder`` holds a complete output of ``kind``.
 
     ``what`` names the output ("shard set"), ``how`` is the command that completes it;
     the command recorded by the writer is preferred when there is one. ``legacy(folder)``
     judges folders written before markers existed: None when provably complete, else the problem.
+    ``content=False`` checks names and sizes only; the reader then calls :func:`require_content`
+    for the files it reads (a shard set's reader reads one day, not 19 GB).
     """
     folder = Path(folder)
-    problem = _problem(folder, kind, legacy)
+    problem = _problem(folder, kind, legacy, content)
     if problem is None:
         return
     recorded = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
         recorded = json.loads(pending_path(folder, kind).read_text()).get("command")
+    if "has been changed since it was written" in problem or "when it was written (damaged" in problem:
+        raise IncompleteOutputError(f"{what} {folder} is damaged: {problem}; delete the damaged file (or the day or "
+                                    f"seed folder that holds it) and make it again with: {recorded or how}")
     raise IncompleteOutputError(f"{what} {folder} is incomplete: {problem}; complete it with: {recorded or how}")
+
+
+# --------------------------------------------------------------------------- ownership
+def has_marker(folder: str | os.PathLike, kinds: Iterable[str]) -> bool:
+    """Whether ``folder`` carries a completion marker or pending record of one of ``kinds``."""
+    folder = Path(folder)
+    return any(os.path.lexists(marker_path(folder, k)) or os.path.lexists(pending_path(folder, k)) for k in kinds)
+
+
+def json_kind(path: str | os.PathLike) -> Any:
+    """The ``kind`` field of a small JSON document (None when absent, unreadable or not JSON)."""
+    try:
+        doc = json.loads(_read_small(Path(path), 16 << 20))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return doc.get("kind") if isinstance(doc, dict) else None
+
+
+def refuse_foreign(folder: str | os.PathLike, ours: bool, what: str) -> None:
+    """Refuse a non-empty ``folder`` that is not ``what`` (``ours`` false): a step never writes
+    into, clears or replaces a folder lcron did not make - ``--overwrite`` included, because
+    the folder given may be a data source or anything else of the user's."""
+    folder = Path(folder)
+    if not os.path.lexists(folder):
+        return
+    if not folder.is_dir():
+        raise OutputExistsError(f"{folder} exists and is not a folder; lcron does not replace it - choose another "
+                                "output folder")
+    if ours:
+        return
+    names = sorted(p.name for p in itertools.islice(folder.iterdir(), 6))
+    if names:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise OutputExistsError(f"{folder} is not empty and is not {what} (it holds {shown}); lcron never writes into "
+                                "or replaces a folder it did not make, even with --overwrite: choose a new or empty "
+                                "folder")
+
+
+# --------------------------------------------------------------------------- content
+_HASH_BLOCK = 4 << 20
+# Files already verified in this process, by (device, inode, size, mtime): a training run
+# reads each shard day once per seed, and hashes it once.
+_VERIFIED: dict[tuple[int, int, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in 4 MiB blocks (about 1.7 GB/s with the CPU's SHA
+    instructions; docs/reliability.md has the cost on a RecFlow-size shard set)."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as fh:
+        st = os.fstat(fh.fileno())
+        buf = bytearray(_HASH_BLOCK)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    digest = h.hexdigest()
+    _VERIFIED[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = digest
+    return digest
+
+
+def _cached_sha256(path: Path) -> str:
+    st = path.stat()
+    return _VERIFIED.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)) or file_sha256(path)
+
+
+def _content_problem(path: Path, expected: str | None, marker: Path) -> str | None:
+    if expected is None:  # a marker from before content hashes: sizes only
+        return None
+    try:
+        actual = _cached_sha256(path)
+    except FileNotFoundError:  # the reader names a missing file itself
+        return None
+    except OSError as exc:
+        return f"{path} is not readable ({exc.strerror or exc})"
+    if actual != expected:
+        return (f"{path} has been changed since it was written: its sha256 {actual[:16]}... differs from "
+                f"{expected[:16]}... recorded in {marker.name} (damaged or replaced)")
+    return None
+
+
+def require_content(folder: str | os.PathLike, kind: str, what: str, how: str,
+                    files: Iterable[str | os.PathLike]) -> None:
+    """Refuse, as :func:`require_complete` does, when one of ``files`` (inside ``folder``) no
+    longer has the content its completion marker recorded. Files the marker does not list, or
+    a marker without hashes (older outputs), are not checked."""
+    folder = Path(folder)
+    marker = marker_path(folder, kind)
+    try:
+        _, digests = _read_marker(marker)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IncompleteOutputError(f"{what} {folder} is damaged: its completion marker {marker} is not readable "
+                                    f"({type(exc).__name__}: {exc}); redo it with: {how}") from None
+    for f in files:
+        p = Path(f)
+        rel = (p.relative_to(folder) if p.is_relative_to(folder) else p).as_posix()
+        bad = _content_problem(folder / rel, digests.get(rel), marker)
+        if bad:
+            raise IncompleteOutputError(f"{what} {folder} is damaged: {bad}; redo it with: {how}")
 
 
 # --------------------------------------------------------------------------- lock
@@ -175,11 +354,45 @@ def lock_path(folder: str | os.PathLike) -> Path:
 
 
 def _read_holder(path: Path) -> dict[str, Any]:
+    """The holder recorded in a lock file; a link or anything but a small regular file holds none."""
     try:
-        doc = json.loads(path.read_text() or "{}")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        return _holder_of(fd)
+    finally:
+        os.close(fd)
+
+
+def _holder_of(fd: int) -> dict[str, Any]:
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        doc = json.loads(os.pread(fd, 1 << 16, 0).decode() or "{}")
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _open_lock(path: Path, folder: Path) -> int:
+    """Open (or create) the lock file without following a link planted at its name: lcron
+    never writes through a symbolic link to a file elsewhere. Anything but a regular file
+    there is refused, naming it."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or path.is_symlink():
+            raise OutputLockedError(
+                f"{path} (the lock file of {folder}) is a symbolic link; lcron does not follow links at its lock "
+                f"files - remove it (rm {shlex.quote(str(path))}) and start again") from None
+        raise OSError(exc.errno, f"cannot open the lock file of {folder}: {exc.strerror}", str(path)) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputLockedError(f"{path} (the lock file of {folder}) is not a regular file; remove it and start "
+                                "again")
+    return fd
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -196,10 +409,7 @@ def _pid_alive(pid: Any) -> bool:
 
 def _live_holder(folder: Path) -> dict[str, Any] | None:
     """The recorded holder of ``folder``'s lock when that process is still running."""
-    path = lock_path(folder)
-    if not path.is_file():
-        return None
-    holder = _read_holder(path)
+    holder = _read_holder(lock_path(folder))
     if not holder:
         return None
     if holder.get("host") != socket.gethostname() or _pid_alive(holder.get("pid")):
@@ -220,6 +430,7 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     folder = Path(folder)
     path = lock_path(folder)
     created = _make_parents(path.parent, folder)
+    atomic.forget_written(folder)  # a step's own writes count from here (finish trusts only those)
     try:
         yield from _locked(folder, path, command)
     finally:
@@ -251,14 +462,14 @@ def _locked(folder: Path, path: Path, command: str) -> Iterator[Path]:
 
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = _open_lock(path, folder)
         except FileNotFoundError:  # a failing step of another process removed the empty parent just now
             path.parent.mkdir(parents=True, exist_ok=True)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(path)
+            holder = _holder_of(fd)
             os.close(fd)
             raise OutputLockedError(
                 f"{folder} is being written by another lcron process ({_describe(holder)}); wait for it to "
@@ -272,14 +483,14 @@ def _locked(folder: Path, path: Path, command: str) -> Iterator[Path]:
         # The file may have been removed and recreated by a finishing holder between our
         # open and flock: then we lock a dead inode; start again on the current one.
         try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
         except FileNotFoundError:
             same = False
         if same:
             break
         os.close(fd)
     try:
-        old = _read_holder(path)
+        old = _holder_of(fd)
         host = socket.gethostname()
         if old:
             if old.get("host") == host and not _pid_alive(old.get("pid")):

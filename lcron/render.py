@@ -15,11 +15,12 @@ import base64
 import html
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import atomic
+from . import atomic, outputs
 from .errors import OutputExistsError
 
 CSS = """
@@ -203,6 +204,13 @@ def guard_page(out: Path, stem: str, inputs: Mapping[str, Any], overwrite: bool,
     (another run, other evaluations): like every step, an earlier output is never lost silently.
     The same inputs may be rendered again (e.g. after a re-evaluation)."""
     path = out / f"{stem}.json"
+    page_kind = outputs.json_kind(path)
+    ours = isinstance(page_kind, str) and page_kind.startswith("lcron-")
+    lcron_folder = ours or any(out.glob("_complete-*.json")) or any(out.glob("_pending-*.json"))
+    outputs.refuse_foreign(out, lcron_folder, f"an lcron {what} folder")
+    if os.path.lexists(path) and not ours:
+        raise OutputExistsError(f"{path} exists and is not an lcron {what}; it is left untouched, even with "
+                                "--overwrite: choose another --out")
     if overwrite or not path.exists():
         return
     try:

@@ -31,13 +31,22 @@ if TYPE_CHECKING:
 RUN_KIND = "run"
 
 
-def load_checkpoint(path: str | Path, map_location: "str | torch.device" = "cpu") -> dict:
-    """Load a checkpoint or model file without executing anything it might carry (weights_only)."""
+#: What every model file, day snapshot and resume checkpoint holds.
+MODEL_KEYS = ("config", "model_state")
+
+
+def load_checkpoint(path: str | Path, map_location: "str | torch.device" = "cpu", *,
+                    expect: Sequence[str] = MODEL_KEYS, what: str = "an lcron model file", hint: str = "") -> dict:
+    """Load a checkpoint or model file without executing anything it might carry (weights_only).
+
+    The payload must be a mapping holding the ``expect`` keys: a file of another kind put in
+    its place (a day snapshot as ``resume.pt``, someone else's state dict) is a DataError
+    naming the file and what it lacks, not a KeyError deep inside a step."""
     import torch
 
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise DataError(f"model file {path} does not exist") from None
     except Exception as exc:
@@ -47,6 +56,21 @@ def load_checkpoint(path: str | Path, map_location: "str | torch.device" = "cpu"
         reason = useful[0] if useful else ("not a valid checkpoint" if "Weights only" in str(exc) else lines[0])
         raise DataError(f"model file {path} cannot be loaded safely (weights only; nothing was executed): "
                         f"{reason}") from None
+    missing = [k for k in expect if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        kind = f"a {type(payload).__name__}" if not isinstance(payload, dict) else f"keys {sorted(map(str, payload))[:8]}"
+        raise DataError(f"{path} is not {what}: it lacks {', '.join(missing)} (it holds {kind}){hint}")
+    return payload
+
+
+def load_state(module: "torch.nn.Module", state: Mapping[str, Any], path: Path, what: str = "model") -> None:
+    """``module.load_state_dict(state)``; a state of another architecture or vocabulary is a
+    DataError naming the file (torch's own error lists every tensor, one line kept)."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc).strip())
+        raise DataError(f"{path}: its {what} state does not fit this model ({first[:300]})") from None
 
 
 def load_cascade(path: str | Path, device: "str | torch.device" = "cpu", compile: bool = False):
@@ -55,17 +79,21 @@ def load_cascade(path: str | Path, device: "str | torch.device" = "cpu", compile
 
     from .models import build_cascade
 
+    path = Path(path)
     payload = load_checkpoint(path, map_location=device)
-    cfg = payload["config"]
-    setting = Setting.from_dict(cfg["setting"])
-    cascade = build_cascade(setting, dict(cfg["embedding_sizes"]), dim=int(cfg["train"]["dim"]), compile=compile,
-                            reference_quirks=bool(cfg.get("reference_quirks", False)))
-    state = dict(payload["model_state"])
-    shapes = {k: v.shape for k, v in cascade.state_dict().items()}
-    for key, part in payload.get("embedding_rows", {}).items():  # a day snapshot: the stored rows, NaN elsewhere
-        weight = torch.full(shapes[key], math.nan, dtype=part["values"].dtype, device=part["values"].device)
-        state[key] = weight.index_copy_(0, part["rows"].to(weight.device, torch.int64), part["values"])
-    cascade.load_state_dict(state)
+    try:
+        cfg = payload["config"]
+        setting = Setting.from_dict(cfg["setting"])
+        cascade = build_cascade(setting, dict(cfg["embedding_sizes"]), dim=int(cfg["train"]["dim"]), compile=compile,
+                                reference_quirks=bool(cfg.get("reference_quirks", False)))
+        state = dict(payload["model_state"])
+        shapes = {k: v.shape for k, v in cascade.state_dict().items()}
+        for key, part in payload.get("embedding_rows", {}).items():  # a day snapshot: the stored rows, NaN elsewhere
+            weight = torch.full(shapes[key], math.nan, dtype=part["values"].dtype, device=part["values"].device)
+            state[key] = weight.index_copy_(0, part["rows"].to(weight.device, torch.int64), part["values"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        raise DataError(f"{path}: malformed model file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    load_state(cascade, state, path)
     cascade.to(device).eval()
     return cascade, payload
 
@@ -88,19 +116,21 @@ def train_command(out: Path, run_cfg: Mapping[str, Any], seeds: Sequence[int]) -
 def seed_complete(folder: Path, chash: Any) -> bool:
     """A seed folder whose model.pt exists and whose summary.json (written last) is of config ``chash``."""
     try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
+        summary = json.loads((folder / "summary.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
         return False
-    return summary.get("config_hash") == chash and (folder / "model.pt").is_file()
+    return isinstance(summary, dict) and summary.get("config_hash") == chash and (folder / "model.pt").is_file()
 
 
 def _legacy_run_problem(run_dir: Path) -> str | None:
     """A run written before completion markers: complete when every seed that run.json
     lists has model.pt and a summary.json (written last) of the same configuration."""
     try:
-        cfg = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+        cfg = json.loads((run_dir / "run.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
         return f"{run_dir / 'run.json'} is not readable"
+    if not isinstance(cfg, dict):
+        return f"{run_dir / 'run.json'} is not a run configuration"
     missing = [s for s in cfg.get("seeds", []) if not seed_complete(run_dir / f"seed-{s}", cfg.get("config_hash"))]
     if missing:
         return (f"seed(s) {', '.join(map(str, missing))} have no summary.json or model.pt of this configuration "
@@ -112,9 +142,10 @@ def require_complete_run(run_dir: str | Path) -> None:
     """Refuse a run folder that training has not finished (see :mod:`lcron.outputs`)."""
     run_dir = Path(run_dir)
     try:
-        cfg = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+        cfg = json.loads((run_dir / "run.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
         cfg = {}
+    cfg = cfg if isinstance(cfg, dict) else {}
     hint = train_command(run_dir, cfg, cfg.get("seeds") or [1]) if cfg else f"lcron train ... --out {run_dir}"
     outputs.require_complete(run_dir, RUN_KIND, "run folder", hint, legacy=_legacy_run_problem)
 
@@ -137,10 +168,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "run.json"
     if not path.is_file():
         raise DataError(f"{run_dir} is not a training run folder (no run.json)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from None
+    cfg = read_json(path, "run configuration")
     for key in ("method", "setting", "embedding_sizes", "config_hash", "days"):
         if key not in cfg:
             raise DataError(f"{path} lacks the field {key!r}; was it written by lcron train?")
@@ -181,13 +209,15 @@ def read_train_logs(run_dir: Path, seeds: Sequence[int]) -> dict[str, dict[str, 
         path = run_dir / f"seed-{seed}" / "train_log.jsonl"
         if not path.is_file():
             continue
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(path.read_bytes().splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path} line {n} is not valid JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:
+                raise DataError(f"{path} line {n} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path} line {n} is not a JSON object")
             for part, value in rec.items():
                 if part in ("seed", "day", "step") or not isinstance(value, (int, float)):
                     continue

@@ -25,6 +25,10 @@ from typing import Any, Mapping
 STAGE_GROUP_LABELS = ("rerank_pos", "rerank_neg", "rank_pos", "rank_neg", "coarse_neg", "prerank_neg")
 MODEL_KINDS = ("dssm", "din", "mlp")
 
+#: Bounds on a setting's sizes: the shards hold [requests, groups x group_size, 8] arrays.
+MAX_GROUP_SIZE = 1000
+MAX_EXTRA_BYTES = 1 << 16
+
 
 class SettingError(ValueError):
     """A setting (built-in name or user file) is unknown or inconsistent."""
@@ -138,6 +142,16 @@ class Setting:
             fail("the first stage must be a two-tower 'dssm' model (it retrieves from the corpus)")
         if self.group_size < 1 or self.gt_size < 1:
             fail("'group_size' and 'gt_size' must be positive")
+        if self.group_size > MAX_GROUP_SIZE:
+            fail(f"'group_size' {self.group_size} is larger than {MAX_GROUP_SIZE} items per group (RecFlow logs 10)")
+        try:
+            extra_size = len(json.dumps(dict(self.extra)))
+        except (TypeError, ValueError, RecursionError) as exc:
+            fail(f"'extra' must be plain JSON data ({type(exc).__name__})")
+        if extra_size > MAX_EXTRA_BYTES:
+            fail(f"'extra' holds {extra_size} bytes of JSON; at most {MAX_EXTRA_BYTES} are accepted")
+        if len(self.name) > 100 or not self.name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            fail("'name' must be 1-100 letters, digits, '_', '-' or '.'")
         n = self.list_size
         prev = n
         for i, q in enumerate(self.quotas):
@@ -252,21 +266,48 @@ def get_setting(spec: "Setting | str | int | Path | None" = None, *, stages: int
     raise SettingError(f"unknown setting {spec!r}; built-in: {sorted(BUILTIN_SETTINGS)}, or a .json/.yaml file")
 
 
+#: A setting file is a few lines; anything larger is refused before it is parsed.
+MAX_SETTING_FILE_BYTES = 1 << 20
+
+
+def _parse_yaml(text: str) -> Any:
+    """YAML without anchors and aliases: a setting has no use for them, and an alias bomb
+    (nested aliases that expand exponentially once the setting is hashed or written) is the
+    classic way to make a small YAML file exhaust memory."""
+    import yaml
+
+    class _NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                mark = event.start_mark
+                raise yaml.YAMLError(f"anchors and aliases (&, *) are not accepted in a setting file (line "
+                                     f"{mark.line + 1}, column {mark.column + 1})")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_setting_file(path: str | Path) -> Setting:
     """Load a user's setting from JSON or YAML; every problem is a SettingError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise SettingError(f"setting file {path} does not exist")
-    text = path.read_text()
     try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # malformed file
-        raise SettingError(f"setting file {path} is not valid {path.suffix.lstrip('.').upper()}: {exc}") from None
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_SETTING_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SettingError(f"setting file {path} is not readable: {exc.strerror or exc}") from None
+    if len(raw) > MAX_SETTING_FILE_BYTES:
+        raise SettingError(f"setting file {path} is larger than {MAX_SETTING_FILE_BYTES} bytes; a setting is a few "
+                           "lines of fields")
+    kind = path.suffix.lstrip('.').upper() or "JSON"
+    try:
+        text = raw.decode("utf-8")
+        data = _parse_yaml(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    except Exception as exc:  # malformed file (including a nesting too deep to parse: RecursionError)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SettingError(f"setting file {path} is not valid {kind}: {first}") from None
     if not isinstance(data, Mapping):
         raise SettingError(f"setting file {path} must hold a mapping of fields, got {type(data).__name__}")
     try:

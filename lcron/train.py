@@ -59,7 +59,7 @@ from .optim import (DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_emb
                     check_embedding_optimizer, resolve_embedding_optimizer)
 from .logs import get_logger
 from .progress import Progress
-from .run_folder import RUN_KIND, load_checkpoint, seed_complete, train_command
+from .run_folder import RUN_KIND, load_checkpoint, load_state, seed_complete, train_command
 from .settings import Setting, get_setting
 
 FORMAT_VERSION = 1
@@ -68,6 +68,8 @@ EMBEDDINGS = "embeddings"
 #: The seed folder's resume checkpoint: full state after the last completed day, replaced
 #: atomically after every day and removed once the seed is complete.
 RESUME_FILE = "resume.pt"
+#: What a resume checkpoint holds beyond a model file (_checkpoint_payload with its optimizer state).
+RESUME_KEYS = ("config", "model_state", "loss_state", "optim_state", "day", "day_index", "step", "requests")
 
 
 def log(msg: str) -> None:
@@ -145,7 +147,12 @@ def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
 def training_days(shards, spec: str | None) -> list[str]:
     """The days to train on: the given range, or every day but the last (kept for testing)."""
     if spec:
-        return shards.select_days(spec)
+        days = shards.select_days(spec)
+        if days and days[-1] == shards.days[-1]:
+            warnings.warn(f"training days {days[0]}..{days[-1]} include the shard set's last day, so no later day is "
+                          f"held out for testing: evaluation of {days[-1]} (lcron evaluate's default test day) "
+                          "measures fit to training data, not generalisation", stacklevel=2)
+        return days
     if len(shards.days) < 2:
         raise DataError(
             f"shard set {shards.root} holds {len(shards.days)} day(s); training by default uses every day "
@@ -383,6 +390,7 @@ def _claim_run_folder(out: Path, run_cfg: dict, cfg: TrainConfig, overwrite: boo
     """Record the run's config; a folder holding another configuration is refused unless overwriting."""
     run_json = out / "run.json"
     seeds = list(cfg.seeds)
+    outputs.refuse_foreign(out, _is_run_folder(out), "an lcron run folder (run.json of lcron train)")
     if run_json.exists():
         old = _read_json_or_fail(run_json, "--overwrite")
         if old.get("config_hash") == run_cfg["config_hash"]:
@@ -418,14 +426,19 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
     start_day, step, requests, records = 0, 0, 0, []
     resumed = resume_path if resume_path.is_file() else None
     if resumed is not None:
-        state = load_checkpoint(resumed, map_location=device)
-        if state["config"].get("config_hash") != run_cfg["config_hash"]:
+        state = load_checkpoint(resumed, map_location=device, expect=RESUME_KEYS, what="a resume checkpoint",
+                                hint=f"; a day snapshot or model.pt holds no optimizer state: remove {resumed} to "
+                                     f"train seed {seed} from its first day")
+        if not isinstance(state["config"], dict) or state["config"].get("config_hash") != run_cfg["config_hash"]:
             raise OutputExistsError(f"checkpoint {resumed} was made with another configuration; pass --overwrite")
-        cascade.load_state_dict(state["model_state"])
-        loss.load_state_dict(state["loss_state"])
+        load_state(cascade, state["model_state"], resumed)
+        load_state(loss, state["loss_state"], resumed, "loss")
         for k, opt in optimizers.items():
-            opt.load_state_dict(state["optim_state"][k])
-        start_day, step, requests = state["day_index"] + 1, state["step"], state["requests"]
+            if not isinstance(state["optim_state"], dict) or k not in state["optim_state"]:
+                raise DataError(f"{resumed}: no state of the {k!r} optimizer; remove it to train seed {seed} "
+                                "from its first day")
+            load_state(opt, state["optim_state"][k], resumed, f"{k!r} optimizer")
+        start_day, step, requests = int(state["day_index"]) + 1, int(state["step"]), int(state["requests"])
         records = _read_log(folder / "train_log.jsonl", max_step=step)
         log(f"seed {seed}: resuming after day {state['day']} (step {step}) from {resumed}")
 
@@ -574,12 +587,23 @@ def _write_day_snapshot(shard_set, ckpt_dir: Path, run_cfg: dict, seed: int, day
     atomic.save_torch(ckpt_dir / f"{day}.pt", payload)
 
 
+def _is_run_folder(out: Path) -> bool:
+    """Whether ``out`` is a run folder lcron train made (its marker, or a run.json of its fields)."""
+    if outputs.has_marker(out, [RUN_KIND]):
+        return True
+    try:
+        doc = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and {"method", "config_hash", "setting"} <= set(doc)
+
+
 def _read_json_or_fail(path: Path, remedy: str) -> dict:
     """A JSON object lcron wrote earlier; damage is a DataError naming the file and the remedy."""
     try:
         doc = json.loads(path.read_text())
-    except ValueError as exc:
-        raise DataError(f"{path} is damaged (not valid JSON: {exc}); {remedy}") from None
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{path} is damaged (not valid JSON: {type(exc).__name__}: {exc}); {remedy}") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path} is damaged (not a JSON object); {remedy}")
     return doc
@@ -588,8 +612,12 @@ def _read_json_or_fail(path: Path, remedy: str) -> dict:
 def _read_log(path: Path, max_step: int) -> list[dict]:
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= max_step]
+    try:
+        rows = [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        return [r for r in rows if int(r["step"]) <= max_step]
+    except (ValueError, RecursionError, KeyError, TypeError) as exc:
+        raise DataError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:200]}); remove the seed folder "
+                        f"{path.parent} to train the seed again") from None
 
 
 def _write_log(path: Path, records: list[dict]) -> None:

@@ -14,6 +14,7 @@ bit-identical preprocessing and evaluation reruns, and a failing pipeline step.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import pickle
@@ -363,6 +364,7 @@ def _poisoned_copy(run: Path, dest: Path, rel: str, marker: Path) -> Path:
     doc = json.loads(marker_file.read_text())
     if rel in doc["files"]:
         doc["files"][rel] = (dest / rel).stat().st_size
+        doc["sha256"][rel] = hashlib.sha256((dest / rel).read_bytes()).hexdigest()
         marker_file.write_text(json.dumps(doc))
     return dest
 

@@ -223,8 +223,11 @@ class ShardSet:
             raise DataError(f"{self.root / 'dataset.json'}: format_version {meta.get('format_version')!r}; "
                             f"this lcron reads format_version {FORMAT_VERSION} (preprocess again)")
         if require_complete:
+            # Names and sizes of the whole set here; the content of each file when it is read
+            # (load_day, item_table): an evaluation reads one day of a 17 GB set.
             outputs.require_complete(self.root, SHARDS_KIND, "shard set", _complete_command(self.root, meta),
-                                     legacy=_legacy_problem)
+                                     legacy=_legacy_problem, content=False)
+        self._verify = require_complete
         try:
             self.setting: Setting = Setting.from_dict(meta["setting"])
             self.id_counts: dict[str, int] = {k: int(v) for k, v in meta["id_counts"].items()}
@@ -262,6 +265,7 @@ class ShardSet:
     def load_day(self, day: str, mmap: bool = True) -> dict[str, np.ndarray]:
         """Every array of fields.SHARD_ARRAYS for ``day`` (memory-mapped by default)."""
         d = self._day_dir(day)
+        self._check_content([d / f"{name}.npy" for name in fields.SHARD_ARRAYS] + [d / "manifest.json"])
         out: dict[str, np.ndarray] = {}
         for name in fields.SHARD_ARRAYS:
             path = d / f"{name}.npy"
@@ -273,6 +277,12 @@ class ShardSet:
                 raise DataError(f"{path}: not a readable .npy array ({exc})") from None
         self._check_shapes(day, out)
         return out
+
+    def _check_content(self, files: list[Path]) -> None:
+        """The files' sha256 against the completion marker (a reader of a complete set only)."""
+        if self._verify:
+            outputs.require_content(self.root, SHARDS_KIND, "shard set", _complete_command(self.root, self.meta),
+                                    files)
 
     def _check_shapes(self, day: str, arrays: dict[str, np.ndarray]) -> None:
         sym = {"R": int(arrays["request_id"].shape[0]), "N": self.setting.list_size}
@@ -288,6 +298,7 @@ class ShardSet:
         d = self.root / "item_table"
         if not (d / "manifest.json").is_file():
             raise DataError(f"{d}: item table is missing or incomplete (run preprocess)")
+        self._check_content([d / "manifest.json", d / "video_id.npy", d / "features.npy"])
         try:
             return (np.load(d / "video_id.npy", allow_pickle=False), np.load(d / "features.npy", allow_pickle=False))
         except (OSError, ValueError) as exc:
@@ -584,7 +595,7 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
                    "source": str(source), "days": [], "config_hash": chash,
                    "reference_quirks": bool(reference_quirks)}
         redo = _prepare_out(out, dataset, overwrite)
-        if not outputs.is_complete(out, SHARDS_KIND, _legacy_problem):
+        if not outputs.is_complete(out, SHARDS_KIND, _legacy_problem, content=False):  # finish checks content
             (out / "item_table" / "manifest.json").unlink(missing_ok=True)  # rebuilt at the end
         outputs.begin(out, SHARDS_KIND, outputs.current_command(_complete_command(out, dataset, days)))
         dataset["days"] = _complete_days(out)

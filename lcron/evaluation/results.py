@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -74,6 +76,16 @@ def _legacy_evaluation_problem(eval_dir: Path) -> str | None:
     return None
 
 
+def is_eval_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is one lcron's evaluation steps made: an evaluation (marker or
+    metrics.json) or a serving evaluation (serving.json), which share ``RUN/eval`` by default."""
+    from ..serving.results import KIND as SERVING_KIND
+
+    folder = Path(folder)
+    return (outputs.has_marker(folder, [EVALUATION_KIND]) or outputs.json_kind(folder / "metrics.json") == KIND
+            or outputs.json_kind(folder / "serving.json") == SERVING_KIND)
+
+
 def is_complete_evaluation(eval_dir: str | Path) -> bool:
     """Whether ``lcron evaluate`` finished writing ``eval_dir`` (its completion marker, or a
     verifiably complete evaluation from before markers existed)."""
@@ -95,8 +107,12 @@ def load_per_request(eval_dir: str | Path) -> dict[str, np.ndarray]:
         require_complete_evaluation(eval_dir)
     if not path.is_file():
         raise DataError(f"{path} does not exist; evaluate the run first")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable per-request archive ({type(exc).__name__}: {exc}); "
+                        "evaluate the run again (lcron evaluate --overwrite)") from None
 
 
 def load_metrics(eval_dir: Path) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def load_reference_state(path: str | Path) -> dict[str, torch.Tensor]:
     """A reference state dict from ``path`` (weights only; a ``{"state_dict": ...}`` wrapper is unwrapped)."""
     from lcron.run_folder import load_checkpoint
 
-    obj: Any = load_checkpoint(path)
+    obj: Any = load_checkpoint(path, expect=())
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

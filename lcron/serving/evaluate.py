@@ -37,17 +37,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from lcron import atomic
+from lcron import atomic, outputs
 from lcron.devices import resolve_device
 from lcron.errors import ConfigError, DataError, OutputExistsError
-from lcron.evaluation.results import summarize_seeds
+from lcron.evaluation.results import is_eval_folder, summarize_seeds
 from lcron.logs import get_logger
 from lcron.progress import Progress
 from lcron.run_folder import FinishedRun, load_cascade, seed_number
@@ -236,10 +238,14 @@ def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1:
 def _guard_output(path: Path, inputs: Mapping[str, Any], overwrite: bool) -> str:
     """The inputs' hash; refuses (unless ``overwrite``) a ``path`` written from other inputs."""
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    outputs.refuse_foreign(path.parent, is_eval_folder(path.parent), "an lcron evaluation folder")
+    if os.path.lexists(path) and outputs.json_kind(path) != KIND:
+        raise OutputExistsError(f"{path} exists and is not an lcron serving evaluation; it is left untouched, "
+                                "even with --overwrite: choose another --out")
     if path.exists() and not overwrite:
         try:
             old = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             old = {}
         if old.get("inputs_hash") != digest:
             before = old.get("inputs") or {}
@@ -252,8 +258,6 @@ def _guard_output(path: Path, inputs: Mapping[str, Any], overwrite: bool) -> str
 def serving_evaluate(run_dir: "str | Path", shards: Any = None, **kwargs: Any) -> dict[str, Any]:
     """Serving-style evaluation (see :func:`_serving_evaluate`) holding the lock of the output folder;
     serving.json is one atomic file, so its presence is its completion marker."""
-    from lcron import outputs
-
     folder = Path(kwargs["out"]) if kwargs.get("out") is not None else Path(run_dir) / "eval"
     with outputs.output_lock(folder, outputs.current_command(f"lcron serve-eval --model {run_dir} --out {folder}")):
         return _serving_evaluate(run_dir, shards, **kwargs)
@@ -290,6 +294,7 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     notes = []
     if test_day in cfg.get("days", []):
         notes.append(f"day {test_day} was a training day of this run: the numbers are not held-out")
+        warnings.warn(f"serve-eval: test {notes[-1]}", stacklevel=2)
     dev = resolve_device(device)
     if compile:
         from lcron.models.fused import compile_in_process, trust_cpu_isa
@@ -300,7 +305,7 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     video_ids, features = shard_set.item_table()
     k1_list, clamp_notes = clamp_k1(k1_req, len(video_ids))
     notes += clamp_notes
-    for note in notes:
+    for note in clamp_notes:
         log(f"serve-eval: {note}")
     k1_list = sorted(set(k1_list))
     out_dir = Path(out) if out is not None else run_dir / "eval"

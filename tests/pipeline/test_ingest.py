@@ -120,8 +120,49 @@ def test_ingest_reuses_refuses_and_overwrites(src, tmp_path):
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "notes.txt").write_text("mine")
-    with pytest.raises(OutputExistsError, match="not a complete ingest output"):
-        ingest(src, junk, progress=False)
+    for overwrite in (False, True):  # a folder ingest did not make is never cleared, even with overwrite
+        with pytest.raises(OutputExistsError, match=r"junk is not empty and is not an lcron ingest output "
+                                                     r"\(ingest.json\) \(it holds notes.txt\).*even with --overwrite"):
+            ingest(src, junk, overwrite=overwrite, progress=False)
+        assert [p.name for p in junk.iterdir()] == ["notes.txt"] and (junk / "notes.txt").read_text() == "mine"
+
+
+def test_ingest_overwrite_never_deletes_a_recflow_source(src, tmp_path):
+    """--out pointed at a RecFlow source (the layout ingest itself writes, but no ingest.json
+    or pending record) is refused with --overwrite and keeps every file (the old code deleted it)."""
+    import shutil
+
+    victim = tmp_path / "recflow-copy"
+    shutil.copytree(src, victim)
+    before = {p.relative_to(victim): p.read_bytes() for p in victim.rglob("*") if p.is_file()}
+    with pytest.raises(OutputExistsError, match="is not an lcron ingest output"):
+        ingest(src, victim, days="2024-01-14", overwrite=True, progress=False)
+    assert {p.relative_to(victim): p.read_bytes() for p in victim.rglob("*") if p.is_file()} == before
+
+
+def test_an_interrupted_staging_is_cleared_by_overwrite(src, tmp_path, monkeypatch):
+    """A staging that died mid-copy carries ingest's pending record: --overwrite may clear it."""
+    import lcron.ingest as ing
+
+    out = tmp_path / "out"
+    real = ing._copy
+    calls = []
+
+    def dies(a, b):
+        calls.append(b)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(b))
+        return real(a, b)
+
+    monkeypatch.setattr(ing, "_copy", dies)
+    with pytest.raises(OSError):
+        ingest(src, out, progress=False)
+    monkeypatch.undo()
+    assert (out / "_pending-ingest.json").is_file() and not (out / MANIFEST_NAME).exists()
+    with pytest.raises(OutputExistsError, match="files that are not a complete ingest output"):
+        ingest(src, out, progress=False)
+    res = ingest(src, out, overwrite=True, progress=False)
+    assert (out / MANIFEST_NAME).is_file() and not (out / "_pending-ingest.json").exists() and res.days
 
 
 def test_ingest_refuses_data_changed_after_fingerprinting(src, tmp_path):
