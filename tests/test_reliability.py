@@ -666,12 +666,36 @@ def test_the_raw_write_scanner_finds_raw_writes(tmp_path):
 
 
 # ------------------------------------------------------------------ every library read is safe
-def _unsafe_loads(path: Path) -> list[str]:
-    """Loads in ``path`` that could run code from a file: ``torch.load`` without
-    ``weights_only=True``, ``np.load`` without ``allow_pickle=False``, and any plain pickle
-    load (only lcron.safe_pickle may unpickle)."""
+# torch.export.load unpickles and evaluates what a .pt2 holds; the only accepted call is in
+# lcron/serving/loader.py's _load_program, after check_program_archive has checked those bytes.
+_CHECKED_EXPORT_LOAD = ("lcron/serving/loader.py", "_load_program", "check_program_archive")
+
+
+def _unsafe_loads(path: Path, source: str | None = None) -> list[str]:
+    """Loads in ``path`` (or in ``source``, as if it were that file) that could run code from a
+    file: ``torch.load`` without ``weights_only=True``, ``np.load`` without
+    ``allow_pickle=False``, any plain pickle load (only lcron.safe_pickle may unpickle), and
+    ``torch.export.load`` / ``load_pt2`` anywhere but in the checked loader function
+    (:data:`_CHECKED_EXPORT_LOAD`: there, after a call to ``check_program_archive``)."""
+    tree = ast.parse(path.read_text() if source is None else source, filename=str(path))
+    enclosing: dict[ast.AST, ast.AST] = {}
+    for fn in ast.walk(tree):  # outer functions come first, so the innermost one wins
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                enclosing[node] = fn
+
+    def checked_export_load(node: ast.Call) -> bool:
+        fn = enclosing.get(node)
+        file, name, check = _CHECKED_EXPORT_LOAD
+        return (_rel(path) == file and fn is not None and fn.name == name
+                and any(isinstance(c, ast.Call) and ast.unparse(c.func).split(".")[-1] == check
+                        and c.lineno < node.lineno for c in ast.walk(fn)))
+
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch.export") \
+                and any(a.name in ("load", "load_pt2") for a in node.names):
+            found.append(f"{_rel(path)}:{node.lineno} from {node.module} import load")  # hides the call below
         if not isinstance(node, ast.Call):
             continue
         func = ast.unparse(node.func)
@@ -688,6 +712,8 @@ def _unsafe_loads(path: Path) -> list[str]:
             found.append(where)
         elif func in ("pickle.load", "pickle.loads", "pickle.Unpickler", "cPickle.load", "pd.read_pickle"):
             found.append(where)
+        elif (func.endswith("export.load") or func.split(".")[-1] == "load_pt2") and not checked_export_load(node):
+            found.append(where)
     return found
 
 
@@ -695,6 +721,22 @@ def test_every_library_load_refuses_code():
     offenders = [w for p in sorted((ROOT / "lcron").rglob("*.py")) if p.name != "safe_pickle.py"
                  for w in _unsafe_loads(p)]
     assert offenders == []
+    # torch.export.load: the library's one call is the checked one, and the scan flags any other
+    file, name, check = _CHECKED_EXPORT_LOAD
+    checked = ast.parse((ROOT / file).read_text())
+    assert [f.name for f in ast.walk(checked) if isinstance(f, ast.FunctionDef)
+            and "torch.export.load(" in ast.unparse(f)] == [name]
+    ok = f"import torch\ndef {name}(p, d, c):\n    {check}(p, b'', c)\n    return torch.export.load(p)\n"
+    assert _unsafe_loads(ROOT / file, ok) == []
+    for source, where in [
+        (ok.replace(f"def {name}", "def other"), file),  # another function
+        (ok, "lcron/serving/export.py"),  # another file
+        (f"import torch\ndef {name}(p, d, c):\n    return torch.export.load(p)\n", file),  # no check
+        (f"import torch\ndef {name}(p, d, c):\n    x = torch.export.load(p)\n    {check}(p, b'', c)\n", file),
+        ("from torch.export import load\n", file),
+        ("import torch\ndef f(p):\n    return torch.export.pt2_archive._package.load_pt2(p)\n", file),
+    ]:
+        assert len(_unsafe_loads(ROOT / where, source)) == 1, source
 
 
 def test_the_unsafe_load_scanner_finds_unsafe_loads(tmp_path):

@@ -2,7 +2,7 @@
 
 Folder layout (all files written atomically, the folder itself renamed into place)::
 
-    cascade.json          format, setting, quotas, input spec, file names, provenance
+    cascade.json          format, setting, quotas, input spec, file names, sizes and sha256s, provenance
     user_tower.pt2        torch.export program: (context, user, seq, seq_mask) -> [B, D]
     item_tower.pt2        torch.export program: items [I, 8] -> [I, D]
     stage-<s>-<name>.pt2  one per later stage: (context, user, seq, seq_mask, items [B, N, 8]) -> [B, N]
@@ -236,11 +236,46 @@ A request batch is a dict of integer arrays (numpy or torch), B requests:
 Every id is raw id + 1 so 0 means padding; ids must be below the table sizes listed in
 cascade.json ("inputs"); an unknown id should be mapped to 0.
 
-Files: cascade.json (setting, quotas, input spec), user_tower.pt2 and item_tower.pt2
+Files: cascade.json (setting, quotas, input spec, the size and sha256 of every file; the
+loader checks them, and refuses a .pt2 holding anything but tensors and aten operators,
+before it loads anything), user_tower.pt2 and item_tower.pt2
 (retrieval towers, torch.export), stage-*.pt2 (later stages, torch.export), corpus.faiss
 (inner-product index over the item vectors; row i = item i), item_ids.npy (video ids of
 the rows), item_features.npy ([I, 8] features of the rows), loader.py.
 """
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is an lcron export: its cascade.json (a regular file, not a link) is a
+    JSON object whose ``format`` is the export format (any version)."""
+    meta_path = folder / loader.META_FILE
+    try:
+        if folder.is_symlink() or not folder.is_dir() or meta_path.is_symlink() or not meta_path.is_file() \
+                or meta_path.stat().st_size > loader.MAX_META_BYTES:
+            return False
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == loader.FORMAT
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that holds something: an earlier export is replaced only with
+    ``overwrite``; anything else (a file, a link, a folder that is not an lcron export) is
+    never deleted, with or without ``overwrite``."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        return
+    if is_export(out):
+        if not overwrite:
+            raise OutputExistsError(f"{out} exists and is not empty (an earlier lcron export); choose another --out "
+                                    f"or pass --overwrite to replace it")
+        return
+    what = "a symbolic link" if out.is_symlink() else "a folder" if out.is_dir() else "a file"
+    raise OutputExistsError(f"{out} exists and is not an lcron export ({what} without a {loader.META_FILE} of format "
+                            f"{loader.FORMAT!r}); it will not be deleted, not even with --overwrite; choose "
+                            f"another --out")
 
 
 def export_cascade(run_dir: "str | Path", out: "str | Path", **kwargs: Any) -> Path:
@@ -259,7 +294,8 @@ def _export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | Non
 
     The corpus is the item table of ``shards`` (default: the run's shard set);
     ``index`` is flat (exact), ivf or hnsw (``index_options``: see IndexOptions).
-    Returns the folder. An existing non-empty ``out`` is refused unless ``overwrite``.
+    Returns the folder. An existing non-empty ``out`` is refused unless it is an earlier lcron
+    export and ``overwrite`` is given; a folder that is not an lcron export is never deleted.
     """
     from lcron.run_folder import FinishedRun, load_cascade
     from lcron.serving.index import IndexOptions, build_corpus, check_kind, retrieval_tower, stage_modules, to_cpu
@@ -267,8 +303,7 @@ def _export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | Non
     run_dir, out = Path(run_dir), Path(out)
     check_kind(index)
     opts = IndexOptions.from_mapping(index_options)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise OutputExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    _check_output(out, overwrite)
     run = FinishedRun.open(run_dir)
     seed_dir = run.seed_dirs[0] if seed is None else run.seed_dir(seed)
     model_path = seed_dir / "model.pt"
@@ -330,12 +365,17 @@ def _export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | Non
                                                    zip(setting.stage_names[1:], setting.quotas[1:])),
             items=corpus.size, index=index, torch_version=torch.__version__.split("+")[0],
             last=setting.quotas[-1], tz=shard_set.tz_offset_hours))
-        # cascade.json is written last and lists every file with its size: the loader checks them
-        # first, so a folder copied in part or damaged is refused by name, not by a torch error.
-        meta["file_bytes"] = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
+        # cascade.json is written last and lists every file with its size and sha256: the loader
+        # checks them before it opens any file, so a folder copied in part, damaged or changed
+        # since is refused by file name, not by a torch error.
+        written = [p for p in sorted(staging.iterdir()) if p.is_file()]
+        meta["file_bytes"] = {p.name: p.stat().st_size for p in written}
+        meta["file_sha256"] = {p.name: loader.file_sha256(p) for p in written}
         atomic.write_json(staging / loader.META_FILE, meta)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        if out.exists() or out.is_symlink():
+            _check_output(out, overwrite)  # again: only an earlier export is ever deleted
+            if out.is_dir() and any(out.iterdir()):
+                shutil.rmtree(out)
         os.replace(staging, out)
     finally:
         if staging.exists():
@@ -354,7 +394,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", default=None, metavar="DIR",
                         help="shard set whose item table is the corpus (default: the run's)")
     add_index_option_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier lcron export in --out (any other non-empty folder is refused)")
 
 
 def add_index_option_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,12 +13,22 @@ Serving one request batch (:meth:`ExportedCascade.score`):
 3. each later stage s scores the survivors of the previous stage and keeps its quota
    q_s (two-stage: 20 of K1; three-stage: 30 of K1, then 20 of those 30). Ties at a
    cut-off go to a seeded random priority, never to the retrieval order.
+
+Loading a folder runs nothing from it (:func:`check_files`, :func:`check_program_archive`):
+every file listed in cascade.json is checked for its size and sha256 before any file is
+opened, and every ``.pt2`` archive is checked against an allowlist of what
+``torch.export.save`` writes for these models (raw tensors only, no pickles, aten/prims
+operators only, plain shape expressions and guards) before ``torch.export.load`` sees it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -191,37 +201,84 @@ class Scored(NamedTuple):
     retrieved: np.ndarray          # [B, K1] the retrieved video ids the stage scores refer to
 
 
-def _load_program(path: Path, device: torch.device) -> torch.nn.Module:
-    """A saved torch.export program as a callable module on ``device``.
+# ------------------------------------------------------- integrity and the pre-load check
+HASH_BLOCK_BYTES = 1 << 20  # sha256 is computed over 1 MiB blocks (constant memory)
+MAX_META_BYTES = 16 << 20  # cascade.json
+# A .pt2 holds one model: its embedding table (rows x dim float32, rows = the sum of the
+# table sizes in cascade.json) and a few small MLPs. The cap is twice the table plus 64 MiB.
+PROGRAM_OVERHEAD_BYTES = 64 << 20
+MAX_PT2_ENTRIES = 4096
+NOTHING_RAN = "nothing from the file was executed"
+_FILE_KEYS = ("user_tower", "item_tower", "index", "item_ids", "item_features")
 
-    The programs are captured on the CPU; for another device every parameter, buffer and
-    lifted constant is moved by torch's ``move_to_device_pass`` (a plain ``.to`` would leave
-    the lifted constants behind).
-    """
+
+def file_sha256(path: "str | Path") -> str:
+    """Hex sha256 of a file, read in :data:`HASH_BLOCK_BYTES` blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _plain_file_name(name: Any) -> bool:
+    """A name of a file directly inside the folder (no path, no parent, not hidden)."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and not name.startswith(".")
+            and "/" not in name and "\\" not in name and "\0" not in name)
+
+
+def listed_files(meta: Mapping[str, Any]) -> list[str]:
+    """The file names cascade.json's ``files`` names (what the loader opens)."""
+    files = meta.get("files") or {}
+    return [f for v in files.values() for f in (v if isinstance(v, list) else [v])]
+
+
+def program_byte_cap(meta: Mapping[str, Any]) -> int:
+    """The most bytes one ``.pt2`` of this export may have: twice the embedding table that
+    cascade.json's ``embedding_sizes`` and ``dim`` imply (float32), plus 64 MiB."""
     try:
-        program = torch.export.load(str(path))
-    except FileNotFoundError:
-        raise ExportError(f"{path}: exported model file is missing") from None
-    except Exception as exc:
-        raise ExportError(f"{path}: not a loadable torch.export program ({type(exc).__name__}: {exc})") from None
-    if device.type != "cpu":
-        from torch.export.passes import move_to_device_pass  # noqa: PLC0415
-
-        program = move_to_device_pass(program, device)
-    return program.module()
+        rows = sum(int(v) for v in dict(meta["embedding_sizes"]).values())
+        dim = int(meta["dim"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ExportError(f"{META_FILE}: 'embedding_sizes' and 'dim' must be given as integers") from None
+    if rows < 1 or dim < 1:
+        raise ExportError(f"{META_FILE}: 'embedding_sizes' and 'dim' must be positive, got {rows} rows, dim {dim}")
+    return 2 * 4 * rows * dim + PROGRAM_OVERHEAD_BYTES
 
 
-def check_files(folder: Path, meta: Mapping[str, Any]) -> None:
-    """Refuse an export whose files are not all there as written: ``file_bytes`` of cascade.json
-    (written last by the exporter) lists every file with its size. A folder copied in part, or
-    a file damaged or replaced since, fails here with the file's name rather than deep inside
-    torch or faiss. Exports from before ``file_bytes`` existed are checked for presence only."""
+def check_files(folder: Path, meta: Mapping[str, Any], max_bytes: "Mapping[str, int] | None" = None) -> None:
+    """Refuse an export whose files are not all there as written, before any of them is opened.
+
+    ``file_bytes`` of cascade.json (written last by the exporter) lists every file with its
+    size and ``file_sha256`` with its sha256: a folder copied in part, or a file damaged or
+    replaced since, fails here with the file's name rather than deep inside torch or faiss.
+    Sizes (and ``max_bytes`` caps) are checked for every file first, then the hashes. Exports
+    from before ``file_sha256`` existed are checked by size only, and exports from before
+    ``file_bytes`` for the presence of the files they name. Every name must be a plain file
+    name inside the folder, and every file the loader opens must be listed."""
+    meta_path = folder / META_FILE
+    named = listed_files(meta)
     listed = meta.get("file_bytes")
+    hashes = meta.get("file_sha256")
     if listed is None:
-        files = meta.get("files") or {}
-        listed = {str(f): None for v in files.values() for f in (v if isinstance(v, list) else [v])}
+        listed = {str(f): None for f in named}
+    elif not isinstance(listed, dict):
+        raise ExportError(f"{meta_path}: 'file_bytes' must map file names to sizes")
+    for name in [*named, *listed]:
+        if not _plain_file_name(name):
+            raise ExportError(f"{meta_path}: {name!r} is not the name of a file in the folder; an exported "
+                              f"cascade loads only files of its own folder")
+    unlisted = sorted({str(f) for f in named} - set(listed))
+    if unlisted:
+        raise ExportError(f"{meta_path}: names {', '.join(unlisted)} among its files but lists no size for "
+                          f"it in 'file_bytes'; re-run lcron export")
+    if hashes is not None:
+        if not isinstance(hashes, dict) or set(hashes) != set(listed) or not all(
+                isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes.values()):
+            raise ExportError(f"{meta_path}: 'file_sha256' must give a sha256 (64 hex digits) for every file "
+                              f"of 'file_bytes'; re-run lcron export")
     problems = []
-    for name, size in dict(listed).items():
+    for name, size in listed.items():
         path = folder / name
         try:
             actual = path.stat().st_size
@@ -233,6 +290,402 @@ def check_files(folder: Path, meta: Mapping[str, Any]) -> None:
     if problems:
         raise ExportError(f"{folder} is not a complete exported cascade: {'; '.join(problems)} (listed in "
                           f"{META_FILE}); copy the whole folder again or re-run lcron export")
+    for name, cap in (max_bytes or {}).items():
+        _refuse_if_too_big(folder / name, (folder / name).stat().st_size, cap)
+    if hashes is None:
+        return
+    changed = []
+    for name in listed:
+        actual = file_sha256(folder / name)
+        if actual != hashes[name]:
+            changed.append(f"{name} has been changed since it was exported (sha256 {actual} != {hashes[name]} "
+                           f"recorded in {META_FILE})")
+    if changed:
+        raise ExportError(f"{folder}: {'; '.join(changed)}; copy the whole folder again or re-run lcron export")
+
+
+def _refuse_if_too_big(path: Path, size: int, cap: int) -> None:
+    if size > cap:
+        raise ExportError(f"{path}: refusing to load: {size} bytes, more than the {cap} bytes that the embedding "
+                          f"tables of {META_FILE} allow for one model (twice the table plus 64 MiB), {NOTHING_RAN}")
+
+
+class _Refused(Exception):
+    """Internal: why a .pt2 archive is refused (turned into an ExportError naming the file)."""
+
+
+# What torch.export.save writes for one of our programs, relative to the archive's folder.
+_PT2_FIXED = frozenset({"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id",
+                        "models/model.json", "data/sample_inputs/model.pt", "data/weights/model_weights_config.json",
+                        "data/constants/model_constants_config.json"})
+_PT2_REQUIRED = ("archive_format", "archive_version", "models/model.json", "data/sample_inputs/model.pt",
+                 "data/weights/model_weights_config.json", "data/constants/model_constants_config.json")
+_PT2_TENSOR_FILE = re.compile(r"data/weights/weight_[0-9]{1,6}|data/constants/tensor_[0-9]{1,6}")
+_ARCHIVE_ROOT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+# Graph node targets: aten/prims operator overloads (minus the few that touch files, the
+# process or global state) and pure SymInt arithmetic of the _operator module.
+_OP_TARGET = re.compile(r"torch\.ops\.(?:aten|prims)\.([A-Za-z][A-Za-z0-9_]{0,99}|_[A-Za-z0-9][A-Za-z0-9_]{0,98})"
+                        r"\.[A-Za-z][A-Za-z0-9_]{0,99}")
+_DENIED_OPS = frozenset({"save", "from_file", "_print", "warn", "manual_seed", "seed", "initial_seed",
+                         "set_grad_enabled", "wait", "_set_item", "set_", "set_data", "record_stream"})
+_OPERATOR_TARGETS = frozenset(f"_operator.{f}" for f in (
+    "getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pos", "eq", "ne", "lt", "le", "gt", "ge",
+    "and_", "or_", "not_"))
+
+# Symbolic shape expressions (sympy.sympify evaluates them as Python): the serializer's own
+# sympy functions (less the power and shift ones, which can build huge integers), sympy's
+# constructors seen in exports (srepr form: Mul(Integer(8), Symbol('s77', positive=True, ...))),
+# symbols s0/u3/zf1/zuf2, integers, and + - * / % ( ) , < > = only.
+_SYM_FUNCTIONS = frozenset({
+    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv",
+    "RShift", "FloatTrueDiv", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt",
+    "RoundToInt", "RoundDecimal", "ToFloat", "Identity",
+    "Symbol", "Integer", "Add", "Mul", "Max", "Min", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "Equality", "Unequality",
+    "StrictLessThan", "LessThan", "StrictGreaterThan", "GreaterThan", "And", "Or", "Not"})
+_SYM_WORDS = frozenset({"positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "zero",
+                        "nonzero", "True", "False", "true", "false"})
+_SYMBOL = re.compile(r"(?:s|u|zf|zuf)[0-9]{1,9}")
+_SYM_TOKEN = re.compile(r"(?P<space>[ ]+)|(?P<number>[0-9]{1,20})|(?P<word>[A-Za-z][A-Za-z0-9]{0,63})"
+                        r"|(?P<quoted>'(?:s|u|zf|zuf)[0-9]{1,9}'|\"(?:s|u|zf|zuf)[0-9]{1,9}\")|(?P<op>[-+*/%(),<>=])")
+MAX_EXPR_CHARS = 2048
+
+# Guards (exec'd as Python by ExportedProgram.module()): comparisons of input sizes and integers.
+_GUARD_TERM = r"(?:L\['[A-Za-z][A-Za-z0-9_]{0,63}'\]\.size\(\)\[[0-9]{1,2}\]|[0-9]{1,18})"
+_GUARD_SIDE = rf"{_GUARD_TERM}(?: ?[-+*] ?{_GUARD_TERM}){{0,7}}"
+_GUARD = re.compile(rf"{_GUARD_SIDE} ?(?:==|!=|<=|>=|<|>) ?{_GUARD_SIDE}")
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
+_PART = r"(?:[A-Za-z_][A-Za-z0-9_]{0,199}|[0-9]{1,9})"
+_FQN = re.compile(rf"(?:{_PART}(?:\.{_PART}){{0,63}})?")  # a dotted module path (or "", the root)
+_PLAIN = re.compile(r"[A-Za-z0-9_.:+-]{0,200}")
+_NAME_KEYS = frozenset({"name", "as_name", "forward_arg_names", "path_name", "type"})
+_FQN_KEYS = frozenset({"parameter_name", "buffer_name", "tensor_constant_name", "fqn"})
+_TEXT_KEYS = frozenset({"stack_trace", "nn_module_stack", "torch_fn"})
+_FORBIDDEN_KEYS = {"as_graph": "a subgraph", "as_custom_obj": "a custom object", "as_operator": "an operator argument",
+                   "custom_obj": "a custom object input", "token": "an effect token"}
+_METADATA_KEYS = frozenset({"stack_trace", "nn_module_stack", "torch_fn"})
+_INPUT_KINDS = frozenset({"user_input", "parameter", "buffer", "tensor_constant"})
+_OUTPUT_KINDS = frozenset({"user_output"})
+_VERIFIERS = frozenset({"", "ATEN", "TRAINING"})
+_TREESPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict"})
+_NON_FINITE = frozenset({"Infinity", "-Infinity", "NaN"})
+
+
+def check_sym_expr(expr: Any) -> None:
+    """Refuse a symbolic expression string that is not a plain shape expression (see
+    :data:`_SYM_FUNCTIONS`); torch hands it to ``sympy.sympify``, which runs ``eval``."""
+    if not isinstance(expr, str) or not 0 < len(expr) <= MAX_EXPR_CHARS:
+        raise _Refused(f"symbolic expression {str(expr)[:80]!r} is not a short string")
+    pos, depth, previous = 0, 0, ""
+    while pos < len(expr):
+        m = _SYM_TOKEN.match(expr, pos)
+        if m is None:
+            raise _Refused(f"symbolic expression {expr[:120]!r} has {expr[pos:pos + 20]!r}, which is not part of a "
+                           f"plain shape expression (integers, symbols like s0, sympy shape functions, + - * / %)")
+        kind, text = m.lastgroup, m.group()
+        if kind == "word" and text not in _SYM_FUNCTIONS and text not in _SYM_WORDS and not _SYMBOL.fullmatch(text):
+            raise _Refused(f"symbolic expression {expr[:120]!r} names {text!r}, which is not a sympy shape function "
+                           f"or a symbol like s0")
+        if kind == "op":
+            if text == "*" and previous == "*":
+                raise _Refused(f"symbolic expression {expr[:120]!r} raises to a power (**)")
+            depth += {"(": 1, ")": -1}.get(text, 0)
+            if not 0 <= depth <= 32:
+                raise _Refused(f"symbolic expression {expr[:120]!r} has unbalanced or too deeply nested brackets")
+        if kind != "space":
+            previous = text
+        pos = m.end()
+
+
+def _check_target(target: Any) -> None:
+    if not isinstance(target, str):
+        raise _Refused(f"graph node target {target!r} is not a string")
+    m = _OP_TARGET.fullmatch(target)
+    if m is not None:
+        if m.group(1) in _DENIED_OPS:
+            raise _Refused(f"a graph node calls {target}, an operator that reaches files or the process; an "
+                           f"exported cascade computes on tensors only")
+        return
+    if target in _OPERATOR_TARGETS:
+        return
+    raise _Refused(f"a graph node calls {target!r}, which is not an aten/prims tensor operator; an exported "
+                   f"cascade's graph calls nothing else")
+
+
+def _check_treespec(spec: Any, key: str) -> None:
+    try:
+        doc = json.loads(spec)
+    except (TypeError, ValueError, RecursionError):
+        raise _Refused(f"the {key} of the module call graph is not valid JSON") from None
+    stack = [doc[1]] if isinstance(doc, list) and len(doc) == 2 else [None]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict) or node.get("type") not in _TREESPEC_TYPES \
+                or not isinstance(node.get("children_spec"), list) \
+                or not (node.get("context") is None or isinstance(node.get("context"), str)):
+            raise _Refused(f"the {key} of the module call graph holds "
+                           f"{node.get('type') if isinstance(node, dict) else node!r}; only tuples, lists and dicts "
+                           f"of tensors are expected")
+        stack.extend(node["children_spec"])
+
+
+def _check_string(key: "str | None", value: str) -> None:
+    """One string of a program's JSON, by the key it is found under."""
+    if key == "target":
+        _check_target(value)
+    elif key == "expr_str":
+        check_sym_expr(value)
+    elif key == "guards_code":
+        if not _GUARD.fullmatch(value):
+            raise _Refused(f"guard {value[:120]!r} is not a plain comparison of input sizes (torch runs guards as "
+                           f"Python code)")
+    elif key in ("in_spec", "out_spec"):
+        _check_treespec(value, key)
+    elif key == "verifiers":
+        if value not in _VERIFIERS:
+            raise _Refused(f"verifier {value[:80]!r} is not one of {sorted(_VERIFIERS)}")
+    elif key in _TEXT_KEYS:
+        if len(value) > (1 << 20) or any(ord(c) < 32 and c not in "\n\t" for c in value):
+            raise _Refused(f"node metadata {key} holds control characters or is too long")
+    elif key in _NAME_KEYS:
+        if not _IDENT.fullmatch(value):
+            raise _Refused(f"{key} {value[:120]!r} is not an identifier (names of a graph become Python code)")
+    elif key in _FQN_KEYS:
+        if not _FQN.fullmatch(value):
+            raise _Refused(f"{key} {value[:120]!r} is not a dotted module path")
+    elif key in ("as_float", "as_floats"):
+        if value not in _NON_FINITE:
+            raise _Refused(f"float constant {value[:80]!r} is not a number")
+    elif key == "torch_version":
+        if not re.fullmatch(r"[0-9A-Za-z.+_-]{1,64}", value):
+            raise _Refused(f"torch_version {value[:80]!r} is not a version")
+    elif not _PLAIN.fullmatch(value):
+        raise _Refused(f"{key} {value[:120]!r} is not a plain token; an exported program holds no free text there")
+
+
+def _check_json(doc: Any, what: str) -> None:
+    """Walk a JSON document of the archive: every dict key a name, every string checked by its key."""
+    stack: list[tuple[Any, "str | None"]] = [(doc, None)]
+    while stack:
+        value, key = stack.pop()
+        if isinstance(value, dict):
+            if key == "metadata":
+                extra = sorted(set(value) - _METADATA_KEYS)
+                if extra:
+                    raise _Refused(f"{what}: node metadata {extra[0]!r} is not expected in an exported cascade")
+            for k, v in value.items():
+                if not isinstance(k, str) or not _FQN.fullmatch(k) or not k:
+                    raise _Refused(f"{what}: key {str(k)[:80]!r} is not a name")
+                if k in _FORBIDDEN_KEYS:
+                    raise _Refused(f"{what} holds {_FORBIDDEN_KEYS[k]} ({k}); an exported cascade holds only "
+                                   f"tensors and aten/prims operators")
+                stack.append((v, k))
+        elif isinstance(value, list):
+            stack.extend((v, key) for v in value)
+        elif isinstance(value, str):
+            _check_string(key, value)
+        elif not (value is None or isinstance(value, (bool, int, float))):
+            raise _Refused(f"{what}: unexpected JSON value {value!r}")
+
+
+def _check_program_json(doc: Any) -> None:
+    """models/model.json: the serialized ExportedProgram."""
+    if not isinstance(doc, dict):
+        raise _Refused("models/model.json is not a JSON object")
+    try:
+        graph_module = doc["graph_module"]
+        graph = graph_module["graph"]
+        signature = graph_module["signature"]
+        inputs, nodes = list(graph["inputs"]), list(graph["nodes"])
+        input_specs, output_specs = list(signature["input_specs"]), list(signature["output_specs"])
+        ranges = dict(doc.get("range_constraints") or {})
+        guards = list(doc.get("guards_code") or [])
+    except (KeyError, TypeError, ValueError):
+        raise _Refused("models/model.json lacks the graph, its nodes or its signature") from None
+    for node in nodes:  # the targets first, so that a refusal names the call
+        if not isinstance(node, dict) or "target" not in node:
+            raise _Refused("a graph node has no target")
+        _check_target(node["target"])
+    for inp in inputs:
+        if not (isinstance(inp, dict) and list(inp) == ["as_tensor"]):
+            kind = ", ".join(map(str, inp))[:80] if isinstance(inp, dict) else type(inp).__name__
+            raise _Refused(f"a graph input is {kind}, not a tensor (torch writes a constant input into the guard "
+                           f"code it runs); an exported cascade's inputs are tensors only")
+    _check_json(doc, "models/model.json")
+    for specs, allowed in ((input_specs, _INPUT_KINDS), (output_specs, _OUTPUT_KINDS)):
+        for spec in specs:
+            kinds = list(spec) if isinstance(spec, dict) else [spec]
+            if len(kinds) != 1 or kinds[0] not in allowed:
+                raise _Refused(f"signature entry {str(kinds)[:80]} is not one of {sorted(allowed)}")
+    for name, bounds in ranges.items():
+        if not _SYMBOL.fullmatch(name) or not isinstance(bounds, dict) or set(bounds) != {"min_val", "max_val"} \
+                or not all(b is None or (isinstance(b, int) and not isinstance(b, bool)) for b in bounds.values()):
+            raise _Refused(f"range constraint {name[:40]!r}: {str(bounds)[:80]} is not a symbol with integer bounds")
+    for guard in guards:
+        _check_string("guards_code", guard)
+    if graph.get("custom_obj_values") or graph_module.get("treespec_namedtuple_fields"):
+        raise _Refused("models/model.json holds custom objects or named tuples; an exported cascade holds neither")
+
+
+def _check_payload_config(doc: Any, kind: str, prefix: str, folder: str, names: "set[str]") -> None:
+    """data/weights/model_weights_config.json or data/constants/model_constants_config.json."""
+    where = f"{folder}model_{kind}s_config.json"
+    if not isinstance(doc, dict) or list(doc) != ["config"] or not isinstance(doc["config"], dict):
+        raise _Refused(f"{where} is not a payload config")
+    for fqn, entry in doc["config"].items():
+        if not isinstance(entry, dict) or not set(entry) <= {"path_name", "is_param", "use_pickle", "tensor_meta"}:
+            raise _Refused(f"{kind} {fqn!r}: unexpected payload entry {str(entry)[:80]}")
+        path = entry.get("path_name")
+        if entry.get("use_pickle") is not False:
+            raise _Refused(f"{kind} {fqn!r} is stored as a pickle (use_pickle); an exported cascade holds only "
+                           f"raw tensors")
+        if isinstance(path, str) and path.startswith(("custom_obj_", "opaque_obj_")):
+            raise _Refused(f"{kind} {fqn!r} is a custom object ({path}), which torch would unpickle; an exported "
+                           f"cascade holds only raw tensors")
+        if not isinstance(path, str) or not re.fullmatch(prefix + r"[0-9]{1,6}", path):
+            raise _Refused(f"{kind} {fqn!r} is stored as {str(path)[:60]!r}, not as a raw tensor ({prefix}N)")
+        if folder + path not in names:
+            raise _Refused(f"{kind} {fqn!r}: its file {folder}{path} is missing")
+        meta = entry.get("tensor_meta")
+        if not isinstance(meta, dict) or not isinstance(meta.get("device"), dict) \
+                or meta["device"].get("type") != "cpu":
+            raise _Refused(f"{kind} {fqn!r} is not a CPU tensor")
+    _check_json(doc, where)
+
+
+def _check_stored_zip(data: bytes, what: str, max_entries: int) -> "zipfile.ZipFile":
+    """``data`` as a zip of uncompressed entries whose sizes add up to at most its own size."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise _Refused(f"{what} is not a zip archive ({exc})") from None
+    if not infos:
+        raise _Refused(f"{what} is an empty zip archive")
+    if len(infos) > max_entries:
+        raise _Refused(f"{what} has {len(infos)} entries, more than {max_entries}")
+    total = 0
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            raise _Refused(f"{what}: entry {info.filename[:80]!r} is compressed or encrypted; torch.export.save "
+                           f"stores every entry as it is")
+        total += info.file_size
+    if total > len(data):
+        raise _Refused(f"{what}: its entries add up to {total} bytes, more than the {len(data)} bytes of the "
+                       f"archive (a zip bomb)")
+    return zf
+
+
+def _check_sample_inputs(raw: bytes) -> None:
+    """data/sample_inputs/model.pt: torch.save of (args, kwargs) tensors. Loaded here with
+    ``weights_only=True`` so that torch's own load of it, which falls back to a full
+    unpickle when the weights-only load fails, never needs the fallback."""
+    what = "data/sample_inputs/model.pt (the sample inputs)"
+    _check_stored_zip(raw, what, 256)
+    try:
+        sample = torch.load(io.BytesIO(raw), weights_only=True)  # exactly torch's first attempt
+    except Exception as exc:  # noqa: BLE001 - any failure is a refusal
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        why = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|$)", text, re.M)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        first = why.group(1).strip() if why else lines[0] if lines else type(exc).__name__
+        raise _Refused(f"{what} holds more than tensors: a weights-only load fails ({first[:200]}), and torch "
+                       f"would then unpickle it in full") from None
+    if not (isinstance(sample, tuple) and len(sample) == 2 and isinstance(sample[0], (tuple, list))
+            and isinstance(sample[1], dict) and all(type(t) is Tensor for t in sample[0])
+            and all(isinstance(k, str) and type(v) is Tensor for k, v in sample[1].items())):
+        raise _Refused(f"{what} is not (tensors, {{name: tensor}})")
+
+
+def check_program_archive(path: "str | Path", data: bytes, max_bytes: int) -> None:
+    """Refuse a ``.pt2`` archive (its bytes ``data``) unless it holds only what
+    ``torch.export.save`` writes for an exported cascade's model, so that ``torch.export.load``
+    unpickles nothing and builds nothing but aten/prims calls from it (see the module
+    docstring and docs/reliability.md). Raises :class:`ExportError` naming the file."""
+    try:
+        _refuse_if_too_big(path, len(data), max_bytes)
+        zf = _check_stored_zip(data, "the archive", MAX_PT2_ENTRIES)
+        infos = zf.infolist()
+        root = infos[0].filename.split("/", 1)[0]
+        if not _ARCHIVE_ROOT.fullmatch(root):
+            raise _Refused(f"its first entry {infos[0].filename[:80]!r} is not inside an archive folder")
+        names: set[str] = set()
+        seen: set[str] = set()
+        for info in infos:
+            if not info.filename.startswith(root + "/"):
+                raise _Refused(f"entry {info.filename[:80]!r} is outside the archive folder {root}/")
+            rel = info.filename[len(root) + 1:]
+            if info.filename.lower() in seen:
+                raise _Refused(f"entry {rel[:80]!r} is in the archive twice")
+            seen.add(info.filename.lower())
+            if rel in _PT2_FIXED or _PT2_TENSOR_FILE.fullmatch(rel):
+                names.add(rel)
+            elif re.fullmatch(r"data/(weights|constants)/[^/]*\.pt", rel):
+                raise _Refused(f"{rel} is a legacy pickled {rel.split('/')[1]} file, which torch would unpickle; an "
+                               f"exported cascade holds only raw tensors")
+            elif re.fullmatch(r"data/constants/(custom_obj|opaque_obj)_[^/]*", rel):
+                raise _Refused(f"{rel} is a custom object, which torch would unpickle; an exported cascade holds "
+                               f"only raw tensors")
+            else:
+                raise _Refused(f"unexpected entry {rel[:80]!r}; an exported cascade's model holds only its graph "
+                               f"(models/model.json), raw tensors and sample inputs")
+        missing = [n for n in _PT2_REQUIRED if n not in names]
+        if missing:
+            raise _Refused(f"it lacks {', '.join(missing)}")
+
+        def read(rel: str) -> bytes:
+            return zf.read(f"{root}/{rel}")
+
+        def read_json(rel: str) -> Any:
+            try:
+                return json.loads(read(rel))
+            except (ValueError, RecursionError):
+                raise _Refused(f"{rel} is not valid JSON") from None
+
+        if read("archive_format") != b"pt2" or read("archive_version") != b"0":
+            raise _Refused("it is not a torch.export archive of format pt2, version 0")
+        _check_payload_config(read_json("data/weights/model_weights_config.json"), "weight", "weight_",
+                              "data/weights/", names)
+        _check_payload_config(read_json("data/constants/model_constants_config.json"), "constant", "tensor_",
+                              "data/constants/", names)
+        _check_program_json(read_json("models/model.json"))
+        _check_sample_inputs(read("data/sample_inputs/model.pt"))
+    except _Refused as why:
+        raise ExportError(f"{path}: refusing to load: {why}, {NOTHING_RAN}") from None
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged entry (bad CRC, truncated) or an odd structure
+        raise ExportError(f"{path}: refusing to load: the archive is damaged or not as torch.export.save writes it "
+                          f"({type(exc).__name__}: {exc}), {NOTHING_RAN}") from None
+
+
+def _load_program(path: Path, device: torch.device, max_bytes: int) -> torch.nn.Module:
+    """A saved torch.export program as a callable module on ``device``.
+
+    The file is read once; :func:`check_program_archive` checks those bytes, and
+    ``torch.export.load`` gets the same bytes. The programs are captured on the CPU; for
+    another device every parameter, buffer and lifted constant is moved by torch's
+    ``move_to_device_pass`` (a plain ``.to`` would leave the lifted constants behind).
+    """
+    try:
+        _refuse_if_too_big(path, path.stat().st_size, max_bytes)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ExportError(f"{path}: exported model file is missing") from None
+    check_program_archive(path, data, max_bytes)
+    try:
+        program = torch.export.load(io.BytesIO(data))
+    except Exception as exc:
+        raise ExportError(f"{path}: not a loadable torch.export program ({type(exc).__name__}: {exc})") from None
+    try:
+        if device.type != "cpu":
+            from torch.export.passes import move_to_device_pass  # noqa: PLC0415
+
+            program = move_to_device_pass(program, device)
+        return program.module()
+    except Exception as exc:
+        raise ExportError(f"{path}: not a usable torch.export program ({type(exc).__name__}: {exc})") from None
 
 
 class ExportedCascade:
@@ -248,22 +701,36 @@ class ExportedCascade:
         self.folder = Path(folder)
         meta_path = self.folder / META_FILE
         try:
+            size = meta_path.stat().st_size
+        except FileNotFoundError:
+            raise ExportError(f"{meta_path} is missing: {self.folder} is not an exported cascade") from None
+        if size > MAX_META_BYTES:
+            raise ExportError(f"{meta_path}: {size} bytes, more than the {MAX_META_BYTES} a {META_FILE} may have")
+        try:
             meta = json.loads(meta_path.read_text())
         except FileNotFoundError:
             raise ExportError(f"{meta_path} is missing: {self.folder} is not an exported cascade") from None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ExportError(f"{meta_path}: not valid JSON ({exc})") from None
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise ExportError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('format_version')!r}; "
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            found = meta if not isinstance(meta, dict) else meta.get("format")
+            version = meta.get("format_version") if isinstance(meta, dict) else None
+            raise ExportError(f"{meta_path}: format {found!r} version {version!r}; "
                               f"this loader reads {FORMAT!r} version {FORMAT_VERSION}")
-        check_files(self.folder, meta)
+        files = meta.get("files")
+        if not isinstance(files, dict) or not all(isinstance(files.get(k), str) for k in _FILE_KEYS) \
+                or not isinstance(files.get("stages"), list):
+            raise ExportError(f"{meta_path}: 'files' must name {', '.join(_FILE_KEYS)} and the list of 'stages'")
+        cap = program_byte_cap(meta)
+        programs = [files["user_tower"], files["item_tower"], *files["stages"]]
+        # the size and sha256 of every listed file, before any of them is opened
+        check_files(self.folder, meta, max_bytes={str(f): cap for f in programs})
         self.meta = meta
         self.device = torch.device(device)
         self.max_slots = int(max_slots or DEFAULT_MAX_SLOTS.get(self.device.type, DEFAULT_MAX_SLOTS["cpu"]))
         self.stage_names: list[str] = list(meta["stage_names"])
         self.quotas: list[int] = [int(q) for q in meta["quotas"]]
         self.inputs: dict[str, dict[str, Any]] = meta["inputs"]
-        files = meta["files"]
         try:
             self.video_ids = np.load(self.folder / files["item_ids"], allow_pickle=False)
             self.features = np.load(self.folder / files["item_features"], allow_pickle=False)
@@ -279,9 +746,9 @@ class ExportedCascade:
         if int(self.index.ntotal) != len(self.video_ids):
             raise ExportError(f"{self.folder}: the index holds {self.index.ntotal} vectors for "
                               f"{len(self.video_ids)} items")
-        self.user_tower = _load_program(self.folder / files["user_tower"], self.device)
-        self.item_tower = _load_program(self.folder / files["item_tower"], self.device)
-        self.stages = [_load_program(self.folder / f, self.device) for f in files["stages"]]
+        self.user_tower = _load_program(self.folder / files["user_tower"], self.device, cap)
+        self.item_tower = _load_program(self.folder / files["item_tower"], self.device, cap)
+        self.stages = [_load_program(self.folder / f, self.device, cap) for f in files["stages"]]
 
     def _load_index(self, path: Path):
         import faiss  # noqa: PLC0415 - only needed once a folder is loaded

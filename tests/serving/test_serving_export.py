@@ -123,7 +123,8 @@ def test_loader_refuses_a_partial_or_damaged_copy_by_file_name(exported_2: Path,
     import shutil
 
     meta = json.loads((exported_2 / "cascade.json").read_text())
-    assert set(meta["file_bytes"]) == {p.name for p in exported_2.iterdir() if p.name != "cascade.json"}
+    assert set(meta["file_bytes"]) == set(meta["file_sha256"]) == {p.name for p in exported_2.iterdir()
+                                                                  if p.name != "cascade.json"}
     copy = tmp_path / "copy"
     shutil.copytree(exported_2, copy)
     (copy / "corpus.faiss").unlink()  # a copy that stopped early
@@ -133,7 +134,7 @@ def test_loader_refuses_a_partial_or_damaged_copy_by_file_name(exported_2: Path,
                                           r"stage-1-prerank.pt2 has \d+ bytes, \d+ when it was exported"):
         load_exported(copy)
     # an export written before sizes were listed: presence of the files it names is still checked
-    del meta["file_bytes"]
+    del meta["file_bytes"], meta["file_sha256"]
     (copy / "cascade.json").write_text(json.dumps(meta))
     with pytest.raises(ExportError, match="corpus.faiss is missing"):
         load_exported(copy)
@@ -176,17 +177,26 @@ def test_loader_imports_no_training_code_and_its_copy_serves_without_lcron(expor
     np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), load_exported(exported_2).score(req, 40).video_ids)
 
 
-def test_export_refuses_a_non_empty_folder_and_the_cli_overwrites(run_2: Path, tmp_path: Path):
+def test_export_refuses_a_non_empty_folder_and_the_cli_overwrites_only_an_export(run_2: Path, tmp_path: Path):
     out = tmp_path / "exp"
     out.mkdir()
     (out / "something").write_text("x")
-    with pytest.raises(OutputExistsError, match="not empty"):
-        export_cascade(run_2, out)
     parser = argparse.ArgumentParser()
     add_export_arguments(parser)
     args = parser.parse_args(["--model", str(run_2), "--out", str(out), "--index", "hnsw", "--overwrite"])
+    # a folder that is not an lcron export is never deleted, not even with --overwrite
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match="is not an lcron export .*it will not be deleted"):
+            export_cascade(run_2, out, overwrite=overwrite)
+    with pytest.raises(OutputExistsError, match="is not an lcron export"):
+        run_export(args)
+    assert [p.name for p in out.iterdir()] == ["something"]
+    # an earlier export is replaced with --overwrite, and only then
+    (out / "something").unlink()
+    export_cascade(run_2, out)
+    with pytest.raises(OutputExistsError, match=r"not empty \(an earlier lcron export\)"):
+        export_cascade(run_2, out)
     assert run_export(args) == 0
-    assert not (out / "something").exists()
     meta = json.loads((out / "cascade.json").read_text())
     assert meta["index"]["kind"] == "hnsw"
     assert load_exported(out).score(_request(_test_day(run_2)[1], 2), 30).video_ids.shape == (2, 20)
