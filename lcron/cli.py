@@ -94,15 +94,24 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                         "(top) group; more is an error, fewer a warning with the count (default 0.5)")
 
 
+def _tz_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tz-offset-hours", type=int, default=PREPROCESS.tz_offset_hours, metavar="H",
+                   help="time zone of the data for weekday/hour/minute features and the day check "
+                        f"(default {PREPROCESS.tz_offset_hours} = UTC+{PREPROCESS.tz_offset_hours})")
+
+
+def _validate_args(p: argparse.ArgumentParser) -> None:
+    _source_args(p)
+    _tz_arg(p)
+
+
 def _preprocess_args(p: argparse.ArgumentParser) -> None:
     _source_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="shard folder to write (one setting per folder)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--stages", type=int, choices=(2, 3), help="built-in two- or three-stage setting")
     which.add_argument("--setting", metavar="FILE", help="a setting file (JSON/YAML) or a built-in setting name")
-    p.add_argument("--tz-offset-hours", type=int, default=PREPROCESS.tz_offset_hours, metavar="H",
-                   help="time zone of the data for weekday/hour/minute features "
-                        f"(default {PREPROCESS.tz_offset_hours} = UTC+{PREPROCESS.tz_offset_hours})")
+    _tz_arg(p)
     p.add_argument("--overwrite", action="store_true",
                    help="rebuild the folder even if it holds shards of another setting/configuration")
     p.add_argument("--reference-quirks", action="store_true",
@@ -133,7 +142,8 @@ def _validate_run(a: argparse.Namespace) -> int:
     from lcron.data.validate import format_summary, validate
 
     summaries = validate(a.source, a.days, max_missing_fraction=a.max_missing_fraction,
-                         max_no_gt_fraction=a.max_no_gt_fraction, progress=not a.quiet)
+                         max_no_gt_fraction=a.max_no_gt_fraction, progress=not a.quiet,
+                         tz_offset_hours=a.tz_offset_hours)
     print(format_summary(summaries))
     bad = [s["day"] for s in summaries if not s["ok"]]
     if bad:
@@ -169,7 +179,7 @@ COMMANDS: list[Command] = [
     Command("preprocess", "RecFlow days (folder or gs://) -> shards for one cascade setting",
             _preprocess_args, _preprocess_run),
     Command("validate", "check a RecFlow source and print a per-day summary (writes nothing)",
-            _source_args, _validate_run),
+            _validate_args, _validate_run),
     _lazy("fingerprint", "print the fingerprint of a data source (what KFP caching keys on)", "lcron.ingest",
           "fingerprint"),
     _lazy("ingest", "stage the chosen days of a source (or the synthetic default) into a folder", "lcron.ingest",

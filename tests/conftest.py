@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pytest
 
@@ -92,17 +93,34 @@ class HandMade:
     all_stage: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def write(self, root: Path, days: tuple[str, ...] = (HAND_DAY,), *, all_stage: pa.Table | None = None) -> Path:
-        """Write the RecFlow layout (the same content for every day in ``days``)."""
+        """Write the RecFlow layout: the same requests on every day in ``days``, moved to that
+        day (:meth:`for_day`), so that no day is a copy of another."""
         table = all_stage if all_stage is not None else self.table()
         for day in days:
             (root / "all_stage").mkdir(parents=True, exist_ok=True)
-            feather.write_feather(table, root / "all_stage" / f"{day}.feather")
+            feather.write_feather(self.for_day(table, day), root / "all_stage" / f"{day}.feather")
             for folder, obj in (("request_id_dict", self.request_id_dict), ("seq_effective_50_dict", self.seq_dict)):
                 (root / folder).mkdir(parents=True, exist_ok=True)
-                (root / folder / f"{day}.pkl").write_bytes(pickle.dumps(obj, protocol=4))
+                (root / folder / f"{day}.pkl").write_bytes(pickle.dumps(self.for_day(obj, day), protocol=4))
         (root / "others").mkdir(parents=True, exist_ok=True)
         (root / "others" / "id_cnt.pkl").write_bytes(pickle.dumps(self.id_cnt))
         return root
+
+    @staticmethod
+    def for_day(obj: Any, day: str) -> Any:
+        """``obj`` (the all_stage table or a pickled dict) moved from HAND_DAY to ``day``, k days
+        later: request ids + 1000 k (dict keys keep their type), request times + k days.
+        HAND_DAY itself is returned unchanged."""
+        k = (dt.date.fromisoformat(day) - dt.date.fromisoformat(HAND_DAY)).days
+        if k == 0:
+            return obj
+        if isinstance(obj, dict):
+            return {type(r)(r + 1000 * k) if isinstance(r, (int, np.integer)) else r: v for r, v in obj.items()}
+        for name, shift in (("request_id", 1000 * k), ("request_timestamp", 86_400_000 * k)):
+            if name in obj.column_names and pa.types.is_integer(obj.schema.field(name).type):
+                i = obj.schema.get_field_index(name)
+                obj = obj.set_column(i, name, pc.add(obj.column(i), pa.scalar(shift, obj.schema.field(name).type)))
+        return obj
 
     def table(self) -> pa.Table:
         """all_stage as Arrow with mixed integer widths and float/null feedback columns."""

@@ -9,9 +9,12 @@ array, value-checked, reduced and dropped before the next one is read; at most
 ``request_id``, ``video_id``, one flag mask per index label and the current column are
 alive per row.
 
-The checks and their precedence are those of reading the whole table first: every null
-error comes before any value error (columns in schema order), and a user column that is not
-constant within a request is reported after all value checks (in ``REQUEST_COLUMNS`` order).
+Every problem of the file is collected, in this order: the schema's (the missing required
+columns, then each one that is not of an integer type), every null problem, every value
+problem (columns in schema order), then each user column that is not constant within a
+request (in ``REQUEST_COLUMNS`` order). A column with a problem is not used further, so one
+pass names every bad column of the file (``lcron validate``); preprocessing stops after a
+schema problem, since the values of a file it refuses do not matter.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from lcron.data import schemas as S
 from lcron.errors import DataError
 from lcron.memtrim import trim
 
-__all__ = ["AllStageDay", "read_all_stage", "check_range", "group_requests", "check_schema"]
+__all__ = ["AllStageDay", "read_all_stage", "check_range", "range_problem", "group_requests", "check_schema"]
 
 
 @dataclass
@@ -35,22 +38,37 @@ class AllStageDay:
     """What the reader keeps of one all_stage file (a few dozen bytes per request)."""
 
     rows: int
-    request_id: np.ndarray  # [U] int64 distinct request ids (group_requests order)
-    first: np.ndarray  # [U] int64 first row of each request
+    request_id: np.ndarray | None  # [U] int64 distinct request ids (group_requests order); None: unreadable
+    first: np.ndarray | None  # [U] int64 first row of each request
     request_columns: dict[str, np.ndarray]  # REQUEST_COLUMNS[1:] read, at each request's first row
     # label -> (request index [F], video_id [F], stage position [F]) of the rows flagged 1 (row order)
     flagged: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # Every problem found (schema, nulls, values, user columns not constant); the fields above
+    # are then partial: only the columns without a problem were reduced.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def num_requests(self) -> int:
-        return int(self.request_id.shape[0])
+        return int(self.request_id.shape[0]) if self.request_id is not None else 0
 
 
 def check_range(values: np.ndarray, *, where: str, column: str, check: str, id_field: str | None,
                 id_counts: dict[str, int], example_ids: np.ndarray | None = None) -> None:
-    """Vectorised value check of one integer column (see schemas: id/flag/index/timestamp)."""
+    """Vectorised value check of one integer column (see schemas: id/flag/index/timestamp):
+    a DataError with :func:`range_problem`'s message."""
+    msg = range_problem(values, where=where, column=column, check=check, id_field=id_field, id_counts=id_counts,
+                        example_ids=example_ids)
+    if msg is not None:
+        raise DataError(msg)
+
+
+def range_problem(values: np.ndarray, *, where: str, column: str, check: str, id_field: str | None,
+                  id_counts: dict[str, int], example_ids: np.ndarray | None = None) -> str | None:
+    """What is wrong with the values of one integer column (None: nothing). Ids: negative, or
+    ``>= id_cnt[id_field]``; flags: other than 0/1; indexes and timestamps: negative. The
+    message names ``where``, the column, the count, the extreme value and an example request."""
     if values.size == 0 or check in ("integer", "any"):
-        return
+        return None
     lo, hi = int(values.min()), int(values.max())
     if check == "id":
         count = id_counts[id_field]  # type: ignore[index]
@@ -63,19 +81,20 @@ def check_range(values: np.ndarray, *, where: str, column: str, check: str, id_f
             what = (f"{int(bad_mask.sum())} value(s) >= id_cnt[{id_field!r}] = {count} (max {hi}); "
                     f"ids must be in [0, {count})")
         if bad_mask is not None:
-            raise DataError(f"{where}: column {column}: {what}{_example(bad_mask, example_ids)}")
+            return f"{where}: column {column}: {what}{_example(bad_mask, example_ids)}"
     elif check == "flag":
         if lo < 0 or hi > 1:
             bad = (values != 0) & (values != 1)
-            raise DataError(f"{where}: column {column}: {int(bad.sum())} value(s) other than 0/1 "
-                            f"(min {lo}, max {hi}){_example(bad, example_ids)}")
+            return (f"{where}: column {column}: {int(bad.sum())} value(s) other than 0/1 "
+                    f"(min {lo}, max {hi}){_example(bad, example_ids)}")
     elif check in ("index", "timestamp_ms", "timestamp_s"):
         if lo < 0:
             bad = values < 0
-            raise DataError(f"{where}: column {column}: {int(bad.sum())} negative value(s) (min {lo}); "
-                            f"expected >= 0{_example(bad, example_ids)}")
+            return (f"{where}: column {column}: {int(bad.sum())} negative value(s) (min {lo}); "
+                    f"expected >= 0{_example(bad, example_ids)}")
     else:  # pragma: no cover - schema and code out of sync
         raise AssertionError(f"unknown check {check!r}")
+    return None
 
 
 def _example(bad: np.ndarray, example_ids: np.ndarray | None) -> str:
@@ -139,26 +158,39 @@ def _not_constant(values: np.ndarray, groups: _Groups, rid: np.ndarray, where: s
             f"({int(bad.sum())} row(s) disagree with the request's first row)")
 
 
-def check_schema(schema: Any, where: str, warned_extra: set[str]) -> None:
-    """Required columns present with integer types; extra columns warned about once."""
+def check_schema(schema: Any, where: str, warned_extra: set[str]) -> list[str]:
+    """Every problem of the schema: the required columns that are missing (one message naming
+    them all), then each required column that is not of an integer type. Extra columns are
+    warned about once per reader."""
     import pyarrow as pa
 
     from lcron.data.recflow import RecFlowWarning
 
     names = set(schema.names)
     required = S.all_stage_columns(required_only=True)
+    problems = []
     missing = [c["name"] for c in required if c["name"] not in names]
     if missing:
-        raise DataError(f"{where}: required column(s) missing: {', '.join(missing)}")
+        problems.append(f"{where}: required column(s) missing: {', '.join(missing)}")
     known = {c["name"] for c in S.ALL_STAGE_COLUMNS}
     extra = sorted(names - known - warned_extra)
     if extra:
         warned_extra.update(extra)
         warnings.warn(f"{where}: ignoring extra column(s) {', '.join(extra)}", RecFlowWarning, stacklevel=5)
     for c in required:
+        if c["name"] not in names:
+            continue
         t = schema.field(c["name"]).type
         if not pa.types.is_integer(t):
-            raise DataError(f"{where}: column {c['name']} has type {t}; expected an integer type")
+            problems.append(f"{where}: column {c['name']} has type {t}; expected an integer type")
+    return problems
+
+
+def _integer_columns(schema: Any) -> set[str]:
+    """Names of the schema's integer columns."""
+    import pyarrow as pa
+
+    return {f.name for f in schema if pa.types.is_integer(f.type)}
 
 
 class _ColumnReader:
@@ -181,14 +213,16 @@ class _ColumnReader:
             self.file.close()
             raise DataError(f"{where}: not a readable Feather v2 (Arrow IPC) file ({exc})") from None
 
-    def read(self, spec: dict[str, Any], rows: int | None) -> np.ndarray:
-        """Column ``spec`` as int64 (nulls: an error, or -1 where ``null_allowed_elsewhere``)."""
+    def read(self, spec: dict[str, Any], rows: int | None) -> tuple[np.ndarray | None, int, str | None]:
+        """Column ``spec`` as int64, its number of rows, and the null problem: nulls are a
+        problem (then no values come back), or -1 where ``null_allowed_elsewhere``."""
         import pyarrow as pa
         import pyarrow.ipc
 
         name = spec["name"]
         parts: list[np.ndarray] = []
         nulls = 0
+        allowed = bool(spec.get("null_allowed_elsewhere"))
         try:
             options = pa.ipc.IpcReadOptions(included_fields=[self.schema.get_field_index(name)])
             reader = pa.ipc.open_file(self.file, options=options)
@@ -198,9 +232,13 @@ class _ColumnReader:
                 chunk = reader.get_batch(i).column(0)
                 if chunk.null_count:
                     nulls += chunk.null_count
-                    if not spec.get("null_allowed_elsewhere"):
+                    if not allowed:
+                        pos += len(chunk)
                         continue
                     chunk = chunk.fill_null(-1)
+                if nulls and not allowed:
+                    pos += len(chunk)  # the column is refused: only its rows and nulls are counted
+                    continue
                 data = np.frombuffer(chunk.buffers()[1], dtype=np.dtype(str(chunk.type)))
                 data = data[chunk.offset: chunk.offset + len(chunk)]
                 if out is None:
@@ -210,30 +248,39 @@ class _ColumnReader:
                 pos += data.shape[0]
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise DataError(f"{self.where}: cannot read Feather columns ({exc}); is the file truncated?") from None
-        if nulls and not spec.get("null_allowed_elsewhere"):
-            raise DataError(f"{self.where}: column {name} has {nulls} null/NaN value(s); "
-                            "expected integers everywhere")
-        if out is None:
-            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        if pos != rows:  # pragma: no cover - Arrow guarantees equal column lengths
+        if nulls and not allowed:
+            return None, pos, (f"{self.where}: column {name} has {nulls} null/NaN value(s); "
+                               "expected integers everywhere")
+        if rows is not None and pos != rows:  # pragma: no cover - Arrow guarantees equal column lengths
             raise DataError(f"{self.where}: column {name} has {pos} rows, expected {rows}")
-        return out
+        if out is None:
+            out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return out, pos, None
 
     def close(self) -> None:
         self.file.close()
 
 
 def read_all_stage(path: Path, where: str, read: set[str], index_labels: tuple[str, ...],
-                   id_counts: dict[str, int], warned_extra: set[str]) -> AllStageDay:
+                   id_counts: dict[str, int], warned_extra: set[str], *, collect: bool = False) -> AllStageDay:
     """Read, check and reduce the ``read`` columns of one all_stage file (module docstring).
 
     ``index_labels``: the labels whose flagged rows' (request, video_id, position) are kept;
     their flag and index columns and video_id must be in ``read``.
+
+    Every problem found goes to the result's ``problems`` (schema, then nulls, then values,
+    then user columns not constant within a request); a file that cannot be opened at all is
+    a DataError. A schema problem stops the reading unless ``collect`` (``lcron validate``:
+    the values of the columns that are present with an integer type are still checked).
     """
     cr = _ColumnReader(path, where)
     try:
-        check_schema(cr.schema, where, warned_extra)
-        return _reduce(cr, read, index_labels, id_counts)
+        problems = check_schema(cr.schema, where, warned_extra)
+        if problems and not collect:
+            return AllStageDay(rows=0, request_id=None, first=None, request_columns={}, problems=problems)
+        day = _reduce(cr, read & _integer_columns(cr.schema), index_labels, id_counts)
+        day.problems[:0] = problems
+        return day
     finally:
         cr.close()
         trim()  # this thread's freed columns back to the system before the pickles are parsed
@@ -241,6 +288,8 @@ def read_all_stage(path: Path, where: str, read: set[str], index_labels: tuple[s
 
 def _reduce(cr: _ColumnReader, read: set[str], index_labels: tuple[str, ...],
             id_counts: dict[str, int]) -> AllStageDay:
+    """Read and check the ``read`` columns one by one (every problem is collected); reduce what
+    the reader keeps from the columns that passed."""
     where = cr.where
     specs = [c for c in S.all_stage_columns(required_only=True) if c["name"] in read]
     # Flags whose index column is read: their masks are kept until that column is checked.
@@ -252,35 +301,38 @@ def _reduce(cr: _ColumnReader, read: set[str], index_labels: tuple[str, ...],
     masks: dict[str, np.ndarray] = {}
     request_columns: dict[str, np.ndarray] = {}
     flagged: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    null_problems: list[str] = []
+    value_problems: list[str] = []
     not_constant: dict[str, str] = {}
-    value_error: DataError | None = None
     for c in specs:
         name = c["name"]
-        values = cr.read(c, rows)
+        values, n, null_problem = cr.read(c, rows)
         if rows is None:
-            rows = int(values.shape[0])
+            rows = n
             if rows == 0:
-                raise DataError(f"{where}: file has no rows")
-        if value_error is not None:
-            continue  # only null errors (raised by read) can still come before it
+                return AllStageDay(rows=0, request_id=None, first=None, request_columns={},
+                                   problems=[f"{where}: file has no rows"])
+        if null_problem is not None:
+            null_problems.append(null_problem)
+            continue
+        assert values is not None
         if name == "request_id":
             rid, groups = values, group_requests(values)
-        try:
-            if "checked_where" in c:  # index columns: only where the stage flag is 1
-                flag_col = c["checked_where"].split(" ")[0]
-                if flag_col in masks:
-                    m = masks[flag_col]
-                    check_range(values[m], where=where, column=f"{name} (where {c['checked_where']})",
-                                check=c["check"], id_field=c.get("id_field"), id_counts=id_counts,
-                                example_ids=rid[m])
-            else:
-                check_range(values, where=where, column=name, check=c["check"], id_field=c.get("id_field"),
-                            id_counts=id_counts, example_ids=rid)
-        except DataError as exc:
-            value_error = exc
+        if "checked_where" in c:  # index columns: only where the stage flag is 1
+            flag_col = c["checked_where"].split(" ")[0]
+            problem = None
+            if flag_col in masks:
+                m = masks[flag_col]
+                problem = range_problem(values[m], where=where, column=f"{name} (where {c['checked_where']})",
+                                        check=c["check"], id_field=c.get("id_field"), id_counts=id_counts,
+                                        example_ids=rid[m] if rid is not None else None)
+        else:
+            problem = range_problem(values, where=where, column=name, check=c["check"], id_field=c.get("id_field"),
+                                    id_counts=id_counts, example_ids=rid)
+        if problem is not None:
+            value_problems.append(problem)
             continue
-        assert rid is not None and groups is not None  # request_id is the first column
-        if name in S.REQUEST_COLUMNS[1:]:
+        if groups is not None and rid is not None and name in S.REQUEST_COLUMNS[1:]:
             msg = _not_constant(values, groups, rid, where, name)
             if msg is not None:
                 not_constant[name] = msg
@@ -291,15 +343,11 @@ def _reduce(cr: _ColumnReader, read: set[str], index_labels: tuple[str, ...],
             masks[name] = values == 1
         if name in index_of:
             lb = index_of[name]
-            m = masks[lb]
-            rows_flagged = np.flatnonzero(m)
-            flagged[lb] = (groups.of_rows(rows_flagged), video[rows_flagged], values[rows_flagged])  # type: ignore[index]
+            if lb in masks and video is not None and groups is not None:
+                rows_flagged = np.flatnonzero(masks[lb])
+                flagged[lb] = (groups.of_rows(rows_flagged), video[rows_flagged], values[rows_flagged])
         del values
-    if value_error is not None:
-        raise value_error
-    for name in S.REQUEST_COLUMNS[1:]:
-        if name in not_constant:
-            raise DataError(not_constant[name])
-    assert groups is not None and rows is not None
-    return AllStageDay(rows=rows, request_id=groups.ids, first=groups.first.astype(np.int64, copy=False),
-                       request_columns=request_columns, flagged=flagged)
+    problems = [*null_problems, *value_problems, *(not_constant[n] for n in S.REQUEST_COLUMNS[1:] if n in not_constant)]
+    return AllStageDay(rows=rows or 0, request_id=groups.ids if groups is not None else None,
+                       first=groups.first.astype(np.int64, copy=False) if groups is not None else None,
+                       request_columns=request_columns, flagged=flagged, problems=problems)

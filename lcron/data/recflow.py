@@ -4,16 +4,28 @@ The reader turns a day's three files into column arrays, checking everything tha
 would otherwise surface later as a wrong label or an out-of-range embedding index:
 
 * ``all_stage/<day>.feather`` is read **by columns** (the required ones of
-  :data:`lcron.data.schemas.ALL_STAGE_COLUMNS`, or only those preprocessing uses); any
-  integer width is accepted, feedback columns are never read; wrong types, nulls, negative ids, ids ``>= id_cnt``, flags
+  :data:`lcron.data.schemas.ALL_STAGE_COLUMNS`); any integer width is accepted, feedback
+  columns are never read; wrong types, nulls, negative ids, ids ``>= id_cnt``, flags
   other than 0/1 are :class:`DataError`\\ s naming the file, the column and the value;
 * the requests of the day are the distinct (request_id, user_id, request_timestamp,
   device_id, age, gender, province) rows; a request whose user columns disagree between
   its rows is an error (they must be constant within a request);
+* the day must be the day it is named after (:class:`DayIdentity`): its request times
+  within the named day (give or take :data:`DAY_MARGIN_HOURS`), its request ids new;
 * both pickles go through :func:`lcron.safe_pickle.safe_load`; a request of all_stage
   missing from either dict, or whose top-group items have no index in all_stage, is
   dropped and counted: a warning up to ``max_missing_fraction`` of the day, an error above;
+* the ids of the first :data:`CHECKED_ROWS` (or ``limit``, if more) stored rows of every
+  stage label are checked for every request of all_stage that request_id_dict holds,
+  whichever labels are kept, so ``lcron validate`` and ``lcron preprocess`` (any setting)
+  give the same answer;
 * candidate lists keep the first ``limit`` (10) stored rows per stage label.
+
+The checks are the same for ``lcron validate`` and ``lcron preprocess``: both call
+:meth:`RecFlowReader.read_day`. ``collect=False`` (preprocess) stops at the first stage of
+the day with a problem (all_stage, day identity, request_id_dict, seq_effective_50_dict,
+usable requests) and raises every problem of that stage; ``collect=True`` (validate) goes
+on through every stage and raises :class:`DayProblems` listing every problem of the day.
 
 No Python work runs per row or per item: a request is one dict lookup per stage label,
 and every list is built with ``np.concatenate`` + lengths, then checked with vectorised
@@ -24,6 +36,7 @@ all_stage), so "latest seen" is simply "last in the day".
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,17 +47,33 @@ import numpy as np
 
 from lcron.data import fields
 from lcron.data import schemas as S
-from lcron.data.all_stage import AllStageDay, check_range as _check_range, check_schema, read_all_stage
+from lcron.data.all_stage import AllStageDay, _ColumnReader, group_requests, range_problem, read_all_stage
 from lcron.data.source import Source, open_source
 from lcron.defaults import PREPROCESS
 from lcron.errors import ConfigError, DataError
 from lcron.memtrim import trim
 from lcron.safe_pickle import safe_load
 
-__all__ = ["RecFlowReader", "RecFlowDay", "DayInputs", "Candidates", "RecFlowWarning", "select_days", "parse_day"]
+__all__ = ["RecFlowReader", "RecFlowDay", "DayInputs", "Candidates", "RecFlowWarning", "DayProblems", "DayIdentity",
+           "select_days", "parse_day", "CHECKED_ROWS", "DAY_MARGIN_HOURS", "MAX_OUTSIDE_FRACTION",
+           "MAX_REPEATED_FRACTION"]
 
 
 _DAY_SPEC = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+#: Stored rows per stage label whose ids are checked (at least; ``limit`` if larger).
+CHECKED_ROWS = 10
+#: A day is refused when more than MAX_OUTSIDE_FRACTION of its requests lie outside the day it
+#: is named after, widened by DAY_MARGIN_HOURS on each side: a file named in another time-zone
+#: convention passes, a copy of another day does not.
+DAY_MARGIN_HOURS = 12
+MAX_OUTSIDE_FRACTION = 0.5
+#: A day is refused when more than this share of its requests repeat an earlier day's ids.
+MAX_REPEATED_FRACTION = 0.01
+_DAY_MS = 86_400_000
+_HOUR_MS = 3_600_000
+# Requests per slice when a stage label is checked without being kept (bounded memory).
+_CHECK_SLICE = 32_768
 
 
 class RecFlowWarning(UserWarning):
@@ -70,19 +99,31 @@ class Candidates:
         return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
 
 
+class DayProblems(DataError):
+    """Several problems of one day (``problems``, in the order found); the message joins them
+    with `` | `` so that the command line still prints one line."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(" | ".join(self.problems))
+
+
 @dataclass
 class DayInputs:
     """What :meth:`RecFlowReader.fetch_day` reads ahead: the reduced all_stage columns.
 
     The two pickles are not read ahead: they are unpickled straight from their files, one
-    after the other, each dropped once reduced (see :meth:`RecFlowReader.read_day`)."""
+    after the other, each dropped once reduced (see :meth:`RecFlowReader.read_day`).
+    ``all_stage`` is None when the file could not be read; ``problems`` lists what is wrong
+    with it (only ``collect=True`` returns inputs with problems, otherwise they are raised)."""
 
     day: str
-    all_stage: AllStageDay
+    all_stage: AllStageDay | None
+    problems: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
-        return self.all_stage.rows
+        return self.all_stage.rows if self.all_stage is not None else 0
 
 
 @dataclass
@@ -148,30 +189,217 @@ def select_days(available: Sequence[str], spec: str | None, *, where: str) -> li
     return chosen
 
 
-def _int_column(col: Any) -> np.ndarray:
-    """An Arrow integer column without nulls as int64 numpy, straight from its data buffers
-    (``ChunkedArray.to_numpy`` would import pandas, which costs about a second)."""
-    parts = []
-    for chunk in col.chunks:
-        data = np.frombuffer(chunk.buffers()[1], dtype=np.dtype(str(chunk.type)))
-        parts.append(data[chunk.offset: chunk.offset + len(chunk)])
-    if not parts:
-        return np.zeros(0, dtype=np.int64)
-    return (parts[0] if len(parts) == 1 else np.concatenate(parts)).astype(np.int64, copy=False)
+class _Problems:
+    """The problems of one day, in the order found (a repeated message is kept once).
+
+    :meth:`stop` ends a stage of the day: it raises what was found unless ``collect``
+    (``lcron validate``, which goes on to report every problem of the day). A single
+    problem is raised as the exception that reported it (its type kept, e.g.
+    UnsafePickleError); several as one :class:`DayProblems`."""
+
+    def __init__(self, collect: bool) -> None:
+        self.collect = collect
+        self.items: list[tuple[str, DataError | None]] = []
+
+    def add(self, message: str, exc: DataError | None = None) -> None:
+        if all(message != m for m, _ in self.items):
+            self.items.append((message, exc))
+
+    def add_error(self, exc: DataError) -> None:
+        if isinstance(exc, DayProblems):
+            for p in exc.problems:
+                self.add(p)
+        else:
+            self.add(str(exc), exc)
+
+    def extend(self, messages: Iterable[str]) -> None:
+        for m in messages:
+            self.add(m)
+
+    @property
+    def messages(self) -> list[str]:
+        return [m for m, _ in self.items]
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        if len(self.items) == 1 and self.items[0][1] is not None:
+            raise self.items[0][1]
+        raise DayProblems(self.messages)
+
+    def stop(self) -> None:
+        if not self.collect:
+            self.raise_if_any()
+
+
+def _day_start_ms(day: str, tz_offset_hours: int) -> int:
+    """Epoch ms of local midnight of ``day`` in UTC + ``tz_offset_hours``."""
+    return (_dt.date.fromisoformat(day).toordinal() - _dt.date(1970, 1, 1).toordinal()) * _DAY_MS \
+        - tz_offset_hours * _HOUR_MS
+
+
+def _local_time(ms: int, tz_offset_hours: int) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` of epoch ``ms`` in UTC + ``tz_offset_hours`` (integer arithmetic)."""
+    try:
+        t = _dt.datetime(1970, 1, 1) + _dt.timedelta(milliseconds=int(ms) + tz_offset_hours * _HOUR_MS)
+    except OverflowError:
+        return f"{int(ms)} ms"
+    return t.strftime("%Y-%m-%d %H:%M:%S")
+
+
+class DayIdentity:
+    """Is each day of a selection the day it is named after? The check that ``lcron validate``
+    and ``lcron preprocess`` share (through :meth:`RecFlowReader.read_day`), so that a copy of
+    another day (the same request ids, times outside the named day) cannot become a training or
+    test day unnoticed:
+
+    * **request times**: ``request_timestamp`` (ms) in UTC + ``tz_offset_hours``. More than
+      :data:`MAX_OUTSIDE_FRACTION` of the day's requests outside the named day widened by
+      :data:`DAY_MARGIN_HOURS` on each side is an error (any time-zone convention passes, a
+      copy of a day that is not adjacent does not); some requests outside the named local day
+      is a warning with the count;
+    * **request ids**: the day's requests whose id already appeared on an earlier day checked
+      by the same reader (days of one selection, in date order): more than
+      :data:`MAX_REPEATED_FRACTION` is an error naming both days, the count and an example id;
+      fewer is a warning.
+
+    The ids of every day checked are kept as one sorted array with the day each id was first
+    seen: a day costs a sort of its ids, a ``searchsorted`` into that array and an insert
+    (12 bytes per request kept; about 110 MB for 37 days of 250,000 requests).
+    """
+
+    def __init__(self, tz_offset_hours: int) -> None:
+        self.tz_offset_hours = int(tz_offset_hours)
+        self._ids = np.zeros(0, dtype=np.int64)  # sorted, distinct
+        self._first_day = np.zeros(0, dtype=np.int32)  # index into _days of the day each id was first seen
+        self._days: list[str] = []
+
+    @property
+    def days(self) -> list[str]:
+        """The days whose request ids are remembered."""
+        return list(self._days)
+
+    def check(self, day: str, where: str, request_id: np.ndarray,
+              request_timestamp: np.ndarray | None = None) -> list[str]:
+        """The errors of ``day`` (messages; warnings are issued as :class:`RecFlowWarning`), then
+        remember its request ids for the days after it. ``request_id``: the day's distinct request
+        ids; ``request_timestamp``: their times (ms; None: times not checked); ``where``: the
+        all_stage file, named in the messages."""
+        request_id = np.asarray(request_id, dtype=np.int64)
+        problems = []
+        if request_timestamp is not None:
+            p = self._times(day, where, request_id, np.asarray(request_timestamp, dtype=np.int64))
+            if p is not None:
+                problems.append(p)
+        ids = _sorted_unique(request_id)
+        p = self._repeats(day, where, request_id, ids)
+        if p is not None:
+            problems.append(p)
+        self._remember(day, ids)
+        return problems
+
+    def remember(self, day: str, request_id: np.ndarray) -> None:
+        """Add ``day``'s request ids to those the later days are checked against (once per day)."""
+        self._remember(day, _sorted_unique(np.asarray(request_id, dtype=np.int64)))
+
+    def _remember(self, day: str, ids: np.ndarray) -> None:
+        if day in self._days:
+            return
+        self._days.append(day)
+        pos = np.searchsorted(self._ids, ids)
+        if self._ids.size:
+            new = self._ids[np.minimum(pos, self._ids.size - 1)] != ids
+            new |= pos == self._ids.size
+            ids, pos = ids[new], pos[new]
+        self._ids = np.insert(self._ids, pos, ids)
+        self._first_day = np.insert(self._first_day, pos, np.int32(len(self._days) - 1))
+
+    def _times(self, day: str, where: str, rid: np.ndarray, ts: np.ndarray) -> str | None:
+        n = int(ts.shape[0])
+        if n == 0:
+            return None
+        tz = self.tz_offset_hours
+        start = _day_start_ms(day, tz)
+        end = start + _DAY_MS
+        outside = (ts < start) | (ts >= end)
+        k = int(outside.sum())
+        if k == 0:
+            return None
+        margin = DAY_MARGIN_HOURS * _HOUR_MS
+        far = (ts < start - margin) | (ts >= end + margin)
+        k_far = int(far.sum())
+        zone = f"UTC{tz:+d}"
+        span = f"{_local_time(ts.min(), tz)} .. {_local_time(ts.max(), tz)}"
+        if k_far > MAX_OUTSIDE_FRACTION * n:
+            i = int(np.argmax(far))
+            return (f"{where}: column request_timestamp: {k_far} of {n} requests ({k_far / n:.2%}) are more than "
+                    f"{DAY_MARGIN_HOURS} h outside day {day} ({zone}), e.g. request_id {int(rid[i])} at "
+                    f"{_local_time(ts[i], tz)}; the requests span {span}: is the file a copy of another day, or "
+                    "named after the wrong day?")
+        i = int(np.argmax(outside))
+        warnings.warn(f"{where}: column request_timestamp: {k} of {n} requests ({k / n:.2%}) fall outside day {day} "
+                      f"in {zone}, e.g. request_id {int(rid[i])} at {_local_time(ts[i], tz)} (the requests span "
+                      f"{span}; is --tz-offset-hours {tz} the data's time zone?)", RecFlowWarning, stacklevel=4)
+        return None
+
+    def _repeats(self, day: str, where: str, rid: np.ndarray, ids: np.ndarray) -> str | None:
+        """``ids``: ``rid`` sorted (distinct), looked up in order (a cache-friendly search)."""
+        n = int(rid.shape[0])
+        if n == 0 or self._ids.size == 0:
+            return None
+        pos = np.minimum(np.searchsorted(self._ids, ids), self._ids.size - 1)
+        hit = self._ids[pos] == ids
+        earlier = np.array([d < day for d in self._days])
+        hit &= earlier[self._first_day[pos]]
+        k = int(hit.sum())
+        if k == 0:
+            return None
+        of_day = self._first_day[pos[hit]]
+        per_day = np.bincount(of_day, minlength=len(self._days))
+        order = [int(j) for j in np.argsort(-per_day, kind="stable") if per_day[j]]
+        top = order[0]
+        # the example: the first request of the day (in all_stage order) repeated from the top day
+        example = int(rid[np.argmax(np.isin(rid, ids[hit][of_day == top]))])
+        listed = ", ".join(f"{int(per_day[j])} on {self._days[j]}" for j in order[:3])
+        if len(order) > 3:
+            listed += f" and {len(order) - 3} more day(s)"
+        frac = k / n
+        msg = (f"{where}: column request_id: {k} of {n} requests ({frac:.2%}) of day {day} repeat request ids of "
+               f"an earlier day ({listed}), e.g. request_id {example} of day {self._days[top]}")
+        if frac > MAX_REPEATED_FRACTION:
+            return (f"{msg}; more than {MAX_REPEATED_FRACTION:.0%} repeated: is the file a copy of day "
+                    f"{self._days[top]}?")
+        warnings.warn(msg, RecFlowWarning, stacklevel=4)
+        return None
+
+
+def _sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """``ids`` sorted without repeats (np.sort and a mask: several times faster than np.unique)."""
+    ids = np.sort(ids)
+    if ids.size > 1:
+        ids = ids[np.concatenate([[True], ids[1:] != ids[:-1]])]
+    return ids
 
 
 class RecFlowReader:
-    """Validating reader of a RecFlow root (local folder or ``gs://bucket/prefix``)."""
+    """Validating reader of a RecFlow root (local folder or ``gs://bucket/prefix``).
+
+    The reader remembers the request ids of the days it has read (:class:`DayIdentity`):
+    read the days of a selection with one reader, in date order."""
 
     def __init__(self, source: "str | Source", *, max_missing_fraction: float = PREPROCESS.max_missing_fraction,
-                 max_no_gt_fraction: float = 0.5) -> None:
+                 max_no_gt_fraction: float = 0.5, tz_offset_hours: int = PREPROCESS.tz_offset_hours) -> None:
         if not 0.0 <= max_missing_fraction <= 1.0:
             raise ConfigError(f"max_missing_fraction must be in [0, 1], got {max_missing_fraction}")
         if not 0.0 <= max_no_gt_fraction <= 1.0:
             raise ConfigError(f"max_no_gt_fraction must be in [0, 1], got {max_no_gt_fraction}")
+        if not isinstance(tz_offset_hours, int) or isinstance(tz_offset_hours, bool) \
+                or not -12 <= tz_offset_hours <= 14:
+            raise ConfigError(f"tz_offset_hours must be an integer in [-12, 14], got {tz_offset_hours!r}")
         self.max_no_gt_fraction = float(max_no_gt_fraction)
         self.source = open_source(source)
         self.max_missing_fraction = float(max_missing_fraction)
+        self.identity = DayIdentity(tz_offset_hours)
         self._days: list[str] | None = None
         self._id_counts: dict[str, int] | None = None
         self._warned_extra: set[str] = set()
@@ -179,8 +407,19 @@ class RecFlowReader:
     # ------------------------------------------------------------------ layout
     @property
     def available_days(self) -> list[str]:
+        """The days of the source (names of ``all_stage/*.feather``). The first call warns
+        about every file of the three day folders that is not a day file, and every pickle of
+        a day without an all_stage file: nothing is skipped without a word."""
         if self._days is None:
-            self._days = self.source.list_days()
+            listing = self.source.scan_days()
+            for rel, ext in listing.not_days:
+                warnings.warn(f"ignoring {self.source.describe(rel)}: not a day file (expected YYYY-MM-DD.{ext})",
+                              RecFlowWarning, stacklevel=2)
+            for rel, day in listing.orphans:
+                warnings.warn(f"ignoring {self.source.describe(rel)}: there is no "
+                              f"{S.LAYOUT['all_stage'].format(day=day)}, so {day} is not a day of this source (its "
+                              "days are the names of all_stage/*.feather)", RecFlowWarning, stacklevel=2)
+            self._days = listing.days
             if not self._days:
                 raise DataError(f"{self.source.describe('all_stage')}: no <YYYY-MM-DD>.feather files "
                                 "(is this a RecFlow root?)")
@@ -258,58 +497,8 @@ class RecFlowReader:
         if self.source.size(rel) == 0:
             raise DataError(f"{self.source.describe(rel)}: file is empty")
 
-    def _read_all_stage(self, rel: str, read: set[str]) -> tuple[dict[str, np.ndarray], int]:
-        import pyarrow as pa
-
-        where = self.source.describe(rel)
-        path = self.source.local_path(rel)
-        try:
-            mm = pa.memory_map(str(path), "r")
-        except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{where}: cannot open ({exc})") from None
-        try:
-            table = self._read_columns(mm, where, read)
-        finally:
-            mm.close()  # arrays already handed out keep their part of the mapping alive
-        if table.num_rows == 0:
-            raise DataError(f"{where}: file has no rows")
-        out: dict[str, np.ndarray] = {}
-        for c in S.all_stage_columns(required_only=True):
-            if c["name"] not in read:
-                continue
-            col = table.column(c["name"])
-            if col.null_count:
-                if not c.get("null_allowed_elsewhere"):
-                    raise DataError(f"{where}: column {c['name']} has {col.null_count} null/NaN value(s); "
-                                    "expected integers everywhere")
-                # Index columns are meaningful only on flagged rows: nulls elsewhere become -1,
-                # and read_day rejects a -1 on a flagged row.
-                col = col.fill_null(-1)
-            out[c["name"]] = _int_column(col)
-        return out, table.num_rows
-
-    def _read_columns(self, mm: Any, where: str, read: set[str]) -> Any:
-        """Check the schema (required columns present, integer types), then read the
-        ``read`` columns; only those are decompressed (column projection in the IPC reader,
-        where pyarrow.feather.read_table would also import pandas, ~1 s)."""
-        import pyarrow as pa
-        import pyarrow.ipc
-
-        try:
-            schema = pa.ipc.open_file(mm).schema
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise DataError(f"{where}: not a readable Feather v2 (Arrow IPC) file ({exc})") from None
-        check_schema(schema, where, self._warned_extra)
-        required = S.all_stage_columns(required_only=True)
-        wanted = [c["name"] for c in required if c["name"] in read]
-        try:
-            options = pa.ipc.IpcReadOptions(included_fields=[schema.get_field_index(n) for n in wanted])
-            return pa.ipc.open_file(mm, options=options).read_all()
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise DataError(f"{where}: cannot read Feather columns ({exc}); is the file truncated?") from None
-
     @staticmethod
-    def _load_dict(data: bytes, where: str) -> dict:
+    def _load_dict(data: Any, where: str) -> dict:
         obj = safe_load(data, source=where)
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected a dict request_id -> ..., got {type(obj).__name__}")
@@ -330,16 +519,29 @@ class RecFlowReader:
         return keys.astype(np.int64, copy=False)
 
     def fetch_day(self, day: str, *, index_labels: Iterable[str] = tuple(S.INDEX_COLUMNS),
-                  check_all_columns: bool = True) -> DayInputs:
+                  check_all_columns: bool = True, collect: bool = False) -> DayInputs:
         """The all_stage half of :meth:`read_day`: schema and values checked, reduced column
         by column (:mod:`lcron.data.all_stage`). It releases the GIL most of the time (file
         reads, Arrow decompression, numpy), so preprocessing runs it in a helper thread
-        while the main thread unpickles."""
+        while the main thread unpickles.
+
+        Without ``collect`` a problem is raised (every missing or empty file of the day, or
+        every problem of all_stage); with ``collect`` the problems of all_stage come back in
+        the inputs, and the pickles' files are checked by :meth:`read_day`."""
         if day not in self.available_days:
             self.select_days(day)  # raises with the available range
         files = self.day_files(day)
-        for rel in files.values():
-            self._require_file(rel)
+        problems = _Problems(collect)
+        for kind, rel in files.items():
+            if collect and kind != "all_stage":
+                continue
+            try:
+                self._require_file(rel)
+            except DataError as exc:
+                problems.add_error(exc)
+        problems.stop()
+        if problems.items:  # collect: no all_stage to read
+            return DayInputs(day=day, all_stage=None, problems=problems.messages)
         index_labels = tuple(index_labels)
         if check_all_columns:
             read = {c["name"] for c in S.all_stage_columns(required_only=True)}
@@ -347,12 +549,46 @@ class RecFlowReader:
             read = {*S.REQUEST_COLUMNS, "video_id", *index_labels, *(S.INDEX_COLUMNS[lb] for lb in index_labels)}
         rel = files["all_stage"]
         counts = self.id_counts()
+        table = None
         try:
             table = read_all_stage(self.source.local_path(rel), self.source.describe(rel), read, index_labels,
-                                   counts, self._warned_extra)
+                                   counts, self._warned_extra, collect=collect)
+        except DataError as exc:  # the file cannot be read at all
+            problems.add_error(exc)
         finally:
             self.source.release(rel)
-        return DayInputs(day=day, all_stage=table)
+        if table is not None:
+            problems.extend(table.problems)
+        problems.stop()
+        return DayInputs(day=day, all_stage=table, problems=problems.messages)
+
+    def all_stage_request_ids(self, day: str) -> np.ndarray:
+        """The distinct request ids of ``day``'s all_stage file (only its request_id column is read)."""
+        rel = self.day_files(day)["all_stage"]
+        self._require_file(rel)
+        where = self.source.describe(rel)
+        try:
+            cr = _ColumnReader(self.source.local_path(rel), where)
+            try:
+                spec = next(c for c in S.ALL_STAGE_COLUMNS if c["name"] == "request_id")
+                if "request_id" not in cr.schema.names:
+                    raise DataError(f"{where}: required column(s) missing: request_id")
+                values, _, problem = cr.read(spec, None)
+            finally:
+                cr.close()
+        finally:
+            self.source.release(rel)
+        if problem is not None:
+            raise DataError(problem)
+        return group_requests(values).ids  # type: ignore[arg-type]
+
+    def check_known_day(self, day: str, request_id: np.ndarray) -> None:
+        """The request-id part of the day identity check for a day that is not read again
+        (preprocessing skips it as up to date): its ids are compared with the earlier days'
+        and remembered for the later days. A DataError as :meth:`read_day` would raise it."""
+        problems = self.identity.check(day, self.source.describe(self.day_files(day)["all_stage"]), request_id)
+        if problems:
+            raise DayProblems(problems) if len(problems) > 1 else DataError(problems[0])
 
     def _load_pickle(self, rel: str) -> dict:
         """Unpickle ``rel`` straight from its file: the bytes are never held whole next to
@@ -365,6 +601,16 @@ class RecFlowReader:
             self.source.release(rel)
             trim()  # the unpickler's memo held every array's bytes a second time until now
 
+    def _load_checked(self, rel: str, problems: "_Problems") -> tuple[dict | None, np.ndarray | None]:
+        """A pickled dict and its keys; (None, None) with the problem recorded if it is unusable."""
+        try:
+            self._require_file(rel)
+            d = self._load_pickle(rel)
+            return d, self._keys(d, self.source.describe(rel))
+        except DataError as exc:
+            problems.add_error(exc)
+            return None, None
+
     @staticmethod
     def _resolve(inputs: "DayInputs | Future[DayInputs]", day: str) -> DayInputs:
         got = inputs.result() if isinstance(inputs, Future) else inputs
@@ -374,7 +620,8 @@ class RecFlowReader:
 
     def read_day(self, day: str, *, labels: Iterable[str] = S.STAGE_LABELS,
                  index_labels: Iterable[str] | None = None, limit: int = 10,
-                 check_all_columns: bool = True, inputs: "DayInputs | Future[DayInputs] | None" = None) -> RecFlowDay:
+                 check_all_columns: bool = True, inputs: "DayInputs | Future[DayInputs] | None" = None,
+                 collect: bool = False) -> RecFlowDay:
         """Read and validate ``day``; keep the first ``limit`` rows of each label in ``labels``.
 
         ``index_labels`` (default: those of ``labels`` with an index column, i.e. rank_pos
@@ -382,18 +629,28 @@ class RecFlowReader:
         (request_id, video_id) among the rows flagged with that label.
 
         Every required all_stage column must be present with an integer type (read off the
-        file's schema). ``check_all_columns=False`` (preprocessing) then reads and checks the
-        values of only the columns the shards are built from: the request columns, video_id
-        and the index labels' flag and index columns. Item features come from
-        request_id_dict, whose used rows are always checked. ``inputs``: the result of
+        file's schema). ``check_all_columns=False`` reads and checks the values of only the
+        columns the shards are built from (the request columns, video_id and the index labels'
+        flag and index columns); validate and preprocess both check every column. The ids of
+        every stage label (the first ``max(limit, CHECKED_ROWS)`` stored rows, whether the
+        label is kept or not) are checked for every request of all_stage that request_id_dict
+        holds; the sequences of the usable requests are checked. ``inputs``: the result of
         :meth:`fetch_day` when it ran ahead, or its Future while it still runs (then
         request_id_dict is unpickled meanwhile); otherwise it is called here.
+
+        The day identity (:class:`DayIdentity`) is checked once all_stage is read: call
+        ``read_day`` for the days of a selection in date order on one reader.
+
+        ``collect=False``: the problems of the first stage that has any are raised (one
+        problem as the DataError that reported it, several as :class:`DayProblems`).
+        ``collect=True`` (``lcron validate``): every stage is checked as far as the files
+        allow, and every problem of the day is raised at the end as :class:`DayProblems`.
 
         Memory: one pickled dict is alive at a time. request_id_dict is unpickled and
         reduced to the first ``limit`` rows per label (for every request of all_stage it
         holds) and dropped; then seq_effective_50_dict is unpickled, the sequences of the
-        usable requests stacked, and it is dropped. Values are checked only for the
-        requests that end up used, exactly as when both dicts were held together.
+        usable requests stacked, and it is dropped. A label that is checked but not kept is
+        checked a slice of requests at a time.
         """
         labels = tuple(labels)
         unknown = [lb for lb in labels if lb not in S.STAGE_LABELS]
@@ -407,19 +664,39 @@ class RecFlowReader:
             raise DataError(f"index label(s) {bad_idx} must be among the labels read and have an index column "
                             f"({sorted(S.INDEX_COLUMNS)})")
         if inputs is None:
-            inputs = self.fetch_day(day, index_labels=index_labels, check_all_columns=check_all_columns)
+            inputs = self.fetch_day(day, index_labels=index_labels, check_all_columns=check_all_columns,
+                                    collect=collect)
         files = self.day_files(day)
         counts = self.id_counts()
+        where_as = self.source.describe(files["all_stage"])
         where_rd = self.source.describe(files["request_id_dict"])
         where_sq = self.source.describe(files["seq_effective_50_dict"])
+        rows_checked = max(int(limit), CHECKED_ROWS)
+        problems = _Problems(collect)
+        rd_problems = _Problems(True)
 
         # ---- request_id_dict (while all_stage may still be read in a helper thread)
-        try:
-            rd = self._load_pickle(files["request_id_dict"])
-        except DataError:
-            self._resolve(inputs, day)  # problems of all_stage are reported first
-            raise
-        table = self._resolve(inputs, day).all_stage
+        rd, rd_keys = self._load_checked(files["request_id_dict"], rd_problems)
+        got = self._resolve(inputs, day)  # problems of all_stage are reported first
+        table = got.all_stage
+        problems.extend(got.problems)
+        problems.stop()
+
+        # ---- the day identity: request times and request ids (the shared check)
+        if table is not None and table.request_id is not None:
+            problems.extend(self.identity.check(day, where_as, table.request_id,
+                                                table.request_columns.get("request_timestamp")))
+        problems.stop()
+        for m, exc in rd_problems.items:
+            problems.add(m, exc)
+        problems.stop()
+
+        if table is None or table.problems:  # collect only: all_stage unusable, the pickles checked alone
+            self._check_pickles_alone(rd, rd_keys, files, rows_checked, counts, problems)
+            del rd
+            problems.raise_if_any()
+        assert table is not None and table.request_id is not None and table.first is not None
+
         lacking = [lb for lb in index_labels if lb not in table.flagged]
         if lacking:
             raise DataError(f"day {day}: fetched without the index column(s) of {sorted(lacking)}")
@@ -429,31 +706,43 @@ class RecFlowReader:
         order = np.lexsort((table.first, ts_u))  # time order, ties by first appearance
         req = table.request_id[order]  # request ids in output order
         uidx = order  # index into the distinct requests of each output request
-        in_rd = np.isin(req, self._keys(rd, where_rd))
-        entries: list | None = [rd[r] for r in req[in_rd].tolist()]
-        del rd
-        drafts = {label: self._draft(entries, label, limit) for label in labels}  # type: ignore[arg-type]
-        if all(d is not None for d in drafts.values()):
+
+        # ---- every label's ids checked; the kept labels' first rows drafted
+        drafts: dict[str, Candidates] = {}
+        in_rd = None
+        if rd is not None:
+            in_rd = np.isin(req, rd_keys)
+            entries: list | None = [rd[r] for r in req[in_rd].tolist()]
+            del rd
+            req_rd = req[in_rd]
+            for label in S.STAGE_LABELS:
+                cand, label_problems = self._label(entries, req_rd, label, rows_checked, where_rd, counts,
+                                                   keep=label in labels)
+                problems.extend(label_problems)
+                if cand is not None:
+                    drafts[label] = cand
             entries = None  # the dict's arrays are freed here (seq_effective_50_dict reuses the heap)
+        else:
+            del rd
+        problems.stop()
 
         # ---- seq_effective_50_dict: which requests it holds
-        sd = self._load_pickle(files["seq_effective_50_dict"])
-        in_sq = np.isin(req, self._keys(sd, where_sq))
+        sd, sd_keys = self._load_checked(files["seq_effective_50_dict"], problems)
+        problems.stop()
+        if in_rd is None or sd is None or len(drafts) < len(labels):  # collect only: the dicts cannot be joined
+            if sd is not None:
+                _, seq_problems = self._sequences(sd, req[np.isin(req, sd_keys)], where_sq, counts)
+                problems.extend(seq_problems)
+            del sd
+            problems.raise_if_any()
+        assert in_rd is not None and sd is not None
+        in_sq = np.isin(req, sd_keys)
         keep = in_rd & in_sq
         kept_of_rd = in_sq[in_rd]
 
         # ---- candidates per label for the requests present in both dicts
         req_k = req[keep]
-        cands: dict[str, Candidates] = {}
-        for label in labels:
-            draft = drafts.pop(label)
-            if draft is None:  # slow path: name the first bad entry among the kept requests
-                assert entries is not None
-                kept_entries = [entries[i] for i in np.flatnonzero(kept_of_rd).tolist()]
-                cands[label] = self._candidates(kept_entries, req_k, label, limit, where_rd, counts)
-            else:
-                cands[label] = self._checked(_subset(draft, kept_of_rd), req_k, label, where_rd, counts)
-        entries = None
+        cands = {label: _first_rows(_subset(drafts.pop(label), kept_of_rd), limit) for label in labels}
 
         # ---- top-group positions from all_stage
         missing_index = np.zeros(req_k.shape[0], dtype=bool)
@@ -485,14 +774,17 @@ class RecFlowReader:
                   f"seq_effective_50_dict, {n_missing_idx} with a top-group item that has no "
                   f"{'/'.join(S.INDEX_COLUMNS[lb] for lb in index_labels) or 'index'} in all_stage")
         if n_usable == 0:
-            raise DataError(f"day {day} ({self.source.uri}): zero usable requests out of {n_all} ({detail})")
+            problems.add(f"day {day} ({self.source.uri}): zero usable requests out of {n_all} ({detail})")
+            problems.raise_if_any()
         frac = n_dropped / n_all
         if frac > self.max_missing_fraction:
-            raise DataError(f"day {day} ({self.source.uri}): {n_dropped} of {n_all} requests unusable "
-                            f"({frac:.2%} > max_missing_fraction {self.max_missing_fraction:.2%}): {detail}")
-        if n_dropped:
+            problems.add(f"day {day} ({self.source.uri}): {n_dropped} of {n_all} requests unusable "
+                         f"({frac:.2%} > max_missing_fraction {self.max_missing_fraction:.2%}): {detail}")
+            problems.stop()
+        elif n_dropped:
             msg = f"day {day}: dropped {n_dropped} of {n_all} requests ({frac:.2%}): {detail}"
             warnings.warn(msg, RecFlowWarning, stacklevel=2)
+        if n_dropped:
             for cand in cands.values():
                 row_keep = np.repeat(final, cand.lengths)
                 cand.rows = cand.rows[row_keep]
@@ -503,26 +795,48 @@ class RecFlowReader:
         idx_out = np.nonzero(keep)[0][final]
 
         # ---- sequences of the usable requests, stacked in request order
-        seq = self._sequences(sd, req_k, where_sq, counts)
+        seq, seq_problems = self._sequences(sd, req_k, where_sq, counts)
         del sd
         trim()
+        problems.extend(seq_problems)
+        problems.stop()
         stats["items_per_label"] = {
             lb: {"mean": float(c.stored.mean()), "max": int(c.stored.max(initial=0)),
                  "requests_with_items": int((c.stored > 0).sum()), "kept_mean": float(c.lengths.mean())}
             for lb, c in cands.items()}
         stats["top_index_missing_rows"] = index_missing_rows
-        stats["degenerate"] = check_degenerate(f"day {day} ({self.source.uri})", cands, index_labels,
-                                               self.max_no_gt_fraction)
+        try:
+            stats["degenerate"] = check_degenerate(f"day {day} ({self.source.uri})", cands, index_labels,
+                                                   self.max_no_gt_fraction)
+        except DataError as exc:
+            problems.add_error(exc)
+        problems.raise_if_any()
+        assert seq is not None
         sel = order[idx_out]
         return RecFlowDay(day=day, request_id=req_k, request_timestamp=ts_u[sel], user=user_u[sel],
                           seq=seq, candidates=cands, stats=stats)
+
+    def _check_pickles_alone(self, rd: dict | None, rd_keys: np.ndarray | None, files: dict[str, str],
+                             rows_checked: int, counts: dict[str, int], problems: "_Problems") -> None:
+        """``lcron validate`` when all_stage is unusable: each pickle checked on its own, for
+        every request it holds (structure and ids of every label; sequences)."""
+        if rd is not None and rd_keys is not None:
+            entries = list(rd.values())
+            for label in S.STAGE_LABELS:
+                problems.extend(self._label(entries, rd_keys, label, rows_checked,
+                                            self.source.describe(files["request_id_dict"]), counts, keep=False)[1])
+            del entries
+        sd, sd_keys = self._load_checked(files["seq_effective_50_dict"], problems)
+        if sd is not None and sd_keys is not None:
+            problems.extend(self._sequences(sd, sd_keys, self.source.describe(files["seq_effective_50_dict"]),
+                                            counts)[1])
 
     # -------------------------------------------------------------- helpers
     @staticmethod
     def _draft(entries: list, label: str, limit: int) -> "Candidates | None":
         """First ``limit`` rows of ``label`` for every entry (one list pass, one concatenate),
         or None when the arrays do not combine into int rows of the 8 columns (then the
-        slow path names the bad entry). Values are not checked here (see :meth:`_checked`)."""
+        slow path names the bad entry). Values are not checked here (see :meth:`_candidate_problems`)."""
         width = len(S.REQUEST_ID_DICT_COLUMNS)
         empty = np.zeros((0, width), dtype=np.int64)
         try:
@@ -537,26 +851,36 @@ class RecFlowReader:
         return Candidates(lengths=np.minimum(stored, limit), stored=stored, rows=rows.astype(np.int64, copy=False))
 
     @classmethod
-    def _candidates(cls, entries: list, req: np.ndarray, label: str, limit: int, where: str,
-                    counts: dict[str, int]) -> Candidates:
-        """First ``limit`` rows of ``label`` for every request, structure and values checked."""
-        cand = cls._draft(entries, label, limit)
+    def _label(cls, entries: list, req: np.ndarray, label: str, rows: int, where: str, counts: dict[str, int], *,
+               keep: bool) -> tuple["Candidates | None", list[str]]:
+        """The first ``rows`` stored rows of ``label`` for every entry (``req``: their request
+        ids), checked: structure, ids and upload times. ``keep``: return them as Candidates;
+        otherwise they are checked a slice of requests at a time and dropped, and the whole
+        label is drafted only to word the problem (the same message either way)."""
+        if not keep:
+            for s in range(0, len(entries), _CHECK_SLICE):
+                part = cls._draft(entries[s: s + _CHECK_SLICE], label, rows)
+                if part is None or not _rows_in_range(part.rows, counts):
+                    return None, cls._label(entries, req, label, rows, where, counts, keep=True)[1]
+            return None, []
+        cand = cls._draft(entries, label, rows)
         if cand is None:
-            _locate_bad_candidates(entries, req, label, where)
-        return cls._checked(cand, req, label, where, counts)  # type: ignore[arg-type]
+            return None, [_bad_candidates(entries, req, label, where)]
+        problems = cls._candidate_problems(cand, req, label, where, counts)
+        return (None if problems else cand), problems
 
     @staticmethod
-    def _checked(cand: Candidates, req: np.ndarray, label: str, where: str, counts: dict[str, int]) -> Candidates:
-        """``cand`` (rows of the requests ``req``) after the id and timestamp checks."""
+    def _candidate_problems(cand: Candidates, req: np.ndarray, label: str, where: str,
+                            counts: dict[str, int]) -> list[str]:
+        """Every id column and the upload time of ``cand`` (rows of the requests ``req``) checked."""
         rows = cand.rows
         owner_ids = np.repeat(req, cand.lengths)
-        for name, col in S.REQUEST_ID_DICT_ID_COLUMNS.items():
-            _check_range(rows[:, col], where=f"{where}: label {label}", column=name, check="id", id_field=name,
-                         id_counts=counts, example_ids=owner_ids)
-        _check_range(rows[:, S.REQUEST_ID_DICT_COLUMNS.index("upload_timestamp")], where=f"{where}: label {label}",
-                     column="upload_timestamp", check="timestamp_s", id_field=None, id_counts=counts,
-                     example_ids=owner_ids)
-        return cand
+        found = [range_problem(rows[:, col], where=f"{where}: label {label}", column=name, check="id", id_field=name,
+                               id_counts=counts, example_ids=owner_ids)
+                 for name, col in S.REQUEST_ID_DICT_ID_COLUMNS.items()]
+        found.append(range_problem(rows[:, _UPLOAD_TS], where=f"{where}: label {label}", column="upload_timestamp",
+                                   check="timestamp_s", id_field=None, id_counts=counts, example_ids=owner_ids))
+        return [p for p in found if p is not None]
 
     @staticmethod
     def _lookup_index(flagged: tuple[np.ndarray, np.ndarray, np.ndarray], n_requests: int, cand_uidx: np.ndarray,
@@ -583,20 +907,23 @@ class RecFlowReader:
         return idx, found
 
     @staticmethod
-    def _sequences(sd: dict, req: np.ndarray, where: str, counts: dict[str, int]) -> np.ndarray:
-        """The sequences of ``req`` stacked; ids checked on the valid steps. A column whose
-        whole range (padding included) is already within its vocabulary needs no masking:
-        only a column that fails that test is checked step by step."""
+    def _sequences(sd: dict, req: np.ndarray, where: str,
+                   counts: dict[str, int]) -> tuple[np.ndarray | None, list[str]]:
+        """The sequences of ``req`` stacked, and their problems (the first sequence of a wrong
+        shape or type; otherwise every id column with a bad value on a valid step). A column
+        whose whole range (padding included) is already within its vocabulary needs no
+        masking: only a column that fails that test is checked step by step."""
         shape = (fields.SEQ_LEN, len(S.SEQ_COLUMNS))
         try:
-            seq = np.stack([sd[r] for r in req.tolist()])
+            seq = np.stack([sd[r] for r in req.tolist()]) if req.size else np.zeros((0, *shape), dtype=np.int64)
             ok = seq.shape[1:] == shape and seq.dtype.kind in "iu"
         except (TypeError, ValueError, IndexError):
             ok = False
         if not ok:
-            _locate_bad_sequence(sd, req, where, shape)
+            return None, [_bad_sequence(sd, req, where, shape)]
         seq = seq.astype(np.int64, copy=False)
         valid = ids_of = None
+        problems = []
         for name, col in S.SEQ_ID_COLUMNS.items():
             column = seq[:, :, col]
             if column.size == 0 or (int(column.min()) >= 0 and int(column.max()) < counts[name]):
@@ -604,43 +931,67 @@ class RecFlowReader:
             if valid is None:
                 valid = seq[:, :, S.SEQ_TIME_COLUMN] > 0
                 ids_of = np.repeat(req, valid.sum(axis=1))
-            _check_range(column[valid], where=where, column=name, check="id", id_field=name, id_counts=counts,
-                         example_ids=ids_of)
-        return seq
+            p = range_problem(column[valid], where=where, column=name, check="id", id_field=name, id_counts=counts,
+                              example_ids=ids_of)
+            if p is not None:
+                problems.append(p)
+        return (None if problems else seq), problems
+
+
+_UPLOAD_TS = S.REQUEST_ID_DICT_COLUMNS.index("upload_timestamp")
+
+
+def _rows_in_range(rows: np.ndarray, counts: dict[str, int]) -> bool:
+    """Whether every id column of request_id_dict ``rows`` is in its vocabulary and every
+    upload time >= 0 (one min and one max per column)."""
+    if rows.shape[0] == 0:
+        return True
+    lo, hi = rows.min(axis=0), rows.max(axis=0)
+    return all(lo[col] >= 0 and hi[col] < counts[name] for name, col in S.REQUEST_ID_DICT_ID_COLUMNS.items()) \
+        and lo[_UPLOAD_TS] >= 0
 
 
 def _subset(cand: Candidates, kept: np.ndarray) -> Candidates:
     """The rows of the requests with ``kept`` set (all of them: ``cand`` itself)."""
     if kept.all():
         return cand
-    return Candidates(lengths=cand.lengths[kept], stored=cand.stored[kept], rows=cand.rows[np.repeat(kept, cand.lengths)])
+    return Candidates(lengths=cand.lengths[kept], stored=cand.stored[kept],
+                      rows=cand.rows[np.repeat(kept, cand.lengths)])
 
 
-def _locate_bad_candidates(entries: list, req: np.ndarray, label: str, where: str) -> None:
-    """Slow path, only after the vectorised path failed: name the first bad entry."""
+def _first_rows(cand: Candidates, limit: int) -> Candidates:
+    """``cand`` cut to the first ``limit`` rows of each request (checked rows may be more)."""
+    if cand.lengths.size == 0 or int(cand.lengths.max()) <= limit:
+        return cand
+    within = np.arange(cand.rows.shape[0]) - np.repeat(cand.offsets, cand.lengths)
+    return Candidates(lengths=np.minimum(cand.lengths, limit), stored=cand.stored, rows=cand.rows[within < limit])
+
+
+def _bad_candidates(entries: list, req: np.ndarray, label: str, where: str) -> str:
+    """Slow path, only after the vectorised path failed: what is wrong with the first bad entry."""
     width = len(S.REQUEST_ID_DICT_COLUMNS)
     for r, e in zip(req.tolist(), entries):
         if not isinstance(e, dict):
-            raise DataError(f"{where}: request_id {r}: expected a dict stage_label -> array, got {type(e).__name__}")
+            return f"{where}: request_id {r}: expected a dict stage_label -> array, got {type(e).__name__}"
         if label not in e:
             continue
         a = np.asarray(e[label])
         if a.ndim != 2 or a.shape[1] != width:
-            raise DataError(f"{where}: request_id {r}, label {label}: array of shape {list(a.shape)}; "
-                            f"expected [n, {width}] ({', '.join(S.REQUEST_ID_DICT_COLUMNS)})")
+            return (f"{where}: request_id {r}, label {label}: array of shape {list(a.shape)}; "
+                    f"expected [n, {width}] ({', '.join(S.REQUEST_ID_DICT_COLUMNS)})")
         if a.dtype.kind not in "iu":
-            raise DataError(f"{where}: request_id {r}, label {label}: dtype {a.dtype}; expected integers")
-    raise DataError(f"{where}: label {label}: candidate arrays cannot be combined (mixed shapes or types)")
+            return f"{where}: request_id {r}, label {label}: dtype {a.dtype}; expected integers"
+    return f"{where}: label {label}: candidate arrays cannot be combined (mixed shapes or types)"
 
 
-def _locate_bad_sequence(sd: dict, req: np.ndarray, where: str, shape: tuple[int, int]) -> None:
+def _bad_sequence(sd: dict, req: np.ndarray, where: str, shape: tuple[int, int]) -> str:
     for r in req.tolist():
         a = np.asarray(sd[r])
         if a.shape != shape:
-            raise DataError(f"{where}: request_id {r}: sequence of shape {list(a.shape)}; expected {list(shape)}")
+            return f"{where}: request_id {r}: sequence of shape {list(a.shape)}; expected {list(shape)}"
         if a.dtype.kind not in "iu":
-            raise DataError(f"{where}: request_id {r}: sequence dtype {a.dtype}; expected integers")
-    raise DataError(f"{where}: sequences cannot be stacked (mixed shapes or types)")
+            return f"{where}: request_id {r}: sequence dtype {a.dtype}; expected integers"
+    return f"{where}: sequences cannot be stacked (mixed shapes or types)"
 
 
 def check_degenerate(where: str, cands: dict[str, Candidates], gt_labels: Iterable[str],

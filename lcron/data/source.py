@@ -1,10 +1,11 @@
 """Where RecFlow files come from: a local folder, ``gs://bucket/prefix`` or ``s3://bucket/prefix``.
 
-The reader only needs four things from a source: list the days (the names of
-``all_stage/*.feather``), read a small file's bytes (the pickles), give a local path
-for a large file (Feather is memory-mapped, so a GCS object is downloaded once into a
-temporary cache), and fingerprint a file so preprocessing can tell whether a day's
-input changed. Local fingerprints are size + sha256 of the content; GCS fingerprints are
+The reader only needs four things from a source: list the days (the names
+``all_stage/YYYY-MM-DD.feather`` of a real date; :meth:`Source.scan_days` also names every
+other file of the three day folders, which the reader warns about), read a small file's
+bytes (the pickles), give a local path for a large file (Feather is memory-mapped, so a GCS
+object is downloaded once into a temporary cache), and fingerprint a file so preprocessing
+can tell whether a day's input changed. Local fingerprints are size + sha256 of the content; GCS fingerprints are
 size + generation + md5 from the object's metadata (no download needed).
 
 With ``STORAGE_EMULATOR_HOST`` set (tests, local emulators) the GCS client uses anonymous
@@ -18,6 +19,7 @@ S3 fingerprints are size + ETag from the object listing (no download needed).
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import io
 import os
@@ -26,15 +28,43 @@ import shutil
 import tempfile
 import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from lcron.errors import DataError
 
-__all__ = ["Source", "LocalSource", "GCSSource", "S3Source", "open_source", "DAY_RE"]
+__all__ = ["Source", "LocalSource", "GCSSource", "S3Source", "open_source", "DAY_RE", "DAY_FOLDERS", "DayListing",
+           "day_of_name"]
 
 DAY_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.feather$")
+_DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.([A-Za-z0-9]+)$")
+# The folders that hold one file per day, and the extension of those files.
+DAY_FOLDERS = {"all_stage": "feather", "request_id_dict": "pkl", "seq_effective_50_dict": "pkl"}
 _HASH_CHUNK = 1 << 20
+
+
+def day_of_name(name: str, ext: str) -> str | None:
+    """The day of a file named ``YYYY-MM-DD.<ext>`` (a real date), else None."""
+    m = _DAY_FILE.match(name)
+    if m is None or m.group(2) != ext:
+        return None
+    try:
+        _dt.date.fromisoformat(m.group(1))
+    except ValueError:
+        return None
+    return m.group(1)
+
+
+@dataclass
+class DayListing:
+    """What the three day folders hold: the days (names of ``all_stage/*.feather``), the files
+    that are not day files (relative path, expected extension), and the pickles of a day that
+    has no all_stage file (relative path, day)."""
+
+    days: list[str]
+    not_days: list[tuple[str, str]] = field(default_factory=list)
+    orphans: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Source(ABC):
@@ -78,8 +108,26 @@ class Source(ABC):
         return f"{self.uri.rstrip('/')}/{rel}"
 
     def list_days(self) -> list[str]:
-        """Days that have an ``all_stage/<day>.feather`` file, sorted."""
-        return sorted(m.group(1) for n in self.list_names("all_stage") if (m := DAY_RE.match(n)))
+        """Days that have an ``all_stage/<day>.feather`` file (a real date), sorted."""
+        return sorted(d for n in self.list_names("all_stage") if (d := day_of_name(n, "feather")) is not None)
+
+    def scan_days(self) -> DayListing:
+        """The days, and every file of the three day folders that is not used as a day file
+        (see :class:`DayListing`); one listing per folder."""
+        found: dict[str, dict[str, str]] = {}  # folder -> day -> name
+        not_days: list[tuple[str, str]] = []
+        for folder, ext in DAY_FOLDERS.items():
+            found[folder] = {}
+            for name in self.list_names(folder):
+                day = day_of_name(name, ext)
+                if day is None:
+                    not_days.append((f"{folder}/{name}", ext))
+                else:
+                    found[folder][day] = name
+        days = sorted(found["all_stage"])
+        orphans = sorted((f"{folder}/{name}", day) for folder in DAY_FOLDERS if folder != "all_stage"
+                         for day, name in found[folder].items() if day not in found["all_stage"])
+        return DayListing(days=days, not_days=not_days, orphans=orphans)
 
     def release(self, rel: str) -> None:
         """Drop anything cached for ``rel`` (kept bytes, a downloaded copy)."""

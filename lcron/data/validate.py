@@ -2,13 +2,14 @@
 
 ``lcron validate`` prints the per-day summary so a user can check a data set (their own
 copy of RecFlow, a bucket, generated data) before spending time on preprocessing. Every
-day is read in full with every check of :class:`lcron.data.recflow.RecFlowReader`
-(all required all_stage columns, both pickles, all seven stage labels, the rank and
-rerank index look-ups); a day that fails is reported with its problems instead of
-stopping the run, so one pass lists every broken day. A failed day's three files are then
-also checked one by one (present, non-empty, all_stage schema and values readable, each
-pickle a dict keyed by integer request ids), so a day broken in several files names each
-of them, not only the first the reader met. A clean day is read once.
+day goes through :meth:`lcron.data.recflow.RecFlowReader.read_day`, the same checks
+``lcron preprocess`` runs (every required all_stage column, every stage label's ids, the
+sequences, the day identity), with ``collect=True``: instead of stopping at the first
+problem, every problem of every file of the day is listed (all bad columns of all_stage,
+each pickle checked even when all_stage is unusable, the day identity, the usable
+requests). A broken day does not stop the run, so one pass lists every broken day.
+Source-level warnings (files in the day folders that are not day files) are ordinary
+warnings, printed by the command line before the table.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lcron.data import schemas as S
-from lcron.data.recflow import RecFlowReader, RecFlowWarning
+from lcron.data.recflow import DayProblems, RecFlowReader, RecFlowWarning
 from lcron.data.source import Source
 from lcron.defaults import PREPROCESS
 from lcron.errors import DataError
@@ -29,18 +30,21 @@ __all__ = ["validate", "format_summary"]
 
 def validate(source: "str | Path | Source", days: str | None = None,
              max_missing_fraction: float = PREPROCESS.max_missing_fraction, max_no_gt_fraction: float = 0.5,
-             progress: bool = True) -> list[dict[str, Any]]:
+             progress: bool = True, tz_offset_hours: int = PREPROCESS.tz_offset_hours) -> list[dict[str, Any]]:
     """Per-day summaries: ``day``, ``ok``, ``rows``, ``requests`` (usable),
     ``requests_in_all_stage``, ``dropped`` (missing from each pkl / without index),
     ``items_per_label`` (stored rows per request: mean, max, requests with any), ``problems``
-    (error messages; empty when the day is usable) and ``warnings``.
+    (every error message of the day; empty when the day is usable) and ``warnings``.
+
+    ``tz_offset_hours``: the data's time zone, as for preprocessing (the day identity check
+    compares request times with the day a file is named after).
 
     Problems of the whole source (no such folder, no days, bad day range, id_cnt.pkl
     unreadable or missing a key) raise :class:`DataError` instead.
     """
     out: list[dict[str, Any]] = []
     with RecFlowReader(source, max_missing_fraction=max_missing_fraction,
-                       max_no_gt_fraction=max_no_gt_fraction) as reader:
+                       max_no_gt_fraction=max_no_gt_fraction, tz_offset_hours=tz_offset_hours) as reader:
         chosen = reader.select_days(days)
         reader.id_counts()
         bar = Progress(len(chosen), "validate", unit="day", enabled=progress)
@@ -49,10 +53,11 @@ def validate(source: "str | Path | Source", days: str | None = None,
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", RecFlowWarning)
                 try:
-                    rd = reader.read_day(day, labels=S.STAGE_LABELS, check_all_columns=True)
+                    rd = reader.read_day(day, labels=S.STAGE_LABELS, check_all_columns=True, collect=True)
+                except DayProblems as exc:
+                    summary["problems"] = list(exc.problems)
                 except DataError as exc:
-                    first = str(exc)
-                    summary["problems"] = [first, *(p for p in _file_problems(reader, day) if p != first)]
+                    summary["problems"] = [str(exc)]
                 else:
                     summary.update(ok=True, rows=rd.stats["rows"], requests=rd.num_requests,
                                    requests_in_all_stage=rd.stats["requests_in_all_stage"],
@@ -65,24 +70,6 @@ def validate(source: "str | Path | Source", days: str | None = None,
             bar.update(postfix=f"{day} {'ok' if summary['ok'] else 'FAILED'}")
         bar.close()
     return out
-
-
-def _file_problems(reader: RecFlowReader, day: str) -> list[str]:
-    """Each file of ``day`` checked on its own, so problems in several files are all named."""
-    problems = []
-    for kind, rel in reader.day_files(day).items():
-        try:
-            reader._require_file(rel)
-            if kind == "all_stage":
-                reader._read_all_stage(rel, {c["name"] for c in S.all_stage_columns(required_only=True)})
-            else:
-                where = reader.source.describe(rel)
-                reader._keys(reader._load_dict(reader.source.read_bytes(rel), where), where)
-        except DataError as exc:
-            problems.append(str(exc))
-        finally:
-            reader.source.release(rel)
-    return problems
 
 
 def format_summary(summaries: list[dict[str, Any]]) -> str:

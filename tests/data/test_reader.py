@@ -328,3 +328,34 @@ def test_schema_marks_feedback_optional_and_untyped():
     assert S.RECFLOW_SCHEMA["request_id_dict"]["row_shape"] == ["n", 8]
     assert S.RECFLOW_SCHEMA["seq_effective_50_dict"]["shape"] == [50, 10]
     assert S.SHARD_SCHEMA["arrays"]["items"]["shape"] == ["R", "N", 8]
+
+
+# ------------------------------------------------------------------ day checks of the reader
+def test_tz_offset_is_checked(handmade, tmp_path):
+    from lcron.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"tz_offset_hours must be an integer in \[-12, 14\], got 15"):
+        RecFlowReader(handmade.write(tmp_path), tz_offset_hours=15)
+
+
+def test_only_real_dates_are_days(handmade, tmp_path):
+    root = handmade.write(tmp_path)
+    (root / "all_stage" / "2024-02-30.feather").write_bytes(b"x")
+    with pytest.warns(RecFlowWarning, match=r"ignoring .*all_stage/2024-02-30\.feather: not a day file"):
+        assert _reader(root).available_days == [HAND_DAY]
+
+
+def test_preprocessing_mode_raises_every_problem_of_the_first_stage(handmade, tmp_path):
+    """Without ``collect`` a day stops at the first stage with a problem, naming all of its problems."""
+    from lcron.data.recflow import DayProblems
+
+    handmade.all_stage.loc[3, "user_id"] = -1
+    handmade.all_stage.loc[3, "author_id"] = 50
+    handmade.request_id_dict[501]["rank_neg"][0, 0] = 100  # a later stage: not reached
+    root = handmade.write(tmp_path)
+    with pytest.raises(DayProblems) as exc:
+        _reader(root).read_day(HAND_DAY)
+    assert [p.split(": column ")[1].split(":")[0] for p in exc.value.problems] == ["user_id", "author_id"]
+    with pytest.raises(DayProblems) as exc:
+        _reader(root).read_day(HAND_DAY, collect=True)
+    assert len(exc.value.problems) == 3 and "label rank_neg: column video_id" in exc.value.problems[2]

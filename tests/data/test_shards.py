@@ -191,7 +191,8 @@ def test_idempotent_skip_and_rebuild_on_change(handmade, tmp_path, caplog):
     assert arr.stat().st_mtime_ns == before
     # Change one input file of one day: only that day is redone.
     handmade.seq_dict[501][49, 0] = 5
-    (src / "seq_effective_50_dict" / "2024-01-16.pkl").write_bytes(__import__("pickle").dumps(handmade.seq_dict))
+    (src / "seq_effective_50_dict" / "2024-01-16.pkl").write_bytes(
+        __import__("pickle").dumps(handmade.for_day(handmade.seq_dict, "2024-01-16")))
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lcron"):
         shards = preprocess(src, out, 2, progress=False)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
 
+from lcron.data.recflow import DayProblems
+from lcron.data.shards import preprocess
 from lcron.data.validate import format_summary, validate
 from lcron.errors import DataError
 
@@ -82,7 +87,7 @@ def test_a_day_broken_in_every_file_names_every_problem(handmade, tmp_path, caps
     """all_stage lacks a column, request_id_dict is empty, the sequence pickle is truncated: three problems."""
     root = handmade.write(tmp_path / "recflow", days=DAYS[:2])
     day = DAYS[1]
-    table = handmade.table()
+    table = handmade.for_day(handmade.table(), day)
     feather.write_feather(table.drop_columns(["duration"]), root / "all_stage" / f"{day}.feather")
     (root / "request_id_dict" / f"{day}.pkl").write_bytes(b"")
     seq = root / "seq_effective_50_dict" / f"{day}.pkl"
@@ -96,3 +101,89 @@ def test_a_day_broken_in_every_file_names_every_problem(handmade, tmp_path, caps
     assert any(f"seq_effective_50_dict/{day}.pkl: the pickle is truncated" in p for p in problems)
     err = capsys.readouterr().err
     assert "validate: 2/2 day" in err and f"{day} FAILED" in err  # progress while it reads
+
+
+# ------------------------------------------------------------------ every problem, not the first
+def _where(root, day=DAYS[0]):
+    return f"{root}/all_stage/{day}.feather"
+
+
+def _float_column(table, name):
+    i = table.schema.get_field_index(name)
+    return table.set_column(i, name, pa.array(table.column(i).to_numpy().astype(float), type=pa.float64()))
+
+
+def test_a_missing_column_does_not_hide_a_wrong_dtype(handmade, tmp_path):
+    table = _float_column(handmade.table().drop_columns(["province"]), "user_id")
+    root = handmade.write(tmp_path / "recflow", all_stage=table)
+    problems = validate(root, progress=False)[0]["problems"]
+    assert problems == [f"{_where(root)}: required column(s) missing: province",
+                        f"{_where(root)}: column user_id has type double; expected an integer type"]
+    # preprocess stops at the same stage and names the same two problems, on one line
+    with pytest.raises(DayProblems) as exc:
+        preprocess(root, tmp_path / "s", 2, progress=False)
+    assert exc.value.problems == problems and str(exc.value) == " | ".join(problems)
+
+
+def test_every_bad_column_of_all_stage_is_listed(handmade, tmp_path):
+    """Nulls, out-of-range values in several columns and a user column that changes within a
+    request: each named once, in the order nulls, values, not constant."""
+    df = handmade.all_stage
+    df.loc[3, "user_id"] = -1
+    df.loc[4, "video_id"] = 100
+    df.loc[5, "rank_neg"] = 2
+    df.loc[df.index[df["request_id"] == 501][4], "age"] = 5
+    table = handmade.table()
+    i = table.schema.get_field_index("device_id")
+    mask = np.zeros(table.num_rows, bool)
+    mask[2] = True
+    table = table.set_column(i, "device_id", pa.array(table.column(i).to_numpy(), type=pa.int64(), mask=mask))
+    root = handmade.write(tmp_path / "recflow", all_stage=table)
+    problems = validate(root, progress=False)[0]["problems"]
+    w = _where(root)
+    assert problems == [
+        f"{w}: column device_id has 1 null/NaN value(s); expected integers everywhere",
+        f"{w}: column user_id: 1 negative value(s) (min -1); ids must be >= 0, e.g. request_id 502",
+        f"{w}: column video_id: 1 value(s) >= id_cnt['video_id'] = 100 (max 100); ids must be in [0, 100), "
+        "e.g. request_id 502",
+        f"{w}: column rank_neg: 1 value(s) other than 0/1 (min 0, max 2), e.g. request_id 502",
+        f"{w}: column age is not constant within request_id 501 (1 row(s) disagree with the request's first row)"]
+    with pytest.raises(DayProblems) as exc:
+        preprocess(root, tmp_path / "s", 2, progress=False)
+    assert exc.value.problems == problems
+
+
+def test_validate_lists_the_problems_of_every_file_of_every_day(handmade, tmp_path):
+    root = handmade.write(tmp_path / "recflow", days=DAYS)
+    # Day 15: all_stage lacks a column and has an author id out of range; request_id_dict has a
+    # negative id in a label no setting keeps and a video id out of range; a sequence has a bad cat1.
+    h = copy.deepcopy(handmade)
+    h.all_stage.loc[3, "author_id"] = 50
+    h.request_id_dict[501]["realshow"][0, 1] = -1
+    h.request_id_dict[502]["prerank_neg"][2, 0] = 100
+    h.seq_dict[501][49, 3] = 10
+    h.write(root, days=(DAYS[0],), all_stage=h.table().drop_columns(["province"]))
+    # Day 16: a negative user id in all_stage, a truncated request_id_dict.
+    h = copy.deepcopy(handmade)
+    h.all_stage.loc[3, "user_id"] = -1
+    h.write(root, days=(DAYS[1],))
+    rd16 = root / "request_id_dict" / f"{DAYS[1]}.pkl"
+    rd16.write_bytes(rd16.read_bytes()[:60])
+    out = validate(root, progress=False)
+    assert [s["ok"] for s in out] == [False, False, True]
+    rd = f"{root}/request_id_dict/{DAYS[0]}.pkl"
+    assert out[0]["problems"] == [
+        f"{_where(root)}: required column(s) missing: province",
+        f"{_where(root)}: column author_id: 1 value(s) >= id_cnt['author_id'] = 50 (max 50); ids must be in [0, 50), "
+        "e.g. request_id 502",
+        f"{rd}: label realshow: column author_id: 1 negative value(s) (min -1); ids must be >= 0, e.g. request_id 501",
+        f"{rd}: label prerank_neg: column video_id: 1 value(s) >= id_cnt['video_id'] = 100 (max 100); ids must be in "
+        "[0, 100), e.g. request_id 502",
+        f"{root}/seq_effective_50_dict/{DAYS[0]}.pkl: column category_level_one: 1 value(s) >= "
+        "id_cnt['category_level_one'] = 10 (max 10); ids must be in [0, 10), e.g. request_id 501"]
+    assert out[1]["problems"] == [
+        f"{_where(root, DAYS[1])}: column user_id: 1 negative value(s) (min -1); ids must be >= 0, "
+        "e.g. request_id 1502",
+        f"{root}/request_id_dict/{DAYS[1]}.pkl: the pickle is truncated (pickle data was truncated)"]
+    text = format_summary(out)
+    assert text.count("problem: ") == 7 and "2024-01-17  ok" in text
