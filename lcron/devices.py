@@ -7,10 +7,12 @@ Training (:mod:`lcron.train_step`), evaluation and the serving evaluation resolv
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU; asking for CUDA on a machine without it is a ConfigError."""
@@ -73,3 +75,42 @@ def default_eval_compile(device: "torch.device | str", request_seeds: int) -> bo
     per request, so it pays only for big evaluations; see :data:`DEVICE_DEFAULTS`."""
     threshold = device_defaults(device).eval_compile_from
     return threshold is not None and request_seeds >= threshold
+
+
+# ------------------------------------------------------------------ memory
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on ``device`` (None where it cannot be read)."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_table_memory(embedding_sizes: Mapping[str, int], num_models: int, dim: int, device: torch.device,
+                       where: str, training: bool = True) -> None:
+    """Refuse, before anything is allocated, vocabularies whose embedding tables cannot fit.
+
+    Each stage model holds a table of ``sum(embedding_sizes)`` rows x ``dim`` float32, and
+    when ``training`` Adam keeps two moments of it: a lower bound of what the step needs. A
+    damaged or hostile id_cnt (10^12 videos) would otherwise end in an allocation error deep
+    inside torch, or in the kernel's out-of-memory killer."""
+    rows = sum(int(v) for v in embedding_sizes.values())
+    copies = 3 if training else 1
+    need = copies * num_models * rows * int(dim) * 4
+    free = _available_bytes(device)
+    if free is None or need <= free:
+        return
+    largest = max(embedding_sizes, key=lambda k: int(embedding_sizes[k]))
+    adam = ", with Adam's two moments" if training else ""
+    raise DataError(f"the embedding tables need at least {need / 2**30:,.1f} GiB on {device} ({num_models} stage "
+                    f"models x {rows:,} rows x dim {dim}{adam}) and {free / 2**30:,.1f} GiB are available; the largest "
+                    f"vocabulary is {largest!r} with {int(embedding_sizes[largest]):,} rows ({where}): is the "
+                    "source's others/id_cnt.pkl right?")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 #: The completion-marker kind of a run folder (``_complete-run.json``).
 RUN_KIND = "run"
+#: A seed's folder: ``seed-<n>`` (other names in a run folder are not seeds).
+_SEED_FOLDER = re.compile(r"seed-\d{1,9}")
 
 
 #: What every model file, day snapshot and resume checkpoint holds.
@@ -81,9 +84,13 @@ def load_cascade(path: str | Path, device: "str | torch.device" = "cpu", compile
 
     path = Path(path)
     payload = load_checkpoint(path, map_location=device)
+    from .devices import check_table_memory
+
     try:
         cfg = payload["config"]
         setting = Setting.from_dict(cfg["setting"])
+        check_table_memory(dict(cfg["embedding_sizes"]), len(setting.stage_models), int(cfg["train"]["dim"]),
+                           torch.device(device), where=str(path), training=False)
         cascade = build_cascade(setting, dict(cfg["embedding_sizes"]), dim=int(cfg["train"]["dim"]), compile=compile,
                                 reference_quirks=bool(cfg.get("reference_quirks", False)))
         state = dict(payload["model_state"])
@@ -156,8 +163,8 @@ def run_seeds(run_dir: str | Path) -> list[Path]:
     if not (run_dir / "run.json").exists():
         raise DataError(f"{run_dir} is not a training run folder (no run.json)")
     require_complete_run(run_dir)
-    seeds = sorted((p for p in run_dir.glob("seed-*") if (p / "summary.json").exists() and (p / "model.pt").exists()),
-                   key=seed_number)
+    seeds = sorted((p for p in run_dir.glob("seed-*") if _SEED_FOLDER.fullmatch(p.name) and p.is_dir()
+                    and (p / "summary.json").exists() and (p / "model.pt").exists()), key=seed_number)
     if not seeds:
         raise DataError(f"{run_dir} holds no completed seed (seed-*/model.pt with summary.json)")
     return seeds

@@ -51,7 +51,7 @@ from .batches import day_order, iter_batches
 from .train_step import (DeviceDay, LossLog, StepPlan, TrainStep, adam_options, float32_matmul_precision,
                          make_stepper, plan_step)
 from .defaults import TRAIN
-from .devices import resolve_device
+from .devices import check_table_memory, resolve_device
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
 from .hashing import config_hash
 from .models.embeddings import embedding_tables, ids_prechecked as embedding_ids_prechecked
@@ -161,6 +161,7 @@ def training_days(shards, spec: str | None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- building blocks
+
 def build_training_objects(setting: Setting, embedding_sizes: Mapping[str, int], cfg: TrainConfig, seed: int,
                            device: torch.device):
     """Models, loss and optimizers of one seed, initialised from that seed.
@@ -275,6 +276,8 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     cfg = dataclasses.replace(cfg, embedding_optimizer=resolve_embedding_optimizer(
         cfg.embedding_optimizer, device, sum(shard_set.embedding_sizes.values())))
     plan = plan_step(device, compile=cfg.compile, cuda_graph=cfg.cuda_graph, tf32=cfg.tf32)
+    check_table_memory(shard_set.embedding_sizes, run_setting.num_stages, cfg.dim, device,
+                       where=str(Path(shard_set.root) / "dataset.json"))
     out = Path(out)
 
     run_cfg = {

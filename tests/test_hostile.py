@@ -449,3 +449,51 @@ def test_adding_seeds_to_a_run_rewrites_its_files_without_a_false_alarm(tiny_sha
     assert _cli(capsys, *base, "--seeds", "2")[0] == 0
     outputs.require_complete(run, "run", "run folder", "x")
     assert json.loads((run / "run.json").read_text())["seeds"] == [1, 2]
+
+
+# ------------------------------------------------------------------ vocabulary bombs
+def _with_id_count(tiny_recflow: Path, dest: Path, count: int) -> Path:
+    import pickle
+
+    shutil.copytree(tiny_recflow, dest)
+    path = dest / "others" / "id_cnt.pkl"
+    counts = pickle.loads(path.read_bytes())
+    key = "video_id" if "video_id" in counts else "photo_id"
+    counts[key] = count
+    path.write_bytes(pickle.dumps(counts))
+    return dest
+
+
+def test_an_id_count_no_table_can_index_is_refused_by_validate_and_preprocess(tiny_recflow, tmp_path, capsys):
+    src = _with_id_count(tiny_recflow, tmp_path / "recflow", 10**12)
+    for cmd in (["validate", "--source", str(src)],
+                ["preprocess", "--source", str(src), "--out", str(tmp_path / "s"), "--stages", "2"]):
+        code, _, err = _cli(capsys, *cmd, "-q")
+        assert code == 2
+        assert (f"{src}/others/id_cnt.pkl: id_cnt[" in _error_line(err, cmd[0])
+                and "= 1000000000000 is more ids than an embedding table can index (at most 2147483645)" in err)
+    assert not (tmp_path / "s").exists()
+
+
+def test_tables_that_cannot_fit_in_memory_are_refused_before_allocating(tiny_recflow, tmp_path, capsys):
+    """2^31 videos pass the id check, but three stage tables with Adam's moments cannot fit:
+    train says so before allocating (the old code died in torch's allocator, exit 1)."""
+    src = _with_id_count(tiny_recflow, tmp_path / "recflow", 2**31 - 3)
+    shards = tmp_path / "s"
+    assert _cli(capsys, "preprocess", "--source", str(src), "--out", str(shards), "--stages", "2", "-q")[0] == 0
+    t0 = time.perf_counter()
+    code, _, err = _cli(capsys, "train", "--shards", str(shards), "--out", str(tmp_path / "run"), "--method", "bce",
+                        "--batch-size", "16", "--no-compile", "--device", "cpu", "-q")
+    assert code == 2 and time.perf_counter() - t0 < 30
+    line = _error_line(err, "train")
+    assert "the embedding tables need at least" in line and "GiB on cpu (2 stage models x" in line
+    assert f"the largest vocabulary is 'video_id' with 2,147,483,647 rows ({shards / 'dataset.json'})" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_named_like_a_seed_is_not_a_seed(evaluated, tmp_path):
+    from lcron.run_folder import run_seeds
+
+    run = _copy_run(evaluated, tmp_path / "run")
+    shutil.copytree(run / "seed-1", run / "seed-old")
+    assert [p.name for p in run_seeds(run)] == ["seed-1"]

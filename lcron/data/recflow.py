@@ -61,6 +61,8 @@ __all__ = ["RecFlowReader", "RecFlowDay", "DayInputs", "Candidates", "RecFlowWar
 
 _DAY_SPEC = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
+#: The largest id count of others/id_cnt.pkl: shifted ids (+1, + padding) must fit int32.
+MAX_ID_COUNT = 2**31 - 3
 #: Stored rows per stage label whose ids are checked (at least; ``limit`` if larger).
 CHECKED_ROWS = 10
 #: A day is refused when more than MAX_OUTSIDE_FRACTION of its requests lie outside the day it
@@ -474,6 +476,9 @@ class RecFlowReader:
             value = raw[found]
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or int(value) < 1:
                 raise DataError(f"{where}: id_cnt[{found!r}] must be a positive integer, got {value!r}")
+            if int(value) > MAX_ID_COUNT:
+                raise DataError(f"{where}: id_cnt[{found!r}] = {int(value)} is more ids than an embedding table can "
+                                f"index (at most {MAX_ID_COUNT}); RecFlow's largest, video_id, has about 9 million")
             out[key] = int(value)
         if missing:
             raise DataError(f"{where}: missing key(s) {'; '.join(missing)}; present: {sorted(map(str, raw))}")
