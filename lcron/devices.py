@@ -6,6 +6,7 @@ Training (:mod:`lcron.train_step`), evaluation and the serving evaluation resolv
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -13,14 +14,80 @@ from typing import Mapping
 import torch
 
 from .errors import ConfigError, DataError
+from .logs import get_logger
+
+#: The oldest Linux NVIDIA driver branch that runs each CUDA major (CUDA's minor-version
+#: compatibility: any driver of the major's first release runs every minor of it).
+MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; asking for CUDA on a machine without it is a ConfigError."""
+    """The device a step runs on.
+
+    ``auto``: CUDA when usable, else the CPU, and the choice is logged with its reason (a
+    step on a GPU node that cannot use the GPU says so). ``cuda``/``cuda:N`` where CUDA is
+    not usable is a ConfigError naming why (a CPU build of torch, no driver visible, a driver
+    too old for the CUDA torch was built with): the step never falls back to the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            get_logger(__name__).info("device auto: cuda (%s, CUDA %s)", torch.cuda.get_device_name(0),
+                                      torch.version.cuda)
+            return torch.device("cuda")
+        get_logger(__name__).info("device auto: cpu (%s)", cuda_unavailable_reason())
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but CUDA is not available on this machine")
-    return torch.device(name)
+        raise ConfigError(f"--device {name} was asked for, but CUDA is not usable here: {cuda_unavailable_reason()}")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r} is not a device torch knows ({exc}); use auto, cpu or cuda") from None
+
+
+def driver_cuda_version() -> tuple[int, int] | None:
+    """The CUDA version the NVIDIA driver supports, as (major, minor), read from libcuda
+    itself (``cuDriverGetVersion``); None where no driver library can be loaded."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+        version = ctypes.c_int()
+        if lib.cuDriverGetVersion(ctypes.byref(version)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return version.value // 1000, (version.value % 1000) // 10
+
+
+def cuda_unavailable_reason() -> str:
+    """Why ``torch.cuda.is_available()`` is False here, in words a user can act on."""
+    built = torch.version.cuda
+    if built is None:
+        return (f"this PyTorch ({torch.__version__}) is a CPU build without CUDA; the GPU image carries the CUDA "
+                "build (docs/docker.md)")
+    major = int(built.split(".")[0])
+    need = f"a driver >= {MIN_DRIVER[major]}" if major in MIN_DRIVER else f"a driver for CUDA {built}"
+    driver = driver_cuda_version()
+    if driver is None:
+        visible = os.environ.get("NVIDIA_VISIBLE_DEVICES")
+        return (f"no NVIDIA driver is visible to this process (libcuda.so.1 cannot be loaded; NVIDIA_VISIBLE_DEVICES="
+                f"{visible!r}); this PyTorch is built for CUDA {built} and needs {need}. On a cluster the step must "
+                "run on a GPU node with a GPU requested (the GPU pipeline requests one on train, evaluate and serving)")
+    if driver[0] < major:
+        return (f"the NVIDIA driver supports CUDA up to {driver[0]}.{driver[1]}, but this PyTorch is built for CUDA "
+                f"{built}: update the node's driver to {need}")
+    try:
+        count = torch.cuda.device_count()
+    except RuntimeError as exc:
+        return f"CUDA could not be initialised ({str(exc).strip().splitlines()[0]})"
+    if count == 0:
+        return (f"the NVIDIA driver (CUDA {driver[0]}.{driver[1]}) sees no GPU (NVIDIA_VISIBLE_DEVICES="
+                f"{os.environ.get('NVIDIA_VISIBLE_DEVICES')!r}, CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # noqa: BLE001 - torch raises several kinds here; the message is the point
+        return f"CUDA could not be initialised ({str(exc).strip().splitlines()[0]})"
+    return "torch.cuda.is_available() is False"
 
 
 @dataclass(frozen=True)

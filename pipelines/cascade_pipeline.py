@@ -51,7 +51,7 @@ class PipelineOutputs(NamedTuple):
 
 
 def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = None, accelerator_count: int = 1,
-                   compile_default: bool = False, name: str = PIPELINE_NAME,
+                   compile_default: bool = False, device_default: str = "auto", name: str = PIPELINE_NAME,
                    resources: Mapping[str, step_resources.StepResources] | None = None) -> Callable:
     """The pipeline function for one image.
 
@@ -59,6 +59,9 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
     adds a request for ``accelerator_count`` accelerators to train, evaluate and serving.
     ``compile_default`` is the default of the pipeline's ``compile`` parameter
     (torch.compile; worth it on a GPU, mostly compile time on small CPU runs).
+    ``device_default`` is the default of the ``device`` parameter: the GPU package says
+    ``cuda``, so a step on a node whose GPU is not usable fails naming why instead of
+    training on the node's CPUs (``auto`` falls back to the CPU and says so in the log).
     ``resources`` maps a step name (:data:`pipelines.resources.STEPS`) to its CPU/memory
     requests and limits; ``None`` or a missing step leaves them to the cluster.
     """
@@ -91,7 +94,7 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         embedding_optimizer: str = "auto",  # lcron.optim.DEFAULT_EMBEDDING_OPTIMIZER (tested)
         train_days: str = "",
         max_steps_per_day: int = 0,
-        device: str = "auto",
+        device: str = device_default,
         compile: bool = compile_default,
         eval_days: str = "",
         streaming: bool = False,

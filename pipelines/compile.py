@@ -5,8 +5,9 @@
                                 [--resource-profile recflow|small|none] [--memory STEP=48G ...]
 
 writes ``build/cascade-cpu.yaml`` (CPU image on every step) and ``build/cascade-gpu.yaml``
-(GPU image on every step, an accelerator request on train, evaluate and serving,
-torch.compile on by default). Both files are plain pipeline packages: submit them with ``kfp run submit``,
+(GPU image on every step, an accelerator request on train, evaluate and serving, and
+``device=cuda`` by default: a GPU step never trains on the CPU without a word). Both files
+are plain pipeline packages: submit them with ``kfp run submit``,
 ``pipelines.submit`` or Vertex AI, or run them locally with ``pipelines.run_local``.
 ``--image-ref`` is the one reference the Makefile computes (``make image-refs``); the GPU
 variant uses it with ``-gpu`` appended. Every step gets the CPU/memory requests and limits
@@ -58,7 +59,8 @@ def compile_variant(variant: str, path: str | Path, *, registry: str = REGISTRY,
     pipeline = build_pipeline(image_name, accelerator_type=accelerator_type if gpu else None,
                               accelerator_count=accelerator_count,
                               # eager + CUDA graph is the GPU default (lcron.train_step.DEVICE_DEFAULTS)
-                              compile_default=False, resources=resources)
+                              compile_default=False, device_default="cuda" if gpu else "auto",
+                              resources=resources)
     path = Path(path)
     # The compiler writes to a file name: compile into a temporary folder, then put the
     # text in place atomically (a stale-but-whole package beats a truncated one).

@@ -132,7 +132,8 @@ def test_parameter_defaults(compiled):
     assert cpu["source"]["defaultValue"] == "synthetic"
     assert cpu["loss_options"]["defaultValue"] == {} and cpu["loss_options"]["parameterType"] == "STRUCT"
     assert cpu["batch_size"]["defaultValue"] == 1024 and cpu["lr"]["defaultValue"] == 0.01
-    assert cpu["device"]["defaultValue"] == "auto"
+    # the GPU package never falls back to the node's CPUs: a GPU it cannot use is an error naming why
+    assert cpu["device"]["defaultValue"] == "auto" and gpu["device"]["defaultValue"] == "cuda"
     assert cpu["compile"]["defaultValue"] is False and gpu["compile"]["defaultValue"] is False
     assert cpu["synthetic_requests_per_day"]["defaultValue"] == 2000 and cpu["days"]["defaultValue"] == ""
     assert cpu["reference_quirks"]["defaultValue"] is False
