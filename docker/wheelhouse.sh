@@ -18,7 +18,18 @@ fi
 rm -rf "$out"
 mkdir -p "$out"
 echo "wheelhouse: building wheels into $out with $py"
-"$py" -m pip wheel -q --wheel-dir "$out" torch==2.13.0 ".[pipeline]" "setuptools>=68" wheel
+# The CPU build of torch, asked for by its local version: a plain torch==2.13.0 resolves to
+# the CUDA build on PyPI (several GB of CUDA libraries in a "CPU" image). Where the +cpu wheel
+# is not on a find-links path, point pip at PyTorch's CPU index, e.g.
+#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make wheelhouse
+if ! "$py" -m pip wheel -q --wheel-dir "$out" "torch==2.13.0+cpu" ".[pipeline]" "setuptools>=68" wheel; then
+  echo "wheelhouse: could not get torch==2.13.0+cpu (the CPU build); set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" >&2
+  exit 1
+fi
+if ls "$out" | grep -qiE '^(nvidia|triton)[-_]'; then
+  echo "wheelhouse: CUDA wheels in the CPU wheelhouse: $(ls "$out" | grep -iE '^(nvidia|triton)[-_]' | tr '\n' ' ')" >&2
+  exit 1
+fi
 rm -f "$out"/lcron_pipelines-*.whl  # the project is installed from its source in the image
 echo "$inputs" > "$stamp"
 echo "wheelhouse: $(ls "$out"/*.whl | wc -l) wheels, $(du -sh "$out" | cut -f1)"

@@ -48,6 +48,23 @@ def test_help_runs_the_lcron_command(image):
     assert "preprocess" in res.stdout and "usage: lcron" in res.stdout
 
 
+def test_the_cpu_image_holds_no_cuda_library(image):
+    """The CPU image must carry torch's CPU build: no nvidia-* / CUDA wheel and no CUDA shared
+    library anywhere in its site-packages (a CUDA torch would add several GB and nothing else)."""
+    script = ("import importlib.metadata as m, pathlib, site, torch\n"
+              "dists = sorted(d.metadata['Name'] for d in m.distributions())\n"
+              "libs = sorted(str(p) for s in site.getsitepackages() for p in pathlib.Path(s).rglob('lib*.so*')\n"
+              "              if any(k in p.name for k in ('cuda', 'cudnn', 'cublas', 'nccl', 'cusparse', 'nvrtc')))\n"
+              "print(torch.__version__, torch.version.cuda)\n"
+              "print([d for d in dists if d.lower().startswith(('nvidia', 'cuda', 'triton'))])\n"
+              "print(libs)\n")
+    res = _docker("run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c", script)
+    assert res.returncode == 0, res.stderr
+    version, dists, libs = res.stdout.strip().splitlines()
+    assert version.endswith(" None"), version  # torch.version.cuda is None: the CPU build
+    assert dists == "[]" and libs == "[]", res.stdout
+
+
 def test_image_user_is_not_root(image):
     res = _docker("run", "--rm", "--network", "none", "--entrypoint", "id", image, "-u")
     assert res.returncode == 0 and res.stdout.strip() == "1000"
