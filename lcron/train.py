@@ -646,10 +646,23 @@ def parse_loss_options(items: Sequence[str] | None) -> dict[str, str]:
 
 
 def add_train_arguments(parser) -> None:
+    import shutil
+    import textwrap
+
+    from .losses import METHODS
+    from .losses.registry import describe_methods
+
+    # The registered methods and their options, generated from the registry (a method added as
+    # one file in lcron/losses/ is listed too); the raw formatter keeps the listing's layout.
+    width = max(shutil.get_terminal_size().columns - 2, 40)
+    heading = textwrap.fill("registered methods (--method NAME) and their options (--loss-option KEY=VALUE), "
+                            "each as KEY=DEFAULT: the values it takes; the checks on them:", width)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = heading + "\n" + describe_methods(width=width)
     parser.add_argument("--shards", required=True, help="shard folder written by `lcron preprocess`")
     parser.add_argument("--out", required=True, help="run folder (one seed-<n>/ subfolder per seed)")
-    parser.add_argument("--method", required=True, help="training method (bce, icc, rankflow, fs_ranknet, "
-                        "fs_lambdaloss, arf, arf_v2, lcron, or a registered one)")
+    parser.add_argument("--method", required=True, metavar="METHOD",
+                        help=f"training method: {', '.join(METHODS)} (listed below with their options)")
     parser.add_argument("--stages", type=int, choices=(2, 3), help="check the shards hold this built-in setting")
     parser.add_argument("--setting", help="setting file (JSON/YAML) overriding the shard set's setting, e.g. other quotas")
     seeds = ",".join(map(str, TRAIN.seeds))

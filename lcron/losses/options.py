@@ -6,6 +6,13 @@ the spec's defaults. The registry infers a parser from each parameter's annotati
 ``OPTION_PARSERS``. Parsers accept the typed value or its string form ("true", "50",
 "1e-3", "30,20") and raise ``ValueError`` with a readable message; the registry turns that
 into a :class:`~lcron.errors.ConfigError` naming the method and option.
+
+Checks on a parsed value (:func:`positive`, :func:`in_range`) are :class:`Check` objects,
+called ``check(method, option, value)``: a constructor may call one itself, and a class
+may declare them in ``OPTION_CHECKS`` (option -> check or tuple of checks), which the
+registry runs on every value that :func:`~lcron.losses.registry.parse_options` passes and
+lists in ``lcron train --help``. :func:`describe_parser` is the one-line text of a parser
+for that help.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lcron.errors import ConfigError
@@ -81,6 +89,7 @@ def optional(parser: Parser) -> Parser:
         return parser(value)
 
     parse.__doc__ = f"None, or {parser.__doc__ or parser.__name__}"
+    parse.optional_of = parser  # type: ignore[attr-defined]  (read by describe_parser)
     return parse
 
 
@@ -143,8 +152,59 @@ def infer_parser(annotation: Any) -> Parser | None:
     return _BASIC.get(annotation)
 
 
-def positive(method: str, option: str, value: float) -> float:
-    """Constructor-side check: ``value > 0`` or a ConfigError naming the option."""
-    if not value > 0:
-        raise ConfigError(f"{method}: option {option}={value!r} must be positive")
-    return value
+@dataclass(frozen=True)
+class Check:
+    """A check of one option's parsed value: ``check(method, option, value)`` returns ``value``
+    or raises :class:`ConfigError` ``"<method>: option <option>=<value> <message>"``.
+
+    ``text`` is how ``lcron train --help`` shows it (``"> 0"``). Call one in a constructor,
+    or declare it in the class's ``OPTION_CHECKS`` so the registry runs and lists it.
+    """
+
+    text: str
+    test: Callable[[Any], bool]
+    message: str
+
+    def __call__(self, method: str, option: str, value: Any) -> Any:
+        if not self.test(value):
+            raise ConfigError(f"{method}: option {option}={value!r} {self.message}")
+        return value
+
+
+#: ``value > 0`` or a ConfigError naming the option: ``self.tau = positive("lcron", "tau", tau)``.
+positive = Check("> 0", lambda value: value > 0, "must be positive")
+
+
+def in_range(low: float, high: float) -> Check:
+    """A check ``low <= value <= high`` (both ends included), e.g. ``in_range(0, 1)``."""
+    return Check(f"in [{low}, {high}]", lambda value: low <= value <= high, f"must be in [{low}, {high}]")
+
+
+_PARSER_TEXT: dict[Any, str] = {
+    parse_bool: "true/false",
+    parse_int: "an integer",
+    parse_float: "a number",
+    parse_str: "a string",
+    parse_stage_ints: "an integer for every stage, a list first stage first (30,20), or 'quotas'",
+}
+
+
+def describe_parser(parser: Parser) -> str:
+    """What values a parser takes, in a few words (for ``lcron train --help``)."""
+    inner = getattr(parser, "optional_of", None)
+    if inner is not None:
+        return f"{describe_parser(inner)}, or none (the method's default)"
+    text = _PARSER_TEXT.get(parser)
+    if text is not None:
+        return text
+    doc = (getattr(parser, "__doc__", None) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split()) if doc else getattr(parser, "__name__", repr(parser))
+
+
+def describe_check(check: Any) -> str:
+    """The help text of a declared check: its ``text``, else its docstring's first line or name."""
+    text = getattr(check, "text", None)
+    if isinstance(text, str) and text:
+        return text
+    doc = (getattr(check, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else getattr(check, "__name__", repr(check))

@@ -5,7 +5,9 @@ decorated ``@register("name")``: the package imports every module in its folder,
 trainer, the CLI and the pipeline see the new name without any other edit. A method's
 options are the keyword-only parameters of its constructor (with defaults); the registry
 reads them from the signature, so ``build_loss`` accepts them as Python values or as
-strings from a command line and rejects unknown ones.
+strings from a command line and rejects unknown ones. Checks declared in the class's
+``OPTION_CHECKS`` run on every parsed value; :func:`describe_methods` lists every method
+with its options and checks (the method list of ``lcron train --help``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,30 +26,82 @@ from lcron.errors import ConfigError
 from lcron.settings import Setting, SettingError, get_setting
 
 from .base import CascadeLoss
-from .options import Parser, infer_parser
+from .options import Parser, describe_check, describe_parser, infer_parser
 
 __all__ = ["register", "unregister", "build_loss", "parse_options", "method_options", "methods", "get_method",
-           "OptionSpec", "discover"]
+           "OptionSpec", "discover", "describe_methods"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """One option of a method: its default (from the constructor) and its parser."""
+    """One option of a method: its default (from the constructor), its parser and the checks
+    declared in the class's ``OPTION_CHECKS`` (run on every parsed value but ``None``)."""
 
     name: str
     default: Any
     parse: Parser
+    checks: tuple = ()
 
     def describe(self) -> str:
         return f"{self.name} (default {self.default!r})"
+
+    def help_text(self) -> str:
+        """``name=DEFAULT: what it takes[; checks]`` as ``lcron train --help`` lists it."""
+        text = f"{self.name}={_cli_value(self.default)}: {describe_parser(self.parse)}"
+        if self.checks:
+            text += "; " + ", ".join(describe_check(c) for c in self.checks)
+        return text
 
 
 _REGISTRY: dict[str, type[CascadeLoss]] = {}
 _OPTIONS: dict[str, dict[str, OptionSpec]] = {}
 
 L = TypeVar("L", bound=type)
+
+
+def _cli_value(value: Any) -> str:
+    """A default as it would be written on the command line (true, none, 30,20)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(_cli_value(v) for v in value)
+    return str(value)
+
+
+def _declared_checks(cls: type[CascadeLoss], method: str, names: Iterable[str]) -> dict[str, tuple]:
+    declared = dict(getattr(cls, "OPTION_CHECKS", None) or {})
+    names = list(names)
+    for table, what in ((declared, "OPTION_CHECKS"), (cls.OPTION_PARSERS, "OPTION_PARSERS")):
+        unknown = sorted(set(table) - set(names))
+        if unknown:
+            raise ConfigError(f"method {method!r}: {cls.__name__}.{what} names {unknown}, which are not options of "
+                              f"{cls.__name__}.__init__ (its options: {', '.join(names) or 'none'})")
+    checks: dict[str, tuple] = {}
+    for name, value in declared.items():
+        items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        for check in items:
+            if not callable(check):
+                raise ConfigError(f"method {method!r}: {cls.__name__}.OPTION_CHECKS[{name!r}] holds {check!r}; a "
+                                  "check is called check(method, option, value) (see lcron.losses.options.Check)")
+        checks[name] = items
+    return checks
+
+
+def _run_checks(method: str, spec: OptionSpec, value: Any) -> Any:
+    if value is None:  # None means "the method's default", never checked
+        return value
+    for check in spec.checks:
+        try:
+            value = check(method, spec.name, value)
+        except ConfigError:  # a Check's own message names the method and option already
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"method {method!r}: option {spec.name}={value!r}: {exc}") from None
+    return value
 
 
 def _option_specs(cls: type[CascadeLoss], method: str) -> dict[str, OptionSpec]:
@@ -57,6 +112,7 @@ def _option_specs(cls: type[CascadeLoss], method: str) -> dict[str, OptionSpec]:
     params = list(sig.parameters.values())[1:]  # drop self
     if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         raise ConfigError(f"method {method!r}: {cls.__name__}.__init__ must take the setting as its first argument")
+    checks = _declared_checks(cls, method, (p.name for p in params[1:]))
     specs: dict[str, OptionSpec] = {}
     for p in params[1:]:
         if p.kind is not p.KEYWORD_ONLY:
@@ -71,7 +127,12 @@ def _option_specs(cls: type[CascadeLoss], method: str) -> dict[str, OptionSpec]:
                 f"method {method!r}: option {p.name!r} has annotation {p.annotation!r}; use bool/int/float/str "
                 f"(optionally '| None') or add a parser to {cls.__name__}.OPTION_PARSERS"
             )
-        specs[p.name] = OptionSpec(p.name, p.default, parser)
+        spec = OptionSpec(p.name, p.default, parser, checks.get(p.name, ()))
+        try:
+            _run_checks(method, spec, p.default)
+        except ConfigError as exc:
+            raise ConfigError(f"method {method!r}: the default of option {p.name!r} fails its own check: {exc}") from None
+        specs[p.name] = spec
     return specs
 
 
@@ -141,7 +202,34 @@ def parse_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
             parsed[key] = specs[key].parse(value)
         except ValueError as exc:
             raise ConfigError(f"method {method!r}: option {key}={value!r}: {exc}") from None
+        _run_checks(method, specs[key], parsed[key])
     return parsed
+
+
+def _summary(cls: type[CascadeLoss]) -> str:
+    """The first paragraph of the class's own docstring (else of its module's), on one line."""
+    doc = cls.__dict__.get("__doc__") or getattr(inspect.getmodule(cls), "__doc__", None) or ""
+    return " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+
+
+def describe_methods(width: int = 79, only: Iterable[str] | None = None) -> str:
+    """Every registered method with a one-line description (the first paragraph of its class's
+    docstring) and its options as ``name=DEFAULT: what it takes; checks``, wrapped to ``width``
+    columns (``only``: these methods, in this order). Generated from the registry: a method
+    registered later is listed too."""
+    width = max(int(width), 40)
+    lines: list[str] = []
+    for name in methods() if only is None else tuple(only):
+        cls = get_method(name)
+        head = f"  {name} - {_summary(cls) or '(no description: give the class a docstring)'}"
+        lines += textwrap.wrap(head, width, subsequent_indent=" " * (len(name) + 5)) or [head]
+        specs = _OPTIONS[name].values()
+        if not specs:
+            lines.append("      no options")
+        for spec in specs:
+            lines += textwrap.wrap(spec.help_text(), width, initial_indent="      ", subsequent_indent="          ",
+                                   break_on_hyphens=False)
+    return "\n".join(lines)
 
 
 def _resolve_setting(stages: int | None, setting: Setting | str | Path | None) -> Setting:

@@ -1,4 +1,4 @@
-"""The eight losses on small cascades (N = 6) with padding, in both settings.
+"""The spec's eight losses on small cascades (N = 6) with padding, in both settings.
 
 Values are compared with the plain-loop re-implementation in ``loops.py`` (written from
 the spec text, one request and one item at a time) and gradients with its finite
@@ -19,6 +19,7 @@ from lcron.losses import build_loss
 from lcron.settings import TWO_STAGE
 
 from . import loops
+from .spec import EIGHT
 from .tiny import TINY, TINY2, TINY3, as_tensors, batch, numeric_grad, set_weights
 
 LN2 = math.log(2.0)
@@ -44,6 +45,11 @@ VARIANTS = [
     ("lcron", {"k": 3, "tau": 2.0, "hard_labels": True}, {"k": 3, "tau": 2.0, "hard": True}),
     ("lcron", {"k": 3, "tau": 2.0, "hard_labels": False}, {"k": 3, "tau": 2.0, "hard": False}),
 ]
+
+
+def test_every_method_of_the_spec_has_a_loop_implementation_and_variants():
+    assert set(loops.LOOP_LOSSES) >= set(EIGHT)
+    assert {m for m, _, _ in VARIANTS} == set(EIGHT)
 
 
 def _loop_fn(method, z0, y, mask, setting, kw):
@@ -112,16 +118,7 @@ def test_learned_weights_enter_as_half_inverse_square_plus_log(method):
     assert out.parts["weight/retrieval"].item() == 2.0
 
 
-def test_float32_and_any_label_mask_dtypes_agree_with_float64():
-    z, y, mask = batch("tiny3", seed=5)
-    for method in ("icc", "fs_lambdaloss", "arf_v2", "lcron", "rankflow"):
-        loss = build_loss(method, setting=TINY3)
-        z64, y64, m64 = as_tensors(z, y, mask)
-        z32 = [t.detach().float() for t in z64]
-        ref = loss(z64, y64, m64).total.item()
-        got = loss(z32, y64.to(torch.int32), m64.to(torch.float32)).total
-        assert got.dtype == torch.float32
-        assert got.item() == pytest.approx(ref, rel=1e-5), method
+# (float32 against float64, and integer labels / float masks: test_generic.py, every method.)
 
 
 @pytest.mark.parametrize("method", ["icc", "fs_lambdaloss", "arf", "arf_v2", "lcron"])

@@ -1,4 +1,9 @@
-"""The public API: METHODS, build_loss, options, @register for a ninth method, parts, parameters."""
+"""The public API: METHODS, build_loss, options and their checks, @register for a ninth method,
+parts, parameters, the method listing of ``lcron train --help``.
+
+The spec's eight (``spec.EIGHT``, read from METHODS.md) are checked exactly; the registry may
+hold more (a method added as one file), so no test pins it to exactly eight.
+"""
 
 from __future__ import annotations
 
@@ -12,42 +17,37 @@ import torch
 
 import lcron.losses as losses
 from lcron.errors import ConfigError, DataError, LcronError
+from lcron import cli
 from lcron.losses import METHODS, LossOutput, build_loss, parse_options, register
-from lcron.losses.registry import discover, method_options, unregister
+from lcron.losses.options import Check, in_range, positive
+from lcron.losses.registry import describe_methods, discover, method_options, unregister
 from lcron.settings import THREE_STAGE, TWO_STAGE, Setting
 
-EIGHT = ("bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron")
+from .generic import padded_inputs as _inputs
+from .spec import EIGHT, SPEC_FILE
+
+#: The order the package registers the eight in (lcron/losses/__init__.py; tables and the
+#: benchmark list methods in it). Other methods follow them.
+BUILT_IN_ORDER = ("bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron")
 
 
-def _inputs(setting: Setting, batch: int = 4, seed: int = 0, padding: bool = True):
-    g = torch.Generator().manual_seed(seed)
-    n = setting.list_size
-    size = setting.group_size
-    top = torch.stack([torch.randperm(size, generator=g) for _ in range(batch)])
-    labels = torch.zeros(batch, n, dtype=torch.int64)
-    labels[:, :size] = setting.top_label_base - top
-    for gi, group in enumerate(setting.groups[1:], start=1):
-        labels[:, gi * size:(gi + 1) * size] = setting.group_labels[group]
-    mask = torch.ones(batch, n, dtype=torch.int64)
-    if padding:
-        mask[1, 3] = 0
-        mask[2, -7:] = 0
-        mask[3, size:] = 0  # only the top group
-    labels = labels * mask
-    logits = [torch.randn(batch, n, generator=g, requires_grad=True) for _ in setting.stage_names]
-    return logits, labels, mask
+def test_the_spec_lists_eight_methods():
+    assert SPEC_FILE.is_file(), f"spec missing: {SPEC_FILE}"
+    assert len(EIGHT) == len(set(EIGHT)) == 8, EIGHT
+    assert set(BUILT_IN_ORDER) == set(EIGHT)
 
 
-def test_methods_are_the_eight_in_spec_order():
-    assert METHODS == EIGHT
-    assert losses.METHODS == EIGHT
+def test_the_eight_are_registered_first_in_the_built_in_order():
+    assert set(EIGHT) <= set(METHODS)
+    assert METHODS[:len(BUILT_IN_ORDER)] == BUILT_IN_ORDER
+    assert losses.METHODS == METHODS  # read live; nothing registered or removed since collection
 
 
-def test_unknown_method_lists_the_methods():
+def test_unknown_method_lists_the_registered_methods():
     with pytest.raises(ConfigError) as info:
         build_loss("lcorn", stages=2)
-    for name in EIGHT:
-        assert name in str(info.value)
+    assert str(info.value) == f"unknown method 'lcorn'; known methods: {', '.join(losses.METHODS)}"
+    assert set(EIGHT) <= set(str(info.value).split("known methods: ")[1].split(", "))
     assert isinstance(info.value, LcronError)
 
 
@@ -147,9 +147,15 @@ EXPECTED_PARTS = {
 }
 
 
+def test_expected_parts_cover_the_eight():
+    assert set(EXPECTED_PARTS) == set(EIGHT)
+
+
+# (Padding, gradients and the generic shape of parts are checked for every registered method
+# in test_generic.py; here: the exact part names of the eight.)
 @pytest.mark.parametrize("setting", [TWO_STAGE, THREE_STAGE], ids=["two_stage", "three_stage"])
 @pytest.mark.parametrize("method", EIGHT)
-def test_every_method_runs_with_padding_and_reports_its_parts(setting, method):
+def test_the_eight_report_their_parts(setting, method):
     loss = build_loss(method, setting=setting)
     logits, labels, mask = _inputs(setting)
     out = loss(logits, labels, mask)
@@ -163,7 +169,7 @@ def test_every_method_runs_with_padding_and_reports_its_parts(setting, method):
 
 
 @pytest.mark.parametrize("method", EIGHT)
-def test_user_setting_with_other_quotas_works_with_every_method(method):
+def test_the_eight_read_quotas_from_a_user_setting(method):
     mine = Setting.from_dict({"base": "two_stage", "name": "q25_10", "quotas": [25, 10]})
     loss = build_loss(method, setting=mine)
     logits, labels, mask = _inputs(mine, seed=3)
@@ -208,9 +214,10 @@ def _import_file(path, name):
 def test_a_ninth_method_registered_from_its_own_file(tmp_path):
     path = tmp_path / "ninth_method.py"
     path.write_text(NINTH)
+    before = losses.METHODS
     try:
         _import_file(path, "ninth_method")
-        assert losses.METHODS == EIGHT + ("ninth_test_method",)
+        assert losses.METHODS == before + ("ninth_test_method",)
         assert set(method_options("ninth_test_method")) == {"scale", "squared"}
         loss = build_loss("ninth_test_method", stages=2, scale="2.5", squared="false")
         assert loss.scale == 2.5 and loss.squared is False
@@ -221,7 +228,7 @@ def test_a_ninth_method_registered_from_its_own_file(tmp_path):
             build_loss("ninth_test_method", stages=2, bogus=1)
     finally:
         unregister("ninth_test_method")
-    assert losses.METHODS == EIGHT
+    assert losses.METHODS == before
 
 
 def test_discover_imports_every_module_of_a_package_folder(tmp_path, monkeypatch):
@@ -242,6 +249,8 @@ def test_discover_imports_every_module_of_a_package_folder(tmp_path, monkeypatch
 
 
 def test_register_rejects_bad_registrations():
+    before = losses.METHODS
+
     class NotALoss:
         pass
 
@@ -267,4 +276,112 @@ def test_register_rejects_bad_registrations():
 
     with pytest.raises(ConfigError, match="OPTION_PARSERS"):
         register("untyped_test")(Untyped)
-    assert losses.METHODS == EIGHT
+
+    class ParserForNoOption(losses.CascadeLoss):
+        OPTION_PARSERS = {"tua": float}
+
+        def __init__(self, setting, *, tau: float = 1.0) -> None:
+            super().__init__(setting)
+
+    with pytest.raises(ConfigError, match=r"OPTION_PARSERS names \['tua'\].*its options: tau"):
+        register("parser_test")(ParserForNoOption)
+
+    class CheckForNoOption(losses.CascadeLoss):
+        OPTION_CHECKS = {"tua": positive}
+
+        def __init__(self, setting, *, tau: float = 1.0) -> None:
+            super().__init__(setting)
+
+    with pytest.raises(ConfigError, match=r"OPTION_CHECKS names \['tua'\]"):
+        register("check_test")(CheckForNoOption)
+
+    class NotACheck(losses.CascadeLoss):
+        OPTION_CHECKS = {"tau": "> 0"}
+
+        def __init__(self, setting, *, tau: float = 1.0) -> None:
+            super().__init__(setting)
+
+    with pytest.raises(ConfigError, match="a check is called"):
+        register("check_test")(NotACheck)
+
+    class BadDefault(losses.CascadeLoss):
+        OPTION_CHECKS = {"tau": positive}
+
+        def __init__(self, setting, *, tau: float = 0.0) -> None:
+            super().__init__(setting)
+
+    with pytest.raises(ConfigError, match="default of option 'tau' fails its own check.*must be positive"):
+        register("check_test")(BadDefault)
+    assert losses.METHODS == before
+
+
+# ----------------------------------------------------------------- option checks
+def test_positive_and_in_range_checks():
+    assert positive("m", "tau", 0.5) == 0.5
+    with pytest.raises(ConfigError, match=r"^m: option tau=0 must be positive$"):
+        positive("m", "tau", 0)
+    with pytest.raises(ConfigError, match="must be positive"):
+        positive("m", "tau", float("nan"))
+    check = in_range(0, 1)
+    assert isinstance(check, Check) and check.text == "in [0, 1]"
+    assert check("m", "mu", 1.0) == 1.0 and check("m", "mu", 0) == 0
+    with pytest.raises(ConfigError, match=r"^m: option mu=1.5 must be in \[0, 1\]$"):
+        check("m", "mu", 1.5)
+
+
+def test_declared_checks_run_on_parsed_values_and_are_listed():
+    class Checked(losses.CascadeLoss):
+        """A method with declared checks."""
+
+        OPTION_CHECKS = {"tau": positive, "mix": (in_range(0, 1),), "k": positive}
+
+        def __init__(self, setting, *, tau: float = 1.0, mix: float = 0.5, k: int | None = None) -> None:
+            super().__init__(setting)
+            self.tau, self.mix, self.k = tau, mix, k
+
+    register("checked_test")(Checked)
+    try:
+        assert parse_options("checked_test", {"tau": "2", "mix": "1", "k": "none"}) == {"tau": 2.0, "mix": 1.0,
+                                                                                       "k": None}
+        with pytest.raises(ConfigError, match=r"^checked_test: option tau=-1.0 must be positive$"):
+            build_loss("checked_test", stages=2, tau="-1")
+        with pytest.raises(ConfigError, match=r"mix=1.5 must be in \[0, 1\]"):
+            parse_options("checked_test", {"mix": 1.5})
+        with pytest.raises(ConfigError, match="k=0 must be positive"):
+            build_loss("checked_test", stages=3, k=0)
+        assert method_options("checked_test")["mix"].help_text() == "mix=0.5: a number; in [0, 1]"
+        text = describe_methods(width=200, only=["checked_test"])
+        assert text.splitlines() == [
+            "  checked_test - A method with declared checks.",
+            "      tau=1.0: a number; > 0",
+            "      mix=0.5: a number; in [0, 1]",
+            "      k=none: an integer, or none (the method's default); > 0",
+        ]
+    finally:
+        unregister("checked_test")
+
+
+# ----------------------------------------------------------------- the listing of lcron train --help
+def test_describe_methods_lists_every_registered_method_with_its_options():
+    text = describe_methods(width=200)
+    heads = [line for line in text.splitlines() if not line.startswith("      ")]
+    assert [h.split(" - ")[0].strip() for h in heads] == list(losses.METHODS)
+    for name in EIGHT:  # the first paragraph of the class's docstring, on one line
+        assert f"  {name} - {' '.join(losses.get_method(name).__doc__.split())}" in heads
+    for name in losses.METHODS:
+        for spec in method_options(name).values():
+            assert f"      {spec.help_text()}" in text.splitlines()
+    assert "      k=10: an integer for every stage, a list first stage first (30,20), or 'quotas'" in text
+    assert "      hard_labels=none: true/false, or none (the method's default)" in text
+    assert "      reference_quirks=false: true/false" in text
+    assert text.split("  fs_ranknet - ")[1].splitlines()[1] == "      no options"
+    for line in describe_methods(width=60).splitlines():
+        assert len(line) <= 60, line
+
+
+def test_train_help_lists_the_registered_methods(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert cli.main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert describe_methods(width=198) in out
+    assert f"training method: {', '.join(losses.METHODS)}" in out
