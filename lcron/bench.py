@@ -39,50 +39,38 @@ full     8 days x 10,000 requests, 2,000 users, 20,000 items; batch 1024, 1 warm
 =======  ====================================================================
 
 ``python -m lcron.bench --profile METHOD [--stages 2|3]`` profiles training steps with
-torch.profiler (:func:`profile_training`): time per phase of the trainer's loop, the top
-operators and their shares, autograd nodes, NeuralSort calls per step, ids gathered per
-batch, the fixed per-step cost and, with ``--memory``, the peak tensor memory by category.
+torch.profiler (:func:`lcron.profile.profile_training`): time per phase of the trainer's
+loop, the top operators and their shares, autograd nodes, NeuralSort calls per step, ids
+gathered per batch, the fixed per-step cost and, with ``--memory``, the peak tensor memory
+by category.
+
+Layers (lcron/benchmarks/__init__.py): the modes, :class:`BenchContext`, machine facts and
+the child protocol live in :mod:`lcron.benchmarks.base`, which the vocabulary rows
+(lcron/bench_vocab.py) and the profiler (lcron/profile.py) use too; this module sits on
+those three, and ``lcron bench`` (lcron/cli.py) on this one. The ``eval_proc`` row's child
+runs the ``lcron`` command itself, so it lives above lcron.cli
+(:mod:`lcron.benchmarks.command`) and is started by name.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lcron.atomic import atomic_open, write_json
-from lcron.errors import ConfigError, LcronError
+from lcron.bench_vocab import RECFLOW_ID_COUNTS, VocabularyScaledShards, bench_train_vocab, dir_bytes, resume_checkpoint
+from lcron.benchmarks.base import (RUN_PARAMS, SETTING_NAMES, SIZES, STAGES, BenchContext, all_days, environment,
+                                   loadavg, memory_mb, rounded, run_child, run_evaluate_worker, run_worker)
+from lcron.errors import ConfigError
 
 __all__ = ["BenchContext", "BENCHMARKS", "SIZES", "RUN_PARAMS", "method_order", "register", "run_benchmarks",
            "environment", "format_table", "main"]
-
-SIZES: dict[str, dict[str, Any]] = {
-    "quick": {"num_days": 2, "requests_per_day": 100, "users": 100, "items": 1000, "seed": 0, "repeats": 1},
-    "default": {"num_days": 4, "requests_per_day": 2000, "users": 500, "items": 5000, "seed": 0, "repeats": 3},
-    "full": {"num_days": 8, "requests_per_day": 10000, "users": 2000, "items": 20000, "seed": 0, "repeats": 3},
-}
-
-# How the model benchmarks run in each mode (kept apart from SIZES: SIZES keys the cached data).
-# Training uses every day of the data set, ``steps_per_day`` batches each: the first step is
-# the warm-up (compile), the others are measured - default 4 days x 1 = 1 + 3 steps.
-RUN_PARAMS: dict[str, dict[str, Any]] = {
-    "quick": {"batch_size": 32, "steps_per_day": 1, "compile": False, "process_per_method": False,
-              "k1": (100,), "serving_requests": 64, "serving_repeats": 1, "metrics_repeats": 1},
-    "default": {"batch_size": 1024, "steps_per_day": 1, "compile": True, "process_per_method": True,
-                "k1": (100, 500), "serving_requests": 1024, "serving_repeats": 2, "metrics_repeats": 5},
-    "full": {"batch_size": 1024, "steps_per_day": 2, "compile": True, "process_per_method": True,
-             "k1": (100, 500, 1000), "serving_requests": 4096, "serving_repeats": 3, "metrics_repeats": 5},
-}
-
 
 
 def method_order() -> tuple[str, ...]:
@@ -92,10 +80,8 @@ def method_order() -> tuple[str, ...]:
 
     return tuple(METHODS)
 
-STAGES: tuple[int, ...] = (2, 3)
-SETTING_NAMES = {2: "two_stage", 3: "three_stage"}
 
-BenchFn = Callable[["BenchContext"], list[dict[str, Any]]]
+BenchFn = Callable[[BenchContext], list[dict[str, Any]]]
 BENCHMARKS: dict[str, BenchFn] = {}
 
 
@@ -108,160 +94,11 @@ def register(name: str) -> Callable[[BenchFn], BenchFn]:
         return fn
     return deco
 
-
-@dataclass
-class BenchContext:
-    """What a benchmark gets: the mode, the shared data set and a scratch folder.
-
-    Shard sets and trained LCRON runs are made on first use and shared by the benchmarks of
-    one bench run (the evaluation and serving rows reuse the run the training row made).
-    """
-
-    mode: str
-    data_dir: Path
-    work_dir: Path
-    progress: bool = True
-    device: str = "auto"  # auto (CUDA when present), cpu or cuda: where the model benchmarks run
-    data_shape: dict[str, Any] = field(default_factory=dict)
-    shard_dirs: dict[int, Path] = field(default_factory=dict)
-    runs: dict[tuple[str, int], Path] = field(default_factory=dict)
-    scores: dict[int, Path] = field(default_factory=dict)
-
-    @property
-    def size(self) -> dict[str, Any]:
-        return SIZES[self.mode]
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return RUN_PARAMS[self.mode]
-
-    def recflow(self) -> Path:
-        """The mode's synthetic RecFlow folder, generated on first use and reused after."""
-        root = self.data_dir / self.mode
-        marker = self.data_dir / f"{self.mode}.json"
-        params = {k: v for k, v in self.size.items() if k != "repeats"}
-        if root.is_dir() and marker.is_file():
-            try:
-                if json.loads(marker.read_text()) == params:
-                    return root
-            except ValueError:
-                pass
-        from lcron.data.synthetic import generate
-
-        shutil.rmtree(root, ignore_errors=True)
-        self.log(f"generating bench data ({self.mode}): {params}")
-        generate(root, progress=self.progress, **params)
-        write_json(marker, params)
-        return root
-
-    def shards(self, stages: int) -> Path:
-        """The mode's data preprocessed for ``stages`` (in a child process), made once per bench run."""
-        if stages not in self.shard_dirs:
-            out = self.work_dir / f"shards-{stages}"
-            res = _run_worker(["preprocess", str(self.recflow()), str(out), str(stages)])
-            self.note_shape(res)
-            self.shard_dirs[stages] = out
-        return self.shard_dirs[stages]
-
-    def train(self, methods: list[str], stages: int) -> list[dict[str, Any]]:
-        """Train ``methods`` for ``stages`` in one child process (fresh run folders) and keep
-        the runs (the evaluation and serving rows reuse LCRON's): one worker result per method."""
-        p = self.params
-        outs = [self.work_dir / "runs" / f"{m}-{stages}" for m in methods]
-        for out in outs:
-            shutil.rmtree(out, ignore_errors=True)
-        res = _run_worker(["train", json.dumps({
-            "shards": str(self.shards(stages)), "outs": [str(o) for o in outs], "methods": list(methods),
-            "batch_size": p["batch_size"], "steps_per_day": p["steps_per_day"], "compile": p["compile"],
-            "device": self.device})])
-        for m, out in zip(methods, outs):
-            self.runs[(m, stages)] = out
-        return res["runs"]
-
-    def lcron_run(self, stages: int) -> Path:
-        """A trained LCRON run of ``stages`` for the evaluation and serving rows."""
-        if ("lcron", stages) not in self.runs:
-            self.log(f"  training an LCRON run ({SETTING_NAMES[stages]}) for evaluation ...")
-            self.train(["lcron"], stages)
-        return self.runs[("lcron", stages)]
-
-    def stored_scores(self, stages: int) -> Path:
-        """The scores the evaluation benchmark stored (made by running it when it did not run)."""
-        if stages not in self.scores:
-            run_evaluate_worker(self, stages)
-        return self.scores[stages]
-
-    def note_shape(self, res: dict[str, Any]) -> None:
-        """Record the stored candidates per label (mean) that a preprocess child reported."""
-        for lb, mean in res.get("items_per_label", {}).items():
-            self.data_shape.setdefault("stored_items_per_label_mean", {})[lb] = round(mean, 2)
-
-    def log(self, msg: str) -> None:
-        if self.progress:
-            print(msg, file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------ environment
-def environment() -> dict[str, Any]:
-    """Device and thread facts of this machine (no torch import)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 1
-    return {"device": "cpu", "cpu": cpu, "cpu_count": os.cpu_count(), "usable_cpus": usable,
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
-            "platform": platform.platform(), "load_average_1m": _loadavg()}
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
+#: The child that runs an ``lcron`` command in its own process (the ``eval_proc`` row), started by name.
+COMMAND_MODULE = "lcron.benchmarks.command"
 
 
 # ------------------------------------------------------------------ child runs
-def _run_worker(args: list[str]) -> dict[str, Any]:
-    """Run ``python -m lcron.bench --worker ARGS`` and return the JSON line it prints."""
-    cmd = [sys.executable, "-m", "lcron.bench", "--worker", *args]
-    pkg_parent = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise LcronError(f"benchmark step {' '.join(args[:1])} failed (exit {proc.returncode}): {tail[0]}")
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    raise LcronError(f"benchmark step {' '.join(args[:1])} printed no result")
-
-
-def _memory_mb() -> tuple[float, float]:
-    """(current, peak) resident memory of this process in MiB.
-
-    Linux: VmRSS / VmHWM of /proc/self/status (the high-water mark belongs to this
-    process image; ``ru_maxrss`` would carry over the parent's peak across fork + exec).
-    Elsewhere: ``ru_maxrss`` for both.
-    """
-    try:
-        status = Path("/proc/self/status").read_text().splitlines()
-        vals = {ln.split(":")[0]: int(ln.split()[1]) for ln in status if ln.startswith(("VmRSS", "VmHWM"))}
-        return vals["VmRSS"] / 1024, vals["VmHWM"] / 1024
-    except (OSError, KeyError, ValueError, IndexError):
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return peak, peak
-
-
 def _reset_peak_memory() -> None:
     """Reset VmHWM to the current RSS (Linux >= 4.0) so the peak covers only the step."""
     try:
@@ -274,12 +111,12 @@ def _reset_peak_memory() -> None:
 def _measured() -> Iterator[dict[str, float]]:
     """Wall seconds, CPU seconds and peak/baseline RSS (MiB) of the block, filled in on exit."""
     _reset_peak_memory()
-    stats: dict[str, float] = {"baseline_rss_mb": _memory_mb()[0]}
+    stats: dict[str, float] = {"baseline_rss_mb": memory_mb()[0]}
     t0, c0 = time.perf_counter(), time.process_time()
     yield stats
     stats["wall_s"] = time.perf_counter() - t0
     stats["cpu_s"] = time.process_time() - c0
-    stats["peak_rss_mb"] = _memory_mb()[1]
+    stats["peak_rss_mb"] = memory_mb()[1]
 
 
 def _worker_preprocess(source: str, out: str, stages: str) -> dict[str, Any]:
@@ -288,11 +125,11 @@ def _worker_preprocess(source: str, out: str, stages: str) -> dict[str, Any]:
     from lcron.data.shards import preprocess
 
     _reset_peak_memory()
-    base_rss, _ = _memory_mb()
+    base_rss, _ = memory_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     shards = preprocess(source, out, int(stages), progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    _, peak = _memory_mb()
+    _, peak = memory_mb()
     per_day = [shards.num_requests(d) for d in shards.days]
     requests = sum(per_day)
     first = shards.manifest(shards.days[0])
@@ -300,10 +137,6 @@ def _worker_preprocess(source: str, out: str, stages: str) -> dict[str, Any]:
             "largest_day_requests": max(per_day),
             "setting": shards.setting.name, "peak_rss_mb": peak, "baseline_rss_mb": base_rss,
             "items_per_label": {k: v["mean"] for k, v in first["items_per_label"].items()}}
-
-
-def _all_days(shard_set: Any) -> str:
-    return f"{shard_set.days[0]}:{shard_set.days[-1]}"
 
 
 def _worker_train(p: dict[str, Any]) -> dict[str, Any]:
@@ -326,7 +159,7 @@ def _worker_train(p: dict[str, Any]) -> dict[str, Any]:
     compile = bool(p["compile"]) if resolve_device(device).type == "cpu" else None
     runs = []
     for method, out in zip(p["methods"], p["outs"]):
-        cfg = TrainConfig(method=method, batch_size=int(p["batch_size"]), seeds=(1,), days=_all_days(shard_set),
+        cfg = TrainConfig(method=method, batch_size=int(p["batch_size"]), seeds=(1,), days=all_days(shard_set),
                           compile=compile, device=device)
         with _measured() as m:
             result = train(shard_set, out, cfg, overwrite=True, progress=False,
@@ -340,7 +173,7 @@ def _worker_train(p: dict[str, Any]) -> dict[str, Any]:
                      "compile_s": max(first - step_s, 0.0) if first is not None and step_s is not None else None,
                      "device": s["device"], "threads": torch.get_num_threads(), "compile": s["compile"],
                      "step_mode": s.get("step_mode"), "peak_device_memory_mb": s.get("peak_device_memory_mb"),
-                     "batch_size": cfg.batch_size, "final_loss": s["final_loss"], "load_1m": _loadavg()})
+                     "batch_size": cfg.batch_size, "final_loss": s["final_loss"], "load_1m": loadavg()})
     return {"runs": runs}
 
 
@@ -360,7 +193,7 @@ def _worker_evaluate(p: dict[str, Any]) -> dict[str, Any]:
     from lcron.run_folder import load_cascade, run_seeds
 
     shard_set = ShardSet(p["shards"])
-    days = _all_days(shard_set)
+    days = all_days(shard_set)
     kwargs = dict(days=days, overwrite=True, progress=False, compile=bool(p["compile"]))
     with _measured() as m:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -385,7 +218,7 @@ def _worker_evaluate(p: dict[str, Any]) -> dict[str, Any]:
     return {**m, "wall_s": wall, "cpu_s": cpu, "first_call_s": first_s, "requests": t["requests_scored"],
             "load_and_inference_s": t["load_and_inference_seconds"], "metrics_s": t["metrics_seconds"],
             "setting": doc["setting"], "device": doc["device"], "compile": doc["compile"],
-            "threads": torch.get_num_threads(), "load_1m": _loadavg()}
+            "threads": torch.get_num_threads(), "load_1m": loadavg()}
 
 
 def _worker_metrics(p: dict[str, Any]) -> dict[str, Any]:
@@ -404,7 +237,7 @@ def _worker_metrics(p: dict[str, Any]) -> dict[str, Any]:
             res = cascade_metrics(list(scores), label, mask, quotas, gt=gt, seed=0)
             times.append(time.perf_counter() - t0)
     return {**m, "requests": int(label.shape[0]), "times_s": times, "joint_recall": float(np.nanmean(res.joint_recall)),
-            "load_1m": _loadavg()}
+            "load_1m": loadavg()}
 
 
 def _worker_serving(p: dict[str, Any]) -> dict[str, Any]:
@@ -418,18 +251,41 @@ def _worker_serving(p: dict[str, Any]) -> dict[str, Any]:
     with _measured() as m:
         rows = bench_serving(p["shards"], p["run"], list(p["k1"]), requests=int(p["requests"]),
                              repeats=int(p["repeats"]), compile=bool(p["compile"]))
-    return {**m, "rows": rows, "threads": torch.get_num_threads(), "load_1m": _loadavg()}
+    return {**m, "rows": rows, "threads": torch.get_num_threads(), "load_1m": loadavg()}
+
+
+def _worker_train_vocab(p: dict[str, Any]) -> dict[str, Any]:
+    """Train ``method`` once at RecFlow vocabulary with ``embedding_optimizer``
+    (lcron/bench_vocab.py): steady requests/s from summary.json, peak memory, and the sizes
+    of the seed folder, model.pt, the day snapshots and a resume checkpoint (full state,
+    written once more after training since a complete seed deletes its own)."""
+    import torch
+
+    from lcron.train import TrainConfig, train
+
+    shards = VocabularyScaledShards(p["shards"], p.get("id_counts", RECFLOW_ID_COUNTS), int(p.get("day_repeat", 1)))
+    cfg = TrainConfig(method=p["method"], batch_size=int(p["batch_size"]), seeds=(1,), compile=bool(p["compile"]),
+                      embedding_optimizer=p["embedding_optimizer"], days=all_days(shards))
+    out = Path(p["out"])
+    with _measured() as m:
+        (res,) = train(shards, out, cfg, overwrite=True, progress=False, max_steps_per_day=int(p["steps_per_day"]))
+    s = res.summary
+    folder = out / "seed-1"
+    snapshots = sorted((folder / "checkpoints").glob("*.pt"))
+    sizes = {"seed_folder_mb": dir_bytes(folder) / 2**20, "model_mb": (folder / "model.pt").stat().st_size / 2**20,
+             "day_snapshot_mb": [round(x.stat().st_size / 2**20, 2) for x in snapshots],
+             **resume_checkpoint(shards, cfg, folder)}
+    return {**m, "method": p["method"], "embedding_optimizer": p["embedding_optimizer"], "setting": s["setting"],
+            "steps": s["steps"], "steady_steps": s["steps"] - s["startup_steps"], "steady": s["steady_requests_per_s"],
+            "first_step_s": s["first_step_seconds"],
+            "batch_size": cfg.batch_size, "days": len(s["days"]), **sizes,
+            "threads": torch.get_num_threads(), "device": s["device"], "load_1m": loadavg()}
 
 
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "train": _worker_train, "evaluate": _worker_evaluate, "metrics": _worker_metrics, "serving": _worker_serving,
+    "train_vocab": _worker_train_vocab,
 }
-
-
-# RecFlow-vocabulary training and checkpoint sizes (lcron/bench_vocab.py).
-from lcron.bench_vocab import bench_train_vocab, worker_train_vocab  # noqa: E402 - after WORKERS exists
-
-WORKERS["train_vocab"] = worker_train_vocab
 
 
 def _worker_main(argv: list[str]) -> int:
@@ -450,10 +306,6 @@ def _worker_main(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------ benchmarks
-def _r(x: float | None, nd: int = 1) -> float | None:
-    return None if x is None else round(float(x), nd)
-
-
 @register("preprocess")
 def bench_preprocess(ctx: BenchContext) -> list[dict[str, Any]]:
     """RecFlow files in -> shards out (feather, both pickles, hashing, writing) per setting,
@@ -466,7 +318,7 @@ def bench_preprocess(ctx: BenchContext) -> list[dict[str, Any]]:
             out = Path(tempfile.mkdtemp(prefix="shards-", dir=ctx.work_dir))
             shutil.rmtree(out)
             try:
-                runs.append(_run_worker(["preprocess", str(source), str(out), str(stages)]))
+                runs.append(run_worker(["preprocess", str(source), str(out), str(stages)]))
                 if stages not in ctx.shard_dirs:  # the first output is the bench run's shard set
                     ctx.shard_dirs[stages] = out.rename(ctx.work_dir / f"shards-{stages}")
             finally:
@@ -509,30 +361,20 @@ def bench_train(ctx: BenchContext) -> list[dict[str, Any]]:
             results = ctx.train(list(method_order()), stages)
         for r in results:
             rows.append({
-                "name": "train", "case": r["method"], "setting": r["setting"], "value": _r(r["steady"]),
+                "name": "train", "case": r["method"], "setting": r["setting"], "value": rounded(r["steady"]),
                 "unit": "requests/s", "batch_size": r["batch_size"], "steps": r["steps"],
-                "measured_steps": r["steps"] - 1, "step_s": _r(r["step_s"], 3),
-                "first_step_s": _r(r["first_step_s"], 2), "compile_s": _r(r["compile_s"], 2),
-                "compile": r["compile"], "train_call_s": _r(r["wall_s"], 2), "cpu_s": _r(r["cpu_s"], 2),
-                "peak_rss_mb": _r(r["peak_rss_mb"]), "baseline_rss_mb": _r(r["baseline_rss_mb"]),
+                "measured_steps": r["steps"] - 1, "step_s": rounded(r["step_s"], 3),
+                "first_step_s": rounded(r["first_step_s"], 2), "compile_s": rounded(r["compile_s"], 2),
+                "compile": r["compile"], "train_call_s": rounded(r["wall_s"], 2), "cpu_s": rounded(r["cpu_s"], 2),
+                "peak_rss_mb": rounded(r["peak_rss_mb"]), "baseline_rss_mb": rounded(r["baseline_rss_mb"]),
                 "device": r["device"], "threads": r["threads"], "load_1m": r["load_1m"],
                 "step_mode": r.get("step_mode"), "peak_device_memory_mb": r.get("peak_device_memory_mb"),
             })
     return rows
 
 
+# RecFlow-vocabulary training and checkpoint sizes (lcron/bench_vocab.py; its child is _worker_train_vocab).
 register("train_vocab")(bench_train_vocab)
-
-
-def run_evaluate_worker(ctx: BenchContext, stages: int) -> dict[str, Any]:
-    """Run the evaluation worker on the LCRON run of ``stages`` and remember its stored scores."""
-    scores = ctx.work_dir / f"scores-{stages}.npz"
-    res = _run_worker(["evaluate", json.dumps({
-        "shards": str(ctx.shards(stages)), "run": str(ctx.lcron_run(stages)),
-        "out": str(ctx.work_dir / f"eval-{stages}"), "compile": ctx.params["compile"], "scores_out": str(scores),
-        "warm_call": ctx.params["compile"]})])
-    ctx.scores[stages] = scores
-    return res
 
 
 @register("evaluate")
@@ -546,11 +388,12 @@ def bench_evaluate(ctx: BenchContext) -> list[dict[str, Any]]:
         ctx.log(f"  evaluate ({SETTING_NAMES[stages]}) ...")
         r = run_evaluate_worker(ctx, stages)
         rows.append({
-            "name": "evaluate", "case": "lcron", "setting": r["setting"], "value": _r(r["requests"] / r["wall_s"]),
-            "unit": "requests/s", "requests": r["requests"], "wall_s": _r(r["wall_s"], 3),
-            "first_call_s": _r(r["first_call_s"], 2), "load_and_inference_s": _r(r["load_and_inference_s"], 3),
-            "metrics_s": _r(r["metrics_s"], 3), "cpu_s": _r(r["cpu_s"], 2), "compile": r["compile"],
-            "peak_rss_mb": _r(r["peak_rss_mb"]), "baseline_rss_mb": _r(r["baseline_rss_mb"]),
+            "name": "evaluate", "case": "lcron", "setting": r["setting"],
+            "value": rounded(r["requests"] / r["wall_s"]), "unit": "requests/s", "requests": r["requests"],
+            "wall_s": rounded(r["wall_s"], 3), "first_call_s": rounded(r["first_call_s"], 2),
+            "load_and_inference_s": rounded(r["load_and_inference_s"], 3),
+            "metrics_s": rounded(r["metrics_s"], 3), "cpu_s": rounded(r["cpu_s"], 2), "compile": r["compile"],
+            "peak_rss_mb": rounded(r["peak_rss_mb"]), "baseline_rss_mb": rounded(r["baseline_rss_mb"]),
             "device": r["device"], "threads": r["threads"], "load_1m": r["load_1m"],
         })
     return rows
@@ -564,15 +407,15 @@ def bench_metrics(ctx: BenchContext) -> list[dict[str, Any]]:
     rows = []
     for stages in STAGES:
         ctx.log(f"  metrics ({SETTING_NAMES[stages]}) ...")
-        r = _run_worker(["metrics", json.dumps({"scores": str(ctx.stored_scores(stages)),
+        r = run_worker(["metrics", json.dumps({"scores": str(ctx.stored_scores(stages)),
                                                 "repeats": ctx.params["metrics_repeats"]})])
         best = min(r["times_s"])
         rows.append({
             "name": "metrics", "case": "cascade_metrics", "setting": SETTING_NAMES[stages],
-            "value": _r(r["requests"] / best), "unit": "requests/s", "requests": r["requests"],
-            "best_s": _r(best, 4), "runs": len(r["times_s"]), "peak_rss_mb": _r(r["peak_rss_mb"]),
-            "baseline_rss_mb": _r(r["baseline_rss_mb"]), "load_1m": r["load_1m"],
-            "all_values": [_r(r["requests"] / t) for t in r["times_s"]],
+            "value": rounded(r["requests"] / best), "unit": "requests/s", "requests": r["requests"],
+            "best_s": rounded(best, 4), "runs": len(r["times_s"]), "peak_rss_mb": rounded(r["peak_rss_mb"]),
+            "baseline_rss_mb": rounded(r["baseline_rss_mb"]), "load_1m": r["load_1m"],
+            "all_values": [rounded(r["requests"] / t) for t in r["times_s"]],
         })
     return rows
 
@@ -586,7 +429,7 @@ def bench_serving_rows(ctx: BenchContext) -> list[dict[str, Any]]:
     p = ctx.params
     for stages in STAGES:
         ctx.log(f"  serving ({SETTING_NAMES[stages]}, K1 {list(p['k1'])}) ...")
-        r = _run_worker(["serving", json.dumps({
+        r = run_worker(["serving", json.dumps({
             "shards": str(ctx.shards(stages)), "run": str(ctx.lcron_run(stages)), "k1": list(p["k1"]),
             "requests": p["serving_requests"], "repeats": p["serving_repeats"], "compile": p["compile"]})])
         rows.extend(serving_rows(r, SETTING_NAMES[stages]))
@@ -600,13 +443,13 @@ def serving_rows(result: dict[str, Any], setting: str) -> list[dict[str, Any]]:
         return [{"name": "serving", "case": "-", "setting": setting, "value": None, "unit": "requests/s",
                  "note": result["skipped"]}]
     return [{
-        "name": "serving", "case": f"K1={s['k1']}", "setting": s["setting"], "value": _r(s["requests_per_s"]),
+        "name": "serving", "case": f"K1={s['k1']}", "setting": s["setting"], "value": rounded(s["requests_per_s"]),
         "unit": "requests/s", "k1": s["k1"], "requests": s["requests"], "batch_requests": s["batch_requests"],
-        "corpus_items": s["corpus_items"], "retrieval_requests_per_s": _r(s["retrieval_requests_per_s"]),
-        "scoring_requests_per_s": _r(s["scoring_requests_per_s"]),
-        "requests_per_cpu_s_per_thread": _r(s.get("requests_per_cpu_s_per_thread")),
-        "warmup_s": _r(s["warmup_s"], 2), "compile": s["compile"], "index": s["index"],
-        "peak_rss_mb": _r(result["peak_rss_mb"]), "baseline_rss_mb": _r(result["baseline_rss_mb"]),
+        "corpus_items": s["corpus_items"], "retrieval_requests_per_s": rounded(s["retrieval_requests_per_s"]),
+        "scoring_requests_per_s": rounded(s["scoring_requests_per_s"]),
+        "requests_per_cpu_s_per_thread": rounded(s.get("requests_per_cpu_s_per_thread")),
+        "warmup_s": rounded(s["warmup_s"], 2), "compile": s["compile"], "index": s["index"],
+        "peak_rss_mb": rounded(result["peak_rss_mb"]), "baseline_rss_mb": rounded(result["baseline_rss_mb"]),
         "device": s["device"], "threads": s["threads"], "load_1m": result["load_1m"],
     } for s in result["rows"]]
 
@@ -621,22 +464,12 @@ DAY_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def _worker_cli(p: dict[str, Any]) -> dict[str, Any]:
-    """Run ``lcron <argv>`` in this process and report its peak resident memory (VmHWM of
-    the whole process: interpreter, imports and the command)."""
-    from lcron.cli import main as cli_main
-
-    code = cli_main(list(p["argv"]))
-    return {"exit": code, "peak_rss_mb": _memory_mb()[1], "load_1m": _loadavg()}
-
-
-WORKERS["cli"] = _worker_cli
-
-
 def _timed_cli(argv: list[str]) -> dict[str, Any]:
-    """Wall time of a fresh ``lcron`` process running ``argv`` (start-up and imports included)."""
+    """Wall time of a fresh ``lcron`` process running ``argv`` (start-up and imports included), with
+    its exit code and peak memory: the child ``python -m lcron.benchmarks.command`` (it imports
+    lcron.cli, which imports this module: started by name, never imported)."""
     t0 = time.perf_counter()
-    res = _run_worker(["cli", json.dumps({"argv": argv})])
+    res = run_child(COMMAND_MODULE, "cli", [json.dumps({"argv": argv})])
     return {**res, "wall_s": time.perf_counter() - t0}
 
 
@@ -679,7 +512,7 @@ def bench_preprocess_day(ctx: BenchContext) -> list[dict[str, Any]]:
                   f"that size in {root} (with {marker.name}) or run on a machine with more memory")
         print(f"WARNING day_prep skipped: {reason}", file=sys.stderr, flush=True)
         return [{"name": "day_prep", "case": f"{size['requests_per_day']:,} req", "setting": "two_stage",
-                 "value": None, "unit": "requests/s", "skipped": reason, "load_1m": _loadavg()}]
+                 "value": None, "unit": "requests/s", "skipped": reason, "load_1m": loadavg()}]
     if fresh:
         from lcron.data.synthetic import generate
 
@@ -690,18 +523,18 @@ def bench_preprocess_day(ctx: BenchContext) -> list[dict[str, Any]]:
     from lcron.data.shards import memory_bound_mb
 
     out = ctx.work_dir / "shards-day"
-    r = _run_worker(["preprocess", str(root), str(out), "2"])
+    r = run_worker(["preprocess", str(root), str(out), "2"])
     shutil.rmtree(out, ignore_errors=True)
     bound = memory_bound_mb(r["largest_day_requests"])
     if r["peak_rss_mb"] > bound:
         print(f"WARNING day_prep: peak {r['peak_rss_mb']:.0f} MiB is above the documented bound {bound:.0f} MiB "
               "(docs/scale.md, Preprocessing memory)", file=sys.stderr, flush=True)
     return [{"name": "day_prep", "case": f"{r['requests']:,} req", "setting": r["setting"],
-             "value": _r(r["requests"] / r["wall_s"]), "unit": "requests/s", "requests": r["requests"],
-             "wall_s": _r(r["wall_s"], 2), "cpu_s": _r(r["cpu_s"], 2), "peak_rss_mb": _r(r["peak_rss_mb"]),
-             "baseline_rss_mb": _r(r["baseline_rss_mb"]),
-             "peak_kb_per_request": _r((r["peak_rss_mb"] - r["baseline_rss_mb"]) * 1024 / max(r["requests"], 1)),
-             "bound_mb": _r(bound), "bound_held": bool(r["peak_rss_mb"] <= bound), "load_1m": _loadavg()}]
+             "value": rounded(r["requests"] / r["wall_s"]), "unit": "requests/s", "requests": r["requests"],
+             "wall_s": rounded(r["wall_s"], 2), "cpu_s": rounded(r["cpu_s"], 2),
+             "peak_rss_mb": rounded(r["peak_rss_mb"]), "baseline_rss_mb": rounded(r["baseline_rss_mb"]),
+             "peak_kb_per_request": rounded((r["peak_rss_mb"] - r["baseline_rss_mb"]) * 1024 / max(r["requests"], 1)),
+             "bound_mb": rounded(bound), "bound_held": bool(r["peak_rss_mb"] <= bound), "load_1m": loadavg()}]
 
 
 @register("evaluate_process")
@@ -719,8 +552,8 @@ def bench_evaluate_process(ctx: BenchContext) -> list[dict[str, Any]]:
     doc = json.loads((ctx.work_dir / "eval-cli" / "metrics.json").read_text())
     requests = doc["timing"]["requests_scored"]
     return [{"name": "eval_proc", "case": f"{len(doc['seeds'])} seed(s)", "setting": doc["setting"],
-             "value": _r(second["wall_s"], 2), "unit": "s/process", "requests": requests,
-             "first_process_s": _r(first["wall_s"], 2), "peak_rss_mb": _r(max(first["peak_rss_mb"],
+             "value": rounded(second["wall_s"], 2), "unit": "s/process", "requests": requests,
+             "first_process_s": rounded(first["wall_s"], 2), "peak_rss_mb": rounded(max(first["peak_rss_mb"],
                                                                                second["peak_rss_mb"])),
              "compile": doc["compile"], "load_1m": second["load_1m"]}]
 
@@ -728,7 +561,7 @@ def bench_evaluate_process(ctx: BenchContext) -> list[dict[str, Any]]:
 def _all_days_of(shards: Path) -> str:
     from lcron.data.shards import ShardSet
 
-    return _all_days(ShardSet(shards))
+    return all_days(ShardSet(shards))
 
 
 # ------------------------------------------------------------------ runner
@@ -766,7 +599,7 @@ def run_benchmarks(mode: str = "default", json_path: str | Path | None = "build/
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     size = SIZES[mode]
-    load_before = _loadavg()
+    load_before = loadavg()
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lcron-bench-", dir=data_dir) as work:

@@ -15,20 +15,31 @@ Why ``day_repeat``: the bench shard set's days hold 2,000 requests, one batch of
 a 4-day run measured its steady rate on 3 steps - noise on a shared machine. Each day is
 read ``day_repeat`` times over (every copy with its own id draws), which gives several
 steps per day and a steady rate from tens of steps.
+
+Each run is a measured child, ``python -m lcron.bench --worker train_vocab`` (lcron/bench.py,
+with the other measuring children); it uses :class:`VocabularyScaledShards` and
+:func:`resume_checkpoint` from here. This module stands on :mod:`lcron.benchmarks.base`
+and imports nothing else of the harness.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lcron.benchmarks.base import SETTING_NAMES, BenchContext, rounded, run_worker
 from lcron.data import fields
 from lcron.data.shards import ShardSet
 from lcron.errors import ConfigError
+
+__all__ = ["RECFLOW_ID_COUNTS", "VocabularyScaledShards", "VOCAB_PARAMS", "bench_train_vocab", "resume_checkpoint",
+           "dir_bytes"]
 
 #: RecFlow's vocabulary (issue 19): the synthetic id counts with 9M videos, 2M authors, 42k users.
 RECFLOW_ID_COUNTS: dict[str, int] = {
@@ -74,53 +85,47 @@ class VocabularyScaledShards(ShardSet):
         return arrays
 
 
-def _dir_bytes(path: Path) -> int:
+def dir_bytes(path: Path) -> int:
+    """Bytes of every file under ``path``."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def worker_train_vocab(p: dict[str, Any]) -> dict[str, Any]:
-    """Train ``method`` once at RecFlow vocabulary with ``embedding_optimizer`` (a benchmark
-    child): steady requests/s from summary.json, peak memory, and the sizes of the seed
-    folder, model.pt, the day snapshots and a resume checkpoint (full state, written once
-    more after training since a complete seed deletes its own)."""
-    import torch
+def resume_checkpoint(shards: VocabularyScaledShards, cfg: Any, seed_folder: Path) -> dict[str, Any]:
+    """Write the seed's resume checkpoint once more, as training writes it after a day (a complete
+    seed deletes its own), time the write and remove it again.
 
+    Its optimizer state is that of one training step: fresh models, loss and optimizers of
+    ``cfg`` (:func:`lcron.train.build_training_objects`) take one step of the trainer's own
+    :class:`lcron.train_step.TrainStep` on the first batch of the first day. The rest is the
+    model file the training wrote (format, configuration, weights): a resume checkpoint is
+    that plus ``optim_state`` (:data:`lcron.train.RESUME_KEYS`). Returns ``resume_write_s``,
+    ``resume_mb`` and ``embedding_rows`` (rows of every embedding table of the cascade).
+    """
     from lcron import atomic
     from lcron.batches import day_order, iter_batches
-    from lcron.bench import _loadavg, _measured
-    from lcron.train import RESUME_FILE, TrainConfig, _checkpoint_payload, build_training_objects, train
+    from lcron.run_folder import load_checkpoint
+    from lcron.train import RESUME_FILE, RESUME_KEYS, build_training_objects
+    from lcron.train_step import TrainStep
 
-    shards = VocabularyScaledShards(p["shards"], p.get("id_counts", RECFLOW_ID_COUNTS), int(p.get("day_repeat", 1)))
-    cfg = TrainConfig(method=p["method"], batch_size=int(p["batch_size"]), seeds=(1,), compile=bool(p["compile"]),
-                      embedding_optimizer=p["embedding_optimizer"], days=f"{shards.days[0]}:{shards.days[-1]}")
-    out = Path(p["out"])
-    with _measured() as m:
-        (res,) = train(shards, out, cfg, overwrite=True, progress=False, max_steps_per_day=int(p["steps_per_day"]))
-    s = res.summary
-    folder = out / "seed-1"
-    snapshots = sorted((folder / "checkpoints").glob("*.pt"))
-    sizes = {"seed_folder_mb": _dir_bytes(folder) / 2**20, "model_mb": (folder / "model.pt").stat().st_size / 2**20,
-             "day_snapshot_mb": [round(x.stat().st_size / 2**20, 2) for x in snapshots]}
-    # the resume checkpoint as training writes it after a day (optimizer state after one step)
     cascade, loss, optimizers = build_training_objects(shards.setting, shards.embedding_sizes, cfg, 1, "cpu")
     arrays = shards.load_day(shards.days[0])
     batch = next(iter_batches(arrays, day_order(len(arrays["label"]), 1, 0, True), cfg.batch_size, drop_last=True))
-    loss(cascade(batch), batch["label"], batch["mask"]).total.backward()
-    for opt in optimizers.values():
-        opt.step()
-    resume = out / RESUME_FILE
+    TrainStep(cascade, loss, optimizers)(batch)
+    for opt in optimizers.values():  # the gradients are not part of the state: freed before the model file is read
+        opt.zero_grad(set_to_none=True)
+    payload = load_checkpoint(seed_folder / "model.pt")
+    payload["optim_state"] = {k: opt.state_dict() for k, opt in optimizers.items()}
+    missing = [k for k in RESUME_KEYS if k not in payload]
+    if missing:
+        raise RuntimeError(f"a resume checkpoint holds {', '.join(missing)} too (lcron.train.RESUME_KEYS)")
+    resume = seed_folder.parent / RESUME_FILE
     t0 = time.perf_counter()
-    atomic.save_torch(resume, _checkpoint_payload({}, 1, shards.days[0], 0, 1, cfg.batch_size, cascade, loss,
-                                                  optimizers))
-    sizes["resume_write_s"] = time.perf_counter() - t0
-    sizes["resume_mb"] = resume.stat().st_size / 2**20
+    atomic.save_torch(resume, payload)
+    write_s = time.perf_counter() - t0
+    size_mb = resume.stat().st_size / 2**20
     os.unlink(resume)
     rows = sum(t.numel() for n, t in cascade.state_dict().items() if n.endswith("embedding.weight")) // cfg.dim
-    return {**m, "method": p["method"], "embedding_optimizer": p["embedding_optimizer"], "setting": s["setting"],
-            "steps": s["steps"], "steady_steps": s["steps"] - s["startup_steps"], "steady": s["steady_requests_per_s"],
-            "first_step_s": s["first_step_seconds"],
-            "batch_size": cfg.batch_size, "embedding_rows": rows, "days": len(s["days"]), **sizes,
-            "threads": torch.get_num_threads(), "device": s["device"], "load_1m": _loadavg()}
+    return {"resume_write_s": write_s, "resume_mb": size_mb, "embedding_rows": rows}
 
 
 #: Per bench mode: the vocabulary, the methods and settings trained, how often each day is
@@ -138,15 +143,11 @@ VOCAB_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
-def bench_train_vocab(ctx: Any) -> list[dict[str, Any]]:
+def bench_train_vocab(ctx: BenchContext) -> list[dict[str, Any]]:
     """Training requests/s at RecFlow vocabulary per embedding optimizer (one fresh child
     process per run), and the run folder's sizes: ``train_vocab`` rows (value = steady
     requests/s) and ``checkpoint`` rows (value = MiB of the seed folder after the run, with
     model.pt, the resume checkpoint and the day snapshots apart)."""
-    import json
-    import shutil
-
-    from lcron.bench import SETTING_NAMES, _r, _run_worker
     from lcron.optim import UPDATE_RULES
 
     vp = VOCAB_PARAMS[ctx.mode]
@@ -157,7 +158,7 @@ def bench_train_vocab(ctx: Any) -> list[dict[str, Any]]:
                 ctx.log(f"  train {method} at RecFlow vocabulary, {opt} embeddings ({SETTING_NAMES[stages]}) ...")
                 out = ctx.work_dir / "runs-vocab" / f"{method}-{stages}-{opt}"
                 shutil.rmtree(out, ignore_errors=True)
-                r = _run_worker(["train_vocab", json.dumps({
+                r = run_worker(["train_vocab", json.dumps({
                     "shards": str(ctx.shards(stages)), "out": str(out), "method": method, "embedding_optimizer": opt,
                     "id_counts": vp["id_counts"], "day_repeat": vp["day_repeat"],
                     "batch_size": vp["batch_size"], "steps_per_day": vp["steps_per_day"][opt],
@@ -165,13 +166,13 @@ def bench_train_vocab(ctx: Any) -> list[dict[str, Any]]:
                 shutil.rmtree(out, ignore_errors=True)
                 common = {"setting": r["setting"], "embedding_optimizer": opt, "embedding_rows": r["embedding_rows"],
                           "device": r["device"], "threads": r["threads"], "load_1m": r["load_1m"]}
-                rows.append({"name": "train_vocab", "case": f"{method}/{opt}", "value": _r(r["steady"]),
+                rows.append({"name": "train_vocab", "case": f"{method}/{opt}", "value": rounded(r["steady"]),
                              "unit": "requests/s", "batch_size": r["batch_size"], "steps": r["steps"],
                              "steady_steps": r["steady_steps"],
-                             "first_step_s": _r(r["first_step_s"], 2), "peak_rss_mb": _r(r["peak_rss_mb"]),
+                             "first_step_s": rounded(r["first_step_s"], 2), "peak_rss_mb": rounded(r["peak_rss_mb"]),
                              **common})
-                rows.append({"name": "checkpoint", "case": f"{method}/{opt}", "value": _r(r["seed_folder_mb"]),
-                             "unit": "MiB/seed", "days": r["days"], "model_mb": _r(r["model_mb"]),
-                             "resume_mb": _r(r["resume_mb"]), "resume_write_s": _r(r["resume_write_s"], 2),
+                rows.append({"name": "checkpoint", "case": f"{method}/{opt}", "value": rounded(r["seed_folder_mb"]),
+                             "unit": "MiB/seed", "days": r["days"], "model_mb": rounded(r["model_mb"]),
+                             "resume_mb": rounded(r["resume_mb"]), "resume_write_s": rounded(r["resume_write_s"], 2),
                              "day_snapshot_mb": r["day_snapshot_mb"], **common})
     return rows

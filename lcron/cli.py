@@ -4,7 +4,9 @@ Each subcommand is one :class:`Command` entry in :data:`COMMANDS`: a name, a one
 help, a function that adds its arguments to an ``argparse`` parser and a function that
 runs it. To add a subcommand, write the two functions and append one entry; the run
 function imports its library module itself, so ``lcron --help`` stays fast (no torch at
-start-up).
+start-up). A command whose code lives in a heavy module is :func:`_lazy`: one small
+function here imports that module (a plain import statement, which import analysis and
+tests/test_architecture.py see), only when the command is chosen.
 
 Exit codes: 0 success; 2 for a problem the user can fix (any :class:`LcronError`, a bad
 setting, an unreadable input file, bad arguments), printed as one line
@@ -18,6 +20,7 @@ import sys
 import traceback
 import warnings
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable, Sequence
 
 from lcron.defaults import PREPROCESS
@@ -29,32 +32,72 @@ __all__ = ["Command", "COMMANDS", "build_parser", "main"]
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand. ``add_arguments`` and ``run`` are callables, or ``"module:function"`` strings
-    for commands whose code lives in a heavy module (torch): those are imported only when that
-    command runs, so ``lcron --help`` stays fast."""
+    """A subcommand: ``add_arguments(parser)`` and ``run(args)``. A ``lazy`` command's code lives
+    in a heavy module (torch) that both functions import when called: the parser adds a lazy
+    command's arguments only when that command is chosen, so ``lcron --help`` stays fast."""
 
     name: str
     help: str
-    add_arguments: "Callable[[argparse.ArgumentParser], None] | str"
-    run: "Callable[[argparse.Namespace], int | None] | str"
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
     description: str = ""
-
-    @property
-    def lazy(self) -> bool:
-        return isinstance(self.add_arguments, str)
-
-    def resolve(self, attr: str) -> Callable:
-        target = getattr(self, attr)
-        if not isinstance(target, str):
-            return target
-        import importlib
-
-        module, _, func = target.partition(":")
-        return getattr(importlib.import_module(module), func)
+    lazy: bool = False
 
 
-def _lazy(name: str, help: str, module: str, func: str) -> Command:
-    return Command(name, help, f"{module}:add_{func}_arguments", f"{module}:run_{func}")
+def _lazy(name: str, help: str, load: Callable[[], ModuleType], func: str) -> Command:
+    """A command whose module ``load()`` imports and returns, with ``add_<func>_arguments(parser)``
+    and ``run_<func>(args)``."""
+    return Command(name, help, lambda p: getattr(load(), f"add_{func}_arguments")(p),
+                   lambda a: getattr(load(), f"run_{func}")(a), lazy=True)
+
+
+# The heavy modules of the lazy commands, one import each (run only when that command is chosen).
+def _ingest() -> ModuleType:
+    from lcron import ingest
+
+    return ingest
+
+
+def _train() -> ModuleType:
+    from lcron import train
+
+    return train
+
+
+def _reference_importer() -> ModuleType:
+    from lcron.reference import importer
+
+    return importer
+
+
+def _evaluate() -> ModuleType:
+    from lcron import evaluate
+
+    return evaluate
+
+
+def _report() -> ModuleType:
+    from lcron import report
+
+    return report
+
+
+def _compare() -> ModuleType:
+    from lcron import compare
+
+    return compare
+
+
+def _serving_evaluate() -> ModuleType:
+    from lcron.serving import evaluate
+
+    return evaluate
+
+
+def _serving_export() -> ModuleType:
+    from lcron.serving import export
+
+    return export
 
 
 # ------------------------------------------------------------------------ generate
@@ -180,22 +223,22 @@ COMMANDS: list[Command] = [
             _preprocess_args, _preprocess_run),
     Command("validate", "check a RecFlow source and print a per-day summary (writes nothing)",
             _validate_args, _validate_run),
-    _lazy("fingerprint", "print the fingerprint of a data source (what KFP caching keys on)", "lcron.ingest",
+    _lazy("fingerprint", "print the fingerprint of a data source (what KFP caching keys on)", _ingest,
           "fingerprint"),
-    _lazy("ingest", "stage the chosen days of a source (or the synthetic default) into a folder", "lcron.ingest",
+    _lazy("ingest", "stage the chosen days of a source (or the synthetic default) into a folder", _ingest,
           "ingest"),
-    _lazy("train", "train one method on a shard set, one model folder per seed", "lcron.train", "train"),
+    _lazy("train", "train one method on a shard set, one model folder per seed", _train, "train"),
     _lazy("import-reference", "models trained by the published LCRON code -> a run folder to evaluate",
-          "lcron.reference.importer", "import_reference"),
+          _reference_importer, "import_reference"),
     _lazy("evaluate", "metrics of a trained run on its test day(s): joint recall, per stage, funnel, sweep",
-          "lcron.evaluate", "evaluate"),
-    _lazy("report", "HTML + Markdown + JSON report of a run", "lcron.report", "report"),
-    _lazy("compare", "the methods table of several evaluated runs, with paired bootstrap intervals",
-          "lcron.compare", "compare"),
+          _evaluate, "evaluate"),
+    _lazy("report", "HTML + Markdown + JSON report of a run", _report, "report"),
+    _lazy("compare", "the methods table of several evaluated runs, with paired bootstrap intervals", _compare,
+          "compare"),
     _lazy("serve-eval", "serving-style evaluation: retrieve from the whole item corpus with faiss",
-          "lcron.serving.evaluate", "serve_eval"),
+          _serving_evaluate, "serve_eval"),
     _lazy("export", "export a trained cascade (models, faiss index, item table) to serve without lcron",
-          "lcron.serving.export", "export"),
+          _serving_export, "export"),
     Command("bench", "run the benchmarks, print a table and write JSON", _bench_args, _bench_run),
 ]
 
@@ -215,7 +258,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
         p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
         if not cmd.lazy or cmd.name == only:
-            cmd.resolve("add_arguments")(p)
+            cmd.add_arguments(p)
         p.set_defaults(_command=cmd)
     return parser
 
@@ -279,7 +322,7 @@ def _quick_exit(code: int) -> None:
 
 def _run(cmd: Command, args: argparse.Namespace) -> int:
     try:
-        code = cmd.resolve("run")(args)
+        code = cmd.run(args)
     except (LcronError, SettingError) as exc:
         print(f"lcron {cmd.name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -1,5 +1,7 @@
-"""Error types. Every user-facing failure is an LcronError whose message names the file,
-the field and what was expected; the CLI prints it on one line and exits non-zero."""
+"""Error and warning types. Every user-facing failure is an LcronError whose message names
+the file, the field and what was expected; the CLI prints it on one line and exits non-zero.
+Warnings about usable but unclean data are :class:`RecFlowWarning`\\ s (the CLI prints each
+on one line). Everything here imports nothing from lcron: every module may use it."""
 
 from __future__ import annotations
 
@@ -34,3 +36,7 @@ class IncompleteOutputError(DataError):
 
 class OutputLockedError(LcronError):
     """Another process is writing the same output folder."""
+
+
+class RecFlowWarning(UserWarning):
+    """Data was usable but not clean (requests dropped, extra columns)."""

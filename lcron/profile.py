@@ -4,6 +4,9 @@ Runs the trainer's own step (:class:`lcron.train_step.TrainStep`, so profiler an
 cannot drift apart) under ``torch.profiler`` and reports the time per phase of the step, the
 top operators, autograd nodes, NeuralSort calls, ids gathered per batch, the fixed per-step
 cost and, with ``--memory``, the peak tensor memory by category (docs/benchmarks.md).
+
+It stands on :mod:`lcron.benchmarks.base` (the bench modes and their data sets) and imports
+nothing else of the harness; lcron/bench.py's ``main`` calls :func:`profile_main`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lcron.atomic import write_json
-from lcron.bench import SIZES, STAGES, BenchContext, _loadavg
+from lcron.benchmarks.base import SIZES, STAGES, BenchContext, loadavg
 from lcron.errors import ConfigError
 from lcron.train_step import TrainStep
 
@@ -178,7 +181,7 @@ def profile_training(shards: str | Path, method: str, *, batch_size: int = 1024,
 
     result: dict[str, Any] = {
         "method": method, "setting": shard_set.setting.name, "batch_size": batch_size, "device": str(device),
-        "threads": torch.get_num_threads(), "compile": compile, "load_1m": _loadavg(),
+        "threads": torch.get_num_threads(), "compile": compile, "load_1m": loadavg(),
         "first_step_s": round(warm[0], 3), "step_s": round(step_s, 4), "timed_steps_s": [round(t, 4) for t in timed],
         "requests_per_s": round(batch_size / step_s, 1),
         "profiled_ms_per_step": per_step(profiled_us),

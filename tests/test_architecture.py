@@ -1,12 +1,15 @@
-"""The module layout: docs/architecture.md describes every module of the library, and the
+"""The module layout: docs/architecture.md describes every module of the library, the
 steps that read a finished run (evaluation, serving evaluation, export, report, compare)
-do so without importing the trainer."""
+do so without importing the trainer, the library's imports form no circle, no module
+imports another one's private names, and no module is imported by a name in a string
+(except the listed plug-in discovery)."""
 
 from __future__ import annotations
 
 import ast
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +91,192 @@ def test_one_summary_over_seeds_for_evaluation_and_serving():
     s = summarize_seeds([0.5, None, float("nan"), 0.7])
     assert s == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1414213562), "n": 2,
                  "per_seed": [0.5, None, None, 0.7]}
+
+
+# ------------------------------------------------------------------ layers without circles
+# The import graph of the library: one node per module (a package is its __init__.py), one
+# edge per module another one imports - at the top, inside a function or under a condition,
+# absolute (`import lcron.x`, `from lcron.x import y`) or relative (`from ..x import y`);
+# `from pkg import name` is an edge to pkg.name when that is a module. An import of a.b.c
+# is an edge to a.b.c only: Python runs a/__init__.py first, but a package importing its
+# own modules is not a circle. A strongly connected component of more than one module is
+# a circle: those modules can only be understood, tested and changed together.
+
+
+def _modules(root: Path, package: str) -> dict[str, tuple[Path, bool]]:
+    """Module name -> (file, is a package) for every .py file under ``root`` (the folder of ``package``)."""
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = [package, *path.relative_to(root).with_suffix("").parts]
+        if "__pycache__" in parts:
+            continue
+        is_package = parts[-1] == "__init__"
+        found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return found
+
+
+def _import_graph(root: Path, package: str) -> dict[str, dict[str, list[tuple[int, str | None]]]]:
+    """module -> {module it imports: [(line, the name taken from it, or None for a module)]},
+    for imports of ``package``'s own modules."""
+    modules = _modules(root, package)
+
+    def known(name: str) -> str | None:  # the module a dotted name lives in
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    def inside(name: str) -> bool:
+        return name == package or name.startswith(package + ".")
+
+    graph: dict[str, dict[str, list[tuple[int, str | None]]]] = {m: {} for m in modules}
+    for module, (path, is_package) in modules.items():
+        here = module.split(".") if is_package else module.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets: list[tuple[str | None, str | None]] = []
+            if isinstance(node, ast.Import):
+                targets = [(known(a.name), None) for a in node.names if inside(a.name)]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here[: len(here) - node.level + 1]
+                    source = ".".join([*base, node.module] if node.module else base)
+                else:
+                    source = node.module or ""
+                if inside(source):
+                    for a in node.names:
+                        sub = f"{source}.{a.name}"
+                        targets.append((sub, None) if sub in modules else (known(source), a.name))
+            for target, name in targets:
+                if target is not None and target != module:
+                    graph[module].setdefault(target, []).append((node.lineno, name))
+    return graph
+
+
+def _circles(graph: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    circles.append(sorted(component))
+    return sorted(circles)
+
+
+def _describe(graph: dict[str, dict[str, list[tuple[int, str | None]]]], circle: list[str]) -> str:
+    lines = [f"import circle of {len(circle)} modules: {', '.join(circle)}"]
+    for a in circle:
+        for b in circle:
+            if b in graph[a]:
+                names = sorted({n or "(module)" for _, n in graph[a][b]})
+                lines.append(f"  {a} -> {b} ({', '.join(names)}; line {graph[a][b][0][0]})")
+    return "\n".join(lines)
+
+
+def _private_imports(graph: dict[str, dict[str, list[tuple[int, str | None]]]]) -> list[str]:
+    """Every ``from X import _name`` of one module from another (names with one leading underscore)."""
+    return sorted(f"{module} line {line}: from {target} import {name}"
+                  for module, targets in graph.items() for target, uses in targets.items()
+                  for line, name in uses if name and name.startswith("_") and not name.startswith("__"))
+
+
+# Imports by name at run time, which no import graph sees, each with its reason.
+DYNAMIC_IMPORTS = {
+    "lcron/losses/registry.py": "discover(): imports every file of a methods folder so its @register runs (plug-ins)",
+}
+
+
+def _dynamic_imports(path: Path) -> list[str]:
+    """Calls of importlib.import_module, importlib.__import__ or __import__ in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call):
+            func = ast.unparse(node.func)
+            if func.split(".")[-1] in ("import_module", "__import__"):
+                found.append(f"{path.name}:{node.lineno} {func}")
+    return found
+
+
+def test_the_library_has_no_import_circles():
+    graph = _import_graph(LIBRARY, "lcron")
+    assert {"lcron.bench", "lcron.benchmarks.base", "lcron.cli", "lcron.data.recflow"} <= set(graph)
+    assert "lcron.benchmarks.base" in graph["lcron.bench"]  # function-level and absolute imports are seen
+    circles = _circles(graph)
+    assert not circles, "\n".join(_describe(graph, c) for c in circles)
+
+
+def test_no_module_imports_the_private_names_of_another():
+    assert _private_imports(_import_graph(LIBRARY, "lcron")) == []
+
+
+def test_every_import_in_the_library_is_a_statement():
+    """Modules named in strings (importlib) are invisible to the graph above: only the listed ones."""
+    found = [f"{p.relative_to(ROOT).as_posix()}: {hit}" for p in sorted(LIBRARY.rglob("*.py"))
+             if p.relative_to(ROOT).as_posix() not in DYNAMIC_IMPORTS for hit in _dynamic_imports(p)]
+    assert found == []
+
+
+def test_the_layer_checks_find_circles_and_private_imports(tmp_path):
+    """The checks above must be able to fail: a synthetic package with a circle of three modules
+    through a function-level relative import, a private import and a dynamic import."""
+    pkg = tmp_path / "lcron"
+    files = {
+        "__init__.py": "from lcron.e import X as _X\n",                    # a package importing its module: no circle
+        "a.py": "from lcron.b import B\n_hidden = 1\n",
+        "b.py": "B = 2\n\ndef later():\n    from .sub import c\n    return c\n",  # relative, inside a function
+        "sub/__init__.py": "",
+        "sub/c.py": "from ..a import _hidden\nimport lcron.d as d\n",         # two levels up; a private name
+        "d.py": "import os\nfrom lcron import e\n",                          # `from package import module`
+        "e.py": "import importlib\nX = importlib.import_module('lcron.a')\n",
+        "f.py": "from lcron.e import X\nfrom lcron.sub.c import __doc__ as doc\n",
+    }
+    for name, text in files.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / name).write_text(text)
+    graph = _import_graph(pkg, "lcron")
+    assert {m: sorted(t) for m, t in graph.items()} == {
+        "lcron": ["lcron.e"], "lcron.a": ["lcron.b"], "lcron.b": ["lcron.sub.c"], "lcron.sub": [],
+        "lcron.sub.c": ["lcron.a", "lcron.d"], "lcron.d": ["lcron.e"], "lcron.e": [],
+        "lcron.f": ["lcron.e", "lcron.sub.c"]}
+    assert _circles(graph) == [["lcron.a", "lcron.b", "lcron.sub.c"]]
+    text = _describe(graph, _circles(graph)[0])
+    assert "lcron.b -> lcron.sub.c ((module); line 4)" in text and "lcron.sub.c -> lcron.a (_hidden; line 1)" in text
+    assert _private_imports(graph) == ["lcron.sub.c line 1: from lcron.a import _hidden"]
+    assert _dynamic_imports(pkg / "e.py") == ["e.py:2 importlib.import_module"]
+    # Without the function-level import the circle is gone.
+    (pkg / "b.py").write_text("B = 2\n")
+    assert _circles(_import_graph(pkg, "lcron")) == []
+    # Two modules importing each other are a circle too.
+    (pkg / "e.py").write_text("from lcron.d import os\n")
+    assert _circles(_import_graph(pkg, "lcron")) == [["lcron.d", "lcron.e"]]

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from lcron.data import schemas as S
-from lcron.errors import DataError
+from lcron.errors import DataError, RecFlowWarning
 from lcron.memtrim import trim
 
-__all__ = ["AllStageDay", "read_all_stage", "check_range", "range_problem", "group_requests", "check_schema"]
+__all__ = ["AllStageDay", "ColumnReader", "read_all_stage", "check_range", "range_problem", "group_requests",
+           "check_schema"]
 
 
 @dataclass
@@ -164,8 +165,6 @@ def check_schema(schema: Any, where: str, warned_extra: set[str]) -> list[str]:
     warned about once per reader."""
     import pyarrow as pa
 
-    from lcron.data.recflow import RecFlowWarning
-
     names = set(schema.names)
     required = S.all_stage_columns(required_only=True)
     problems = []
@@ -193,7 +192,7 @@ def _integer_columns(schema: Any) -> set[str]:
     return {f.name for f in schema if pa.types.is_integer(f.type)}
 
 
-class _ColumnReader:
+class ColumnReader:
     """One Feather file opened once; each column read on its own into an int64 array."""
 
     def __init__(self, path: Path, where: str) -> None:
@@ -273,7 +272,7 @@ def read_all_stage(path: Path, where: str, read: set[str], index_labels: tuple[s
     a DataError. A schema problem stops the reading unless ``collect`` (``lcron validate``:
     the values of the columns that are present with an integer type are still checked).
     """
-    cr = _ColumnReader(path, where)
+    cr = ColumnReader(path, where)
     try:
         problems = check_schema(cr.schema, where, warned_extra)
         if problems and not collect:
@@ -286,7 +285,7 @@ def read_all_stage(path: Path, where: str, read: set[str], index_labels: tuple[s
         trim()  # this thread's freed columns back to the system before the pickles are parsed
 
 
-def _reduce(cr: _ColumnReader, read: set[str], index_labels: tuple[str, ...],
+def _reduce(cr: ColumnReader, read: set[str], index_labels: tuple[str, ...],
             id_counts: dict[str, int]) -> AllStageDay:
     """Read and check the ``read`` columns one by one (every problem is collected); reduce what
     the reader keeps from the columns that passed."""

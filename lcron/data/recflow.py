@@ -47,10 +47,10 @@ import numpy as np
 
 from lcron.data import fields
 from lcron.data import schemas as S
-from lcron.data.all_stage import AllStageDay, _ColumnReader, group_requests, range_problem, read_all_stage
+from lcron.data.all_stage import AllStageDay, ColumnReader, group_requests, range_problem, read_all_stage
 from lcron.data.source import Source, open_source
 from lcron.defaults import PREPROCESS
-from lcron.errors import ConfigError, DataError
+from lcron.errors import ConfigError, DataError, RecFlowWarning
 from lcron.memtrim import trim
 from lcron.safe_pickle import safe_load
 
@@ -76,10 +76,6 @@ _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
 # Requests per slice when a stage label is checked without being kept (bounded memory).
 _CHECK_SLICE = 32_768
-
-
-class RecFlowWarning(UserWarning):
-    """Data was usable but not clean (requests dropped, extra columns)."""
 
 
 @dataclass
@@ -573,7 +569,7 @@ class RecFlowReader:
         self._require_file(rel)
         where = self.source.describe(rel)
         try:
-            cr = _ColumnReader(self.source.local_path(rel), where)
+            cr = ColumnReader(self.source.local_path(rel), where)
             try:
                 spec = next(c for c in S.ALL_STAGE_COLUMNS if c["name"] == "request_id")
                 if "request_id" not in cr.schema.names:
