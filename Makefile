@@ -12,7 +12,6 @@ TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 IMAGE_REF := $(if $(REGISTRY),$(REGISTRY)/)$(IMAGE):$(TAG)
 GPU_IMAGE_REF := $(IMAGE_REF)-gpu
 BASE_IMAGE ?= python:3.11-slim
-GPU_BASE_IMAGE ?= nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
 LOCAL_BASE ?= lcron-base:bookworm
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
 # Compile-time resources per step (docs/pipeline.md): CPU_<STEP> / MEM_<STEP> requests, limits = request x LIMIT_FACTOR.
@@ -41,7 +40,7 @@ space := $(empty) $(empty)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test bench pipeline submit sweep-local sweep-local-reference reference-table compare image \
-	image-gpu push lint clean base-image wheelhouse test-docker image-refs
+	image-gpu push lint clean base-image wheelhouse wheelhouse-gpu lock test-docker test-docker-gpu image-refs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -91,14 +90,23 @@ image-refs: ## print the CPU and GPU image references that image, push and pipel
 base-image: ## make the local Debian bookworm base LOCAL_BASE (for when python:3.11-slim cannot be pulled)
 	docker/base-image.sh $(LOCAL_BASE) $(DEBIAN_MIRROR)
 
-wheelhouse: ## download/build every wheel the CPU image needs into wheelhouse/ (the build then needs no network)
-	docker/wheelhouse.sh wheelhouse $(PY_SYS)
+lock: $(STAMP) ## resolve both images' packages from pyproject.toml into docker/lock-{cpu,gpu}.txt (with sha256s)
+	$(PY) docker/lock.py cpu gpu
+
+wheelhouse: ## the files of docker/lock-cpu.txt into wheelhouse/, hash-checked (the image build then needs no network)
+	docker/wheelhouse.sh wheelhouse $(PY_SYS) cpu
+
+wheelhouse-gpu: ## the files of docker/lock-gpu.txt (CUDA torch, its CUDA 13 wheels) into wheelhouse-gpu/, several GB
+	docker/wheelhouse.sh wheelhouse-gpu $(PY_SYS) gpu
 
 image: wheelhouse ## build the CPU image IMAGE_REF [BASE_IMAGE=lcron-base:bookworm after make base-image]
-	docker/build.sh docker/Dockerfile $(IMAGE_REF) $(BASE_IMAGE)
+	docker/build.sh docker/Dockerfile $(IMAGE_REF) $(BASE_IMAGE) none wheelhouse
 
-image-gpu: ## build the GPU image IMAGE_REF-gpu (CUDA base and CUDA torch; see docs/docker.md)
-	docker/build.sh docker/Dockerfile.gpu $(GPU_IMAGE_REF) $(GPU_BASE_IMAGE) host
+image-gpu: wheelhouse-gpu ## build the GPU image IMAGE_REF-gpu from the CPU image's base and wheels (docs/docker.md)
+	docker/build.sh docker/Dockerfile.gpu $(GPU_IMAGE_REF) $(BASE_IMAGE) host wheelhouse-gpu
+
+test-docker-gpu: $(STAMP) image-gpu ## build the GPU image and check it: CUDA 13 everywhere, a clear error without a GPU
+	LCRON_TEST_GPU_IMAGE=$(GPU_IMAGE_REF) $(PY) -m pytest -q -p no:cacheprovider -m docker tests/pipeline/test_docker_gpu_image.py
 
 push: image image-gpu ## push both images to REGISTRY
 	docker push $(IMAGE_REF)

@@ -261,6 +261,7 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     from .reference import mode
 
     cfg.validate()
+    device = resolve_device(cfg.device)  # first: a GPU that cannot be used is said before any data is read
     shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards)
     mode.check_match(cfg.reference_quirks, shard_set.reference_quirks, step="train", what=f"shard set {shard_set.root}",
                      fix="preprocess the data with the same --reference-quirks choice, or change it here")
@@ -271,7 +272,6 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
                               loss_options=normalise_loss_options(cfg.method, cfg.loss_options, run_setting))
     days = training_days(shard_set, cfg.days)
     batches = batch_plan({d: shard_set.num_requests(d) for d in days}, cfg.batch_size, max_steps_per_day)
-    device = resolve_device(cfg.device)
     # run.json records the resolved choice: an "auto" run says what it trained with.
     cfg = dataclasses.replace(cfg, embedding_optimizer=resolve_embedding_optimizer(
         cfg.embedding_optimizer, device, sum(shard_set.embedding_sizes.values())))

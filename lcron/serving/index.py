@@ -199,22 +199,84 @@ def build_index(vectors: np.ndarray, kind: str = "flat", options: "IndexOptions 
     return to_device(index, kind, device)
 
 
+def faiss_has_gpus(faiss: Any) -> bool:
+    """Whether this faiss build can put indexes on a GPU here (faiss-cpu cannot)."""
+    return (hasattr(faiss, "index_cpu_to_all_gpus") and hasattr(faiss, "get_num_gpus")
+            and faiss.get_num_gpus() > 0)
+
+
 def to_device(index, kind: str, device: "str | torch.device"):
-    """Move a flat/IVF index to every GPU when faiss and the device allow it, else keep it."""
+    """The index for searching on ``device``.
+
+    On CUDA: a flat/IVF index moves to every GPU when faiss has GPU support; without it (the
+    GPU image carries faiss-cpu: no faiss GPU wheel shares torch's CUDA major) the exact flat
+    index becomes a :class:`TorchFlatIndex` on the GPU. HNSW stays a faiss CPU index."""
     faiss = import_faiss()
     dev = torch.device(device) if not isinstance(device, torch.device) else device
-    if (dev.type == "cuda" and kind in ("flat", "ivf") and hasattr(faiss, "index_cpu_to_all_gpus")
-            and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0):
+    if dev.type == "cuda" and kind in ("flat", "ivf") and faiss_has_gpus(faiss):
         return faiss.index_cpu_to_all_gpus(index)
+    if dev.type == "cuda" and kind == "flat":
+        return TorchFlatIndex.from_faiss(index, dev)
     return index
 
 
 def to_cpu(index):
-    """A CPU copy of a (possibly GPU) index, for serialisation."""
+    """A CPU faiss copy of a (possibly GPU or torch) index, for serialisation."""
     faiss = import_faiss()
+    if isinstance(index, TorchFlatIndex):
+        return index.to_faiss()
     if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
         return faiss.index_gpu_to_cpu(index)
     return index
+
+
+class TorchFlatIndex:
+    """Exact inner-product top-k with torch: the same answer as ``faiss.IndexFlatIP`` (up to
+    the order of equal scores), computed on any torch device.
+
+    It is the GPU retrieval path where faiss has no GPU support: ``search`` multiplies the
+    queries [B, D] with the corpus [I, D] one block of items at a time (at most
+    ``max_scores`` scores in memory), keeps each block's top-k and merges them. Rows past the
+    corpus are -1 with score -inf, like faiss's padding."""
+
+    def __init__(self, vectors: "np.ndarray | torch.Tensor", device: "str | torch.device" = "cpu",
+                 max_scores: int = 1 << 27) -> None:
+        x = torch.as_tensor(np.ascontiguousarray(vectors, dtype=np.float32)) if isinstance(vectors, np.ndarray) \
+            else vectors.float()
+        if x.dim() != 2 or x.shape[0] == 0:
+            raise DataError(f"corpus vectors must be a non-empty [I, D] array, got shape {tuple(x.shape)}")
+        self.device = torch.device(device)
+        self.vectors = x.to(self.device).contiguous()
+        self.ntotal, self.d = int(x.shape[0]), int(x.shape[1])
+        self.max_scores = int(max_scores)
+
+    @classmethod
+    def from_faiss(cls, index: Any, device: "str | torch.device") -> "TorchFlatIndex":
+        return cls(index.reconstruct_n(0, index.ntotal), device)
+
+    def to_faiss(self) -> Any:
+        faiss = import_faiss()
+        index = faiss.IndexFlatIP(self.d)
+        index.add(np.ascontiguousarray(self.vectors.cpu().numpy(), dtype=np.float32))
+        return index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = torch.as_tensor(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
+        b, k = q.shape[0], int(k)
+        kk = min(k, self.ntotal)
+        block = max(kk, self.max_scores // max(1, b))
+        best_s = torch.full((b, 0), -math.inf, device=self.device)
+        best_i = torch.zeros((b, 0), dtype=torch.int64, device=self.device)
+        with torch.inference_mode():
+            for start in range(0, self.ntotal, block):
+                scores = q @ self.vectors[start:start + block].T
+                s, i = torch.topk(scores, min(kk, scores.shape[1]), dim=1)
+                best_s, pos = torch.topk(torch.cat([best_s, s], 1), min(kk, best_s.shape[1] + s.shape[1]), dim=1)
+                best_i = torch.gather(torch.cat([best_i, i + start], 1), 1, pos)
+        if kk < k:  # fewer items than asked for: pad as faiss does
+            best_s = torch.nn.functional.pad(best_s, (0, k - kk), value=-math.inf)
+            best_i = torch.nn.functional.pad(best_i, (0, k - kk), value=-1)
+        return best_s.cpu().numpy().astype(np.float32), best_i.cpu().numpy().astype(np.int64)
 
 
 def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -234,6 +296,8 @@ def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def index_options_used(index, kind: str) -> dict[str, Any]:
     """The parameters an index was built/searched with (for the report)."""
+    if isinstance(index, TorchFlatIndex):
+        return {"kind": kind, "ntotal": index.ntotal, "dim": index.d, "search": f"torch on {index.device}"}
     cpu = to_cpu(index)
     out: dict[str, Any] = {"kind": kind, "ntotal": int(cpu.ntotal), "dim": int(cpu.d)}
     if kind == "ivf":

@@ -59,8 +59,10 @@ def test_hadolint_catches_a_bad_file(tmp_path):
 def test_common_properties(dockerfile):
     ins = _instructions(dockerfile)
     runs = " ".join(a for i, a in ins if i == "RUN")
-    # the CPU image takes torch from the wheelhouse, which pins it
-    assert "torch==2.13.0" in (runs if "gpu" in dockerfile.name else (ROOT / "docker" / "wheelhouse.sh").read_text())
+    # both images take torch from their wheelhouse, filled with exactly the files of their lock
+    lock = (ROOT / "docker" / ("lock-gpu.txt" if "gpu" in dockerfile.name else "lock-cpu.txt")).read_text()
+    assert re.search(r"^torch==2\.13\.0(\+cpu)? --hash=sha256:", lock, re.M)
+    assert "pip install --no-cache-dir /tmp/wheelhouse/*.whl" in runs
     assert ins[0] == ("ARG", "BASE_IMAGE=" + ins[0][1].split("=", 1)[1])
     assert all(a.split()[0] == "${BASE_IMAGE}" for i, a in ins if i == "FROM")
     assert '".[pipeline]"' in runs  # kfp (the component executor) is in the image
@@ -84,20 +86,28 @@ def test_cpu_image_installs_from_the_wheelhouse_only():
     assert ("COPY", "--from=deps /opt/venv /opt/venv") in ins
     assert "sys.version_info[:2] == (3, 11)" in runs  # a wrong base fails at once
     assert "faiss-gpu" not in runs
-    # the project's own wheel is left out (installed from source), torch is pinned
+    # the wheelhouse holds exactly the lock's files (hash-checked), the CPU torch by name
     text = (ROOT / "docker" / "wheelhouse.sh").read_text()
-    assert "torch==2.13.0" in text and "rm -f \"$out\"/lcron_pipelines-*.whl" in text
+    assert "--require-hashes" in text and 'lock="docker/lock-$variant.txt"' in text
+    assert "torch==2.13.0+cpu --hash=sha256:" in (ROOT / "docker" / "lock-cpu.txt").read_text()
 
 
-def test_gpu_image():
+def test_gpu_image_from_the_cpu_base_and_wheels_only():
+    """No CUDA base image and no PPA: the CPU image's base, the GPU lock's wheels, Debian's gcc."""
     ins = _instructions(DOCKERFILES[1])
-    assert ins[0][0] == "ARG" and ins[0][1].startswith("BASE_IMAGE=nvidia/cuda:") and "runtime" in ins[0][1]
+    assert ins[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    assert [a for i, a in ins if i == "FROM"] == ["${BASE_IMAGE} AS deps", "${BASE_IMAGE}"]
+    env = " ".join(a for i, a in ins if i == "ENV")
+    assert "PIP_NO_INDEX=1" in env and "PIP_FIND_LINKS=/tmp/wheelhouse" in env
+    assert "NVIDIA_VISIBLE_DEVICES=all" in env and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
+    assert "/usr/local/nvidia/lib64" in env
     runs = " ".join(a for i, a in ins if i == "RUN")
-    for needed in ("python3.11", "python3.11-dev", "gcc", "faiss-gpu==", "pip uninstall -y faiss-cpu"):
-        assert needed in runs
-    # faiss-cpu must go before faiss-gpu is installed (both own the `faiss` module files)
-    assert runs.index("pip uninstall -y faiss-cpu") < runs.index("faiss-gpu==")
-    assert "download.pytorch.org/whl/cpu" not in runs
+    assert "gcc" in runs and "libc6-dev" in runs
+    text = DOCKERFILES[1].read_text()
+    for gone in ("nvidia/cuda", "add-apt-repository", "ppa:", "faiss-gpu==", "index-url"):
+        assert gone not in "\n".join(ln for ln in text.splitlines() if not ln.startswith("#")), gone
+    lock = (ROOT / "docker" / "lock-gpu.txt").read_text()
+    assert "torch==2.13.0 --hash=sha256:" in lock and "cuda-toolkit==13." in lock and "faiss-cpu==" in lock
 
 
 def _ignored(rel: str, patterns: list[str]) -> bool:
