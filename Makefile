@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/local
 REGISTRY ?= localhost:5000
 IMAGE ?= lcron-pipelines
-TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+# <git sha>-<lock digest>, -dirty when the images' files differ from the commit (pipelines/images.py).
+TAG ?= $(shell $(PY_SYS) -m pipelines.images tag 2>/dev/null || echo dev)
 # The one image reference (docs/docker.md): image, push, pipeline, submit and test-docker all use it.
 IMAGE_REF := $(if $(REGISTRY),$(REGISTRY)/)$(IMAGE):$(TAG)
 GPU_IMAGE_REF := $(IMAGE_REF)-gpu
@@ -59,7 +60,7 @@ run: $(STAMP) ## run the compiled pipeline locally (kfp.local) on the synthetic 
 	$(PY) -m pipelines.run_local --pipeline-root $(KFP_LOCAL_ROOT)
 
 pipeline: $(STAMP) ## compile the KFP pipeline: build/cascade-cpu.yaml and build/cascade-gpu.yaml
-	$(PY) -m pipelines.compile --out build --image-ref $(IMAGE_REF) \
+	$(PY) -m pipelines.compile --out build --image-ref $(IMAGE_REF) --pushed build/images.json \
 		--accelerator-type $(ACCELERATOR) --accelerator-count $(ACCELERATOR_COUNT) $(RESOURCES)
 
 submit: pipeline ## submit runs to KFP: make submit HOST=http://... METHOD=lcron STAGES=2 [SEEDS=1,2,3]
@@ -108,9 +109,12 @@ image-gpu: wheelhouse-gpu ## build the GPU image IMAGE_REF-gpu from the CPU imag
 test-docker-gpu: $(STAMP) image-gpu ## build the GPU image and check it: CUDA 13 everywhere, a clear error without a GPU
 	LCRON_TEST_GPU_IMAGE=$(GPU_IMAGE_REF) $(PY) -m pytest -q -p no:cacheprovider -m docker tests/pipeline/test_docker_gpu_image.py
 
-push: image image-gpu ## push both images to REGISTRY
+push: ## push both images to REGISTRY (a clean tree only, or ALLOW_DIRTY=1) and record their digests for make pipeline
+	@test -n "$(ALLOW_DIRTY)" || $(PY_SYS) -m pipelines.images check-clean
+	$(MAKE) image image-gpu
 	docker push $(IMAGE_REF)
 	docker push $(GPU_IMAGE_REF)
+	$(PY_SYS) -m pipelines.images record $(IMAGE_REF) $(GPU_IMAGE_REF)
 
 test-docker: $(STAMP) image ## build the CPU image, then run it: --help, a preprocess step, the whole pipeline (DockerRunner)
 	LCRON_TEST_IMAGE=$(IMAGE_REF) $(PY) -m pytest -q -p no:cacheprovider -m docker tests/pipeline/test_docker_engine.py

@@ -41,12 +41,13 @@ def package_path(out_dir: str | Path, variant: str) -> Path:
 
 def compile_variant(variant: str, path: str | Path, *, registry: str = REGISTRY, image: str = IMAGE,
                     tag: str = TAG, accelerator_type: str = DEFAULT_ACCELERATOR_TYPE,
-                    accelerator_count: int = 1, ref: str | None = None,
+                    accelerator_count: int = 1, ref: str | None = None, exact_image: str | None = None,
                     resources: Mapping[str, step_resources.StepResources] | None = None) -> Path:
     """Compile one variant to ``path`` (written whole or not at all) and return the path.
 
     ``ref`` (the CPU image reference; the GPU variant appends ``-gpu``) replaces
-    registry/image/tag; ``resources`` are the steps' requests and limits."""
+    registry/image/tag; ``exact_image`` (e.g. a pushed ``REPO@sha256:...``) replaces both;
+    ``resources`` are the steps' requests and limits."""
     from kfp import compiler
 
     from lcron import atomic
@@ -55,7 +56,7 @@ def compile_variant(variant: str, path: str | Path, *, registry: str = REGISTRY,
     gpu = variant == "gpu"
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    image_name = variant_ref(ref, gpu) if ref else image_ref(registry, image, tag, gpu=gpu)
+    image_name = exact_image or (variant_ref(ref, gpu) if ref else image_ref(registry, image, tag, gpu=gpu))
     pipeline = build_pipeline(image_name, accelerator_type=accelerator_type if gpu else None,
                               accelerator_count=accelerator_count,
                               # eager + CUDA graph is the GPU default (lcron.train_step.DEVICE_DEFAULTS)
@@ -79,11 +80,13 @@ def variant_ref(ref: str, gpu: bool) -> str:
 def compile_all(out_dir: str | Path = "build", *, registry: str = REGISTRY, image: str = IMAGE, tag: str = TAG,
                 accelerator_type: str = DEFAULT_ACCELERATOR_TYPE, accelerator_count: int = 1,
                 variants: tuple[str, ...] = VARIANTS, ref: str | None = None,
+                images: Mapping[str, str] | None = None,
                 resources: Mapping[str, step_resources.StepResources] | None = None) -> dict[str, Path]:
-    """Compile every variant into ``out_dir``; returns variant -> path."""
+    """Compile every variant into ``out_dir``; returns variant -> path. ``images``: an exact
+    image per variant (the pushed digests, pipelines.images), overriding the tag references."""
     return {v: compile_variant(v, package_path(out_dir, v), registry=registry, image=image, tag=tag,
                                accelerator_type=accelerator_type, accelerator_count=accelerator_count, ref=ref,
-                               resources=resources)
+                               exact_image=(images or {}).get(v), resources=resources)
             for v in variants}
 
 
@@ -123,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-ref", default=None,
                         help="the CPU image reference REGISTRY/IMAGE:TAG (the GPU one adds -gpu); replaces "
                              "--registry/--image/--tag (the Makefile passes its IMAGE_REF)")
+    parser.add_argument("--pushed", default=None, metavar="FILE",
+                        help="build/images.json of `make push`: where it records these very tags as pushed, "
+                             "compile with their digests (REPO@sha256:...) instead of the tags")
     parser.add_argument("--resource-profile", default=step_resources.DEFAULT_PROFILE,
                         choices=sorted(step_resources.PROFILES),
                         help=f"CPU/memory requests and limits of every step (default {step_resources.DEFAULT_PROFILE}: "
@@ -143,14 +149,19 @@ def main(argv: list[str] | None = None) -> int:
             field: _step_values(getattr(args, field), field) for field in step_resources.FIELDS})
     except ValueError as exc:
         parser.error(str(exc))
+    tags = {v: variant_ref(args.image_ref, v == "gpu") if args.image_ref
+            else image_ref(args.registry, args.image, args.tag, gpu=v == "gpu") for v in variants}
+    images = tags
+    if args.pushed:
+        from pipelines.images import pushed_refs
+
+        images = pushed_refs(tags, Path(args.pushed))
     paths = compile_all(args.out, registry=args.registry, image=args.image, tag=args.tag,
                         accelerator_type=args.accelerator_type, accelerator_count=args.accelerator_count,
-                        variants=variants, ref=args.image_ref, resources=resources)
+                        variants=variants, ref=args.image_ref, images=images, resources=resources)
     for variant, path in paths.items():
-        gpu = variant == "gpu"
-        ref = variant_ref(args.image_ref, gpu) if args.image_ref else image_ref(args.registry, args.image, args.tag,
-                                                                                gpu=gpu)
-        print(f"{variant}: {path} (image {ref}, resources {args.resource_profile})")
+        pinned = "" if images[variant] == tags[variant] else f" = {tags[variant]} as pushed"
+        print(f"{variant}: {path} (image {images[variant]}{pinned}, resources {args.resource_profile})")
     return 0
 
 
