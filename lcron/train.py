@@ -68,6 +68,9 @@ EMBEDDINGS = "embeddings"
 #: The seed folder's resume checkpoint: full state after the last completed day, replaced
 #: atomically after every day and removed once the seed is complete.
 RESUME_FILE = "resume.pt"
+#: Seeds seed numpy's generator too (32 bits); the embedding dim is a model size, not a bomb.
+MAX_SEED = 2**32 - 1
+MAX_DIM = 4096
 #: What a resume checkpoint holds beyond a model file (_checkpoint_payload with its optimizer state).
 RESUME_KEYS = ("config", "model_state", "loss_state", "optim_state", "day", "day_index", "step", "requests")
 
@@ -111,10 +114,13 @@ class TrainConfig:
             raise ConfigError("at least one seed is needed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds repeat: {list(self.seeds)}")
+        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED]
+        if bad:
+            raise ConfigError(f"seeds must be integers in [0, {MAX_SEED}], got {bad}")
+        if not isinstance(self.dim, int) or isinstance(self.dim, bool) or not 1 <= self.dim <= MAX_DIM:
+            raise ConfigError(f"embedding dim must be an integer in [1, {MAX_DIM}], got {self.dim!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.dim < 1:
-            raise ConfigError(f"embedding dim must be >= 1, got {self.dim}")
         if not isinstance(self.log_every, int) or self.log_every < 1:
             raise ConfigError(f"log_every must be an integer >= 1, got {self.log_every!r}")
         check_embedding_optimizer(self.embedding_optimizer)

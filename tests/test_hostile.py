@@ -497,3 +497,25 @@ def test_a_folder_named_like_a_seed_is_not_a_seed(evaluated, tmp_path):
     run = _copy_run(evaluated, tmp_path / "run")
     shutil.copytree(run / "seed-1", run / "seed-old")
     assert [p.name for p in run_seeds(run)] == ["seed-1"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seeds", "-1"], "seeds must be integers in [0, 4294967295], got [-1]"),
+    (["--seeds", "99999999999999999999"], "seeds must be integers in [0, 4294967295]"),
+    (["--method", "lcron", "--loss-option", "tau=1e999"], "must be positive (and finite)"),
+])
+def test_numbers_out_of_range_are_exit_2_not_a_traceback(extra, message, tiny_shards_2, tmp_path, capsys):
+    argv = ["train", "--shards", str(tiny_shards_2.root), "--out", str(tmp_path / "run"), "--batch-size", "16",
+            "--no-compile", "--device", "cpu", "-q"]
+    if "--method" not in extra:
+        argv += ["--method", "bce"]
+    code, _, err = _cli(capsys, *argv, *extra)
+    assert code == 2 and message in _error_line(err, "train")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_embedding_dim_out_of_range_is_a_config_error():
+    from lcron.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"embedding dim must be an integer in \[1, 4096\], got 100000000"):
+        TrainConfig(method="bce", dim=100_000_000).validate()

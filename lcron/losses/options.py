@@ -17,6 +17,8 @@ for that help.
 
 from __future__ import annotations
 
+import math
+
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -172,7 +174,7 @@ class Check:
 
 
 #: ``value > 0`` or a ConfigError naming the option: ``self.tau = positive("lcron", "tau", tau)``.
-positive = Check("> 0", lambda value: value > 0, "must be positive")
+positive = Check("> 0", lambda value: value > 0 and math.isfinite(value), "must be positive (and finite)")
 
 
 def in_range(low: float, high: float) -> Check:

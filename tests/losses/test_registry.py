@@ -318,10 +318,11 @@ def test_register_rejects_bad_registrations():
 # ----------------------------------------------------------------- option checks
 def test_positive_and_in_range_checks():
     assert positive("m", "tau", 0.5) == 0.5
-    with pytest.raises(ConfigError, match=r"^m: option tau=0 must be positive$"):
+    with pytest.raises(ConfigError, match=r"^m: option tau=0 must be positive \(and finite\)$"):
         positive("m", "tau", 0)
-    with pytest.raises(ConfigError, match="must be positive"):
-        positive("m", "tau", float("nan"))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="must be positive"):
+            positive("m", "tau", bad)
     check = in_range(0, 1)
     assert isinstance(check, Check) and check.text == "in [0, 1]"
     assert check("m", "mu", 1.0) == 1.0 and check("m", "mu", 0) == 0
@@ -343,7 +344,7 @@ def test_declared_checks_run_on_parsed_values_and_are_listed():
     try:
         assert parse_options("checked_test", {"tau": "2", "mix": "1", "k": "none"}) == {"tau": 2.0, "mix": 1.0,
                                                                                        "k": None}
-        with pytest.raises(ConfigError, match=r"^checked_test: option tau=-1.0 must be positive$"):
+        with pytest.raises(ConfigError, match=r"^checked_test: option tau=-1.0 must be positive \(and finite\)$"):
             build_loss("checked_test", stages=2, tau="-1")
         with pytest.raises(ConfigError, match=r"mix=1.5 must be in \[0, 1\]"):
             parse_options("checked_test", {"mix": 1.5})
