@@ -13,7 +13,7 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["trim"]
+__all__ = ["trim", "available_bytes"]
 
 _trim = None
 if sys.platform.startswith("linux"):
@@ -30,3 +30,16 @@ def trim() -> bool:
         return False
     _trim(0)
     return True
+
+
+def available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo: what new allocations can get without swapping (None
+    where the file does not exist)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

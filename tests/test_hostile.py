@@ -519,3 +519,18 @@ def test_an_embedding_dim_out_of_range_is_a_config_error():
 
     with pytest.raises(ConfigError, match=r"embedding dim must be an integer in \[1, 4096\], got 100000000"):
         TrainConfig(method="bce", dim=100_000_000).validate()
+
+
+def test_generate_refuses_sizes_it_cannot_hold(tmp_path, capsys, monkeypatch):
+    """The generator's world and day are sized before anything is allocated (the old code
+    ended in numpy's allocation error, exit 1)."""
+    from lcron.data import synthetic
+
+    code, _, err = _cli(capsys, "generate", "--out", str(tmp_path / "g1"), "--items", "99999999999999", "-q")
+    assert code == 2 and "items=99999999999999 is more ids than an embedding table can index" in _error_line(
+        err, "generate")
+    monkeypatch.setattr(synthetic, "available_bytes", lambda: 2**30)
+    code, _, err = _cli(capsys, "generate", "--out", str(tmp_path / "g2"), "--requests-per-day", "200000", "-q")
+    line = _error_line(err, "generate")
+    assert code == 2 and "generating needs about 4.4 GiB" in line and "and 1.0 GiB are available" in line
+    assert not (tmp_path / "g1").exists() and not (tmp_path / "g2").exists()

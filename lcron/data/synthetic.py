@@ -112,6 +112,7 @@ import pyarrow.feather as feather
 from lcron.atomic import atomic_open, write_json
 from lcron.defaults import SYNTHETIC
 from lcron.errors import ConfigError, OutputExistsError
+from lcron.memtrim import available_bytes
 from lcron.progress import Progress
 
 # ----------------------------------------------------------------------------- layout
@@ -134,6 +135,12 @@ ID_CNT_KEYS = ("user_id", "device_id", "age", "gender", "province", "video_id", 
 PUBLISHED_SPELLINGS = {"video_id": "photo_id", "category_level_two": " category_level_two"}
 MANIFEST_NAME = "synthetic_config.json"
 RECFLOW_SUBDIRS = ("all_stage", "realshow", "request_id_dict", "seq_effective_50_dict", "others")
+
+#: The most ids of one kind an embedding table can index (shifted ids in int32), as for a source's id_cnt.
+MAX_IDS = 2**31 - 3
+# Measured peak memory of a generation (docs/scale.md): per item/user of the world, per request of a day.
+_BYTES_PER_ID = 200
+_BYTES_PER_REQUEST = 23 * 1024
 
 _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
@@ -267,6 +274,21 @@ class SyntheticConfig:
         for name in ("short_request_rate", "new_user_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 fail(f"{name} must be within [0, 1], got {getattr(self, name)!r}")
+        for name in ("users", "items"):
+            if getattr(self, name) > MAX_IDS:
+                fail(f"{name}={getattr(self, name)} is more ids than an embedding table can index (at most {MAX_IDS})")
+        need = self.memory_estimate()
+        free = available_bytes()
+        if free is not None and need > free:
+            fail(f"generating needs about {need / 2**30:,.1f} GiB ({self.items:,} items and {self.users:,} users at "
+                 f"~{_BYTES_PER_ID} bytes each, {self.requests_per_day:,} requests a day at ~{_BYTES_PER_REQUEST // 1024}"
+                 f" KiB each) and {free / 2**30:,.1f} GiB are available; use fewer items, users or requests per day")
+
+    def memory_estimate(self) -> int:
+        """Peak bytes of a generation, from measurements (docs/scale.md): ~200 B per item and
+        user of the hidden world, ~23 KiB per request of the largest day (5,511 MiB measured for
+        a 250,000-request day)."""
+        return _BYTES_PER_ID * (int(self.items) + int(self.users)) + _BYTES_PER_REQUEST * int(self.requests_per_day)
 
 
 # ----------------------------------------------------------------------------- world
