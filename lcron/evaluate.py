@@ -286,6 +286,7 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
         "reference_quirks": reference,
         "setting": setting.name,
         "stage_names": list(setting.stage_names),
+        "stage_models": list(setting.stage_models),
         "quotas": list(setting.quotas),
         "list_size": setting.list_size,
         "gt_size": setting.gt_size,

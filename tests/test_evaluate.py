@@ -315,3 +315,25 @@ def test_cli_functions_and_user_quota_grid(world, tmp_path, capsys):
     bad = parser.parse_args(["--model", str(world.run), "--batch-size", "0"])
     with pytest.raises(ConfigError, match="batch-size"):
         run_evaluate(bad)
+
+
+def test_kfp_metrics_name_stages_by_position_and_model_and_keep_undefined_values():
+    from lcron.evaluation.results import UNDEFINED, kfp_metrics
+
+    two = {"stage_names": ["retrieval", "prerank"], "stage_models": ["dssm", "din"],
+           "metrics": {"joint_recall": {"mean": 0.5, "std": 0.1, "n": 2},
+                       "recall_at_10_m/prerank": {"mean": None, "std": None, "n": 0},
+                       "funnel/gt_after/retrieval": {"mean": 0.9, "std": None, "n": 1}}}
+    values, missing = kfp_metrics(two)
+    assert values == {"joint_recall": 0.5, "joint_recall/std": 0.1, "joint_recall/n": 2.0,
+                      "recall_at_10_m/s2_din": UNDEFINED, "recall_at_10_m/s2_din/std": UNDEFINED,
+                      "recall_at_10_m/s2_din/n": 0.0,
+                      "funnel/gt_after/s1_dssm": 0.9, "funnel/gt_after/s1_dssm/std": UNDEFINED,
+                      "funnel/gt_after/s1_dssm/n": 1.0}
+    assert missing == ["recall_at_10_m/s2_din", "recall_at_10_m/s2_din/std", "funnel/gt_after/s1_dssm/std"]
+    three = {"stage_names": ["retrieval", "prerank", "rank"], "stage_models": ["dssm", "mlp", "din"],
+             "metrics": {"recall_at_10_m/prerank": {"mean": 0.4, "std": 0.0, "n": 2}}}
+    assert set(kfp_metrics(three)[0]) == {"recall_at_10_m/s2_mlp", "recall_at_10_m/s2_mlp/std",
+                                          "recall_at_10_m/s2_mlp/n"}  # never the two-stage column
+    legacy = {"stage_names": ["retrieval", "prerank"], "metrics": {"ndcg_at_10/prerank": {"mean": 0.3, "n": 1}}}
+    assert "ndcg_at_10/s2" in kfp_metrics(legacy)[0]  # no stage_models recorded: position only

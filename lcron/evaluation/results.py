@@ -38,6 +38,47 @@ def metric_keys(setting: Setting) -> list[str]:
             + [f"funnel/lost_share/{s}" for s in names])
 
 
+#: What the KFP Metrics view shows for a mean or std that is undefined (no seed defined the
+#: metric, or fewer than 2 seeds for a std): KFP metrics must be numbers and NaN is not valid
+#: JSON, and every metric is in [0, 1], so -1 cannot be mistaken for a value; ``/n`` says 0.
+UNDEFINED = -1.0
+
+
+def stage_label(doc: Mapping[str, Any], stage: str) -> str:
+    """A stage as the KFP view names it: its position and model (``s2_din``), so the same
+    column never holds a two-stage and a three-stage model (``prerank`` is the last stage of
+    two-stage, the middle one of three-stage)."""
+    names = list(doc.get("stage_names") or [])
+    if stage not in names:
+        return stage
+    i = names.index(stage)
+    models = list(doc.get("stage_models") or [])
+    return f"s{i + 1}_{models[i]}" if i < len(models) else f"s{i + 1}"
+
+
+def kfp_metrics(doc: Mapping[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """The scalars an evaluation logs to its KFP Metrics artifact, and the undefined ones.
+
+    Per metric of metrics.json: ``<key>`` (mean over seeds), ``<key>/std`` (sample std) and
+    ``<key>/n`` (seeds that defined it), with the stage part of the key named by position
+    and model (:func:`stage_label`: ``recall_at_10_m/s2_din``). Every key is always logged,
+    so runs compared in the UI have the same columns; an undefined value is
+    :data:`UNDEFINED` and is listed in the second return value."""
+    values: dict[str, float] = {}
+    missing: list[str] = []
+    for key, entry in doc["metrics"].items():
+        head, _, stage = key.rpartition("/")
+        ui = f"{head}/{stage_label(doc, stage)}" if head else key
+        n = int(entry.get("n") or 0)
+        for name, value in ((ui, entry.get("mean")), (f"{ui}/std", entry.get("std"))):
+            ok = value is not None and math.isfinite(float(value))
+            values[name] = float(value) if ok else UNDEFINED
+            if not ok:
+                missing.append(name)
+        values[f"{ui}/n"] = float(n)
+    return values, missing
+
+
 def npz_name(key: str) -> str:
     """The per_request.npz array name of a metric key ('/' is not safe inside a zip member name)."""
     return key.replace("/", "__")

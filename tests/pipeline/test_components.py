@@ -123,9 +123,13 @@ def test_evaluate_component_logs_metric_means(chain):
     doc = json.loads((Path(chain["evaluation"].path) / "metrics.json").read_text())
     assert 0.0 <= metrics["joint_recall"] <= 1.0
     assert metrics["joint_recall"] == pytest.approx(doc["metrics"]["joint_recall"]["mean"])
-    for stage in ("retrieval", "prerank"):
+    for stage in ("s1_dssm", "s2_din"):
         assert 0.0 <= metrics[f"recall_at_10_m/{stage}"] <= 1.0
         assert 0.0 <= metrics[f"ndcg_at_10/{stage}"] <= 1.0
+    # every metric has its mean, std and seed count; one seed has no std: explicit, not dropped
+    assert len(metrics) == 3 * len(doc["metrics"])
+    assert metrics["joint_recall/n"] == 1.0 and metrics["joint_recall/std"] == -1.0
+    assert "joint_recall/std" in chain["evaluation"].metadata["undefined_metrics"]
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     assert chain["evaluation"].metadata["days"] == ["2024-01-15"]
     assert chain["evaluation"].metadata["seeds"] == [1]

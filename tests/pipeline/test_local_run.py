@@ -80,7 +80,10 @@ def test_three_stage_sweep_local_compares_and_resumes(package, tmp_path):
     marker = json.loads((root / "bce-3stage" / "done.json").read_text())
     metrics = marker["metrics"]
     assert 0.0 <= metrics["joint_recall"] <= 1.0
-    assert {"recall_at_10_m/rank", "ndcg_at_10/prerank", "recall_at_10_m/retrieval"} <= set(metrics)
+    # stages by position and model: three-stage's prerank is s2_mlp, never two-stage's s2_din
+    assert {"recall_at_10_m/s3_din", "ndcg_at_10/s2_mlp", "recall_at_10_m/s1_dssm", "joint_recall/std",
+            "joint_recall/n"} <= set(metrics)
+    assert metrics["joint_recall/n"] == 1.0 and metrics["joint_recall/std"] == -1.0  # one seed: no std
     assert Path(marker["paths"]["report"]).is_file()
     # serving_eval defaults to false: the step leaves only its marker, the report has no serving section
     assert not any(k.startswith("serving/") for k in metrics)
