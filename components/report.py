@@ -30,4 +30,4 @@ def report(
     paths = build_report(model.path, evaluation.path, report_files.path,
                          serving_dir=serving.path if serving is not None else None, overwrite=True)
     shutil.copyfile(paths["html"], html.path)
-    shutil.copyfile(paths["markdown"], markdown.path)
+    shutil.copyfile(paths["markdown_standalone"], markdown.path)  # its plots inside: the UI shows one file

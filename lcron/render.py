@@ -181,8 +181,10 @@ def render_html(title: str, sections: Sequence[Section], subtitle: str = "") -> 
     return "\n".join(parts) + "\n"
 
 
-def render_markdown(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
-    """The Markdown view; images are referenced as files written beside it."""
+def render_markdown(title: str, sections: Sequence[Section], subtitle: str = "", embed_images: bool = False) -> str:
+    """The Markdown view; images are referenced as files written beside it, or with
+    ``embed_images`` carried inside as base64 PNG data (a single file that shows its plots
+    wherever it is opened alone, e.g. the KFP UI's Markdown artifact)."""
     out = [f"# {title}", ""]
     if subtitle:
         out += [subtitle, ""]
@@ -194,8 +196,9 @@ def render_markdown(title: str, sections: Sequence[Section], subtitle: str = "")
             out += [f"**{tab.title}**", "", markdown_table(tab), ""]
             if tab.note:
                 out += [f"_{tab.note}_", ""]
-        for name, alt, _ in sec.images:
-            out += [f"![{alt}]({name})", ""]
+        for name, alt, png in sec.images:
+            src = f"data:image/png;base64,{base64.b64encode(png).decode('ascii')}" if embed_images else name
+            out += [f"![{alt}]({src})", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -235,6 +238,8 @@ def write_page(out: Path, stem: str, title: str, sections: Sequence[Section], do
            "images": [name for s in sections for name, _, _ in s.images]}
     atomic.write_json(out / f"{stem}.json", doc)
     atomic.write_text(out / f"{stem}.md", render_markdown(title, sections, subtitle))
+    atomic.write_text(out / f"{stem}.standalone.md", render_markdown(title, sections, subtitle, embed_images=True))
     atomic.write_text(out / f"{stem}.html", render_html(title, sections, subtitle))
-    paths.update({"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "html": out / f"{stem}.html"})
+    paths.update({"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "html": out / f"{stem}.html",
+                  "markdown_standalone": out / f"{stem}.standalone.md"})
     return paths

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -141,6 +142,9 @@ def test_report_component(chain):
     assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:200].lower()
     assert "lcron" in md and "joint" in md.lower()
     assert (Path(chain["report_files"].path) / "report.json").is_file()
+    # the Markdown artifact is one file: every image it shows is inside it, none is a link to a file
+    images = re.findall(r"!\[[^\]]*\]\(([^)]*)\)", md)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
 
 
 def test_reference_mode_through_the_components(chain, tmp_path):
