@@ -17,6 +17,9 @@ LOCAL_BASE ?= lcron-base:bookworm
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
 # Compile-time resources per step (docs/pipeline.md): CPU_<STEP> / MEM_<STEP> requests, limits = request x LIMIT_FACTOR.
 RESOURCES ?=
+# Compile-time Kubernetes settings (docs/pipeline.md "Deploy on GKE / EKS"), e.g.
+# K8S='--secret-env AWS_ACCESS_KEY_ID=s3-creds:access_key --retries 2 --label lcron.dev/git-sha=abc1234'.
+K8S ?=
 DOCKER_ROOT ?= runs/kfp-docker
 EXPERIMENT ?= lcron
 METHODS ?= all
@@ -61,7 +64,7 @@ run: $(STAMP) ## run the compiled pipeline locally (kfp.local) on the synthetic 
 
 pipeline: $(STAMP) ## compile the KFP pipeline: build/cascade-cpu.yaml and build/cascade-gpu.yaml
 	$(PY) -m pipelines.compile --out build --image-ref $(IMAGE_REF) --pushed build/images.json \
-		--accelerator-type $(ACCELERATOR) --accelerator-count $(ACCELERATOR_COUNT) $(RESOURCES)
+		--accelerator-type $(ACCELERATOR) --accelerator-count $(ACCELERATOR_COUNT) $(RESOURCES) $(K8S)
 
 submit: pipeline ## submit runs to KFP: make submit HOST=http://... METHOD=lcron STAGES=2 [SEEDS=1,2,3]
 	@test -n "$(HOST)" || { echo "set HOST to the KFP API endpoint, e.g. make submit HOST=http://localhost:8080"; exit 2; }

@@ -22,7 +22,8 @@ follow the published experiments together (and preprocess is cached per mode).
 
 The image is fixed at compile time, hence :func:`build_pipeline` builds a CPU or a GPU
 variant (GPU: the GPU image on every step and an accelerator request on train, evaluate
-and serving).
+and serving). Kubernetes settings (secrets, GPU node pool, retries, timeouts, labels, disk)
+are compile-time options too (pipelines/kubernetes.py); by default there are none.
 """
 
 from typing import Callable, Mapping, NamedTuple
@@ -33,6 +34,7 @@ from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 from components import evaluate, fingerprint, ingest, preprocess, report, serving, train
 from components.common import CPU_IMAGE
 from lcron.defaults import PREPROCESS, SYNTHETIC, TRAIN
+from pipelines import kubernetes as k8s
 from pipelines import resources as step_resources
 
 PIPELINE_NAME = "lcron-cascade"
@@ -52,7 +54,8 @@ class PipelineOutputs(NamedTuple):
 
 def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = None, accelerator_count: int = 1,
                    compile_default: bool = False, device_default: str = "auto", name: str = PIPELINE_NAME,
-                   resources: Mapping[str, step_resources.StepResources] | None = None) -> Callable:
+                   resources: Mapping[str, step_resources.StepResources] | None = None,
+                   kubernetes: k8s.KubernetesOptions | None = None) -> Callable:
     """The pipeline function for one image.
 
     ``accelerator_type`` (e.g. ``nvidia.com/gpu`` on KFP, ``NVIDIA_TESLA_T4`` on Vertex AI)
@@ -64,6 +67,8 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
     training on the node's CPUs (``auto`` falls back to the CPU and says so in the log).
     ``resources`` maps a step name (:data:`pipelines.resources.STEPS`) to its CPU/memory
     requests and limits; ``None`` or a missing step leaves them to the cluster.
+    ``kubernetes``: the platform settings of :mod:`pipelines.kubernetes` (GPU node selector
+    and tolerations go on the accelerated steps, and only when ``accelerator_type`` is set).
     """
     if accelerator_type is not None and accelerator_count < 1:
         raise ValueError(f"accelerator_count must be >= 1 when an accelerator type is set, got {accelerator_count}")
@@ -149,6 +154,9 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
             for task in (trained, evaluated, served):
                 task.set_accelerator_type(accelerator_type)
                 task.set_accelerator_limit(accelerator_count)
+        if kubernetes is not None:
+            k8s.apply(tasks, kubernetes, gpu=accelerator_type is not None,
+                      variant="gpu" if accelerator_type is not None else "cpu")
         return PipelineOutputs(metrics=evaluated.outputs["metrics"], report=reported.outputs["html"],
                                report_markdown=reported.outputs["markdown"],
                                report_files=reported.outputs["report_files"],

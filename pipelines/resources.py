@@ -84,3 +84,26 @@ def apply(task: object, res: StepResources) -> None:
         value = getattr(res, field)
         if value is not None:
             getattr(task, setter)(value)
+
+
+# Disk per step (a generic ephemeral volume at the launcher's artifact root, pipelines/kubernetes.py):
+# the step's input artifacts are downloaded there and its outputs written there before upload.
+# RecFlow (docs/scale.md): the source is tens of GB (ingest stages it, preprocess reads it), a shard
+# set is ~17 GB (two-stage) / ~19 GB (three-stage) for the whole period; a model folder is ~0.75 GB
+# per seed (~2.8 GB at most while training; per-day snapshots add ~0.75 GB per day with streaming).
+EPHEMERAL_STORAGE: dict[str, dict[str, str]] = {
+    "recflow": {"fingerprint": "1Gi", "ingest": "100Gi", "preprocess": "150Gi", "train": "64Gi",
+                "evaluate": "64Gi", "serving": "48Gi", "report": "24Gi"},
+    "small": {step: "4Gi" for step in STEPS},
+    "none": {},
+}
+
+
+def resolve_ephemeral(profile: str = DEFAULT_PROFILE, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The profile's disk per step with ``overrides`` (step -> size) applied on top."""
+    if profile not in EPHEMERAL_STORAGE:
+        raise ValueError(f"unknown resource profile {profile!r}; profiles: {', '.join(EPHEMERAL_STORAGE)}")
+    out = dict(EPHEMERAL_STORAGE[profile])
+    for step, value in (overrides or {}).items():
+        out[step] = validate(step, "ephemeral_storage", value)
+    return out

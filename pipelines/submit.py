@@ -104,13 +104,18 @@ def plan_runs(methods: Iterable[str], stages: Iterable[int], seeds: Sequence[int
 
 def submit_kfp(client: Any, package: str | Path, runs: Sequence[RunSpec], experiment: str, *,
                pipeline_root: str | None = None, enable_caching: bool | None = None,
-               namespace: str | None = None) -> list[tuple[str, str]]:
-    """Submit every run with ``client.create_run_from_pipeline_package``; returns (name, run id)."""
+               namespace: str | None = None, service_account: str | None = None) -> list[tuple[str, str]]:
+    """Submit every run with ``client.create_run_from_pipeline_package``; returns (name, run id).
+
+    ``service_account``: the Kubernetes service account the run's pods run as (a KFP run
+    property, not part of the compiled package): with Workload Identity (GKE) or IRSA (EKS)
+    it is how the steps get cloud credentials without keys (docs/pipeline.md)."""
     submitted = []
+    extra = {"service_account": service_account} if service_account else {}
     for spec in runs:
         result = client.create_run_from_pipeline_package(
             str(package), arguments=spec.params, run_name=spec.name, experiment_name=experiment,
-            namespace=namespace, pipeline_root=pipeline_root, enable_caching=enable_caching)
+            namespace=namespace, pipeline_root=pipeline_root, enable_caching=enable_caching, **extra)
         submitted.append((spec.name, str(getattr(result, "run_id", ""))))
     return submitted
 
@@ -168,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     vertex.add_argument("--vertex", action="store_true", help="submit to Vertex AI instead of KFP")
     vertex.add_argument("--project", default=None, help="Google Cloud project")
     vertex.add_argument("--region", default="us-central1", help="Vertex AI region (default us-central1)")
-    vertex.add_argument("--service-account", default=None, help="service account the jobs run as")
+    parser.add_argument("--service-account", default=None,
+                        help="service account the runs' pods run as (KFP: a Kubernetes service account, e.g. one "
+                             "bound by Workload Identity or IRSA; Vertex: a Google service account)")
     args = parser.parse_args(argv)
 
     try:
@@ -200,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
             client = kfp.Client(host=args.host, namespace=args.namespace)
             submitted = submit_kfp(client, args.package, runs, args.experiment, pipeline_root=args.pipeline_root,
-                                   enable_caching=caching, namespace=args.namespace)
+                                   enable_caching=caching, namespace=args.namespace,
+                                   service_account=args.service_account)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -69,6 +69,14 @@ def test_submit_kfp_one_run_per_configuration_under_one_experiment():
     assert client.calls[0]["pipeline_root"] == "gs://b/root" and client.calls[0]["enable_caching"] is None
 
 
+def test_submit_kfp_passes_the_service_account_of_the_runs():
+    client = FakeClient()
+    submit_kfp(client, "p.yaml", plan_runs(["lcron"], [2], [1]), "exp", service_account="lcron-runner")
+    assert client.calls[0]["service_account"] == "lcron-runner"
+    submit_kfp(client, "p.yaml", plan_runs(["lcron"], [2], [1]), "exp")
+    assert "service_account" not in client.calls[1]  # the namespace's default when none is given
+
+
 def test_vertex_without_aiplatform_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "google.cloud.aiplatform", None)  # makes the import fail
     with pytest.raises(ConfigError, match=r"pip install 'lcron-pipelines\[vertex\]'"):
