@@ -164,6 +164,10 @@ def check_table_memory(embedding_sizes: Mapping[str, int], num_models: int, dim:
     when ``training`` Adam keeps two moments of it: a lower bound of what the step needs. A
     damaged or hostile id_cnt (10^12 videos) would otherwise end in an allocation error deep
     inside torch, or in the kernel's out-of-memory killer."""
+    bad = {k: v for k, v in embedding_sizes.items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or not 1 <= int(v) < 2**31}
+    if bad:
+        raise DataError(f"{where}: embedding table sizes must be integers in [1, 2^31), got {bad}")
     rows = sum(int(v) for v in embedding_sizes.values())
     copies = 3 if training else 1
     need = copies * num_models * rows * int(dim) * 4

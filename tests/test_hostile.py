@@ -534,3 +534,15 @@ def test_generate_refuses_sizes_it_cannot_hold(tmp_path, capsys, monkeypatch):
     line = _error_line(err, "generate")
     assert code == 2 and "generating needs about 4.4 GiB" in line and "and 1.0 GiB are available" in line
     assert not (tmp_path / "g1").exists() and not (tmp_path / "g2").exists()
+
+
+@pytest.mark.parametrize("sizes", [{"video_id": -5}, {"video_id": 0}, {"video_id": 2.5}, {"video_id": "9"},
+                                   {"video_id": 2**40}])
+def test_malformed_embedding_sizes_are_a_data_error_before_any_allocation(sizes):
+    import torch
+
+    from lcron.devices import check_table_memory
+    from lcron.errors import DataError
+
+    with pytest.raises(DataError, match=r"run.json: embedding table sizes must be integers in \[1, 2\^31\)"):
+        check_table_memory({"user_id": 10, **sizes}, 2, 8, torch.device("cpu"), where="run.json")
