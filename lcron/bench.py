@@ -68,6 +68,7 @@ from lcron.bench_vocab import RECFLOW_ID_COUNTS, VocabularyScaledShards, bench_t
 from lcron.benchmarks.base import (RUN_PARAMS, SETTING_NAMES, SIZES, STAGES, BenchContext, all_days, environment,
                                    loadavg, memory_mb, rounded, run_child, run_evaluate_worker, run_worker)
 from lcron.errors import ConfigError
+from lcron.memtrim import available_bytes
 
 __all__ = ["BenchContext", "BENCHMARKS", "SIZES", "RUN_PARAMS", "method_order", "register", "run_benchmarks",
            "environment", "format_table", "main"]
@@ -487,13 +488,8 @@ def generator_memory_mb(requests_per_day: int) -> float:
 
 def available_memory_mb() -> float | None:
     """MemAvailable of /proc/meminfo in MiB (None where there is no such file)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    available = available_bytes()
+    return None if available is None else available / 2**20
 
 
 @register("preprocess_day")

@@ -248,9 +248,12 @@ def require_complete(folder: str | os.PathLike, kind: str, what: str, how: str,
 
 
 # --------------------------------------------------------------------------- ownership
-def has_marker(folder: str | os.PathLike, kinds: Iterable[str]) -> bool:
-    """Whether ``folder`` carries a completion marker or pending record of one of ``kinds``."""
+def has_marker(folder: str | os.PathLike, kinds: Iterable[str] | None = None) -> bool:
+    """Whether ``folder`` carries a completion marker or pending record of one of ``kinds``
+    (None: of any kind)."""
     folder = Path(folder)
+    if kinds is None:
+        return any(folder.glob(marker_path(".", "*").name)) or any(folder.glob(pending_path(".", "*").name))
     return any(os.path.lexists(marker_path(folder, k)) or os.path.lexists(pending_path(folder, k)) for k in kinds)
 
 

@@ -209,8 +209,7 @@ def guard_page(out: Path, stem: str, inputs: Mapping[str, Any], overwrite: bool,
     path = out / f"{stem}.json"
     page_kind = outputs.json_kind(path)
     ours = isinstance(page_kind, str) and page_kind.startswith("lcron-")
-    lcron_folder = ours or any(out.glob("_complete-*.json")) or any(out.glob("_pending-*.json"))
-    outputs.refuse_foreign(out, lcron_folder, f"an lcron {what} folder")
+    outputs.refuse_foreign(out, ours or outputs.has_marker(out), f"an lcron {what} folder")
     if os.path.lexists(path) and not ours:
         raise OutputExistsError(f"{path} exists and is not an lcron {what}; it is left untouched, even with "
                                 "--overwrite: choose another --out")
