@@ -19,24 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcron import atomic, cli, outputs
+from cli_helpers import error_line as _error_line, run_cli as _cli
+from lcron import atomic, outputs
 from lcron.errors import IncompleteOutputError, OutputExistsError, OutputLockedError
 from lcron.train import TrainConfig, train
-
-
-def _cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _error_line(err: str, cmd: str) -> str:
-    """The one error line of a user error (exit 2): the last line of stderr, no traceback."""
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith(f"lcron {cmd}: error: ")]
-    assert len(lines) == 1, f"expected one error line, got:\n{err}"
-    assert err.strip().splitlines()[-1] == lines[0]
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:

@@ -20,26 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcron import atomic, cli, outputs
+from cli_helpers import error_line as _error_line, run_cli as _cli
+from lcron import atomic, outputs
 from lcron.data.shards import ShardSet, preprocess
 from lcron.errors import DataError, IncompleteOutputError, OutputLockedError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _error_line(err: str, cmd: str) -> str:
-    """The one error line of a user error (exit 2); progress lines may precede it, no traceback."""
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith(f"lcron {cmd}: error: ")]
-    assert len(lines) == 1, f"expected one error line, got:\n{err}"
-    assert err.strip().splitlines()[-1] == lines[0]
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,12 @@ precondition of capturing it in a CUDA graph)."""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lcron import train_step as ts
 from lcron.batches import day_order, iter_batches
@@ -20,21 +18,9 @@ from lcron.losses import METHODS
 from lcron.models.embeddings import ids_prechecked
 from lcron.train import TrainConfig, _log_records, build_training_objects, train
 
-# Operators that read device values back to the host or make data-dependent shapes (each
-# is a synchronisation on a GPU and makes CUDA graph capture fail), and `lift_fresh`, the
-# trace of `torch.tensor(host value)` inside a step (a host-to-device copy on a GPU).
-SYNCING_OPS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "unique", "_unique2", "lift_fresh",
-               "_assert_async", "equal", "is_nonzero"}
-
-
-class OpCounter(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.__name__.split(".")[0]] += 1
-        return func(*args, **(kwargs or {}))
+# The operators that synchronise with the host, and the counter that finds them: the
+# loss-level tests' (tests/losses/generic.py), one list for both checks.
+from losses.generic import SYNCING_OPS, OpCounter
 
 
 # ------------------------------------------------------------------ the per-device plan

@@ -21,8 +21,8 @@ from .tiny import TINY, as_tensors, batch
 
 # Operators that read device values back to the host or make data-dependent shapes (each is
 # a synchronisation on a GPU and makes CUDA-graph capture fail), and `lift_fresh`, the trace
-# of `torch.tensor(host value)`: the same set as tests/test_train_step.py, which checks the
-# whole training step (models, loss, backward) of every registered method.
+# of `torch.tensor(host value)`. tests/test_train_step.py uses the same set and counter on
+# the whole training step (models, loss, backward) of every registered method.
 SYNCING_OPS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "unique", "_unique2", "lift_fresh",
                "_assert_async", "equal", "is_nonzero"}
 
