@@ -2,4 +2,5 @@
 
 from lcron.cli import console_main
 
-console_main()
+if __name__ == "__main__":  # worker processes (spawn) import this module too
+    console_main()

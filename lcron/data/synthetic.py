@@ -99,7 +99,10 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
+import multiprocessing
+import os
 import pickle
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -110,6 +113,7 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 
 from lcron.atomic import atomic_open, write_json
+from lcron.cpu_quota import THREAD_VARIABLES, usable_cpus
 from lcron.defaults import SYNTHETIC
 from lcron.errors import ConfigError, OutputExistsError
 from lcron.memtrim import available_bytes
@@ -233,8 +237,9 @@ class SyntheticConfig:
         }
         return {k: int(counts[k]) for k in ID_CNT_KEYS}
 
-    def validate(self) -> None:
-        """Raise ConfigError that names the field and the value it needs."""
+    def validate(self, day_copies: int = 1) -> None:
+        """Raise ConfigError that names the field and the value it needs (``day_copies``:
+        days simulated at once, each holding its own memory)."""
         def fail(msg: str) -> None:
             raise ConfigError(f"synthetic data: {msg}")
 
@@ -277,12 +282,13 @@ class SyntheticConfig:
         for name in ("users", "items"):
             if getattr(self, name) > MAX_IDS:
                 fail(f"{name}={getattr(self, name)} is more ids than an embedding table can index (at most {MAX_IDS})")
-        need = self.memory_estimate()
+        need = self.memory_estimate() + (day_copies - 1) * _BYTES_PER_REQUEST * int(self.requests_per_day)
         free = available_bytes()
         if free is not None and need > free:
             fail(f"generating needs about {need / 2**30:,.1f} GiB ({self.items:,} items and {self.users:,} users at "
                  f"~{_BYTES_PER_ID} bytes each, {self.requests_per_day:,} requests a day at ~{_BYTES_PER_REQUEST // 1024}"
-                 f" KiB each) and {free / 2**30:,.1f} GiB are available; use fewer items, users or requests per day")
+                 f" KiB each{f', {day_copies} days at once' if day_copies > 1 else ''}) and {free / 2**30:,.1f} GiB are available;"
+                 " use fewer items, users, requests per day or workers")
 
     def memory_estimate(self) -> int:
         """Peak bytes of a generation, from measurements (docs/scale.md): ~200 B per item and
@@ -805,22 +811,44 @@ def _check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
             f"(no {MANIFEST_NAME}); refusing to overwrite it - choose an empty folder")
 
 
-def generate_from_config(out_dir: str | Path, config: SyntheticConfig, *, progress: bool = True) -> Path:
+def generate_from_config(out_dir: str | Path, config: SyntheticConfig, *, progress: bool = True,
+                         workers: int | None = 1) -> Path:
     """Write the RecFlow layout for ``config`` under ``out_dir`` and return the folder.
 
     Calling it again with the same configuration rewrites identical files. A folder that
     holds other data raises OutputExistsError.
+
+    ``workers`` > 1 simulates that many days at once in worker processes (``None``: as many
+    as :func:`default_workers` allows). Every day draws from its own seed and reads the
+    hidden world only, so the files are byte-identical to a one-process run; each worker
+    holds one day (~23 KiB per request), which the memory check counts.
     """
-    config.validate()
+    n_workers = default_workers(config) if workers is None else int(workers)
+    if n_workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers!r}")
+    n_workers = min(n_workers, config.num_days)
+    config.validate(day_copies=n_workers)
     out = Path(out_dir)
     manifest = _manifest(config)
     _check_out_dir(out, manifest)
     seeds = np.random.SeedSequence(config.seed).spawn(config.num_days + 1)
     with Progress(config.num_days, "synthetic RecFlow", unit="day", enabled=progress) as bar:
         world = _build_world(config, np.random.default_rng(seeds[0]))
-        for d, day in enumerate(config.days):
-            rows = _write_day(out, day, _simulate_day(world, config, d, np.random.default_rng(seeds[d + 1])))
-            bar.update(1, postfix=f"{day}: {rows} rows")
+        if n_workers == 1:
+            for d, day in enumerate(config.days):
+                rows = _write_day(out, day, _simulate_day(world, config, d, np.random.default_rng(seeds[d + 1])))
+                bar.update(1, postfix=f"{day}: {rows} rows")
+        else:
+            # spawn, not fork: the caller may hold threads (torch, BLAS) that a forked child
+            # would inherit mid-lock; the world travels once per worker.
+            context = multiprocessing.get_context("spawn")
+            with _worker_threads(max(1, usable_cpus() // n_workers)), \
+                    ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_day_worker,
+                                        initargs=(world, config, str(out))) as pool:
+                jobs = [pool.submit(_day_in_worker, d, seeds[d + 1]) for d in range(config.num_days)]
+                for job in as_completed(jobs):
+                    day, rows = job.result()
+                    bar.update(1, postfix=f"{day}: {rows} rows")
     counts = config.id_counts()
     if config.published_spellings:
         counts = {PUBLISHED_SPELLINGS.get(k, k): v for k, v in counts.items()}
@@ -830,10 +858,55 @@ def generate_from_config(out_dir: str | Path, config: SyntheticConfig, *, progre
     return out
 
 
+#: Below this many requests a day, starting worker processes costs more than it saves.
+PARALLEL_MIN_REQUESTS = 20_000
+
+
+def default_workers(config: SyntheticConfig) -> int:
+    """Days simulated at once by default: one per usable CPU (the container's quota), as
+    many as memory holds (one day each, the world once), and 1 for small days."""
+    if config.requests_per_day < PARALLEL_MIN_REQUESTS or config.num_days < 2:
+        return 1
+    n = min(config.num_days, usable_cpus())
+    free = available_bytes()
+    if free is not None:
+        world = config.memory_estimate() - _BYTES_PER_REQUEST * int(config.requests_per_day)
+        n = min(n, max(1, (free - world) // (_BYTES_PER_REQUEST * int(config.requests_per_day))))
+    return max(1, int(n))
+
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def _worker_threads(threads: int) -> Iterator[None]:
+    """Workers start with ``threads`` BLAS/OpenMP threads each (the CPUs shared out, not
+    every worker with all of them), unless the user set the thread variables."""
+    if any(os.environ.get(v) for v in THREAD_VARIABLES):
+        yield
+        return
+    try:
+        os.environ.update({v: str(threads) for v in THREAD_VARIABLES})
+        yield
+    finally:
+        for v in THREAD_VARIABLES:
+            os.environ.pop(v, None)
+
+
+def _init_day_worker(world: _World, config: SyntheticConfig, out: str) -> None:
+    _WORKER_STATE.update(world=world, config=config, out=Path(out))
+
+
+def _day_in_worker(day_index: int, seed: np.random.SeedSequence) -> tuple[str, int]:
+    world, config, out = _WORKER_STATE["world"], _WORKER_STATE["config"], _WORKER_STATE["out"]
+    day = config.days[day_index]
+    return day, _write_day(out, day, _simulate_day(world, config, day_index, np.random.default_rng(seed)))
+
+
 def generate(out_dir: str | Path, *, num_days: int = SYNTHETIC.num_days, start_date: str = SYNTHETIC.start_date,
              requests_per_day: int = SYNTHETIC.requests_per_day, users: int = SYNTHETIC.users,
              items: int = SYNTHETIC.items, seed: int = SYNTHETIC.seed,
-             published_spellings: bool = True, progress: bool = True) -> Path:
+             published_spellings: bool = True, progress: bool = True, workers: int | None = 1) -> Path:
     """Write a synthetic RecFlow dataset (see the module docstring) and return ``out_dir``.
 
     The defaults (4 days x 2000 requests, 500 users, 5000 items) take a few seconds and
@@ -841,4 +914,4 @@ def generate(out_dir: str | Path, *, num_days: int = SYNTHETIC.num_days, start_d
     """
     config = SyntheticConfig(num_days=num_days, start_date=start_date, requests_per_day=requests_per_day,
                              users=users, items=items, seed=seed, published_spellings=published_spellings)
-    return generate_from_config(out_dir, config, progress=progress)
+    return generate_from_config(out_dir, config, progress=progress, workers=workers)

@@ -301,6 +301,31 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
             assert (a / sub / f"{day}.{ext}").read_bytes() != (c / sub / f"{day}.{ext}").read_bytes()
 
 
+def test_days_in_worker_processes_are_the_same_bytes(tmp_path):
+    """Each day draws from its own seed and reads the world only: workers change nothing."""
+    args = dict(num_days=3, requests_per_day=40, users=20, items=350, seed=5, progress=False)
+    one, three = generate(tmp_path / "one", workers=1, **args), generate(tmp_path / "three", workers=3, **args)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(three) for p in three.rglob("*") if p.is_file())
+    for rel in files:
+        assert (one / rel).read_bytes() == (three / rel).read_bytes(), rel
+
+
+def test_default_workers(monkeypatch):
+    monkeypatch.setattr(synthetic, "usable_cpus", lambda: 16)
+    monkeypatch.setattr(synthetic, "available_bytes", lambda: 64 * 2**30)
+    big = SyntheticConfig(num_days=4, requests_per_day=250_000, users=42_000, items=200_000)
+    assert synthetic.default_workers(big) == 4                        # one per day
+    monkeypatch.setattr(synthetic, "available_bytes", lambda: 12 * 2**30)
+    assert synthetic.default_workers(big) == 2                        # 5.5 GiB a day: memory holds two
+    assert synthetic.default_workers(SyntheticConfig(num_days=4, requests_per_day=2_000)) == 1  # small days
+    monkeypatch.setattr(synthetic, "available_bytes", lambda: 8 * 2**30)
+    with pytest.raises(ConfigError, match="3 days at once"):
+        big.validate(day_copies=3)
+    with pytest.raises(ConfigError, match="workers must be at least 1"):
+        generate_from_config("unused", SyntheticConfig(), workers=0)
+
+
 def test_a_day_in_parts_is_one_day_in_time_order(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "DAY_PART_REQUESTS", 40)
     args = dict(num_days=2, requests_per_day=130, users=30, items=400, seed=11, progress=False)
