@@ -233,11 +233,22 @@ class DeviceDay:
         """The id range check of ``embedding`` (a FeatureEmbedding) on the whole day, once."""
         embedding.check_day(self.arrays)
 
-    def batches(self, order: np.ndarray, batch_size: int, drop_last: bool) -> Iterator[dict[str, Tensor]]:
+    def batches(self, order: np.ndarray, batch_size: int, drop_last: bool,
+                batches_per_gather: int = 64) -> Iterator[dict[str, Tensor]]:
+        """Why gathered ``batches_per_gather`` batches at a time: one ``index_select`` per array
+        for a run of batches, then every batch is a slice of it (an int64 array's batch is a
+        view), so a step launches a few conversions instead of a gather and a conversion per
+        array, and the extra device memory is that run's rows, not a second copy of the day."""
         rows_all = torch.as_tensor(np.asarray(order, dtype=np.int64)).to(self.device)
-        for sl in batch_slices(len(order), batch_size, drop_last):
-            rows = rows_all[sl]
-            yield {n: _as_model_dtype(n, t.index_select(0, rows)) for n, t in self.arrays.items()}
+        slices = batch_slices(len(order), batch_size, drop_last)
+        for first in range(0, len(slices), batches_per_gather):
+            run = slices[first:first + batches_per_gather]
+            base = run[0].start
+            rows = rows_all[base:run[-1].stop]
+            gathered = {n: t.index_select(0, rows) for n, t in self.arrays.items()}
+            for sl in run:
+                yield {n: _as_model_dtype(n, t[sl.start - base:sl.stop - base]) for n, t in gathered.items()}
+            del gathered
 
 
 # --------------------------------------------------------------------------- CUDA graphs

@@ -102,14 +102,17 @@ def test_device_day_batches_equal_host_batches(tiny_shards_3):
     order = day_order(len(arrays["label"]), 7, 0, True)
     day = ts.DeviceDay(arrays, "cpu")
     assert day.num_requests == len(order) and day.nbytes > 0
-    host = list(iter_batches(arrays, order, 16, drop_last=True))
-    resident = list(day.batches(order, 16, drop_last=True))
-    assert len(host) == len(resident) == len(order) // 16
-    for h, r in zip(host, resident):
-        assert h.keys() == r.keys()
-        for k in h:
-            assert h[k].dtype == r[k].dtype, k
-            assert torch.equal(h[k], r[k]), k
+    for drop_last in (True, False):
+        host = list(iter_batches(arrays, order, 16, drop_last=drop_last))
+        # gathered 3 batches at a time: runs of batches and a last partial run give the same batches
+        for per_gather in (64, 3):
+            resident = list(day.batches(order, 16, drop_last=drop_last, batches_per_gather=per_gather))
+            assert len(host) == len(resident) == (len(order) // 16 if drop_last else -(-len(order) // 16))
+            for h, r in zip(host, resident):
+                assert h.keys() == r.keys()
+                for k in h:
+                    assert h[k].dtype == r[k].dtype, k
+                    assert torch.equal(h[k], r[k]), k
 
 
 def test_device_day_checks_ids_once_for_the_whole_day(tiny_shards_2):

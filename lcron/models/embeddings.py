@@ -152,21 +152,22 @@ class FeatureEmbedding(nn.Module):
         o = self.offsets[kind]
         return self.weight[o:o + self.sizes[kind]]
 
-    def rows_used(self, arrays: Mapping[str, "np.ndarray"], chunk: int = 8192) -> Tensor:
+    def rows_used(self, arrays: Mapping[str, "np.ndarray"], chunk: int = 65536) -> Tensor:
         """The rows of ``weight`` that the model inputs in ``arrays`` (a day's shard arrays)
-        look up, ascending (int64): what scoring those requests reads. Chunked over
-        requests, so memory stays bounded on a full-size day."""
+        look up, ascending (int64, on the tables' device): what scoring those requests reads.
+        Chunked over requests, so memory stays bounded on a full-size day; the marks stay on
+        the tables' device, so a GPU run synchronises once, not once per chunk."""
         import numpy as np
 
-        used = torch.zeros(self.weight.shape[0], dtype=torch.bool)
+        device = self.padding_rows.device
+        used = torch.zeros(self.weight.shape[0], dtype=torch.bool, device=device)
         for name in _LAYOUT:
             if name not in arrays:
                 continue
             ids = arrays[name]
             for start in range(0, len(ids), chunk):
-                part = torch.from_numpy(np.asarray(ids[start:start + chunk], dtype=np.int64))
-                part = part.to(self.padding_rows.device)
-                used[self._global_rows(name, part).cpu().reshape(-1)] = True
+                part = torch.from_numpy(np.asarray(ids[start:start + chunk], dtype=np.int64)).to(device)
+                used[self._global_rows(name, part).reshape(-1)] = True
         return used.nonzero().reshape(-1)
 
     def forward(self, **arrays: Tensor) -> list[Tensor]:
@@ -222,6 +223,8 @@ class FeatureEmbedding(nn.Module):
         sizes = getattr(self, f"_{name}_sizes")
         if ids.numel():
             lo, hi = ids.reshape(-1, ids.shape[-1]).aminmax(dim=0)
+            # The ids may live elsewhere than the tables (a host day checked against tables on a GPU).
+            lo, hi = lo.to(sizes.device), hi.to(sizes.device)
             bad = (lo.long() < 0) | (hi.long() >= sizes)
             if bool(bad.any()):
                 c = int(bad.nonzero()[0, 0])
