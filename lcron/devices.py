@@ -99,13 +99,17 @@ class DeviceDefaults:
     device_resident: bool          # training: the day's arrays live on the device
     eval_batch_size: int           # evaluation: requests per inference batch
     eval_compile_from: int | None  # evaluation: request-seeds from which it compiles (None: never)
+    serve_compile: bool            # serve-eval: torch.compile the later stage models
 
 
 #: Chosen from measurements (docs/benchmarks.md, "GPU"): on CPU the compiled attention core
-#: makes a step ~5x faster; on an H200 eager kernels captured in a graph beat compiled ones at
-#: batch 1024 and cost no compile time. TF32 stays off on CUDA: the fidelity checks on the
-#: GPU (bench/gpu_check.py) put float32 within the reference cases' tolerance and TF32 not
-#: reliably, and the step is launch-bound, so TF32 buys no measurable speed.
+#: makes a step ~5x faster. On an H200 (2026-12-04) compiled kernels in a graph step 1.39x
+#: (two-stage) and 1.24x (three-stage) faster than eager ones, but compiling costs 9 - 12 s
+#: per process: over the paper's 36 days that nets 3 - 6 s of a 5 - 7 minute method-seed,
+#: while every short run pays the compile, and only the eager path's CPU/GPU fidelity has
+#: been measured - so CUDA stays eager in a graph (`--compile` opts in). TF32 stays off on
+#: CUDA: the fidelity checks on the GPU (bench/gpu_check.py) put float32 within the reference
+#: cases' tolerance and TF32 not reliably, and TF32 buys no measurable speed here.
 #:
 #: Evaluation (forward only) on CPU: eager DIN runs its attention core in cache-sized blocks
 #: (lcron.models.fused.blocked_attention_pool), at 512 requests per batch, until an evaluation
@@ -116,11 +120,15 @@ class DeviceDefaults:
 #: cold (a batch shape not compiled before): break-even near 110,000 and 290,000
 #: request-seeds. The default compiles from 200,000. The two paths' numbers agree to float
 #: rounding (docs/benchmarks.md, "Evaluation start-up").
+#:
+#: serve-eval: compiled later stages score K1 candidates ~10x faster on CPU; on an H200
+#: (2026-12-04, 20,000 requests, K1 up to 1,000) eager scoring ran 11,600-12,800 requests/s
+#: and the compiled one 6,800 after a compile that held the first seed to 895 (docs/benchmarks.md, "GPU").
 DEVICE_DEFAULTS: dict[str, DeviceDefaults] = {
     "cpu": DeviceDefaults(compile=True, cuda_graph=False, tf32=False, device_resident=False,
-                          eval_batch_size=512, eval_compile_from=200_000),
+                          eval_batch_size=512, eval_compile_from=200_000, serve_compile=True),
     "cuda": DeviceDefaults(compile=False, cuda_graph=True, tf32=False, device_resident=True,
-                           eval_batch_size=4096, eval_compile_from=None),
+                           eval_batch_size=4096, eval_compile_from=None, serve_compile=False),
 }
 
 

@@ -64,3 +64,16 @@ def test_train_with_device_cuda_fails_naming_the_reason(tiny_shards_2, tmp_path,
     assert err.strip().splitlines()[-1].startswith(
         "lcron train: error: --device cuda was asked for, but CUDA is not usable here: this PyTorch")
     assert not out.exists()
+
+
+def test_serve_eval_compiles_by_default_on_cpu_only():
+    """Measured (docs/benchmarks.md, "GPU"): compiled scoring wins on CPU, eager on an H200;
+    the command line leaves the choice to the device unless --compile/--no-compile is given."""
+    from lcron import cli
+    from lcron.devices import device_defaults
+
+    assert device_defaults("cpu").serve_compile is True
+    assert device_defaults("cuda").serve_compile is False
+    parser = cli.build_parser(only="serve-eval")
+    assert parser.parse_args(["serve-eval", "--model", "r"]).compile is None
+    assert parser.parse_args(["serve-eval", "--model", "r", "--no-compile"]).compile is False

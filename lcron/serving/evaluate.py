@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from lcron import atomic, outputs
-from lcron.devices import resolve_device
+from lcron.devices import device_defaults, resolve_device
 from lcron.errors import ConfigError, DataError, OutputExistsError
 from lcron.evaluation.results import is_eval_folder, summarize_seeds
 from lcron.logs import get_logger
@@ -266,7 +266,7 @@ def serving_evaluate(run_dir: "str | Path", shards: Any = None, **kwargs: Any) -
 def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = None,
                      k1: "Sequence[int] | str" = (100, 500, 1000), index: str = "flat", batch_size: int = 1024,
                      device: str = "auto", seed: int = 0, index_options: "Mapping[str, Any] | None" = None,
-                     out: "str | Path | None" = None, max_requests: int | None = None, compile: bool = False,
+                     out: "str | Path | None" = None, max_requests: int | None = None, compile: bool | None = False,
                      max_slots: int | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Serving-style evaluation of every completed seed of a run; writes ``serving.json``.
 
@@ -274,7 +274,8 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     ``k1`` values larger than the corpus are clamped (and noted); ``index`` flat / ivf /
     hnsw (``index_options``: nlist, nprobe, hnsw_m, ef_search, ef_construction);
     ``seed`` fixes the GT and cut-off tie-breaks; ``out`` defaults to ``<run_dir>/eval``;
-    ``max_requests`` evaluates only the first requests of the day. Returns the document.
+    ``max_requests`` evaluates only the first requests of the day; ``compile`` None takes the
+    device's default (``DEVICE_DEFAULTS``: on for CPU, off for CUDA). Returns the document.
     An existing ``serving.json`` made from other inputs (run, seeds, day, K1, index, tie seed)
     is an :class:`OutputExistsError` unless ``overwrite``, as with every other step's output.
     """
@@ -296,6 +297,8 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
         notes.append(f"day {test_day} was a training day of this run: the numbers are not held-out")
         warnings.warn(f"serve-eval: test {notes[-1]}", stacklevel=2)
     dev = resolve_device(device)
+    if compile is None:  # the device's default (lcron.devices.DEVICE_DEFAULTS): on for CPU, off for CUDA
+        compile = device_defaults(dev).serve_compile
     if compile:
         from lcron.models.fused import compile_in_process, trust_cpu_isa
 
@@ -502,10 +505,10 @@ def add_serve_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tie-seed", type=int, default=0, help="seed of the GT and cut-off tie-breaks (default 0)")
     parser.add_argument("--max-requests", type=int, default=None, help="evaluate only the first N requests")
     parser.add_argument("--out", default=None, metavar="DIR", help="folder for serving.json (default RUN_DIR/eval)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="compile the later stage models with torch.compile (default on: about 10x faster "
-                             "scoring of K1 candidates per request for a compile of a few seconds; "
-                             "--no-compile runs eager)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="compile the later stage models with torch.compile (default: on for CPU, about 10x "
+                             "faster scoring of K1 candidates per request for a compile of a few seconds; off for "
+                             "CUDA, where eager scoring measured faster; --no-compile runs eager)")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
     parser.add_argument("--overwrite", action="store_true", help="replace a serving.json made from other inputs")
 

@@ -106,8 +106,9 @@ def test_cli_and_errors(run_2: Path, tmp_path: Path, capsys):
     add_serve_eval_arguments(parser)
     args = parser.parse_args(["--model", str(run_2), "--k1", "10,40", "--batch-size", "7", "--device", "cpu",
                               "--out", str(tmp_path), "--no-progress", "--no-compile"])
-    assert not args.compile
-    assert parser.parse_args(["--model", str(run_2)]).compile  # compiled by default (issue 19)
+    assert args.compile is False
+    # the device decides by default: compiled on CPU (issue 19), eager on CUDA (measured on an H200)
+    assert parser.parse_args(["--model", str(run_2)]).compile is None
     assert run_serve_eval(args) == 0
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].split("\t") == ["K1", "retrieval", "after prerank"]
