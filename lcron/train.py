@@ -100,6 +100,7 @@ class TrainConfig:
     reference_quirks: bool = False  # the published models' quirks (docs/reference.md); needs reference shards
     embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER  # "auto", "dense" or "lazy" (lcron.optim)
     day_snapshots: bool = True  # checkpoints/<day>.pt for streaming evaluation (docs/scale.md)
+    resume_every: int = 1  # resume.pt (weights + optimizer state) after every this many training days
 
     def validate(self) -> None:
         from .losses import METHODS
@@ -124,6 +125,8 @@ class TrainConfig:
         if not isinstance(self.log_every, int) or self.log_every < 1:
             raise ConfigError(f"log_every must be an integer >= 1, got {self.log_every!r}")
         check_embedding_optimizer(self.embedding_optimizer)
+        if isinstance(self.resume_every, bool) or not isinstance(self.resume_every, int) or self.resume_every < 1:
+            raise ConfigError(f"resume_every must be an integer >= 1 (days), got {self.resume_every!r}")
 
 
 def normalise_loss_options(method: str, options: Mapping[str, Any], setting: Setting) -> dict[str, Any]:
@@ -523,8 +526,12 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         # The day snapshot first: a resume checkpoint past day t implies t's snapshot exists.
         if cfg.day_snapshots:
             _write_day_snapshot(shard_set, ckpt_dir, run_cfg, seed, day, day_index, step, requests, cascade, loss)
-        atomic.save_torch(resume_path, _checkpoint_payload(
-            run_cfg, seed, day, day_index, step, requests, cascade, loss, optimizers))
+        # The resume state every cfg.resume_every days, never after the last day (model.pt and
+        # summary.json supersede it there): at RecFlow vocabularies on a GPU it holds several GB
+        # of Adam state and takes longer to write than the day took to train (docs/benchmarks.md).
+        if (day_index + 1) % cfg.resume_every == 0 and day_index + 1 < len(days):
+            atomic.save_torch(resume_path, _checkpoint_payload(
+                run_cfg, seed, day, day_index, step, requests, cascade, loss, optimizers))
         phases["checkpoints"] += time.perf_counter() - t_ckpt
 
     final = _checkpoint_payload(run_cfg, seed, days[-1], len(days) - 1, step, requests, cascade, loss, optimizers,
@@ -685,6 +692,11 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--no-day-snapshots", action="store_true",
                         help="write no checkpoints/DAY.pt (the per-day snapshots only streaming evaluation reads)")
+    parser.add_argument("--resume-every", type=int, default=1, metavar="N",
+                        help="write the resume checkpoint (weights and optimizer state) after every N training days "
+                             "(default 1: each day but the last); an interrupted run resumes after the last one "
+                             "written. On a GPU at RecFlow vocabularies each one takes longer to write than a day "
+                             "takes to train (docs/benchmarks.md, GPU)")
     parser.add_argument("--days", help="training days FIRST:LAST (inclusive); default every day but the last")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile DIN's attention core (default: on for CPU, off for CUDA, where eager "
@@ -706,7 +718,8 @@ def run_train(args) -> int:
                       batch_size=args.batch_size, lr=args.lr, seeds=parse_seeds(args.seeds), days=args.days,
                       device=args.device, compile=args.compile, cuda_graph=args.cuda_graph, tf32=args.tf32,
                       reference_quirks=getattr(args, "reference_quirks", False),
-                      embedding_optimizer=args.embedding_optimizer, day_snapshots=not args.no_day_snapshots)
+                      embedding_optimizer=args.embedding_optimizer, day_snapshots=not args.no_day_snapshots,
+                      resume_every=args.resume_every)
     results = train(args.shards, args.out, cfg, setting=args.setting, stages=args.stages, overwrite=args.overwrite,
                     progress=not args.quiet, max_steps_per_day=args.max_steps_per_day)
     for r in results:

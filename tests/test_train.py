@@ -176,6 +176,7 @@ def test_setting_that_does_not_match_the_shards_is_refused(learn_data, tmp_path)
     ({"method": "nope"}, "unknown method 'nope'; known methods: bce"),
     ({"batch_size": 0}, "batch size must be an integer >= 1"),
     ({"lr": -1.0}, "learning rate"),
+    ({"resume_every": 0}, "resume_every must be an integer >= 1"),
 ])
 def test_config_errors(learn_data, tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -392,6 +393,41 @@ def test_no_day_snapshots_leaves_only_the_final_model(learn_data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "r" / "seed-1").iterdir()) == [
         "model.pt", "summary.json", "train_log.jsonl"]
     assert json.loads((tmp_path / "r" / "run.json").read_text())["train"]["day_snapshots"] is False
+
+
+@pytest.mark.parametrize("every, written_after", [(1, [0, 1]), (2, [1]), (5, [])])
+def test_resume_checkpoint_every_n_days_and_never_after_the_last(learn_data, tmp_path, monkeypatch, every,
+                                                                  written_after):
+    """3 training days: resume.pt after the days the interval names, none after the last (model.pt
+    supersedes it there); the interval changes what is written, not what is trained."""
+    import lcron.train as train_module
+
+    saved: list[int] = []
+    real_save = train_module.atomic.save_torch
+
+    def spy(path, obj):
+        if Path(path).name == "resume.pt":
+            saved.append(int(obj["day_index"]))
+        real_save(path, obj)
+
+    monkeypatch.setattr(train_module.atomic, "save_torch", spy)
+    cfg = TrainConfig(method="bce", batch_size=32, seeds=(3,), compile=False, resume_every=every)
+    train(learn_data[2], tmp_path / "r", cfg, progress=False, max_steps_per_day=2)
+    assert saved == written_after
+    assert not (tmp_path / "r" / "seed-3" / "resume.pt").exists()
+    train(learn_data[2], tmp_path / "daily", TrainConfig(method="bce", batch_size=32, seeds=(3,), compile=False),
+          progress=False, max_steps_per_day=2)
+    a, b = _state(tmp_path / "r/seed-3/model.pt"), _state(tmp_path / "daily/seed-3/model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_resume_every_flag():
+    from lcron import cli
+
+    parser = cli.build_parser(only="train")
+    args = parser.parse_args(["train", "--shards", "s", "--out", "o", "--method", "bce", "--resume-every", "6"])
+    assert args.resume_every == 6
+    assert parser.parse_args(["train", "--shards", "s", "--out", "o", "--method", "bce"]).resume_every == 1
 
 
 def test_cli_embedding_optimizer_flag():
