@@ -112,6 +112,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users", type=int, default=D.users, metavar="N", help=f"number of users (default {D.users})")
     p.add_argument("--items", type=int, default=D.items, metavar="N", help=f"number of items (default {D.items})")
     p.add_argument("--seed", type=int, default=D.seed, metavar="N", help=f"random seed (default {D.seed})")
+    p.add_argument("--authors", type=int, default=None, metavar="N",
+                   help="number of authors (default items / 10; RecFlow has about 2.1M for its 9M videos)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="days simulated at once in worker processes; the files are the same for any N (default: "
                         "one per CPU as memory allows, from 20,000 requests a day)")
@@ -121,7 +123,8 @@ def _generate_run(a: argparse.Namespace) -> int:
     from lcron.data.synthetic import generate
 
     out = generate(a.out, num_days=a.num_days, start_date=a.start_date, requests_per_day=a.requests_per_day,
-                   users=a.users, items=a.items, seed=a.seed, progress=not a.quiet, workers=a.workers)
+                   users=a.users, items=a.items, seed=a.seed, progress=not a.quiet, workers=a.workers,
+                   authors=a.authors)
     print(f"wrote synthetic RecFlow data ({a.num_days} days x {a.requests_per_day} requests) to {out}")
     return 0
 

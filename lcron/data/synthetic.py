@@ -102,10 +102,12 @@ import json
 import multiprocessing
 import os
 import pickle
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from queue import Empty
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -117,6 +119,7 @@ from lcron.cpu_quota import THREAD_VARIABLES, usable_cpus
 from lcron.defaults import SYNTHETIC
 from lcron.errors import ConfigError, OutputExistsError
 from lcron.memtrim import available_bytes
+from lcron.outputs import file_sha256
 from lcron.progress import Progress
 
 # ----------------------------------------------------------------------------- layout
@@ -249,8 +252,8 @@ class SyntheticConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 fail(f"{name} must be an integer >= 1, got {value!r}")
-        if self.num_authors < 1:
-            fail(f"authors must be >= 1, got {self.authors!r}")
+        if isinstance(self.authors, bool) or not isinstance(self.num_authors, (int, np.integer)) or self.num_authors < 1:
+            fail(f"authors must be an integer >= 1, got {self.authors!r}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             fail(f"seed must be a non-negative integer, got {self.seed!r}")
         self.first_day  # noqa: B018 - validates start_date
@@ -279,16 +282,26 @@ class SyntheticConfig:
         for name in ("short_request_rate", "new_user_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 fail(f"{name} must be within [0, 1], got {getattr(self, name)!r}")
-        for name in ("users", "items"):
+        for name in ("users", "items", "num_authors"):
             if getattr(self, name) > MAX_IDS:
-                fail(f"{name}={getattr(self, name)} is more ids than an embedding table can index (at most {MAX_IDS})")
-        need = self.memory_estimate() + (day_copies - 1) * _BYTES_PER_REQUEST * int(self.requests_per_day)
+                fail(f"{name.removeprefix('num_')}={getattr(self, name)} is more ids than an embedding table can "
+                     f"index (at most {MAX_IDS})")
+        # Each worker process receives its own copy of the world and simulates one day at a time.
+        need = self.memory_estimate() if day_copies <= 1 else self.world_bytes() + day_copies * self.worker_bytes()
         free = available_bytes()
         if free is not None and need > free:
             fail(f"generating needs about {need / 2**30:,.1f} GiB ({self.items:,} items and {self.users:,} users at "
                  f"~{_BYTES_PER_ID} bytes each, {self.requests_per_day:,} requests a day at ~{_BYTES_PER_REQUEST // 1024}"
                  f" KiB each{f', {day_copies} days at once' if day_copies > 1 else ''}) and {free / 2**30:,.1f} GiB are available;"
                  " use fewer items, users, requests per day or workers")
+
+    def world_bytes(self) -> int:
+        """The hidden world's share of :meth:`memory_estimate` (held once per process)."""
+        return _BYTES_PER_ID * (int(self.items) + int(self.users))
+
+    def worker_bytes(self) -> int:
+        """A day-simulating worker process: its copy of the world and one day."""
+        return self.world_bytes() + _BYTES_PER_REQUEST * int(self.requests_per_day)
 
     def memory_estimate(self) -> int:
         """Peak bytes of a generation, from measurements (docs/scale.md): ~200 B per item and
@@ -744,8 +757,10 @@ def _write_pickle(path: Path, obj: Any) -> None:
         pickle.dump(obj, fh, protocol=4)
 
 
-def _write_day(out: Path, day: str, parts: Iterable[_DayPart]) -> int:
+def _write_day(out: Path, day: str, parts: Iterable[_DayPart],
+               on_part: Callable[[int], Any] | None = None) -> int:
     """Write one day's four files from its parts; returns its all_stage rows.
+    ``on_part(requests)`` is called after each part is written (progress).
 
     all_stage and realshow are Feather (Arrow IPC) files written part by part; the two
     dicts take every part's entries and are pickled once at the end (each is one pickle).
@@ -767,6 +782,8 @@ def _write_day(out: Path, day: str, parts: Iterable[_DayPart]) -> int:
             rows += part.all_stage.num_rows
             request_dict.update(part.request_dict)
             seq_dict.update(part.seq_dict)
+            if on_part is not None:
+                on_part(len(part.seq_dict))
             del part, shown
     _write_pickle(out / "request_id_dict" / f"{day}.pkl", request_dict)
     _write_pickle(out / "seq_effective_50_dict" / f"{day}.pkl", seq_dict)
@@ -787,8 +804,12 @@ def _manifest(cfg: SyntheticConfig) -> dict[str, Any]:
     return {"generator": "lcron.data.synthetic", "format": "recflow", "config": conf}
 
 
-def _check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
-    """Refuse to write over real data or over synthetic data made with another configuration."""
+def _check_out_dir(out: Path, manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Refuse to write over real data or over synthetic data made with another configuration.
+
+    Returns the days a stopped run of the same configuration completed, whose files still
+    match the sha256 it recorded (``{day: {file: sha256}}``): those are kept, not redone.
+    """
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder; choose a folder for the synthetic data")
     path = out / MANIFEST_NAME
@@ -797,8 +818,8 @@ def _check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
             old = None
-        if old == manifest:
-            return
+        if isinstance(old, dict) and all(old.get(k) == manifest[k] for k in manifest):
+            return _verified_days(out, old) if old.get("complete") is False else {}
         old_conf = (old or {}).get("config", {}) if isinstance(old, dict) else {}
         diff = sorted(k for k in manifest["config"] if old_conf.get(k) != manifest["config"][k])
         raise OutputExistsError(
@@ -809,6 +830,39 @@ def _check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
         raise OutputExistsError(
             f"{out}: already holds RecFlow-style data ({', '.join(present)}) that this generator did not write "
             f"(no {MANIFEST_NAME}); refusing to overwrite it - choose an empty folder")
+    return {}
+
+
+def _day_files(out: Path, day: str) -> list[Path]:
+    return [out / "all_stage" / f"{day}.feather", out / "realshow" / f"{day}.feather",
+            out / "request_id_dict" / f"{day}.pkl", out / "seq_effective_50_dict" / f"{day}.pkl"]
+
+
+def _day_hashes(out: Path, day: str) -> dict[str, str]:
+    return {f.relative_to(out).as_posix(): file_sha256(f) for f in _day_files(out, day)}
+
+
+def _verified_days(out: Path, state: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The recorded days of a stopped run whose four files exist with their recorded hashes."""
+    kept: dict[str, dict[str, str]] = {}
+    recorded = state.get("days_done")
+    for day, hashes in (recorded.items() if isinstance(recorded, dict) else ()):
+        files = _day_files(out, str(day))
+        names = sorted(f.relative_to(out).as_posix() for f in files)
+        if (isinstance(hashes, dict) and sorted(hashes) == names and all(f.is_file() for f in files)
+                and _day_hashes(out, str(day)) == hashes):
+            kept[str(day)] = hashes
+    return kept
+
+
+def _remove_stale_temporaries(out: Path, days: Iterable[str]) -> None:
+    """Temporary files a killed run left beside the day files it was writing (atomic_open's
+    ``.NAME.*.tmp``); only names of files this generator writes."""
+    for day in days:
+        for f in _day_files(out, day):
+            if f.parent.is_dir():
+                for tmp in f.parent.glob(f".{f.name}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
 
 
 def generate_from_config(out_dir: str | Path, config: SyntheticConfig, *, progress: bool = True,
@@ -816,12 +870,16 @@ def generate_from_config(out_dir: str | Path, config: SyntheticConfig, *, progre
     """Write the RecFlow layout for ``config`` under ``out_dir`` and return the folder.
 
     Calling it again with the same configuration rewrites identical files. A folder that
-    holds other data raises OutputExistsError.
+    holds other data raises OutputExistsError. A stopped run resumes: the manifest is
+    written first (``complete: false``) and records each finished day's file hashes, so a
+    rerun with the same configuration keeps the days whose files still match and
+    simulates the rest.
 
     ``workers`` > 1 simulates that many days at once in worker processes (``None``: as many
     as :func:`default_workers` allows). Every day draws from its own seed and reads the
     hidden world only, so the files are byte-identical to a one-process run; each worker
-    holds one day (~23 KiB per request), which the memory check counts.
+    holds a copy of the world and one day (~23 KiB per request), which the memory check
+    counts. Progress moves per 20,000-request part of a day, in requests.
     """
     n_workers = default_workers(config) if workers is None else int(workers)
     if n_workers < 1:
@@ -830,25 +888,46 @@ def generate_from_config(out_dir: str | Path, config: SyntheticConfig, *, progre
     config.validate(day_copies=n_workers)
     out = Path(out_dir)
     manifest = _manifest(config)
-    _check_out_dir(out, manifest)
+    done = _check_out_dir(out, manifest)
+    todo = [d for d, day in enumerate(config.days) if day not in done]
+    n_workers = max(1, min(n_workers, len(todo)))
+    _remove_stale_temporaries(out, config.days)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / MANIFEST_NAME, {**manifest, "complete": False, "days_done": done})
     seeds = np.random.SeedSequence(config.seed).spawn(config.num_days + 1)
-    with Progress(config.num_days, "synthetic RecFlow", unit="day", enabled=progress) as bar:
+    if done and progress:
+        print(f"synthetic RecFlow: kept {len(done)} complete day(s) of a stopped run: {', '.join(sorted(done))}",
+              file=sys.stderr, flush=True)
+    with Progress(len(todo) * config.requests_per_day, "synthetic RecFlow", unit="req", enabled=progress) as bar:
         world = _build_world(config, np.random.default_rng(seeds[0]))
+
+        def finished(day: str, hashes: dict[str, str]) -> None:
+            done[day] = hashes
+            write_json(out / MANIFEST_NAME, {**manifest, "complete": False, "days_done": done})
+            bar.postfix = f"{len(done)}/{config.num_days} days"
+
         if n_workers == 1:
-            for d, day in enumerate(config.days):
-                rows = _write_day(out, day, _simulate_day(world, config, d, np.random.default_rng(seeds[d + 1])))
-                bar.update(1, postfix=f"{day}: {rows} rows")
+            for d in todo:
+                day = config.days[d]
+                _write_day(out, day, _simulate_day(world, config, d, np.random.default_rng(seeds[d + 1])),
+                           on_part=bar.update)
+                finished(day, _day_hashes(out, day))
         else:
             # spawn, not fork: the caller may hold threads (torch, BLAS) that a forked child
-            # would inherit mid-lock; the world travels once per worker.
+            # would inherit mid-lock; the world travels once per worker. Workers report each
+            # part's requests through a queue, so progress moves within days.
             context = multiprocessing.get_context("spawn")
+            parts_done = context.Queue()
             with _worker_threads(max(1, usable_cpus() // n_workers)), \
                     ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_day_worker,
-                                        initargs=(world, config, str(out))) as pool:
-                jobs = [pool.submit(_day_in_worker, d, seeds[d + 1]) for d in range(config.num_days)]
-                for job in as_completed(jobs):
-                    day, rows = job.result()
-                    bar.update(1, postfix=f"{day}: {rows} rows")
+                                        initargs=(world, config, str(out), parts_done)) as pool:
+                jobs = {pool.submit(_day_in_worker, d, seeds[d + 1]) for d in todo}
+                while jobs:
+                    ended, jobs = wait(jobs, timeout=0.5, return_when=FIRST_COMPLETED)
+                    _drain(parts_done, bar)
+                    for job in ended:
+                        finished(*job.result())
+                _drain(parts_done, bar)
     counts = config.id_counts()
     if config.published_spellings:
         counts = {PUBLISHED_SPELLINGS.get(k, k): v for k, v in counts.items()}
@@ -856,6 +935,16 @@ def generate_from_config(out_dir: str | Path, config: SyntheticConfig, *, progre
     _write_feather(out / "others" / "realshow_video_info.feather", _video_info_table(world))
     write_json(out / MANIFEST_NAME, manifest)
     return out
+
+
+def _drain(queue: Any, bar: Progress) -> None:
+    """Count the parts the workers reported so far into the progress line."""
+    while True:
+        try:
+            n = queue.get_nowait()
+        except Empty:
+            return
+        bar.update(n)
 
 
 #: Below this many requests a day, starting worker processes costs more than it saves.
@@ -870,8 +959,7 @@ def default_workers(config: SyntheticConfig) -> int:
     n = min(config.num_days, usable_cpus())
     free = available_bytes()
     if free is not None:
-        world = config.memory_estimate() - _BYTES_PER_REQUEST * int(config.requests_per_day)
-        n = min(n, max(1, (free - world) // (_BYTES_PER_REQUEST * int(config.requests_per_day))))
+        n = min(n, max(1, (free - config.world_bytes()) // config.worker_bytes()))
     return max(1, int(n))
 
 
@@ -893,25 +981,30 @@ def _worker_threads(threads: int) -> Iterator[None]:
             os.environ.pop(v, None)
 
 
-def _init_day_worker(world: _World, config: SyntheticConfig, out: str) -> None:
-    _WORKER_STATE.update(world=world, config=config, out=Path(out))
+def _init_day_worker(world: _World, config: SyntheticConfig, out: str, parts_done: Any) -> None:
+    _WORKER_STATE.update(world=world, config=config, out=Path(out), parts_done=parts_done)
 
 
-def _day_in_worker(day_index: int, seed: np.random.SeedSequence) -> tuple[str, int]:
+def _day_in_worker(day_index: int, seed: np.random.SeedSequence) -> tuple[str, dict[str, str]]:
+    """Simulate and write one day; returns the day and its files' hashes (computed here, in parallel)."""
     world, config, out = _WORKER_STATE["world"], _WORKER_STATE["config"], _WORKER_STATE["out"]
     day = config.days[day_index]
-    return day, _write_day(out, day, _simulate_day(world, config, day_index, np.random.default_rng(seed)))
+    _write_day(out, day, _simulate_day(world, config, day_index, np.random.default_rng(seed)),
+               on_part=_WORKER_STATE["parts_done"].put)
+    return day, _day_hashes(out, day)
 
 
 def generate(out_dir: str | Path, *, num_days: int = SYNTHETIC.num_days, start_date: str = SYNTHETIC.start_date,
              requests_per_day: int = SYNTHETIC.requests_per_day, users: int = SYNTHETIC.users,
              items: int = SYNTHETIC.items, seed: int = SYNTHETIC.seed,
-             published_spellings: bool = True, progress: bool = True, workers: int | None = 1) -> Path:
+             published_spellings: bool = True, progress: bool = True, workers: int | None = 1,
+             authors: int | None = None) -> Path:
     """Write a synthetic RecFlow dataset (see the module docstring) and return ``out_dir``.
 
     The defaults (4 days x 2000 requests, 500 users, 5000 items) take a few seconds and
     are the product's embedded data source. ``items`` must be at least the pool size (300).
     """
     config = SyntheticConfig(num_days=num_days, start_date=start_date, requests_per_day=requests_per_day,
-                             users=users, items=items, seed=seed, published_spellings=published_spellings)
+                             users=users, items=items, seed=seed, published_spellings=published_spellings,
+                             authors=authors)
     return generate_from_config(out_dir, config, progress=progress, workers=workers)

@@ -3,6 +3,7 @@ pickle directly, not with the project's reader) and its labels are learnable."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -309,6 +310,79 @@ def test_days_in_worker_processes_are_the_same_bytes(tmp_path):
     assert files == sorted(p.relative_to(three) for p in three.rglob("*") if p.is_file())
     for rel in files:
         assert (one / rel).read_bytes() == (three / rel).read_bytes(), rel
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stopped_run_resumes_keeping_its_complete_days(tmp_path, monkeypatch, workers):
+    """Day 1 finished, day 2 was being written when the run died (a temporary file is left):
+    the rerun keeps day 1 (hash checked), cleans the temporary and writes the rest, and the
+    folder ends byte-identical to an uninterrupted run."""
+    args = dict(num_days=3, requests_per_day=30, users=12, items=320, seed=4, progress=False)
+    whole = generate(tmp_path / "whole", **args)
+    out = tmp_path / "stopped"
+    real = synthetic._write_day
+    calls = []
+
+    def dies_on_second_day(folder, day, parts, on_part=None):
+        calls.append(day)
+        if len(calls) == 2:
+            (folder / "all_stage" / f".{day}.feather.k1ll3d.tmp").write_bytes(b"half a day")
+            raise _Stop(day)
+        return real(folder, day, parts, on_part)
+
+    monkeypatch.setattr(synthetic, "_write_day", dies_on_second_day)
+    with pytest.raises(_Stop):
+        generate(out, **args)
+    state = json.loads((out / MANIFEST_NAME).read_text())
+    assert state["complete"] is False and list(state["days_done"]) == ["2024-01-13"]
+    monkeypatch.setattr(synthetic, "_write_day", real)
+    first_day = (out / "all_stage" / "2024-01-13.feather").stat().st_mtime_ns
+    generate(out, workers=workers, **args)
+    assert (out / "all_stage" / "2024-01-13.feather").stat().st_mtime_ns == first_day  # kept, not redone
+    files = sorted(p.relative_to(whole) for p in whole.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())  # no temporary left
+    for rel in files:
+        assert (whole / rel).read_bytes() == (out / rel).read_bytes(), rel
+
+
+def test_a_damaged_kept_day_is_simulated_again(tmp_path, monkeypatch):
+    args = dict(num_days=2, requests_per_day=20, users=10, items=320, seed=2, progress=False)
+    out = tmp_path / "g"
+    real = synthetic._write_day
+
+    def stop_after_first(folder, day, parts, on_part=None):
+        if day != "2024-01-13":
+            raise _Stop(day)
+        return real(folder, day, parts, on_part)
+
+    monkeypatch.setattr(synthetic, "_write_day", stop_after_first)
+    with pytest.raises(_Stop):
+        generate(out, **args)
+    monkeypatch.setattr(synthetic, "_write_day", real)
+    good = (out / "request_id_dict" / "2024-01-13.pkl").read_bytes()
+    (out / "request_id_dict" / "2024-01-13.pkl").write_bytes(b"damaged")
+    generate(out, **args)
+    assert (out / "request_id_dict" / "2024-01-13.pkl").read_bytes() == good
+    assert json.loads((out / MANIFEST_NAME).read_text()) == synthetic._manifest(SyntheticConfig(
+        num_days=2, requests_per_day=20, users=10, items=320, seed=2))  # complete: the plain manifest
+
+
+def test_authors_and_progress_within_days(tmp_path, capsys):
+    from lcron import cli
+
+    code = cli.main(["generate", "--out", str(tmp_path / "a"), "--num-days", "2", "--requests-per-day", "25",
+                     "--users", "10", "--items", "400", "--authors", "7"])
+    assert code == 0
+    counts = _load(tmp_path / "a" / "others" / "id_cnt.pkl")
+    assert counts[next(k for k in counts if "author" in k)] == 7
+    err = capsys.readouterr().err
+    assert "50/50 req" in err and "2/4 days" not in err and "2/2 days" in err
+    with pytest.raises(ConfigError, match="authors"):
+        generate(tmp_path / "b", num_days=1, requests_per_day=5, users=5, items=300, authors=0, progress=False)
 
 
 def test_default_workers(monkeypatch):
