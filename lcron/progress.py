@@ -24,6 +24,7 @@ class Progress:
         self.count = 0
         self.start = self.last = time.perf_counter()
         self.postfix = ""
+        self._drawn: tuple[int, str] | None = None  # (count, postfix) of the last line written
 
     def update(self, n: int = 1, postfix: str | None = None) -> None:
         self.count += n
@@ -35,7 +36,8 @@ class Progress:
             self._draw(final=False)
 
     def close(self) -> None:
-        if self.enabled:
+        # A log (not a terminal) whose last line already says where things ended gets no copy of it.
+        if self.enabled and (self.tty or self._drawn != (self.count, self.postfix)):
             self._draw(final=True)
 
     def _draw(self, final: bool) -> None:
@@ -49,6 +51,7 @@ class Progress:
         else:
             body = f"{self.count} {self.unit} {rate_text} {self.unit}/s"
         line = f"{self.desc}: {body} {self.postfix}".rstrip()
+        self._drawn = (self.count, self.postfix)
         if self.tty:
             self.stream.write("\r" + line + ("\n" if final else ""))
         else:
