@@ -100,6 +100,7 @@ class DeviceDefaults:
     eval_batch_size: int           # evaluation: requests per inference batch
     eval_compile_from: int | None  # evaluation: request-seeds from which it compiles (None: never)
     serve_compile: bool            # serve-eval: torch.compile the later stage models
+    loss_read_every: int           # training: steps between reads of the loss rows (a sync on CUDA)
 
 
 #: Chosen from measurements (docs/benchmarks.md, "GPU"): on CPU the compiled attention core
@@ -121,14 +122,20 @@ class DeviceDefaults:
 #: request-seeds. The default compiles from 200,000. The two paths' numbers agree to float
 #: rounding (docs/benchmarks.md, "Evaluation start-up").
 #:
+#: Loss rows: on CUDA reading them back is a synchronisation, so they are read every 64 steps;
+#: on CPU reading costs nothing, so every step (the progress line shows the current loss, and
+#: a non-finite loss is caught at its step).
+#:
 #: serve-eval: compiled later stages score K1 candidates ~10x faster on CPU; on an H200
 #: (2026-12-04, 20,000 requests, K1 up to 1,000) eager scoring ran 11,600-12,800 requests/s
 #: and the compiled one 6,800 after a compile that held the first seed to 895 (docs/benchmarks.md, "GPU").
 DEVICE_DEFAULTS: dict[str, DeviceDefaults] = {
     "cpu": DeviceDefaults(compile=True, cuda_graph=False, tf32=False, device_resident=False,
-                          eval_batch_size=512, eval_compile_from=200_000, serve_compile=True),
+                          eval_batch_size=512, eval_compile_from=200_000, serve_compile=True,
+                          loss_read_every=1),
     "cuda": DeviceDefaults(compile=False, cuda_graph=True, tf32=False, device_resident=True,
-                           eval_batch_size=4096, eval_compile_from=None, serve_compile=False),
+                           eval_batch_size=4096, eval_compile_from=None, serve_compile=False,
+                           loss_read_every=64),
 }
 
 

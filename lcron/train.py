@@ -51,7 +51,7 @@ from .batches import day_order, iter_batches
 from .train_step import (DeviceDay, LossLog, StepPlan, TrainStep, adam_options, float32_matmul_precision,
                          make_stepper, plan_step)
 from .defaults import TRAIN
-from .devices import check_table_memory, resolve_device
+from .devices import check_table_memory, device_defaults, resolve_device
 from .errors import ConfigError, DataError, NumericalError, OutputExistsError
 from .hashing import config_hash
 from .models.embeddings import embedding_tables, ids_prechecked as embedding_ids_prechecked
@@ -96,7 +96,7 @@ class TrainConfig:
     tf32: bool | None = None        # None: the device's default (off)
     dim: int = TRAIN.dim
     shuffle: bool = True
-    log_every: int = 64  # loss rows are read back from the device every this many steps (and at day end)
+    log_every: int | None = None  # loss rows read back every this many steps and at day end; None: the device's
     reference_quirks: bool = False  # the published models' quirks (docs/reference.md); needs reference shards
     embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER  # "auto", "dense" or "lazy" (lcron.optim)
     day_snapshots: bool = True  # checkpoints/<day>.pt for streaming evaluation (docs/scale.md)
@@ -122,7 +122,8 @@ class TrainConfig:
             raise ConfigError(f"embedding dim must be an integer in [1, {MAX_DIM}], got {self.dim!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if not isinstance(self.log_every, int) or self.log_every < 1:
+        if self.log_every is not None and (isinstance(self.log_every, bool) or not isinstance(self.log_every, int)
+                                           or self.log_every < 1):
             raise ConfigError(f"log_every must be an integer >= 1, got {self.log_every!r}")
         check_embedding_optimizer(self.embedding_optimizer)
         if isinstance(self.resume_every, bool) or not isinstance(self.resume_every, int) or self.resume_every < 1:
@@ -461,7 +462,7 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
     cascade.train()
     stepper = make_stepper(TrainStep(cascade, loss, optimizers), plan)
     embedding = embedding_tables(cascade)[0]  # every stage model has the same tables: one checks the ids
-    losses = LossLog(flush_every=cfg.log_every)
+    losses = LossLog(flush_every=cfg.log_every or device_defaults(device).loss_read_every)
     # Start-up steps: the first step (compiles) or, with a CUDA graph, the eager warm-up steps and
     # the capture; they are timed apart, like a compile, and the steady rate counts the rest.
     timing = {"steady_seconds": 0.0, "steady_requests": 0, "first_step_seconds": None, "startup_steps": 0}
@@ -513,6 +514,8 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
                         now = time.perf_counter()
                         timing["first_step_seconds"] = now - t_startup
                         t_start, steady_from = now, step + 1
+                    elif losses.full:  # a log read more often than the warm-up lasts
+                        flush()
                 elif losses.full:
                     flush()
                 bar.update()

@@ -191,6 +191,25 @@ def test_device_resident_path_and_log_interval_change_no_number(tiny_shards_3, t
     assert a["summary"]["cuda_graph"] is False and a["summary"]["compile"] is False
 
 
+def test_loss_rows_are_read_every_step_on_cpu_and_every_64_on_cuda(tiny_shards_2, tmp_path, monkeypatch):
+    """On CPU a read costs nothing, so the progress line shows the current loss (it showed the
+    first step's for 64 steps); on CUDA each read is a synchronisation."""
+    import lcron.train as train_module
+
+    assert ts.DEVICE_DEFAULTS["cpu"].loss_read_every == 1 and ts.DEVICE_DEFAULTS["cuda"].loss_read_every == 64
+    intervals = []
+    real = train_module.LossLog
+
+    def spy(flush_every):
+        intervals.append(flush_every)
+        return real(flush_every)
+
+    monkeypatch.setattr(train_module, "LossLog", spy)
+    train(tiny_shards_2, tmp_path / "r", TrainConfig(method="bce", batch_size=8, compile=False), progress=False,
+          max_steps_per_day=2)
+    assert intervals == [1]
+
+
 def test_train_config_rejects_a_bad_log_interval():
     with pytest.raises(ConfigError, match="log_every"):
         TrainConfig(method="bce", log_every=0).validate()
