@@ -67,6 +67,7 @@ def eligible_slots(inputs: LossInputs, m: int) -> Tensor:
 
 class _ARFBase(CascadeLoss):
     two_sided = False
+    OPTION_CHECKS = {"tau": positive, "label_tau": positive, "k": positive}
 
     def __init__(self, setting: Setting, *, tau: float = 200.0, k: int | None = None,
                  label_tau: float = LABEL_TAU) -> None:

@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lcron.errors import ConfigError
 from lcron.settings import Setting
 
 from .base import LossInputs, SameLossEveryStage, bce_with_logits
+from .options import in_range, positive
 from .registry import register
 
 
@@ -79,14 +79,12 @@ def lambda_weights(scores: Tensor, labels: Tensor, mask: Tensor, *, mu: float, t
 class FSLambdaLoss(SameLossEveryStage):
     """LambdaLoss (NDCG-Loss2++) on graded labels for every stage model."""
 
+    OPTION_CHECKS = {"mu": in_range(0, 1), "topn": positive}
+
     def __init__(self, setting: Setting, *, mu: float = 0.8, topn: int = 30) -> None:
         super().__init__(setting)
-        if not 0.0 <= mu <= 1.0:
-            raise ConfigError(f"fs_lambdaloss: option mu={mu!r} must be in [0, 1]")
-        if topn < 1:
-            raise ConfigError(f"fs_lambdaloss: option topn={topn!r} must be a positive integer")
-        self.mu = float(mu)
-        self.topn = int(topn)
+        self.mu = float(self.OPTION_CHECKS["mu"]("fs_lambdaloss", "mu", mu))
+        self.topn = int(positive("fs_lambdaloss", "topn", topn))
 
     def stage_loss(self, z: Tensor, inputs: LossInputs) -> Tensor:
         y = inputs.labels

@@ -47,6 +47,8 @@ def kth_largest(scores: Tensor, mask: Tensor, k: int) -> Tensor:
 class ICCLoss(CascadeLoss):
     """Joint cascade loss on a cut-off-gated ensemble score (pairwise BCE)."""
 
+    OPTION_CHECKS = {"cutoff_tau": positive}
+
     def __init__(self, setting: Setting, *, reference_quirks: bool = False, cutoff_tau: float = 1e-3) -> None:
         super().__init__(setting)
         self.reference_quirks = reference_quirks

@@ -48,6 +48,7 @@ class LCRONLoss(CascadeLoss):
     """End-to-end cascade survival bound + per-stage two-sided relaxations, learned weights."""
 
     OPTION_PARSERS = {"k": parse_stage_ints}
+    OPTION_CHECKS = {"tau": positive, "label_tau": positive}
 
     def __init__(
         self,

@@ -386,3 +386,17 @@ def test_train_help_lists_the_registered_methods(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert describe_methods(width=198) in out
     assert f"training method: {', '.join(losses.METHODS)}" in out
+
+
+@pytest.mark.parametrize("method, option, bad", [
+    ("lcron", "tau", "0"), ("lcron", "label_tau", "-1"), ("icc", "cutoff_tau", "0"), ("arf", "k", "0"),
+    ("arf_v2", "tau", "-2"), ("fs_lambdaloss", "mu", "1.5"), ("fs_lambdaloss", "topn", "0"),
+])
+def test_the_eight_methods_declare_their_checks(method, option, bad):
+    """The spec methods' own checks are declared (OPTION_CHECKS): the registry refuses a bad
+    value before any loss is built, and `lcron train --help` lists the check."""
+    from lcron.losses.registry import method_options, parse_options
+
+    with pytest.raises(ConfigError, match=rf"^{method}: option {option}=.* must be"):
+        parse_options(method, {option: bad})
+    assert method_options(method)[option].help_text().split("; ")[-1] in ("> 0", "in [0, 1]")
