@@ -37,7 +37,7 @@ def serving(
     metrics: Output[Metrics],
 ):
     """Serving-style evaluation of the run in ``model`` on the test ``day`` ("" = the shard set's
-    last day) at each K1 in ``k1``, with the faiss ``index`` (flat, ivf or hnsw); a marker only
+    last day) at each K1 in ``k1``, with the faiss ``index`` (auto, flat, ivf or hnsw); a marker only
     when ``enabled`` is false."""
     import os
 

@@ -88,6 +88,7 @@ def _serving_details_table(s: Mapping[str, Any], path: Path) -> Table:
         ["requests skipped (no GT)", s.get("skipped_no_gt")],
         ["seeds", ", ".join(str(x) for x in s["seeds"])],
         ["corpus items", s["index"].get("items")],
+        *_catalogue_rows(s),
         ["index", _index_text(s["index"])],
         ["K1", k1_text],
         ["device", s.get("device")],
@@ -96,6 +97,27 @@ def _serving_details_table(s: Mapping[str, Any], path: Path) -> Table:
         ["file", str(path)],
     ]
     return Table("serving_setup", "Serving evaluation setup", ["field", "value"], rows)
+
+
+def _catalogue_rows(s: Mapping[str, Any]) -> list[list[Any]]:
+    """Cold items, the GT's cold share, the recall sample and a subset of the day, when recorded
+    (serving.json files written before they were recorded have none of them)."""
+    cat = s.get("catalogue") or {}
+    rows: list[list[Any]] = []
+    if "cold_items" in cat:
+        rows.append(["cold corpus items (never a candidate on a training day)",
+                     f"{cat['cold_items']:,} ({cat['cold_share']:.1%})"])
+    cold = (s.get("results") or {}).get("gt_cold")
+    if cold is not None and cold.get("mean") is not None:
+        rows.append(["GT items that are cold (mean share)", cold["mean"]])
+    sampled = [v.get("index_recall_requests") for v in (s.get("per_seed") or {}).values()
+               if v.get("index_recall_requests") is not None]
+    if sampled:
+        rows.append(["requests in the index-recall sample (exact search)", min(sampled)])
+    if cat.get("day_requests") and cat.get("requests_evaluated_of_day", cat["day_requests"]) < cat["day_requests"]:
+        rows.append(["subset of the test day", f"first {cat['requests_evaluated_of_day']:,} of "
+                                               f"{cat['day_requests']:,} requests"])
+    return rows
 
 
 def serving_section(s: Mapping[str, Any], path: Path) -> Section:

@@ -107,7 +107,7 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         tie_seed: int = 0,
         serving_eval: bool = False,
         serving_k1: list = [100, 500, 1000],  # noqa: B006
-        serving_index: str = "flat",
+        serving_index: str = "auto",
         serving_index_options: dict = {},  # noqa: B006
         serving_day: str = "",
         serving_batch_size: int = 1024,

@@ -333,3 +333,24 @@ def test_report_and_compare_do_not_replace_other_outputs_silently(evaluated, tmp
         compare([evaluated.run], cmp, bootstrap=20)
     assert compare([evaluated.run], cmp, bootstrap=20, overwrite=True)["inputs"]["paths"] == [
         str(evaluated.run.resolve())]
+
+
+def test_report_serving_setup_states_the_catalogue(evaluated, tmp_path):
+    """Cold items, the GT's cold share, the index-recall sample and a subset of the day."""
+    from lcron.evaluation.results import summarize_seeds as summarize
+
+    doc = serving_doc(evaluated.run, index={"kind": "ivf", "items": 300, "nlist": 4, "nprobe": 2, "options": {}})
+    doc["catalogue"] = {"items": 300, "cold_items": 30, "cold_share": 0.1, "training_days": ["2024-01-13"],
+                        "requests_evaluated_of_day": 60, "day_requests": 600}
+    doc["results"]["gt_cold"] = summarize([0.25, 0.75])
+    doc["per_seed"] = {"1": {"index_recall_requests": 48}, "2": {"index_recall_requests": 48}}
+    folder = tmp_path / "serving"
+    folder.mkdir()
+    (folder / "serving.json").write_text(json.dumps(doc))
+    paths = build_report(evaluated.run, out=tmp_path / "rep", serving_dir=folder)
+    setup = dict((r[0], r[1]) for r in json.loads(paths["json"].read_text())["tables"]["serving_setup"]["rows"])
+    assert setup["cold corpus items (never a candidate on a training day)"] == "30 (10.0%)"
+    assert setup["GT items that are cold (mean share)"] == 0.5
+    assert setup["requests in the index-recall sample (exact search)"] == 48
+    assert setup["subset of the test day"] == "first 60 of 600 requests"
+    assert_json_matches_markdown(paths)

@@ -15,6 +15,8 @@ measures what the trained cascade would do then. Per seed and test request:
 Measured per K1, as a share of the request's GT items (|GT| = number of GT slots):
 
 * ``gt_in_corpus``      - GT items present in the corpus at all (an upper bound for the rest);
+* ``gt_cold``           - GT items that no training day offered as a candidate (the item
+  tower never trained on them; ``catalogue`` in serving.json gives the corpus's cold share);
 * ``recall_retrieval``  - GT items among the top-K1 retrieved;
 * ``recall_after/<s>``  - GT items still alive after later stage s; the last one is
 * ``recall_e2e``        - GT items among the final survivors (end-to-end);
@@ -53,13 +55,18 @@ from lcron.evaluation.results import is_eval_folder, summarize_seeds
 from lcron.logs import get_logger
 from lcron.progress import Progress
 from lcron.run_folder import FinishedRun, load_cascade, seed_number
-from lcron.serving.index import (Corpus, IndexOptions, build_corpus, build_index, check_kind, clamp_k1,
-                                 overlap_recall, retrieval_tower, rows_in, search, stage_modules, user_vectors)
+from lcron.serving.index import (AUTO_FLAT_MAX_ITEMS, Corpus, IndexOptions, build_corpus, build_index, check_kind,
+                                 clamp_k1, overlap_recall, resolve_index_kind, retrieval_tower, rows_in, search,
+                                 stage_modules, user_vectors)
 from lcron.serving.loader import DEFAULT_MAX_SLOTS, run_cascade, score_items
 from lcron.serving.results import FORMAT_VERSION, KIND
 from lcron.settings import Setting
 
 REQUEST_NAMES = ("context", "user", "seq", "seq_mask")
+
+
+#: Requests on which an approximate index is compared with the exact search by default.
+DEFAULT_RECALL_SAMPLE = 2048
 
 
 def log(msg: str) -> None:
@@ -96,6 +103,25 @@ def logged_gt(arrays: Mapping[str, np.ndarray], rows: "slice | np.ndarray", sett
         return vid
     gt = gt_mask(label, mask, gt=setting.gt_size, seed=seed)
     return np.where(gt & (vid > 0), vid, -1)
+
+
+def cold_items(shard_set: Any, days: Sequence[str], corpus_ids: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """The corpus items (sorted shifted ids ``corpus_ids``) that are no valid candidate of any
+    of ``days`` (the run's training days): their item-tower inputs were never trained on, so
+    they are retrieved by untrained embeddings. Returns their ids (sorted)."""
+    seen = np.zeros(len(corpus_ids), dtype=bool)
+    if not len(corpus_ids):
+        return corpus_ids
+    for day in days:
+        arrays = shard_set.load_day(day)
+        items, mask = arrays["items"], arrays["mask"]
+        # A day's distinct candidates first (one sort), then one binary search per distinct id.
+        vid = np.unique(np.concatenate([
+            np.asarray(items[start:start + chunk, :, 0])[np.asarray(mask[start:start + chunk]) > 0]
+            for start in range(0, len(mask), chunk)] or [np.empty(0, np.int64)]).astype(np.int64))
+        pos = np.minimum(np.searchsorted(corpus_ids, vid), len(corpus_ids) - 1)
+        seen[pos[corpus_ids[pos] == vid]] = True
+    return corpus_ids[~seen]
 
 
 # --------------------------------------------------------------- one batch, one seed
@@ -148,8 +174,13 @@ class _SeedEvaluator:
     """Everything one seed needs to serve a batch of requests."""
 
     def __init__(self, cascade: torch.nn.Module, setting: Setting, corpus: Corpus, exact_index: Any,
-                 k1: list[int], device: torch.device, seed: int, max_slots: int, compile: bool = False) -> None:
+                 k1: list[int], device: torch.device, seed: int, max_slots: int, compile: bool = False,
+                 recall_sample: int = 0, cold_ids: np.ndarray | None = None) -> None:
         self.setting, self.corpus, self.exact_index = setting, corpus, exact_index
+        self.cold_ids = cold_ids if cold_ids is not None else np.empty(0, np.int64)
+        # An approximate index is compared with the exact search on the first requests only:
+        # at catalogue scale the exact search is what the approximate index is there to avoid.
+        self.recall_left = int(recall_sample)
         self.k1, self.kmax = k1, max(k1)
         self.device, self.seed, self.max_slots = device, seed, max_slots
         self.tower = retrieval_tower(cascade, setting)
@@ -175,7 +206,8 @@ class _SeedEvaluator:
 
         vids = np.where(found, self.corpus.video_ids[np.maximum(rows, 0)], -1)
         n_gt = (gt >= 0).sum(1)
-        out = {"gt": n_gt, "in_corpus": (np.isin(gt, self.corpus.video_ids) & (gt >= 0)).sum(1)}
+        out = {"gt": n_gt, "in_corpus": (np.isin(gt, self.corpus.video_ids) & (gt >= 0)).sum(1),
+               "cold": (np.isin(gt, self.cold_ids) & (gt >= 0)).sum(1)}
         stages = self.setting.stage_names[1:]
         retrieved = np.zeros((b, len(self.k1)), np.int64)
         after = np.zeros((len(stages), b, len(self.k1)), np.int64)
@@ -195,8 +227,13 @@ class _SeedEvaluator:
         self.timing["retrieval_s"] += t1 - t0
         self.timing["scoring_s"] += t2 - t1
         if self.exact_index is not None:  # the approximate index against the exact search (not timed)
-            _, exact = search(self.exact_index, u, self.kmax)
-            out["index_recall"] = np.stack([overlap_recall(rows[:, :k], exact[:, :k]) for k in self.k1], 1)
+            n = min(b, max(self.recall_left, 0))
+            recall = np.full((b, len(self.k1)), np.nan)
+            if n:
+                _, exact = search(self.exact_index, u[:n], self.kmax)
+                recall[:n] = np.stack([overlap_recall(rows[:n, :k], exact[:, :k]) for k in self.k1], 1)
+                self.recall_left -= n
+            out["index_recall"] = recall
         return out
 
 
@@ -218,7 +255,11 @@ def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1:
         return float((counts[ok] / denom[ok]).mean()) if ok.any() else float("nan")
 
     res: dict[str, Any] = {"evaluated": int(ok.sum()), "skipped": int((~ok).sum()),
-                           "gt_in_corpus": share(np.concatenate([p["in_corpus"] for p in parts]))}
+                           "index_recall_requests": (int((~np.isnan(np.concatenate([p["index_recall"][:, 0]
+                                                                                   for p in parts]))).sum())
+                                                     if "index_recall" in parts[0] else None),
+                           "gt_in_corpus": share(np.concatenate([p["in_corpus"] for p in parts])),
+                           "gt_cold": share(np.concatenate([p["cold"] for p in parts]))}
     retrieved = np.concatenate([p["retrieved"] for p in parts])
     after = np.concatenate([p["after"] for p in parts], axis=1)
     has_index = "index_recall" in parts[0]
@@ -229,7 +270,8 @@ def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1:
             entry[f"recall_after/{name}"] = share(after[s, :, j])
         entry["recall_e2e"] = share(after[-1, :, j]) if len(stages) else entry["recall_retrieval"]
         if index_recall is not None:
-            entry["index_recall"] = float(index_recall[:, j].mean()) if len(index_recall) else float("nan")
+            sampled = index_recall[:, j][~np.isnan(index_recall[:, j])]
+            entry["index_recall"] = float(sampled.mean()) if len(sampled) else float("nan")
         res[str(k)] = entry
     return res
 
@@ -264,22 +306,28 @@ def serving_evaluate(run_dir: "str | Path", shards: Any = None, **kwargs: Any) -
 
 
 def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = None,
-                     k1: "Sequence[int] | str" = (100, 500, 1000), index: str = "flat", batch_size: int = 1024,
+                     k1: "Sequence[int] | str" = (100, 500, 1000), index: str = "auto", batch_size: int = 1024,
                      device: str = "auto", seed: int = 0, index_options: "Mapping[str, Any] | None" = None,
                      out: "str | Path | None" = None, max_requests: int | None = None, compile: bool | None = False,
-                     max_slots: int | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+                     max_slots: int | None = None, progress: bool = True, overwrite: bool = False,
+                     recall_sample: int = DEFAULT_RECALL_SAMPLE) -> dict[str, Any]:
     """Serving-style evaluation of every completed seed of a run; writes ``serving.json``.
 
     ``shards`` defaults to the run's shard set, ``day`` to its last day (the test day);
     ``k1`` values larger than the corpus are clamped (and noted); ``index`` flat / ivf /
-    hnsw (``index_options``: nlist, nprobe, hnsw_m, ef_search, ef_construction);
+    hnsw (``index_options``: nlist, nprobe, hnsw_m, ef_search, ef_construction), or auto:
+    exact up to :data:`AUTO_FLAT_MAX_ITEMS` corpus items, IVF above; an approximate index is
+    compared with the exact search on the first ``recall_sample`` requests (``index_recall``);
     ``seed`` fixes the GT and cut-off tie-breaks; ``out`` defaults to ``<run_dir>/eval``;
     ``max_requests`` evaluates only the first requests of the day; ``compile`` None takes the
     device's default (``DEVICE_DEFAULTS``: on for CPU, off for CUDA). Returns the document.
     An existing ``serving.json`` made from other inputs (run, seeds, day, K1, index, tie seed)
     is an :class:`OutputExistsError` unless ``overwrite``, as with every other step's output.
     """
-    check_kind(index)
+    if index != "auto":
+        check_kind(index)
+    if isinstance(recall_sample, bool) or not isinstance(recall_sample, int) or recall_sample < 0:
+        raise ConfigError(f"recall sample must be an integer >= 0 (requests), got {recall_sample!r}")
     opts = IndexOptions.from_mapping(index_options)
     k1_req = parse_k1(k1)
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -311,10 +359,12 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     for note in clamp_notes:
         log(f"serve-eval: {note}")
     k1_list = sorted(set(k1_list))
+    index = resolve_index_kind(index, len(video_ids))
     out_dir = Path(out) if out is not None else run_dir / "eval"
     inputs = {"run_config_hash": cfg.get("config_hash"), "seeds": [p.name for p in seed_dirs],
               "shards": shard_set.fingerprint(), "day": test_day, "k1": k1_list, "index": index,
-              "index_options": dict(index_options or {}), "tie_seed": seed, "max_requests": max_requests}
+              "index_options": dict(index_options or {}), "tie_seed": seed, "max_requests": max_requests,
+              **({"recall_sample": recall_sample} if index != "flat" else {})}
     inputs_hash = _guard_output(out_dir / "serving.json", inputs, overwrite)
     arrays = shard_set.load_day(test_day)
     n_req = int(arrays["request_id"].shape[0])
@@ -325,15 +375,32 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     corpus_info: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     stages = list(setting.stage_names[1:])
+    # Why catalogue recall can sit far below the cascade's recall on its logged candidates:
+    # items no training day offered as a candidate keep the item tower's untrained inputs.
+    trained_days = [d for d in cfg.get("days", []) if d in shard_set.days]
+    t0 = time.perf_counter()
+    cold = cold_items(shard_set, trained_days, np.asarray(video_ids, dtype=np.int64))
+    catalogue = {"items": int(len(video_ids)), "cold_items": int(len(cold)),
+                 "cold_share": float(len(cold) / max(len(video_ids), 1)), "training_days": trained_days,
+                 "requests_evaluated_of_day": n_req, "day_requests": int(arrays["request_id"].shape[0]),
+                 "cold_seconds": round(time.perf_counter() - t0, 2)}
+    if progress:
+        log(f"serve-eval: {len(cold):,} of {len(video_ids):,} corpus items ({catalogue['cold_share']:.1%}) were never "
+            f"a candidate on the run's {len(trained_days)} training day(s)")
     for seed_dir in seed_dirs:
         seed_no = seed_number(seed_dir)
         t0 = time.perf_counter()
         cascade, _ = load_cascade(seed_dir / "model.pt", dev, compile=compile)
+        if progress:  # at catalogue scale the index takes minutes before the first request
+            log(f"serve-eval seed {seed_no}: embedding {len(video_ids):,} corpus items and building the {index} index")
         corpus = build_corpus(retrieval_tower(cascade, setting), video_ids, features, index, opts, device=dev)
         exact = build_index(corpus.vectors, "flat", device=dev) if index != "flat" else None
         t_build = time.perf_counter() - t0
+        if progress:
+            log(f"serve-eval seed {seed_no}: corpus and index ready in {t_build:.1f} s")
         corpus_info = {"items": corpus.size, **corpus.describe()}
-        ev = _SeedEvaluator(cascade, setting, corpus, exact, k1_list, dev, seed, slots, compile)
+        ev = _SeedEvaluator(cascade, setting, corpus, exact, k1_list, dev, seed, slots, compile, recall_sample,
+                            cold)
         parts = []
         bar = Progress(n_req, f"serve-eval seed {seed_no} day {test_day}", unit="req", enabled=progress)
         for batch_no, (sl, request) in enumerate(_request_batches(arrays, n_req, batch_size, dev)):
@@ -348,7 +415,8 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
                                  "requests_per_s": n_req / total if total > 0 else None}
 
     seeds = sorted(per_seed)
-    results: dict[str, Any] = {"gt_in_corpus": summarize_seeds([per_seed[s]["gt_in_corpus"] for s in seeds])}
+    results: dict[str, Any] = {"gt_in_corpus": summarize_seeds([per_seed[s]["gt_in_corpus"] for s in seeds]),
+                               "gt_cold": summarize_seeds([per_seed[s]["gt_cold"] for s in seeds])}
     for k in k1_list:
         keys = per_seed[seeds[0]][str(k)].keys()
         results[str(k)] = {key: summarize_seeds([per_seed[s][str(k)][key] for s in seeds]) for key in keys}
@@ -369,6 +437,7 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
         "k1": k1_list,
         "k1_requested": list(k1_req),
         "index": corpus_info,
+        "catalogue": catalogue,
         "device": str(dev),
         "tie_seed": seed,
         "notes": notes,
@@ -497,8 +566,13 @@ def add_serve_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test day YYYY-MM-DD, one day (default: the shard set's last day); --days like every "
                              "other command, --day still accepted")
     parser.add_argument("--k1", default="100,500,1000", help="retrieval sizes, comma-separated (default 100,500,1000)")
-    parser.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat",
-                        help="faiss index (default flat = exact; ivf/hnsw also report their recall vs exact)")
+    parser.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
+                        help=f"faiss index: flat = exact, ivf/hnsw approximate (they also report their recall against "
+                             f"the exact search on a sample); auto (default): flat up to {AUTO_FLAT_MAX_ITEMS:,} corpus "
+                             "items, ivf above")
+    parser.add_argument("--recall-sample", type=int, default=DEFAULT_RECALL_SAMPLE, metavar="N",
+                        help=f"requests on which an approximate index is compared with the exact search (default "
+                             f"{DEFAULT_RECALL_SAMPLE}; the exact search is the cost the index avoids)")
     add_index_option_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=1024, help="requests per batch (default 1024)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
@@ -547,6 +621,7 @@ def run_serve_eval(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, device=args.device, seed=args.tie_seed,
                            index_options=index_options_from_args(args), out=args.out,
                            max_requests=args.max_requests, compile=args.compile, overwrite=args.overwrite,
+                           recall_sample=args.recall_sample,
                            progress=not (args.no_progress or getattr(args, "quiet", False)))
     print(format_table(doc))
     out_dir = Path(args.out) if args.out else Path(args.model) / "eval"

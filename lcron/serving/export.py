@@ -400,8 +400,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_index_option_arguments(parser: argparse.ArgumentParser) -> None:
     """The approximate-index knobs shared by ``export`` and ``serve-eval``."""
+    from lcron.serving.index import DEFAULT_NPROBE
+
     parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4 sqrt(corpus))")
-    parser.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query (default 16)")
+    parser.add_argument("--nprobe", type=int, default=DEFAULT_NPROBE,
+                        help=f"IVF cells searched per query (default {DEFAULT_NPROBE})")
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node (default 32)")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search beam (default 128)")
 

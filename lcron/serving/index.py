@@ -52,23 +52,34 @@ def import_faiss():
 
 
 # ------------------------------------------------------------------------- options
+#: IVF defaults, measured on a RecFlow-size corpus (6.79M items embedded by a trained LCRON
+#: item tower, 2,048 test requests, 2 cores; docs/serving.md "Catalogue scale"): nprobe 16
+#: recalled 0.83 of the exact top-1000 at 4,408 requests/s, 64 recalled 0.987 at 3,813.
+#: k-means on faiss's default 256 points per cell took 431 s of the build; see
+#: :data:`DEFAULT_TRAIN_POINTS_PER_CELL`.
+DEFAULT_NPROBE = 64
+DEFAULT_TRAIN_POINTS_PER_CELL = 64
+
+
 @dataclass(frozen=True)
 class IndexOptions:
     """Tuning knobs of the approximate indexes (ignored by ``flat``).
 
     ``nlist`` None -> ``round(4 * sqrt(I))`` clamped so every cell gets at least 39
-    training points (faiss warns below that); ``nprobe`` is clamped to ``nlist``.
+    training points (faiss warns below that); ``nprobe`` is clamped to ``nlist``;
+    ``train_points_per_cell``: k-means trains on at most that many sampled vectors per cell.
     ``hnsw_m`` links per node; ``ef_search`` / ``ef_construction`` beam widths.
     """
 
     nlist: int | None = None
-    nprobe: int = 16
+    nprobe: int = DEFAULT_NPROBE
     hnsw_m: int = 32
     ef_search: int = 128
     ef_construction: int = 80
+    train_points_per_cell: int = DEFAULT_TRAIN_POINTS_PER_CELL
 
     def __post_init__(self) -> None:
-        for name in ("nprobe", "hnsw_m", "ef_search", "ef_construction"):
+        for name in ("nprobe", "hnsw_m", "ef_search", "ef_construction", "train_points_per_cell"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"index option {name!r} must be an integer >= 1, got {v!r}")
@@ -94,6 +105,23 @@ class IndexOptions:
         most = max(1, num_items // 39)
         want = self.nlist if self.nlist is not None else int(round(4 * math.sqrt(max(num_items, 1))))
         return int(min(max(1, want), most, max(1, num_items)))
+
+
+#: ``auto``: exact (flat) search up to this many corpus items, IVF above. Measured on the
+#: 2-core machine (bench/serving_index.py, docs/serving.md "Catalogue scale"; K1 = 1000):
+#: exact search ran 6,146 requests/s over 20,000 items, 1,646 over 200,000, 294 over 1M and
+#: 48 - 58 over 6.79M; an IVF built in 3.5 s at 200,000 items and 157 s at 6.79M. Up to
+#: 200,000 items the exact search of a 250,000-request test day takes ~2.5 minutes here,
+#: affordable for an exact answer; beyond, the IVF is many times faster.
+AUTO_FLAT_MAX_ITEMS = 200_000
+
+
+def resolve_index_kind(kind: str, items: int) -> str:
+    """The index kind to build for a corpus of ``items``: ``kind`` itself, or for ``auto``
+    flat up to :data:`AUTO_FLAT_MAX_ITEMS` items and ivf above."""
+    if kind == "auto":
+        return "flat" if items <= AUTO_FLAT_MAX_ITEMS else "ivf"
+    return check_kind(kind)
 
 
 def check_kind(kind: str) -> str:
@@ -188,6 +216,7 @@ def build_index(vectors: np.ndarray, kind: str = "flat", options: "IndexOptions 
         nlist = opts.resolved_nlist(len(x))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.max_points_per_centroid = opts.train_points_per_cell  # faiss samples the training set
         index.train(x)
         index.add(x)
         index.nprobe = min(opts.nprobe, nlist)

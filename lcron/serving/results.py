@@ -54,8 +54,9 @@ def serving_metric_key(name: str, k1: int | str) -> str:
 def serving_metric_means(doc: Mapping[str, Any]) -> dict[str, float]:
     """The mean over seeds of every serving number as flat scalars (the KFP Metrics view).
 
-    ``serving/gt_in_corpus`` (independent of K1), and per K1 ``serving/recall_retrieval@K1=k``,
-    ``serving/recall_after/<stage>@K1=k`` for the later stages before the last,
+    ``serving/gt_in_corpus`` and ``serving/gt_cold`` (independent of K1), and per K1
+    ``serving/recall_retrieval@K1=k``, ``serving/recall_after/<stage>@K1=k`` for the later
+    stages before the last,
     ``serving/recall_e2e@K1=k`` (= recall after the last stage, logged once under this name)
     and, for ivf/hnsw, ``serving/index_recall@K1=k``. Means that are None or NaN are left out
     (NaN is not valid JSON for the KFP UI)."""
@@ -67,6 +68,7 @@ def serving_metric_means(doc: Mapping[str, Any]) -> dict[str, float]:
             out[key] = float(mean)
 
     put("serving/gt_in_corpus", doc["results"].get("gt_in_corpus"))
+    put("serving/gt_cold", doc["results"].get("gt_cold"))
     later = list(doc["stage_names"][1:])
     for k in doc["k1"]:
         res = doc["results"][str(k)]

@@ -198,6 +198,6 @@ def test_serving_step_is_switched_by_serving_eval_and_feeds_the_report(compiled,
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["serving_eval"] == {"defaultValue": False, "isOptional": True, "parameterType": "BOOLEAN"}
     assert defaults["serving_k1"]["defaultValue"] == [100, 500, 1000]
-    assert defaults["serving_index"]["defaultValue"] == "flat"
+    assert defaults["serving_index"]["defaultValue"] == "auto"
     assert defaults["serving_index_options"]["defaultValue"] == {}
     assert defaults["serving_day"]["defaultValue"] == "" and defaults["serving_batch_size"]["defaultValue"] == 1024

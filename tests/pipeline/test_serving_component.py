@@ -55,7 +55,7 @@ def test_serving_component_writes_serving_json_and_logs_the_means(served):
     assert doc["kind"] == "lcron-serving-evaluation" and doc["k1"] == [5, 20, 100] and doc["seeds"] == [1]
     assert doc["day"] == "2024-01-15" and doc["index"]["kind"] == "flat"
     logged = metrics.metadata
-    assert set(logged) == {"serving/gt_in_corpus"} | {
+    assert set(logged) == {"serving/gt_in_corpus", "serving/gt_cold"} | {
         f"serving/{name}@K1={k}" for k in (5, 20, 100) for name in ("recall_retrieval", "recall_e2e")}
     assert logged["serving/gt_in_corpus"] == doc["results"]["gt_in_corpus"]["mean"]
     for k in (5, 20, 100):

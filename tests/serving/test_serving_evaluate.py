@@ -84,6 +84,55 @@ def test_three_stage_and_approximate_indexes(run_3: Path, tmp_path: Path):
     assert 0.0 <= _share(hnsw["results"]["50"]["index_recall"]) <= 1.0
 
 
+def test_auto_index_and_a_sampled_index_recall(run_3: Path, tmp_path: Path, monkeypatch):
+    """auto is exact for a small corpus and IVF for a large one; the IVF is compared with the
+    exact search on the first recall_sample requests only (at catalogue scale the exact search
+    is the cost the index avoids)."""
+    from lcron.serving import evaluate as serving
+    from lcron.serving import index as index_module
+
+    doc = serving_evaluate(run_3, k1=(50,), out=tmp_path / "auto", progress=False, max_requests=16)
+    assert doc["index"]["kind"] == "flat" and "index_recall" not in doc["results"]["50"]
+    monkeypatch.setattr(index_module, "AUTO_FLAT_MAX_ITEMS", 10)  # this corpus is "large" now
+    searched = []
+    real = serving.search
+
+    def counting(index, queries, k):
+        searched.append((type(index).__name__, len(queries)))
+        return real(index, queries, k)
+
+    monkeypatch.setattr(serving, "search", counting)
+    doc = serving_evaluate(run_3, k1=(50,), out=tmp_path / "large", progress=False, max_requests=16, batch_size=4,
+                           recall_sample=6)
+    assert doc["index"]["kind"] == "ivf"
+    assert doc["per_seed"]["1"]["index_recall_requests"] == 6
+    exact = [n for name, n in searched if name == "IndexFlatIP"]
+    assert exact == [4, 2]  # 6 requests compared over two batches of 4, none after
+    assert _share(doc["results"]["50"]["index_recall"]) == pytest.approx(1.0)  # nprobe covers every cell here
+    with pytest.raises(ConfigError, match="recall sample"):
+        serving_evaluate(run_3, k1=(50,), out=tmp_path / "bad", progress=False, recall_sample=-1)
+
+
+def test_cold_items_are_counted_from_the_training_days(run_2: Path, tmp_path: Path):
+    """The catalogue's cold items (no valid candidate on any training day), counted by hand."""
+    from lcron.serving.evaluate import cold_items
+
+    doc = serving_evaluate(run_2, k1=(100,), out=tmp_path, progress=False, max_requests=32)
+    shards = _shards(run_2)
+    corpus, _ = shards.item_table()
+    train_days = json.loads((run_2 / "run.json").read_text())["days"]
+    seen = set()
+    for day in train_days:
+        a = shards.load_day(day)
+        seen |= set(np.asarray(a["items"][..., 0])[np.asarray(a["mask"]) > 0].tolist())
+    want = sorted(set(corpus.tolist()) - seen)
+    assert cold_items(shards, train_days, corpus, chunk=7).tolist() == want
+    cat = doc["catalogue"]
+    assert cat["items"] == len(corpus) and cat["cold_items"] == len(want) and cat["training_days"] == train_days
+    assert cat["requests_evaluated_of_day"] == 32 and cat["day_requests"] >= 32
+    assert 0.0 <= _share(doc["results"]["gt_cold"]) <= _share(doc["results"]["gt_in_corpus"])
+
+
 def test_serving_evaluation_matches_the_exported_cascade(run_2: Path, exported_2: Path, tmp_path: Path):
     from lcron.serving.index import rows_in
 
