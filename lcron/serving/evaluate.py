@@ -237,12 +237,81 @@ class _SeedEvaluator:
         return out
 
 
-def _request_batches(arrays: Mapping[str, np.ndarray], n: int, batch_size: int, device: torch.device):
+def _request_batches(arrays: Mapping[str, np.ndarray], n: int, batch_size: int, device: torch.device,
+                     first: int = 0):
     from lcron.batches import gather
 
-    for start in range(0, n, batch_size):
+    for start in range(first, n, batch_size):
         sl = slice(start, min(start + batch_size, n))
         yield sl, gather(arrays, sl, REQUEST_NAMES, device)
+
+
+#: Requests' counts are saved for a resume at most this often (seconds) while a seed runs.
+PARTIAL_SAVE_EVERY_S = 60.0
+PARTIAL_FILE = "serving.partial.npz"
+PARTIAL_KIND = "lcron-serving-partial"
+
+
+class _Partial:
+    """What a stopped serve-eval had counted: per seed, the per-request arrays of the batches
+    it finished (and whether the seed was complete), saved atomically beside serving.json
+    with the inputs' hash. A rerun with the same inputs continues after the last saved batch:
+    batches are deterministic (the cut-off priorities are seeded by batch number), so the
+    result equals an uninterrupted run's; other inputs start afresh."""
+
+    def __init__(self, path: Path, inputs_hash: str) -> None:
+        self.path, self.inputs_hash = path, inputs_hash
+        self.seeds: dict[int, dict[str, Any]] = {}
+        self.corpus_info: dict[str, Any] = {}
+        if not path.is_file():
+            return
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta.get("inputs_hash") != inputs_hash:
+                    return
+                self.corpus_info = dict(meta.get("corpus_info") or {})
+                for seed_no, info in meta["seeds"].items():
+                    arrays = {k: z[f"{seed_no}/{k}"] for k in info["keys"]}
+                    self.seeds[int(seed_no)] = {"parts": [arrays], "batches": int(info["batches"]),
+                                                "requests": int(info["requests"]), "done": bool(info["done"])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged: start afresh, say so
+            warnings.warn(f"serve-eval: ignoring unreadable partial results {path} ({type(exc).__name__})",
+                          stacklevel=2)
+            self.seeds = {}
+
+    @staticmethod
+    def is_ours(path: Path) -> bool:
+        """Whether ``path`` is partial results a stopped serve-eval wrote (a folder holding only
+        them is one lcron made)."""
+        if path.is_symlink() or not path.is_file():
+            return False
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return json.loads(str(z["meta"])).get("kind") == PARTIAL_KIND
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+
+    def save(self, seed_no: int, parts: list[dict[str, np.ndarray]], batches: int, requests: int,
+             done: bool) -> None:
+        merged = _merge_parts(parts)
+        self.seeds[seed_no] = {"parts": [merged], "batches": batches, "requests": requests, "done": done}
+        meta = {"kind": PARTIAL_KIND, "inputs_hash": self.inputs_hash, "corpus_info": self.corpus_info,
+                "seeds": {str(k): {"keys": sorted(v["parts"][0]), "batches": v["batches"],
+                                   "requests": v["requests"], "done": v["done"]} for k, v in self.seeds.items()}}
+        arrays = {f"{k}/{name}": a for k, v in self.seeds.items() for name, a in v["parts"][0].items()}
+        with atomic.atomic_open(self.path, "wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _merge_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One part of many: arrays joined along the request axis (axis 1 of ``after``)."""
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts], axis=1 if k == "after" else 0) for k in parts[0]}
 
 
 def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1: list[int]) -> dict[str, Any]:
@@ -280,7 +349,8 @@ def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1:
 def _guard_output(path: Path, inputs: Mapping[str, Any], overwrite: bool) -> str:
     """The inputs' hash; refuses (unless ``overwrite``) a ``path`` written from other inputs."""
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    outputs.refuse_foreign(path.parent, is_eval_folder(path.parent), "an lcron evaluation folder")
+    outputs.refuse_foreign(path.parent, is_eval_folder(path.parent) or _Partial.is_ours(path.parent / PARTIAL_FILE),
+                           "an lcron evaluation folder")
     if os.path.lexists(path) and outputs.json_kind(path) != KIND:
         raise OutputExistsError(f"{path} exists and is not an lcron serving evaluation; it is left untouched, "
                                 "even with --overwrite: choose another --out")
@@ -387,8 +457,16 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     if progress:
         log(f"serve-eval: {len(cold):,} of {len(video_ids):,} corpus items ({catalogue['cold_share']:.1%}) were never "
             f"a candidate on the run's {len(trained_days)} training day(s)")
+    partial = _Partial(out_dir / PARTIAL_FILE, inputs_hash)
+    corpus_info = dict(partial.corpus_info)
     for seed_dir in seed_dirs:
         seed_no = seed_number(seed_dir)
+        saved = partial.seeds.get(seed_no)
+        if saved is not None and saved["done"]:
+            log(f"serve-eval seed {seed_no}: complete in {partial.path}, kept")
+            per_seed[seed_no] = _seed_metrics(saved["parts"], stages, k1_list)
+            timings[str(seed_no)] = {"kept_from_a_stopped_run": True}
+            continue
         t0 = time.perf_counter()
         cascade, _ = load_cascade(seed_dir / "model.pt", dev, compile=compile)
         if progress:  # at catalogue scale the index takes minutes before the first request
@@ -398,21 +476,36 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
         t_build = time.perf_counter() - t0
         if progress:
             log(f"serve-eval seed {seed_no}: corpus and index ready in {t_build:.1f} s")
-        corpus_info = {"items": corpus.size, **corpus.describe()}
+        corpus_info = partial.corpus_info = {"items": corpus.size, **corpus.describe()}
         ev = _SeedEvaluator(cascade, setting, corpus, exact, k1_list, dev, seed, slots, compile, recall_sample,
                             cold)
-        parts = []
+        parts: list[dict[str, np.ndarray]] = []
+        first_batch = done_requests = 0
+        if saved is not None:  # a stopped run's batches: kept, and the recall sample already taken
+            parts, first_batch, done_requests = list(saved["parts"]), saved["batches"], saved["requests"]
+            if "index_recall" in parts[0]:
+                ev.recall_left -= int((~np.isnan(parts[0]["index_recall"][:, 0])).sum())
+            log(f"serve-eval seed {seed_no}: resuming after {done_requests:,} requests of a stopped run")
         bar = Progress(n_req, f"serve-eval seed {seed_no} day {test_day}", unit="req", enabled=progress)
-        for batch_no, (sl, request) in enumerate(_request_batches(arrays, n_req, batch_size, dev)):
+        bar.update(done_requests)
+        last_save = time.perf_counter()
+        batch_no = first_batch
+        for batch_no, (sl, request) in enumerate(
+                _request_batches(arrays, n_req, batch_size, dev, first=done_requests), start=first_batch):
             parts.append(ev.batch(request, logged_gt(arrays, sl, setting, seed), batch_no))
             bar.update(sl.stop - sl.start)
+            if time.perf_counter() - last_save >= PARTIAL_SAVE_EVERY_S and sl.stop < n_req:
+                partial.save(seed_no, parts, batch_no + 1, sl.stop, done=False)
+                parts, last_save = list(partial.seeds[seed_no]["parts"]), time.perf_counter()
         bar.close()
         if not parts:
             raise DataError(f"day {test_day} of {shard_set.root} has no request to evaluate")
+        partial.save(seed_no, parts, batch_no + 1, n_req, done=True)
         per_seed[seed_no] = _seed_metrics(parts, stages, k1_list)
         total = ev.timing["retrieval_s"] + ev.timing["scoring_s"]
         timings[str(seed_no)] = {"corpus_and_index_s": t_build, **ev.timing,
-                                 "requests_per_s": n_req / total if total > 0 else None}
+                                 "requests_per_s": (n_req - done_requests) / total if total > 0 else None,
+                                 **({"resumed_after_requests": done_requests} if done_requests else {})}
 
     seeds = sorted(per_seed)
     results: dict[str, Any] = {"gt_in_corpus": summarize_seeds([per_seed[s]["gt_in_corpus"] for s in seeds]),
@@ -448,6 +541,7 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
         "inputs_hash": inputs_hash,
     }
     atomic.write_json(out_dir / "serving.json", doc)
+    partial.remove()
     return doc
 
 

@@ -133,6 +133,48 @@ def test_cold_items_are_counted_from_the_training_days(run_2: Path, tmp_path: Pa
     assert 0.0 <= _share(doc["results"]["gt_cold"]) <= _share(doc["results"]["gt_in_corpus"])
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_a_stopped_serving_evaluation_resumes_after_its_saved_batches(run_2: Path, tmp_path: Path, monkeypatch):
+    """Counts are saved as batches finish; a stopped run's rerun keeps them, continues after the
+    last saved batch and ends with the numbers of an uninterrupted run; the partial file goes."""
+    from lcron.serving import evaluate as serving
+
+    args = dict(k1=(20, 100), progress=False, max_requests=40, batch_size=8)
+    whole = serving_evaluate(run_2, out=tmp_path / "whole", **args)
+    monkeypatch.setattr(serving, "PARTIAL_SAVE_EVERY_S", 0.0)  # save after every batch
+    real = serving._SeedEvaluator.batch
+    calls = []
+
+    def dies_at_batch_3(self, request, gt, batch_no):
+        calls.append(batch_no)
+        if len(calls) == 4:
+            raise _Stop()
+        return real(self, request, gt, batch_no)
+
+    monkeypatch.setattr(serving._SeedEvaluator, "batch", dies_at_batch_3)
+    out = tmp_path / "stopped"
+    with pytest.raises(_Stop):
+        serving_evaluate(run_2, out=out, **args)
+    assert (out / serving.PARTIAL_FILE).is_file() and not (out / "serving.json").exists()
+    monkeypatch.setattr(serving._SeedEvaluator, "batch", real)
+    resumed_batches = []
+    monkeypatch.setattr(serving._SeedEvaluator, "batch",
+                        lambda self, request, gt, batch_no: resumed_batches.append(batch_no) or real(
+                            self, request, gt, batch_no))
+    doc = serving_evaluate(run_2, out=out, **args)
+    seeds = doc["seeds"]
+    assert resumed_batches[:2] == [3, 4]  # seed 1 went on after its 3 saved batches
+    assert doc["results"] == whole["results"] and doc["per_seed"] == whole["per_seed"]
+    assert doc["timing"][str(seeds[0])]["resumed_after_requests"] == 24
+    assert not (out / serving.PARTIAL_FILE).exists()
+    # other inputs never take a stopped run's counts
+    partial = serving._Partial(out / serving.PARTIAL_FILE, "another-hash")
+    assert partial.seeds == {}
+
+
 def test_serving_evaluation_matches_the_exported_cascade(run_2: Path, exported_2: Path, tmp_path: Path):
     from lcron.serving.index import rows_in
 
