@@ -60,8 +60,8 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
 
     ``accelerator_type`` (e.g. ``nvidia.com/gpu`` on KFP, ``NVIDIA_TESLA_T4`` on Vertex AI)
     adds a request for ``accelerator_count`` accelerators to train, evaluate and serving.
-    ``compile_default`` is the default of the pipeline's ``compile`` parameter
-    (torch.compile; worth it on a GPU, mostly compile time on small CPU runs).
+    ``compile_default`` is the default of the pipeline's ``compile`` parameter (torch.compile):
+    the packages take each device's training default (on for CPU, off for the GPU package).
     ``device_default`` is the default of the ``device`` parameter: the GPU package says
     ``cuda``, so a step on a node whose GPU is not usable fails naming why instead of
     training on the node's CPUs (``auto`` falls back to the CPU and says so in the log).

@@ -134,7 +134,8 @@ def test_parameter_defaults(compiled):
     assert cpu["batch_size"]["defaultValue"] == 1024 and cpu["lr"]["defaultValue"] == 0.01
     # the GPU package never falls back to the node's CPUs: a GPU it cannot use is an error naming why
     assert cpu["device"]["defaultValue"] == "auto" and gpu["device"]["defaultValue"] == "cuda"
-    assert cpu["compile"]["defaultValue"] is False and gpu["compile"]["defaultValue"] is False
+    # each package takes its device's training default: the CPU one compiles, the GPU one runs eager in a graph
+    assert cpu["compile"]["defaultValue"] is True and gpu["compile"]["defaultValue"] is False
     assert cpu["synthetic_requests_per_day"]["defaultValue"] == 2000 and cpu["days"]["defaultValue"] == ""
     assert cpu["reference_quirks"]["defaultValue"] is False
     from lcron.optim import DEFAULT_EMBEDDING_OPTIMIZER
