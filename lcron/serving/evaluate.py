@@ -314,9 +314,17 @@ def _merge_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts], axis=1 if k == "after" else 0) for k in parts[0]}
 
 
+def _recall_sampled(merged: Mapping[str, np.ndarray]) -> int | None:
+    """Requests compared with the exact search (their index recall is not NaN); None without
+    an approximate index."""
+    recall = merged.get("index_recall")
+    return None if recall is None else int((~np.isnan(recall[:, 0])).sum())
+
+
 def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1: list[int]) -> dict[str, Any]:
     """Per-seed means over requests with a GT; counts of evaluated / skipped requests."""
-    gt = np.concatenate([p["gt"] for p in parts]).astype(np.float64)
+    merged = _merge_parts(parts)
+    gt = merged["gt"].astype(np.float64)
     ok = gt > 0
     denom = np.where(ok, gt, 1.0)
 
@@ -324,15 +332,9 @@ def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1:
         return float((counts[ok] / denom[ok]).mean()) if ok.any() else float("nan")
 
     res: dict[str, Any] = {"evaluated": int(ok.sum()), "skipped": int((~ok).sum()),
-                           "index_recall_requests": (int((~np.isnan(np.concatenate([p["index_recall"][:, 0]
-                                                                                   for p in parts]))).sum())
-                                                     if "index_recall" in parts[0] else None),
-                           "gt_in_corpus": share(np.concatenate([p["in_corpus"] for p in parts])),
-                           "gt_cold": share(np.concatenate([p["cold"] for p in parts]))}
-    retrieved = np.concatenate([p["retrieved"] for p in parts])
-    after = np.concatenate([p["after"] for p in parts], axis=1)
-    has_index = "index_recall" in parts[0]
-    index_recall = np.concatenate([p["index_recall"] for p in parts]) if has_index else None
+                           "index_recall_requests": _recall_sampled(merged),
+                           "gt_in_corpus": share(merged["in_corpus"]), "gt_cold": share(merged["cold"])}
+    retrieved, after, index_recall = merged["retrieved"], merged["after"], merged.get("index_recall")
     for j, k in enumerate(k1):
         entry = {"recall_retrieval": share(retrieved[:, j])}
         for s, name in enumerate(stages):
@@ -483,8 +485,7 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
         first_batch = done_requests = 0
         if saved is not None:  # a stopped run's batches: kept, and the recall sample already taken
             parts, first_batch, done_requests = list(saved["parts"]), saved["batches"], saved["requests"]
-            if "index_recall" in parts[0]:
-                ev.recall_left -= int((~np.isnan(parts[0]["index_recall"][:, 0])).sum())
+            ev.recall_left -= _recall_sampled(parts[0]) or 0
             log(f"serve-eval seed {seed_no}: resuming after {done_requests:,} requests of a stopped run")
         bar = Progress(n_req, f"serve-eval seed {seed_no} day {test_day}", unit="req", enabled=progress)
         bar.update(done_requests)
