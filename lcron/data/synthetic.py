@@ -307,7 +307,7 @@ class SyntheticConfig:
         """Peak bytes of a generation, from measurements (docs/scale.md): ~200 B per item and
         user of the hidden world, ~23 KiB per request of the largest day (5,511 MiB measured for
         a 250,000-request day)."""
-        return _BYTES_PER_ID * (int(self.items) + int(self.users)) + _BYTES_PER_REQUEST * int(self.requests_per_day)
+        return self.world_bytes() + _BYTES_PER_REQUEST * int(self.requests_per_day)
 
 
 # ----------------------------------------------------------------------------- world
@@ -765,6 +765,7 @@ def _write_day(out: Path, day: str, parts: Iterable[_DayPart],
     all_stage and realshow are Feather (Arrow IPC) files written part by part; the two
     dicts take every part's entries and are pickled once at the end (each is one pickle).
     """
+    all_stage_path, realshow_path, request_path, seq_path = _day_files(out, day)
     rows = 0
     request_dict: dict[int, dict[str, np.ndarray]] = {}
     seq_dict: dict[int, np.ndarray] = {}
@@ -772,8 +773,8 @@ def _write_day(out: Path, day: str, parts: Iterable[_DayPart],
         writers: list[pa.ipc.RecordBatchFileWriter] = []
         for part in parts:
             if not writers:
-                for folder in ("all_stage", "realshow"):
-                    fh = files.enter_context(atomic_open(out / folder / f"{day}.feather", "wb"))
+                for path in (all_stage_path, realshow_path):
+                    fh = files.enter_context(atomic_open(path, "wb"))
                     writers.append(files.enter_context(
                         pa.ipc.new_file(fh, part.all_stage.schema, options=_FEATHER_OPTIONS)))
             shown = part.all_stage.filter(pc.equal(part.all_stage["realshow"], 1))
@@ -785,8 +786,8 @@ def _write_day(out: Path, day: str, parts: Iterable[_DayPart],
             if on_part is not None:
                 on_part(len(part.seq_dict))
             del part, shown
-    _write_pickle(out / "request_id_dict" / f"{day}.pkl", request_dict)
-    _write_pickle(out / "seq_effective_50_dict" / f"{day}.pkl", seq_dict)
+    _write_pickle(request_path, request_dict)
+    _write_pickle(seq_path, seq_dict)
     return rows
 
 
@@ -834,6 +835,7 @@ def _check_out_dir(out: Path, manifest: dict[str, Any]) -> dict[str, dict[str, s
 
 
 def _day_files(out: Path, day: str) -> list[Path]:
+    """A day's four files: all_stage, realshow, request_id_dict, seq_effective_50_dict."""
     return [out / "all_stage" / f"{day}.feather", out / "realshow" / f"{day}.feather",
             out / "request_id_dict" / f"{day}.pkl", out / "seq_effective_50_dict" / f"{day}.pkl"]
 
@@ -953,7 +955,8 @@ PARALLEL_MIN_REQUESTS = 20_000
 
 def default_workers(config: SyntheticConfig) -> int:
     """Days simulated at once by default: one per usable CPU (the container's quota), as
-    many as memory holds (one day each, the world once), and 1 for small days."""
+    many as memory holds (the parent's world, then a copy of the world and one day per
+    worker), and 1 for small days."""
     if config.requests_per_day < PARALLEL_MIN_REQUESTS or config.num_days < 2:
         return 1
     n = min(config.num_days, usable_cpus())
