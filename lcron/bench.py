@@ -266,7 +266,8 @@ def _worker_train_vocab(p: dict[str, Any]) -> dict[str, Any]:
 
     shards = VocabularyScaledShards(p["shards"], p.get("id_counts", RECFLOW_ID_COUNTS), int(p.get("day_repeat", 1)))
     cfg = TrainConfig(method=p["method"], batch_size=int(p["batch_size"]), seeds=(1,), compile=bool(p["compile"]),
-                      embedding_optimizer=p["embedding_optimizer"], days=all_days(shards))
+                      embedding_optimizer=p["embedding_optimizer"], days=all_days(shards),
+                      day_snapshots=True)  # their size is one of the row's numbers
     out = Path(p["out"])
     with _measured() as m:
         (res,) = train(shards, out, cfg, overwrite=True, progress=False, max_steps_per_day=int(p["steps_per_day"]))

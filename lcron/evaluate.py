@@ -117,7 +117,8 @@ def plan_units(shard_set: Any, cfg: Mapping[str, Any], seed_dirs: Sequence[Path]
             ck = p / "checkpoints" / f"{prev}.pt"
             if not ck.is_file():
                 raise DataError(f"streaming test day {day}: checkpoint {ck} (written after training day {prev}) "
-                                "does not exist")
+                                "does not exist; streaming evaluation reads the per-day snapshots, which training "
+                                "writes only when asked: `lcron train --day-snapshots` (the pipeline: streaming=true)")
             ckpts[seed_number(p)] = ck
         units.append(Unit(day, [day], ckpts, checkpoint_day=prev))
     return units

@@ -99,7 +99,10 @@ class TrainConfig:
     log_every: int | None = None  # loss rows read back every this many steps and at day end; None: the device's
     reference_quirks: bool = False  # the published models' quirks (docs/reference.md); needs reference shards
     embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER  # "auto", "dense" or "lazy" (lcron.optim)
-    day_snapshots: bool = True  # checkpoints/<day>.pt for streaming evaluation (docs/scale.md)
+    # checkpoints/<day>.pt, read only by streaming evaluation (~200 MiB a day at RecFlow
+    # vocabularies, docs/scale.md): written only when asked for (--day-snapshots; the pipeline
+    # asks when streaming=true)
+    day_snapshots: bool = False
     resume_every: int = 1  # resume.pt (weights + optimizer state) after every this many training days
 
     def validate(self) -> None:
@@ -399,6 +402,23 @@ def _resolve_setting(shard_setting: Setting, override, stages: int | None) -> Se
     return setting
 
 
+def _config_diff(old: dict, new: dict, limit: int = 4) -> str:
+    """The hashed fields that differ, as ``key: old -> new`` (nested keys dotted), for the refusal."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}{key}.").items()} if d else {prefix: d}
+
+    skip = ("config_hash", "seeds", "shards", "batch_plan")
+    a = flat({k: v for k, v in old.items() if k not in skip})
+    b = flat({k: v for k, v in new.items() if k not in skip})
+    diffs = [f"{k.rstrip('.')}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+             for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
+    if not diffs:
+        return "the same fields, an older format"
+    return "differs in " + "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
 def _claim_run_folder(out: Path, run_cfg: dict, cfg: TrainConfig, overwrite: bool) -> None:
     """Record the run's config; a folder holding another configuration is refused unless overwriting."""
     run_json = out / "run.json"
@@ -411,8 +431,8 @@ def _claim_run_folder(out: Path, run_cfg: dict, cfg: TrainConfig, overwrite: boo
         elif not overwrite:
             raise OutputExistsError(
                 f"{out} holds a run with a different configuration (method {old.get('method')!r}, "
-                f"config {old.get('config_hash')} vs {run_cfg['config_hash']}); choose another --out or "
-                "pass --overwrite")
+                f"config {old.get('config_hash')} vs {run_cfg['config_hash']}; {_config_diff(old, run_cfg)}); "
+                "choose another --out or pass --overwrite")
         else:
             import shutil
 
@@ -693,8 +713,10 @@ def add_train_arguments(parser) -> None:
                         "'dense' is Adam on every row, as the reference; 'auto' (default) is dense on CUDA and "
                         "for small tables, lazy on CPU from 1M rows per model (docs/embedding_optimizer.md)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--no-day-snapshots", action="store_true",
-                        help="write no checkpoints/DAY.pt (the per-day snapshots only streaming evaluation reads)")
+    parser.add_argument("--day-snapshots", action=argparse.BooleanOptionalAction, default=False,
+                        help="write checkpoints/DAY.pt after each training day: the per-day snapshots that "
+                             "`lcron evaluate --streaming` reads (~200 MiB a day at RecFlow vocabularies; "
+                             "default off)")
     parser.add_argument("--resume-every", type=int, default=1, metavar="N",
                         help="write the resume checkpoint (weights and optimizer state) after every N training days "
                              "(default 1: each day but the last); an interrupted run resumes after the last one "
@@ -721,7 +743,7 @@ def run_train(args) -> int:
                       batch_size=args.batch_size, lr=args.lr, seeds=parse_seeds(args.seeds), days=args.days,
                       device=args.device, compile=args.compile, cuda_graph=args.cuda_graph, tf32=args.tf32,
                       reference_quirks=getattr(args, "reference_quirks", False),
-                      embedding_optimizer=args.embedding_optimizer, day_snapshots=not args.no_day_snapshots,
+                      embedding_optimizer=args.embedding_optimizer, day_snapshots=args.day_snapshots,
                       resume_every=args.resume_every)
     results = train(args.shards, args.out, cfg, setting=args.setting, stages=args.stages, overwrite=args.overwrite,
                     progress=not args.quiet, max_steps_per_day=args.max_steps_per_day)

@@ -38,8 +38,8 @@ def world(tmp_path_factory):
     src = generate(base / "recflow", num_days=4, requests_per_day=60, users=60, items=300, seed=4, progress=False)
     shards = preprocess(src, base / "shards", 2, progress=False)
     run = base / "run"
-    train(shards, run, TrainConfig(method="bce", batch_size=16, seeds=(1, 2), compile=False), progress=False,
-          max_steps_per_day=1)
+    train(shards, run, TrainConfig(method="bce", batch_size=16, seeds=(1, 2), compile=False, day_snapshots=True),
+          progress=False, max_steps_per_day=1)
     res = evaluate(run, batch_size=25, device="cpu", compile=False, progress=False)
     return SimpleNamespace(base=base, shards=shards, run=run, res=res, days=list(shards.days))
 
@@ -286,8 +286,8 @@ def test_streaming_errors(world, tmp_path):
     with pytest.raises(ConfigError, match="first day"):
         evaluate(world.run, out=tmp_path / "x", streaming=True, days=d[0], compile=False, progress=False)
     short = tmp_path / "short"
-    train(world.shards, short, TrainConfig(method="bce", batch_size=16, seeds=(1,), compile=False, days=d[0]),
-          progress=False, max_steps_per_day=1)
+    train(world.shards, short, TrainConfig(method="bce", batch_size=16, seeds=(1,), compile=False, days=d[0],
+                                           day_snapshots=True), progress=False, max_steps_per_day=1)
     with pytest.raises(ConfigError, match=f"the day before it \\({d[1]}\\) was not trained"):
         evaluate(short, out=tmp_path / "y", streaming=True, days=d[2], compile=False, progress=False)
     broken = tmp_path / "broken"

@@ -370,15 +370,17 @@ def test_hostile_setting_files_are_refused_fast(name, content, message, tiny_rec
 
 
 # ------------------------------------------------------------------ a wrong file in a run folder
-def test_a_day_snapshot_in_place_of_resume_pt_is_a_clear_error(evaluated, tmp_path, capsys):
-    run = _copy_run(evaluated, tmp_path / "run")
+def test_a_day_snapshot_in_place_of_resume_pt_is_a_clear_error(tiny_shards_2, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_shards_2, run, TrainConfig(method="bce", batch_size=16, seeds=(1,), compile=False, day_snapshots=True),
+          progress=False, max_steps_per_day=1)
     seed = run / "seed-1"
     snapshot = sorted((seed / "checkpoints").glob("*.pt"))[0]
     (seed / "summary.json").unlink()  # the seed is unfinished: training resumes from resume.pt
     shutil.copy(snapshot, seed / "resume.pt")
     code, _, err = _cli(capsys, "train", "--shards", json.loads((run / "run.json").read_text())["shards"],
                         "--out", str(run), "--method", "bce", "--batch-size", "16", "--max-steps-per-day", "1",
-                        "--no-compile", "--device", "cpu", "--seeds", "1", "-q")
+                        "--no-compile", "--device", "cpu", "--seeds", "1", "--day-snapshots", "-q")
     assert code == 2
     line = _error_line(err, "train")
     assert f"{seed / 'resume.pt'} is not a resume checkpoint" in line and "it lacks optim_state" in line

@@ -29,8 +29,8 @@ from lcron.train import TrainConfig, train
 def evaluated(tiny_shards_2, tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
     run = base / "run"
-    train(tiny_shards_2, run, TrainConfig(method="bce", batch_size=16, seeds=(1, 2), compile=False), progress=False,
-          max_steps_per_day=1)
+    train(tiny_shards_2, run, TrainConfig(method="bce", batch_size=16, seeds=(1, 2), compile=False, day_snapshots=True),
+          progress=False, max_steps_per_day=1)
     res = evaluate(run, compile=False, progress=False, batch_size=64)
     paths = build_report(run)
     return SimpleNamespace(run=run, res=res, paths=paths, base=base)

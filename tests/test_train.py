@@ -188,7 +188,7 @@ def _state(path: Path) -> dict:
 
 
 def test_bit_identical_reruns_and_checkpoints_per_day(learn_data, tmp_path):
-    cfg = TrainConfig(method="lcron", batch_size=32, seeds=(7,), compile=False)
+    cfg = TrainConfig(method="lcron", batch_size=32, seeds=(7,), compile=False, day_snapshots=True)
     train(learn_data[2], tmp_path / "a", cfg, progress=False, max_steps_per_day=4)
     train(learn_data[2], tmp_path / "b", cfg, progress=False, max_steps_per_day=4)
     a, b = _state(tmp_path / "a/seed-7/model.pt"), _state(tmp_path / "b/seed-7/model.pt")
@@ -215,7 +215,7 @@ def test_idempotent_skip_and_config_mismatch(learn_data, tmp_path, capsys):
     assert res.skipped and "complete" in capsys.readouterr().err
     assert (tmp_path / "r/seed-1/model.pt").stat().st_mtime_ns == mtime
     other = TrainConfig(method="bce", batch_size=16, compile=False)
-    with pytest.raises(OutputExistsError, match="different configuration"):
+    with pytest.raises(OutputExistsError, match=r"different configuration \(.*differs in train.batch_size: 32 -> 16\)"):
         train(learn_data[2], tmp_path / "r", other, progress=False, max_steps_per_day=1)
     (res,) = train(learn_data[2], tmp_path / "r", other, progress=False, max_steps_per_day=1, overwrite=True)
     assert not res.skipped
@@ -362,7 +362,7 @@ def test_day_snapshot_scores_the_next_day_like_the_full_model(learn_data, tmp_pa
     that day exactly as the full model of the same moment; other rows are NaN."""
     shards = learn_data[2]
     first = shards.days[0]
-    cfg = TrainConfig(method="lcron", batch_size=32, compile=False, days=f"{first}:{first}")
+    cfg = TrainConfig(method="lcron", batch_size=32, compile=False, days=f"{first}:{first}", day_snapshots=True)
     train(shards, tmp_path / "r", cfg, progress=False, max_steps_per_day=3)
     snap_path = tmp_path / "r" / "seed-1" / "checkpoints" / f"{first}.pt"
     payload = load_checkpoint(snap_path)
@@ -388,7 +388,8 @@ def test_unknown_embedding_optimizer_is_refused(learn_data, tmp_path):
 
 
 def test_no_day_snapshots_leaves_only_the_final_model(learn_data, tmp_path):
-    cfg = TrainConfig(method="bce", batch_size=32, compile=False, day_snapshots=False)
+    assert TrainConfig().day_snapshots is False  # only streaming evaluation reads them: written when asked
+    cfg = TrainConfig(method="bce", batch_size=32, compile=False)
     train(learn_data[2], tmp_path / "r", cfg, progress=False, max_steps_per_day=1)
     assert sorted(p.name for p in (tmp_path / "r" / "seed-1").iterdir()) == [
         "model.pt", "summary.json", "train_log.jsonl"]
@@ -440,8 +441,9 @@ def test_cli_embedding_optimizer_flag():
     add_train_arguments(parser)
     base = ["--shards", "s", "--out", "o", "--method", "bce"]
     args = parser.parse_args(base)
-    assert args.embedding_optimizer == DEFAULT_EMBEDDING_OPTIMIZER and not args.no_day_snapshots
+    assert args.embedding_optimizer == DEFAULT_EMBEDDING_OPTIMIZER and args.day_snapshots is False
     assert parser.parse_args(base + ["--embedding-optimizer", "dense", "--no-day-snapshots"]).embedding_optimizer == "dense"
+    assert parser.parse_args(base + ["--day-snapshots"]).day_snapshots is True
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--embedding-optimizer", "sparse"])
 
