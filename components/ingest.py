@@ -1,10 +1,14 @@
-"""The fingerprint and ingest steps: which data, and a local staged copy of it.
+"""The fingerprint and ingest steps: which data, checked, and a reference to it (or a copy).
 
 ``fingerprint`` is tiny and never cached: it reads only file metadata (gs://) or hashes
 the chosen files (local folder) or the generator parameters (synthetic) and outputs a
 string. ``ingest`` takes that string as a parameter, so KFP's cache key of ingest
 changes exactly when the data changes; with unchanged data every run hits the cache and
-reuses the same staged artifact (and so the same cached preprocess downstream).
+reuses the same ingest artifact (and so the same cached preprocess downstream). The
+artifact is ``ingest.json`` alone - a reference to the source that preprocessing follows -
+unless ``copy`` is true (then it holds a copy of the chosen files; the synthetic source is
+always copied): a RecFlow-size source is read where it is instead of being duplicated into
+the pipeline root.
 """
 
 from kfp import dsl
@@ -45,8 +49,10 @@ def ingest(
     synthetic_items: int,
     synthetic_seed: int,
     raw_data: Output[Dataset],
+    copy: bool = False,
 ):
-    """Stage the chosen days (RecFlow layout) into ``raw_data``; fail if they no longer match ``fingerprint``."""
+    """Check the chosen days and reference them in ``raw_data`` (``copy``: stage a copy there);
+    fail if they no longer match ``fingerprint``."""
     from lcron.ingest import ingest as stage
 
     synthetic = {"num_days": synthetic_days, "start_date": synthetic_start_date,
@@ -54,7 +60,8 @@ def ingest(
                  "items": synthetic_items, "seed": synthetic_seed}
     # The artifact folder belongs to this execution: leftovers of a failed attempt are replaced.
     staged = stage(source, raw_data.path, days=days or None, synthetic=synthetic,
-                   expected_fingerprint=fingerprint or None, overwrite=True)
+                   expected_fingerprint=fingerprint or None, copy=copy, overwrite=True)
     raw_data.metadata["source"] = staged.source
     raw_data.metadata["days"] = staged.days
     raw_data.metadata["fingerprint"] = staged.fingerprint
+    raw_data.metadata["mode"] = staged.mode

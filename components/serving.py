@@ -5,13 +5,15 @@ Calls :func:`lcron.serving.evaluate.serving_evaluate` for every trained seed and
 number (``serving/recall_e2e@K1=100`` style keys, see
 :func:`lcron.report.serving_metric_means`) goes to the ``metrics`` Metrics artifact.
 
-Why an ``enabled`` flag instead of a ``dsl.If`` around the step: under kfp.local 2.16.1
-a ``dsl.If`` branch never runs (its condition fails to evaluate and the task is skipped),
-an ``If/Else`` pair runs both branches, and a task outside the branch (the report) may not
-consume an output from inside it without ``dsl.OneOf``, which kfp.local does not support.
-So the step always runs; with ``enabled`` false it only writes a small marker file
-(``serving_skipped.json``) and logs no metric, and the report finds no ``serving.json``
-in the artifact and leaves its serving section out. docs/pipeline.md has the long version.
+Where it runs (pipelines/cascade_pipeline.py): in the cluster packages the step sits in a
+``dsl.If(serving_eval == True)`` branch, so a run without the serving evaluation schedules
+no serving pod at all (no GPU request, no download of the shards and models). kfp.local
+2.16.1 cannot run that branch (its condition never evaluates, docs/pipeline.md), so the
+package for local runs has the step unconditionally and passes ``serving_eval`` as
+``enabled``: with ``enabled`` false the step only writes a small marker file
+(``serving_skipped.json``) and logs no metric, and the report finds no ``serving.json`` in
+the artifact and leaves its serving section out. In the cluster packages ``enabled`` is the
+same ``serving_eval``, true whenever the branch runs.
 """
 
 from kfp import dsl
@@ -46,8 +48,8 @@ def serving(
     from lcron.serving.evaluate import serving_evaluate
 
     if not enabled:
-        # A file, not an empty folder: an object store keeps no empty folder, and the report
-        # step downloads this artifact either way.
+        # Only in the kfp.local package. A file, not an empty folder: an object store keeps
+        # no empty folder, and the report step reads this artifact either way.
         atomic.write_json(os.path.join(serving.path, "serving_skipped.json"),
                           {"kind": "lcron-serving-skipped", "reason": "the pipeline ran with serving_eval=false"})
         serving.metadata["skipped"] = True

@@ -1,7 +1,6 @@
-"""Stage the chosen days of a RecFlow source into a local folder, and fingerprint sources.
+"""Choose, check and fingerprint the days of a RecFlow source; reference them or stage a copy.
 
-Why a separate step: the pipeline's later steps (preprocess, train, evaluate) read a
-local RecFlow folder, and KFP's cache decides whether a step can be skipped from the
+Why a separate step: KFP's cache decides whether a step can be skipped from the
 step's parameters and the identities of its input artifacts, never from the bytes behind
 a URI. A source is therefore first reduced to a *fingerprint* - a string that changes
 whenever the data that would be staged changes - and the ingest step takes that string
@@ -18,11 +17,25 @@ Fingerprints (sha256 over a canonical JSON document):
   the library version and a hash of the generator's own source file, so a changed
   generator never reuses data made by the old one.
 
-Staged layout (``out``): the RecFlow files of the chosen days (``all_stage``,
-``request_id_dict``, ``seq_effective_50_dict``), ``others/id_cnt.pkl`` and, when the
-source has it, ``others/realshow_video_info.feather``; then ``ingest.json`` (written
-last, so its presence means the folder is complete) with the source, the days, the
-fingerprint and every file's size and sha256.
+Two modes, one output folder (``out``) that every later step opens as a RecFlow source:
+
+* **reference** (the default for a folder, gs:// or s3:// source): ``out`` holds only
+  ``ingest.json`` - the source URI (absolute for a folder), the days, the fingerprint and
+  every chosen file's source fingerprint. Nothing is copied: a RecFlow-size source (~100 GB)
+  stays where it is and the pipeline root grows by kilobytes. Preprocessing opens ``out``
+  through :class:`lcron.data.source.ReferencedSource`, which shows only the chosen files and
+  fails by name if one changed since ingest. The steps must be able to read the source
+  (same mounted folder, same bucket credentials).
+* **copy** (``copy=True``, ``--copy``, the pipeline's ``ingest_copy``; always for the
+  synthetic source, whose data exists nowhere else): the RecFlow files of the chosen days
+  (``all_stage``, ``request_id_dict``, ``seq_effective_50_dict``), ``others/id_cnt.pkl``
+  and, when the source has it, ``others/realshow_video_info.feather`` are copied into
+  ``out``, for sources that only the ingest step can read or that may change while the
+  pipeline runs.
+
+Either way ingest checks the layout (every required file present, all_stage columns,
+id_cnt keys) before writing ``ingest.json`` last, so its presence means the folder is
+complete.
 """
 
 from __future__ import annotations
@@ -40,15 +53,17 @@ from typing import Any, Callable, Mapping
 
 from . import __version__, atomic, outputs
 from .errors import ConfigError, DataError, OutputExistsError
+from .data.source import INGEST_KIND as MANIFEST_KIND
+from .data.source import INGEST_MANIFEST as MANIFEST_NAME
+from .data.source import REFERENCE_MODE, read_ingest_manifest
 from .progress import Progress
 
-__all__ = ["SYNTHETIC", "MANIFEST_NAME", "VIDEO_INFO", "IngestResult", "is_synthetic", "synthetic_config",
+__all__ = ["SYNTHETIC", "MANIFEST_NAME", "REFERENCE_MODE", "COPY_MODE", "VIDEO_INFO", "IngestResult", "is_synthetic", "synthetic_config",
            "source_fingerprint", "ingest", "read_manifest", "add_ingest_arguments", "run_ingest",
            "add_fingerprint_arguments", "run_fingerprint"]
 
 SYNTHETIC = "synthetic"
-MANIFEST_NAME = "ingest.json"
-MANIFEST_KIND = "lcron-ingest"
+COPY_MODE = "copy"
 #: The pending-record kind of an unfinished staging (`_pending-ingest.json`, lcron.outputs).
 INGEST_KIND = "ingest"
 VIDEO_INFO = "others/realshow_video_info.feather"
@@ -59,7 +74,8 @@ SYNTHETIC_PARAMS = ("num_days", "start_date", "requests_per_day", "users", "item
 
 @dataclass(frozen=True)
 class IngestResult:
-    """What :func:`ingest` staged: the folder, its days and the source fingerprint."""
+    """What :func:`ingest` recorded: the folder, its days, the source fingerprint and the mode
+    (``reference``: ``files`` are the source's fingerprints; ``copy``: the staged files')."""
 
     path: Path
     source: str
@@ -67,6 +83,7 @@ class IngestResult:
     fingerprint: str
     files: dict[str, dict[str, Any]]
     skipped: bool = False
+    mode: str = "copy"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -196,16 +213,10 @@ def _check_all_stage_columns(path: Path, where: str) -> None:
 
 
 def read_manifest(folder: "str | Path") -> dict[str, Any]:
-    """``ingest.json`` of a staged folder; DataError if it is not a complete staged folder."""
-    path = Path(folder) / MANIFEST_NAME
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing - {folder} is not a complete ingest output") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("kind") != MANIFEST_KIND:
-        raise DataError(f"{path}: not an ingest manifest (kind {MANIFEST_KIND!r} expected)")
+    """``ingest.json`` of an ingest output; DataError if it is not a complete one."""
+    doc = read_ingest_manifest(folder)
+    if doc is None:
+        raise DataError(f"{Path(folder) / MANIFEST_NAME}: missing - {folder} is not a complete ingest output")
     return doc
 
 
@@ -243,30 +254,34 @@ def _begin(out: Path) -> None:
 
 def ingest(source: "str | Path", out: "str | Path", *, days: str | None = None,
            synthetic: "Mapping[str, Any] | Any | None" = None, expected_fingerprint: str | None = None,
-           overwrite: bool = False, progress: bool = True) -> IngestResult:
-    """Stage the chosen ``days`` of ``source`` (folder, gs://, or synthetic) into the folder ``out``.
+           copy: bool = False, overwrite: bool = False, progress: bool = True) -> IngestResult:
+    """Check the chosen ``days`` of ``source`` (folder, gs://, s3:// or synthetic) and record them in ``out``.
 
+    ``copy``: stage a copy of the files in ``out`` instead of a reference to the source
+    (see the module docstring); the synthetic source is always copied.
     ``synthetic``: generate() arguments (or a SyntheticConfig); used only when ``source``
     is synthetic, so a pipeline can always pass its synthetic parameters.
     ``expected_fingerprint``: the fingerprint the pipeline's fingerprint step computed; if
-    the source changed since, this raises DataError instead of staging data that does not
-    match the cache key. A folder that already holds the same staging is reused as is.
+    the source changed since, this raises DataError instead of recording data that does
+    not match the cache key. A folder that already holds the same result is reused as is.
     """
     out = Path(out)
     if is_synthetic(source):
         return _ingest_synthetic(out, days, synthetic, expected_fingerprint, overwrite, progress)
     from .data.source import LocalSource, open_source
 
+    mode = COPY_MODE if copy else REFERENCE_MODE
     with open_source(str(source)) as src:
         chosen = _select(src.list_days(), days, src.uri)
         rels = _layout_files(src, chosen)
         local = isinstance(src, LocalSource)
-        # A local folder is hashed while it is copied (one read); other sources are
-        # fingerprinted from their metadata, then the copy is checked against it.
+        # A local folder is hashed while it is read (one read); other sources are
+        # fingerprinted from their metadata, and a copy is checked against it.
         pre = None if local else {rel: src.fingerprint(rel) for rel in rels}
 
         def same(old: dict) -> bool:
-            if old.get("days") != chosen or sorted(old.get("files", {})) != sorted(rels):
+            if old.get("mode", COPY_MODE) != mode or old.get("days") != chosen \
+                    or sorted(old.get("files", {})) != sorted(rels):
                 return False
             if expected_fingerprint:
                 return old.get("fingerprint") == expected_fingerprint
@@ -276,19 +291,45 @@ def ingest(source: "str | Path", out: "str | Path", *, days: str | None = None,
         old = _prepare_out(out, same, overwrite)
         if old is not None:
             return _reuse(out, old, src.uri)
-        files, source_fps = {}, {}
-        with Progress(len(rels), f"ingest {src.uri}", unit="file", enabled=progress) as bar:
-            for rel in rels:
-                copied = _copy(src.local_path(rel), out / rel)
-                files[rel] = {"size": copied["size"], "sha256": copied["sha256"]}
-                if local:
-                    source_fps[rel] = {"size": copied["size"], "sha256": copied["sha256"]}
-                else:
-                    _check_copy(src.describe(rel), pre[rel], copied)
-                    source_fps[rel] = pre[rel]
-                bar.update(1, postfix=rel)
-        fingerprint = _digest(_files_doc(source_fps))
-        return _finish(out, src.uri, chosen, fingerprint, expected_fingerprint, files, None)
+        uri = str(src.root.resolve()) if local else src.uri
+        if copy:
+            files, source_fps = _stage_copy(src, rels, out, pre, progress)
+            checked = out
+        else:
+            source_fps = pre if pre is not None else _hash_files(src, rels, progress)
+            files, checked = source_fps, (src.root if local else src)
+        return _finish(out, uri, chosen, _digest(_files_doc(source_fps)), expected_fingerprint, files, None,
+                       mode=mode, checked=checked)
+
+
+def _stage_copy(src: Any, rels: list[str], out: Path, pre: "dict[str, Any] | None",
+                progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Copy ``rels`` into ``out``; (the staged files' size + sha256, the source fingerprints)."""
+    files, source_fps = {}, {}
+    with Progress(len(rels), f"ingest {src.uri}", unit="file", enabled=progress) as bar:
+        for rel in rels:
+            copied = _copy(src.local_path(rel), out / rel)
+            files[rel] = {"size": copied["size"], "sha256": copied["sha256"]}
+            if pre is None:
+                source_fps[rel] = files[rel]
+            else:
+                _check_copy(src.describe(rel), pre[rel], copied)
+                source_fps[rel] = pre[rel]
+            bar.update(1, postfix=rel)
+    return files, source_fps
+
+
+def _hash_files(src: Any, rels: list[str], progress: bool) -> dict[str, Any]:
+    """Fingerprints (size + sha256) of a local folder's files, with progress in MiB read."""
+    mib = 1 << 20
+    total = -(-sum(src.size(rel) for rel in rels) // mib)
+    out, done = {}, 0
+    with Progress(total, f"ingest {src.uri} (fingerprint)", unit="MiB", enabled=progress) as bar:
+        for rel in rels:
+            out[rel] = src.fingerprint(rel)
+            done += out[rel]["size"]
+            bar.update(-(-done // mib) - bar.count, postfix=rel)
+    return out
 
 
 def _ingest_synthetic(out: Path, days: str | None, synthetic: Any, expected: str | None, overwrite: bool,
@@ -316,37 +357,49 @@ def _ingest_synthetic(out: Path, days: str | None, synthetic: Any, expected: str
 
 
 def _finish(out: Path, source: str, days: list[str], fingerprint: str, expected: str | None,
-            files: dict[str, dict[str, Any]], synthetic: dict[str, Any] | None) -> IngestResult:
+            files: dict[str, dict[str, Any]], synthetic: dict[str, Any] | None, *, mode: str = COPY_MODE,
+            checked: "Path | Any | None" = None) -> IngestResult:
+    """Check the chosen files, then write ``ingest.json`` (the completion marker).
+
+    ``checked``: where the files can be read for the checks - the staged copy (default
+    ``out``), a local source folder, or an open remote :class:`~lcron.data.source.Source`,
+    whose all_stage columns are then left to preprocessing (reading a Feather footer from
+    an object store means downloading the file)."""
     from .data import schemas as S
     from .data.recflow import RecFlowReader
 
     if expected and expected != fingerprint:
         raise DataError(f"RecFlow source {source} changed after it was fingerprinted (expected fingerprint "
                         f"{expected[:12]}, staged data has {fingerprint[:12]}); run the pipeline again")
-    for day in days:
-        rel = S.LAYOUT["all_stage"].format(day=day)
-        _check_all_stage_columns(out / rel, f"{source.rstrip('/')}/{rel}")
-    with RecFlowReader(out) as reader:
+    checked = out if checked is None else checked
+    if isinstance(checked, Path):
+        for day in days:
+            rel = S.LAYOUT["all_stage"].format(day=day)
+            _check_all_stage_columns(checked / rel, f"{source.rstrip('/')}/{rel}")
+    with RecFlowReader(checked) as reader:
         reader.id_counts()  # every id_cnt key present (either spelling), counts positive
-    manifest = {"kind": MANIFEST_KIND, "format_version": 1, "source": source, "days": days,
+    manifest = {"kind": MANIFEST_KIND, "format_version": 2, "mode": mode, "source": source, "days": days,
                 "fingerprint": fingerprint, "files": files, "synthetic": synthetic, "lcron_version": __version__}
     atomic.write_json(out / MANIFEST_NAME, manifest)
     outputs.pending_path(out, INGEST_KIND).unlink(missing_ok=True)  # ingest.json is the completion marker
-    return IngestResult(out, source, days, fingerprint, files)
+    return IngestResult(out, source, days, fingerprint, files, mode=mode)
 
 
 def _reuse(out: Path, old: dict[str, Any], source: str) -> IngestResult:
-    missing = [rel for rel in old["files"] if not (out / rel).is_file()]
-    if missing:
-        raise DataError(f"{out}: staged file(s) {', '.join(missing)} listed in {MANIFEST_NAME} are missing; "
-                        "pass --overwrite to stage again")
-    return IngestResult(out, source, list(old["days"]), str(old["fingerprint"]), dict(old["files"]), skipped=True)
+    mode = old.get("mode", COPY_MODE)
+    if mode == COPY_MODE:
+        missing = [rel for rel in old["files"] if not (out / rel).is_file()]
+        if missing:
+            raise DataError(f"{out}: staged file(s) {', '.join(missing)} listed in {MANIFEST_NAME} are missing; "
+                            "pass --overwrite to stage again")
+    return IngestResult(out, source, list(old["days"]), str(old["fingerprint"]), dict(old["files"]), skipped=True,
+                        mode=mode)
 
 
 # --------------------------------------------------------------------------- CLI
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", default=SYNTHETIC, metavar="DIR|gs://BUCKET/PREFIX|synthetic",
-                        help="RecFlow root to stage (default: the built-in synthetic data)")
+    parser.add_argument("--source", default=SYNTHETIC, metavar="DIR|gs://BUCKET/PREFIX|s3://BUCKET/PREFIX|synthetic",
+                        help="RecFlow root (default: the built-in synthetic data)")
     parser.add_argument("--days", default=None, metavar="DAY|FIRST:LAST", help="days to stage (default: all)")
     from lcron.defaults import SYNTHETIC as D
 
@@ -369,17 +422,25 @@ def _synthetic_args(args: argparse.Namespace) -> dict[str, Any] | None:
 def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``lcron ingest``."""
     _add_source_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="local folder to stage the days into")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="local folder for ingest.json (and, with --copy, the staged files); later steps "
+                             "(lcron preprocess --source DIR) read the days through it")
+    parser.add_argument("--copy", action="store_true",
+                        help="copy the chosen files into --out instead of referencing the source (for a source "
+                             "the later steps cannot read, or one that may change meanwhile); the synthetic "
+                             "source is always copied")
     parser.add_argument("--expect-fingerprint", default=None, metavar="HEX",
                         help="fail if the source's fingerprint is not this one (it changed since)")
     parser.add_argument("--overwrite", action="store_true", help="replace a folder holding other staged data")
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    """``lcron ingest``: stage the days and print the folder and the fingerprint."""
+    """``lcron ingest``: reference (or stage) the days; print the folder and the fingerprint."""
     res = ingest(args.source, args.out, days=args.days, synthetic=_synthetic_args(args),
-                 expected_fingerprint=args.expect_fingerprint, overwrite=args.overwrite, progress=not args.quiet)
-    state = "already staged" if res.skipped else "staged"
+                 expected_fingerprint=args.expect_fingerprint, copy=args.copy, overwrite=args.overwrite,
+                 progress=not args.quiet)
+    what = "staged" if res.mode == COPY_MODE else f"referenced {res.source}"
+    state = f"already {what}" if res.skipped else what
     print(f"{state}: {res.path} ({len(res.days)} day(s): {res.days[0]}..{res.days[-1]})")
     print(f"fingerprint: {res.fingerprint}")
     return 0

@@ -12,12 +12,18 @@ training-loss curves per loss part (one line per seed, from ``train_log.jsonl``)
 loss weights (ARF, LCRON; from ``summary.json``); the serving-style evaluation (retrieval
 from the whole corpus, ``serving.json`` of :mod:`lcron.serving.evaluate`) when one was run;
 provenance.
+
+Of a run folder the report reads only run.json and each seed's summary.json and
+train_log.jsonl (:data:`RUN_RECORD_FILES`), never a model file: :func:`copy_run_record`
+copies exactly those into a folder that stands in for the run folder, which is how the
+pipeline's report step gets its input without downloading every seed's weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,7 +35,10 @@ from .run_folder import read_run_config, read_summaries, read_train_logs
 from .serving.results import SERVING_FILE, find_serving, load_serving, serving_metric_means
 
 REPORT_KIND = "lcron-report"
-
+#: What the report reads of each seed folder of a run, besides the run's run.json
+#: (:func:`build_report`: training table and learned weights from the summary, loss curves
+#: from the log). Model files, day snapshots and resume checkpoints are not among them.
+RUN_RECORD_FILES = ("summary.json", "train_log.jsonl")
 
 
 def _mean_std(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -279,11 +288,45 @@ def _provenance_table(prov: Mapping[str, Any]) -> Table:
     return Table("provenance", "Provenance", ["item", "value"], rows)
 
 
+def copy_run_record(run_dir: str | Path, out: str | Path) -> list[Path]:
+    """Copy the part of a finished run folder that :func:`build_report` reads into ``out``:
+    run.json and ``seed-<n>/`` + each of :data:`RUN_RECORD_FILES` of every completed seed.
+    Returns the copied files (their paths under ``out``).
+
+    ``out`` can then be given to :func:`build_report` (or ``lcron report``) in place of the
+    run folder and gives the same report. Why it exists: a run folder holds every seed's
+    model.pt (and per-day snapshots in streaming runs), at RecFlow vocabularies gigabytes,
+    while the report renders tables and curves from a few kilobytes to megabytes; the
+    pipeline's train step writes this copy as a second artifact, so the report step
+    downloads only it. A run that training has not finished is refused here
+    (:func:`lcron.run_folder.FinishedRun.open`), naming the command that completes it.
+    """
+    from .run_folder import FinishedRun
+
+    run = FinishedRun.open(run_dir)
+    out = Path(out)
+    if out.resolve() == run.root.resolve():
+        raise ConfigError(f"the run record of {run.root} cannot be written into the run folder itself")
+    sources = [run.root / "run.json"] + [d / name for d in run.seed_dirs for name in RUN_RECORD_FILES]
+    copied = []
+    for src in sources:
+        if not src.is_file():  # no train log (a run of an older lcron): the report has no curve for it
+            continue
+        dst = out / src.relative_to(run.root)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        copied.append(dst)
+    return copied
+
+
 def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
                  out: str | Path | None = None, serving_dir: str | Path | None = None,
                  overwrite: bool = False) -> dict[str, Path]:
     """Write report.html, report.md, report.json (and the plot PNGs) for an evaluated run;
     returns ``{"html", "markdown", "json", <plot name>: path}``.
+
+    ``run_dir`` is the run folder or its record (:func:`copy_run_record`): only run.json and
+    the seeds' summaries and train logs are read, never a model file.
 
     The serving section is there when a serving.json is found (:func:`find_serving`: in
     ``serving_dir``, else in the evaluation folder); it must describe the same setting."""

@@ -1,20 +1,43 @@
 """The DAG for one method / cascade configuration.
 
-    fingerprint (never cached) -> ingest -> preprocess -> train -> evaluate -> serving -> report
+    fingerprint (never cached) -> ingest -> preprocess -> train -> evaluate -> [serving] -> report
 
 ``serving`` is the serving-style evaluation (the cascade retrieving from the whole item
-corpus). It costs minutes on real data, so it runs only with ``serving_eval=true``; with
-the default false the step still runs but only writes a marker (a ``dsl.If`` branch does
-not run under kfp.local 2.16.1; see components/serving.py and docs/pipeline.md).
+corpus). It costs minutes on real data and a GPU in the GPU package, so it runs only with
+``serving_eval=true``. How depends on where the package runs, a compile-time choice
+(``build_pipeline(local=...)``):
+
+- cluster packages (``local=False``; ``cascade-cpu.yaml``, ``cascade-gpu.yaml``): the step
+  sits in ``dsl.If(serving_eval == True)``, with a report task in that branch (taking the
+  serving artifact) and one in the ``dsl.Else`` branch (without it); the report pages are
+  pipeline outputs through ``dsl.OneOf``. A run without ``serving_eval`` schedules no
+  serving pod: no GPU request, no download of the shards and models.
+- the kfp.local package (``local=True``; ``cascade-local.yaml``, what ``pipelines.run_local``
+  and ``pipelines.sweep_local`` run): kfp.local 2.16.1 runs none of that. A root-level
+  ``dsl.If`` branch never runs (its condition, ``inputs.parameter_values[...] == true``, is
+  not Python, so kfp.local's evaluator fails and skips the branch even when true), an
+  ``If``/``Else`` pair is handed to the plain orchestrator, which ignores conditions and
+  runs both branches, and ``dsl.OneOf`` outputs raise. So here the serving step is always a
+  task that gets ``serving_eval`` as ``enabled`` (false: it writes only a marker), and one
+  report task always takes its artifact. The local package also keeps the serving artifact
+  and metrics as pipeline outputs, which ``pipelines.run_local`` prints.
+
+Both shapes come from one function, so the steps, parameters and wiring cannot drift apart;
+``tests/pipeline/test_compile.py`` checks both packages, ``test_local_run.py`` runs the
+local one. ``pipelines.run_local`` refuses a cluster package (it would run both branches).
+
+The report step takes the train step's ``run_record`` (run.json, the seeds' summaries and
+train logs), never ``model``: it downloads no weights (components/report.py).
 
 Caching (KFP v2 keys a step on its parameters and its input artifacts' identities, not on
 the bytes behind a URI): ``fingerprint`` runs on every submission and outputs a string
 that changes exactly when the chosen data changes; ``ingest`` takes it as a parameter, so
-unchanged data is a cache hit that returns the *same* staged artifact, and ``preprocess``
+unchanged data is a cache hit that returns the *same* ingest artifact, and ``preprocess``
 (keyed by that artifact and the setting) is then a cache hit too. Sixteen runs over the
-same data (8 methods x 2 settings) therefore share one staged copy and one shard set per
-setting, while changed data can never be served from the cache. docs/pipeline.md has the
-long version.
+same data (8 methods x 2 settings) therefore share one ingest and one shard set per
+setting, while changed data can never be served from the cache. The ingest artifact is a
+reference to the source (``ingest.json``; preprocessing reads the source itself and checks
+it is unchanged) unless ``ingest_copy`` is true. docs/pipeline.md has the long version.
 
 ``reference_quirks`` (docs/reference.md) is the one switch of reference mode: preprocess,
 train and evaluate all receive it, so the shards, the models and the evaluation protocol
@@ -42,6 +65,24 @@ DEFAULT_SEEDS = list(TRAIN.pipeline_seeds)  # METHODS.md section 3: mean and std
 
 
 class PipelineOutputs(NamedTuple):
+    """Outputs of a cluster package. The serving artifacts are not among them: a pipeline
+    output from inside the ``dsl.If`` branch would need a producer in every branch
+    (``dsl.OneOf``), and a run without ``serving_eval`` has none; the serving task shows
+    its artifacts in the run's graph."""
+
+    metrics: Metrics
+    report: HTML
+    report_markdown: Markdown
+    report_files: Dataset
+    evaluation: Dataset
+    model: Model
+
+
+class LocalPipelineOutputs(NamedTuple):
+    """Outputs of the kfp.local package: :class:`PipelineOutputs` and the serving step's
+    artifact and metrics (always present there; only a marker and no metric without
+    ``serving_eval``), which ``pipelines.run_local`` reads."""
+
     metrics: Metrics
     report: HTML
     report_markdown: Markdown
@@ -55,8 +96,12 @@ class PipelineOutputs(NamedTuple):
 def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = None, accelerator_count: int = 1,
                    compile_default: bool = False, device_default: str = "auto", name: str = PIPELINE_NAME,
                    resources: Mapping[str, step_resources.StepResources] | None = None,
-                   kubernetes: k8s.KubernetesOptions | None = None) -> Callable:
+                   kubernetes: k8s.KubernetesOptions | None = None, local: bool = False) -> Callable:
     """The pipeline function for one image.
+
+    ``local``: build the package kfp.local can run (the serving step always a task, switched
+    by its ``enabled`` parameter) instead of the cluster shape (the serving step and its
+    report inside ``dsl.If(serving_eval == True)``); the module docstring says why.
 
     ``accelerator_type`` (e.g. ``nvidia.com/gpu`` on KFP, ``NVIDIA_TESLA_T4`` on Vertex AI)
     adds a request for ``accelerator_count`` accelerators to train, evaluate and serving.
@@ -72,6 +117,9 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
     """
     if accelerator_type is not None and accelerator_count < 1:
         raise ValueError(f"accelerator_count must be >= 1 when an accelerator type is set, got {accelerator_count}")
+    # The return annotation is evaluated here, when the function is defined: the local
+    # package has the serving outputs, the cluster packages cannot (see PipelineOutputs).
+    Outputs = LocalPipelineOutputs if local else PipelineOutputs
 
     @dsl.pipeline(name=name, description=(
         "Train and evaluate one cascade ranking configuration (method x setting) on RecFlow-format data: "
@@ -80,6 +128,7 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
     def cascade_pipeline(
         source: str = "synthetic",
         days: str = "",
+        ingest_copy: bool = False,
         synthetic_days: int = SYNTHETIC.num_days,
         synthetic_start_date: str = SYNTHETIC.start_date,
         synthetic_requests_per_day: int = SYNTHETIC.requests_per_day,
@@ -112,18 +161,19 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         serving_day: str = "",
         serving_batch_size: int = 1024,
         reference_quirks: bool = False,
-    ) -> PipelineOutputs:
+        shared_shards: str = "",
+    ) -> Outputs:
         synthetic = {"synthetic_days": synthetic_days, "synthetic_start_date": synthetic_start_date,
                      "synthetic_requests_per_day": synthetic_requests_per_day, "synthetic_users": synthetic_users,
                      "synthetic_items": synthetic_items, "synthetic_seed": synthetic_seed}
         fp = fingerprint(source=source, days=days, **synthetic)
         fp.set_caching_options(False)
         fp.set_display_name("fingerprint data")
-        staged = ingest(source=source, days=days, fingerprint=fp.output, **synthetic)
+        staged = ingest(source=source, days=days, fingerprint=fp.output, copy=ingest_copy, **synthetic)
         staged.set_display_name("ingest")
         shards = preprocess(raw_data=staged.outputs["raw_data"], stages=stages, setting=setting,
                             tz_offset_hours=tz_offset_hours, max_missing_fraction=max_missing_fraction,
-                            reference_quirks=reference_quirks)
+                            reference_quirks=reference_quirks, shared_root=shared_shards)
         shards.set_display_name("preprocess")
         trained = train(shards=shards.outputs["shards"], method=method, loss_options=loss_options, seeds=seeds,
                         batch_size=batch_size, lr=lr, dim=dim, days=train_days,
@@ -135,33 +185,64 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
                              streaming=streaming, batch_size=eval_batch_size, device=device, compile=compile,
                              tie_seed=tie_seed, reference_quirks=reference_quirks)
         evaluated.set_display_name("evaluate")
-        # Always a task, evaluating only when serving_eval is true (no dsl.If: see the module docstring).
-        served = serving(model=trained.outputs["model"], shards=shards.outputs["shards"], enabled=serving_eval,
-                         k1=serving_k1, index=serving_index, index_options=serving_index_options, day=serving_day,
-                         batch_size=serving_batch_size, device=device, compile=compile, tie_seed=tie_seed)
-        served.after(evaluated)  # one accelerator-hungry step at a time
-        served.set_display_name("serving evaluation")
-        reported = report(model=trained.outputs["model"], evaluation=evaluated.outputs["evaluation"],
-                          serving=served.outputs["serving"])
-        reported.set_display_name("report")
 
-        tasks = dict(zip(step_resources.STEPS, (fp, staged, shards, trained, evaluated, served, reported)))
-        for step, task in tasks.items():
-            task.set_container_image(image)
-            if resources and step in resources:
-                step_resources.apply(task, resources[step])
+        def serving_task() -> dsl.PipelineTask:
+            # enabled: in the local package the switch itself; in a cluster package's branch always true
+            served = serving(model=trained.outputs["model"], shards=shards.outputs["shards"], enabled=serving_eval,
+                             k1=serving_k1, index=serving_index, index_options=serving_index_options,
+                             day=serving_day, batch_size=serving_batch_size, device=device, compile=compile,
+                             tie_seed=tie_seed)
+            served.after(evaluated)  # one accelerator-hungry step at a time
+            served.set_display_name("serving evaluation")
+            return served
+
+        def report_task(served: dsl.PipelineTask | None) -> dsl.PipelineTask:
+            # run_record, not model: the report reads no weights, so its pod downloads none
+            extra = {} if served is None else {"serving": served.outputs["serving"]}
+            reported = report(run_record=trained.outputs["run_record"], evaluation=evaluated.outputs["evaluation"],
+                              **extra)
+            reported.set_display_name("report")
+            return reported
+
+        if local:  # kfp.local runs no condition: the serving step always runs, switched by `enabled`
+            served = serving_task()
+            reports = [report_task(served)]
+        else:
+            with dsl.If(serving_eval == True, name="serving_eval"):  # noqa: E712 - builds a condition
+                served = serving_task()
+                with_serving = report_task(served)
+            with dsl.Else(name="no serving_eval"):
+                without_serving = report_task(None)
+            reports = [with_serving, without_serving]
+
+        # The step name of each task (resources, Kubernetes settings, labels): every report
+        # task is the step "report".
+        groups = [dict(zip(step_resources.STEPS, (fp, staged, shards, trained, evaluated, served, reports[0])))]
+        groups += [{"report": task} for task in reports[1:]]
+        for tasks in groups:
+            for step, task in tasks.items():
+                task.set_container_image(image)
+                if resources and step in resources:
+                    step_resources.apply(task, resources[step])
+            if kubernetes is not None:
+                k8s.apply(tasks, kubernetes, gpu=accelerator_type is not None,
+                          variant="gpu" if accelerator_type is not None else "cpu")
         if accelerator_type is not None:
             for task in (trained, evaluated, served):
                 task.set_accelerator_type(accelerator_type)
                 task.set_accelerator_limit(accelerator_count)
-        if kubernetes is not None:
-            k8s.apply(tasks, kubernetes, gpu=accelerator_type is not None,
-                      variant="gpu" if accelerator_type is not None else "cpu")
-        return PipelineOutputs(metrics=evaluated.outputs["metrics"], report=reported.outputs["html"],
-                               report_markdown=reported.outputs["markdown"],
-                               report_files=reported.outputs["report_files"],
-                               evaluation=evaluated.outputs["evaluation"], model=trained.outputs["model"],
-                               serving=served.outputs["serving"], serving_metrics=served.outputs["metrics"])
+        common = {"metrics": evaluated.outputs["metrics"], "evaluation": evaluated.outputs["evaluation"],
+                  "model": trained.outputs["model"]}
+        if local:
+            return LocalPipelineOutputs(report=reports[0].outputs["html"],
+                                        report_markdown=reports[0].outputs["markdown"],
+                                        report_files=reports[0].outputs["report_files"],
+                                        serving=served.outputs["serving"], serving_metrics=served.outputs["metrics"],
+                                        **common)
+        # Exactly one report task runs; OneOf names whichever did.
+        return PipelineOutputs(report=dsl.OneOf(*(r.outputs["html"] for r in reports)),
+                               report_markdown=dsl.OneOf(*(r.outputs["markdown"] for r in reports)),
+                               report_files=dsl.OneOf(*(r.outputs["report_files"] for r in reports)), **common)
 
     return cascade_pipeline
 

@@ -11,8 +11,11 @@
 writes ``build/cascade-cpu.yaml`` (CPU image on every step) and ``build/cascade-gpu.yaml``
 (GPU image on every step, an accelerator request on train, evaluate and serving, and
 ``device=cuda`` by default: a GPU step never trains on the CPU without a word). Both files
-are plain pipeline packages: submit them with ``kfp run submit``,
-``pipelines.submit`` or Vertex AI, or run them locally with ``pipelines.run_local``.
+are cluster packages: submit them with ``kfp run submit``, ``pipelines.submit`` or Vertex
+AI. Their serving step sits in a ``dsl.If``, which kfp.local does not run, so
+``pipelines.run_local`` compiles and runs a third package, the ``local`` variant
+(``cascade-local.yaml``: CPU image, serving step switched by a parameter; see
+pipelines/cascade_pipeline.py).
 ``--image-ref`` is the one reference the Makefile computes (``make image-refs``); the GPU
 variant uses it with ``-gpu`` appended. Every step gets the CPU/memory requests and limits
 of a resource profile (pipelines/resources.py), each overridable per step. The Kubernetes
@@ -32,7 +35,8 @@ from components.common import GPU_SUFFIX, IMAGE, REGISTRY, TAG, image_ref
 from pipelines import kubernetes as k8s
 from pipelines import resources as step_resources
 
-VARIANTS = ("cpu", "gpu")
+VARIANTS = ("cpu", "gpu")  # the cluster packages
+LOCAL_VARIANT = "local"  # the package kfp.local runs (pipelines.run_local), CPU image
 DEFAULT_ACCELERATOR_TYPE = "nvidia.com/gpu"
 REPO = Path(__file__).resolve().parents[1]
 # Sources the compiled YAML is made from: a package older than any of them is stale.
@@ -41,8 +45,8 @@ SOURCES = (REPO / "components", REPO / "pipelines")
 
 def package_path(out_dir: str | Path, variant: str) -> Path:
     """``<out_dir>/cascade-<variant>.yaml``."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if variant not in (*VARIANTS, LOCAL_VARIANT):
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join((*VARIANTS, LOCAL_VARIANT))}")
     return Path(out_dir) / f"cascade-{variant}.yaml"
 
 
@@ -55,15 +59,16 @@ def compile_variant(variant: str, path: str | Path, *, registry: str = REGISTRY,
 
     ``ref`` (the CPU image reference; the GPU variant appends ``-gpu``) replaces
     registry/image/tag; ``exact_image`` (e.g. a pushed ``REPO@sha256:...``) replaces both;
-    ``resources`` are the steps' requests and limits; ``kubernetes`` the platform settings."""
+    ``resources`` are the steps' requests and limits; ``kubernetes`` the platform settings.
+    ``variant`` ``local``: the CPU package in the shape kfp.local can run."""
     from kfp import compiler
 
     from lcron import atomic
     from pipelines.cascade_pipeline import build_pipeline
 
     gpu = variant == "gpu"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if variant not in (*VARIANTS, LOCAL_VARIANT):
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join((*VARIANTS, LOCAL_VARIANT))}")
     image_name = exact_image or (variant_ref(ref, gpu) if ref else image_ref(registry, image, tag, gpu=gpu))
     pipeline = build_pipeline(image_name, accelerator_type=accelerator_type if gpu else None,
                               accelerator_count=accelerator_count,
@@ -71,7 +76,7 @@ def compile_variant(variant: str, path: str | Path, *, registry: str = REGISTRY,
                               # package compiles DIN's attention core (~5x faster steps), the GPU one
                               # runs eager kernels in a CUDA graph
                               compile_default=not gpu, device_default="cuda" if gpu else "auto",
-                              resources=resources, kubernetes=kubernetes)
+                              resources=resources, kubernetes=kubernetes, local=variant == LOCAL_VARIANT)
     path = Path(path)
     # The compiler writes to a file name: compile into a temporary folder, then put the
     # text in place atomically (a stale-but-whole package beats a truncated one).
@@ -217,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="GPU variant: accelerator of train, evaluate and serving, e.g. nvidia.com/gpu (KFP) or "
                              f"NVIDIA_TESLA_T4 (Vertex AI) (default {DEFAULT_ACCELERATOR_TYPE})")
     parser.add_argument("--accelerator-count", type=int, default=1, help="GPU variant: accelerators per step")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of cpu,gpu")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated subset of cpu,gpu (default), or {LOCAL_VARIANT}: the package "
+                             "kfp.local runs (pipelines.run_local compiles it itself)")
     parser.add_argument("--image-ref", default=None,
                         help="the CPU image reference REGISTRY/IMAGE:TAG (the GPU one adds -gpu); replaces "
                              "--registry/--image/--tag (the Makefile passes its IMAGE_REF)")
@@ -235,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_kubernetes_arguments(parser)
     args = parser.parse_args(argv)
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    bad = [v for v in variants if v not in VARIANTS]
+    bad = [v for v in variants if v not in (*VARIANTS, LOCAL_VARIANT)]
     if bad or not variants:
-        parser.error(f"--variants: unknown {bad or 'empty'}; choose from {', '.join(VARIANTS)}")
+        parser.error(f"--variants: unknown {bad or 'empty'}; choose from {', '.join((*VARIANTS, LOCAL_VARIANT))}")
     if args.accelerator_count < 1:
         parser.error("--accelerator-count must be >= 1")
     try:

@@ -88,12 +88,17 @@ def apply(task: object, res: StepResources) -> None:
 
 # Disk per step (a generic ephemeral volume at the launcher's artifact root, pipelines/kubernetes.py):
 # the step's input artifacts are downloaded there and its outputs written there before upload.
-# RecFlow (docs/scale.md): the source is tens of GB (ingest stages it, preprocess reads it), a shard
-# set is ~17 GB (two-stage) / ~19 GB (three-stage) for the whole period; a model folder is ~0.75 GB
-# per seed (~2.8 GB at most while training; per-day snapshots add ~0.75 GB per day with streaming).
+# RecFlow (docs/scale.md): the source is ~100 GB, ~2.7 GB a day. Ingest references it (a
+# manifest; with ingest_copy=true it would stage the whole source: override ingest=120Gi);
+# preprocess reads it where it is - from an object store it downloads a day at a time, at most
+# two days (~6 GB) in flight - and writes a shard set of ~17 GB (two-stage) / ~19 GB
+# (three-stage) for the whole period; a model folder is ~0.75 GB per seed (~2.8 GB at most
+# while training; per-day snapshots add ~0.75 GB per day with streaming). The report reads no
+# model: its inputs are the run record (JSON and train logs), the evaluation and serving.json,
+# tens of MB at RecFlow scale.
 EPHEMERAL_STORAGE: dict[str, dict[str, str]] = {
-    "recflow": {"fingerprint": "1Gi", "ingest": "100Gi", "preprocess": "150Gi", "train": "64Gi",
-                "evaluate": "64Gi", "serving": "48Gi", "report": "24Gi"},
+    "recflow": {"fingerprint": "1Gi", "ingest": "2Gi", "preprocess": "40Gi", "train": "64Gi",
+                "evaluate": "64Gi", "serving": "48Gi", "report": "4Gi"},
     "small": {step: "4Gi" for step in STEPS},
     "none": {},
 }

@@ -1,9 +1,11 @@
 """Run the compiled pipeline on this machine with kfp.local (no cluster, no Docker needed).
 
-    python -m pipelines.run_local [KEY=VALUE ...] [--package build/cascade-cpu.yaml]
+    python -m pipelines.run_local [KEY=VALUE ...] [--package build/cascade-local.yaml]
                                   [--pipeline-root runs/kfp-local] [--docker]
 
-Compiles the CPU package first if it is missing or older than the pipeline's sources,
+Compiles the local package (``build/cascade-local.yaml``: the CPU image, in the shape
+kfp.local can run - the serving step always a task, switched by ``serving_eval``; see
+pipelines/cascade_pipeline.py) first if it is missing or older than the pipeline's sources,
 then runs it through ``kfp.local`` with the SubprocessRunner (every step a subprocess of
 this Python, ``use_venv=False``: the library must be installed here, as ``make install``
 does). ``KEY=VALUE`` pairs are pipeline parameters, parsed as ``kfp run submit`` parses
@@ -12,13 +14,18 @@ seeds=[1,2]``. Laptop-sized defaults apply unless overridden: one seed, batch si
 no torch.compile, on the generator's default synthetic data.
 
 ``--docker`` runs every step in the project image with kfp.local's DockerRunner instead
-(needs a Docker engine and the image from ``make image``; a local-folder source is not
-visible inside the container - use the synthetic data, gs:// or s3://). ``--image REF``
-names that image (``make test-docker`` passes the Makefile's IMAGE_REF); the package is
-then compiled for it into ``build/docker/``. Containers use the host network (gs://, s3://
+(needs a Docker engine and the image from ``make image``; a local-folder source is mounted
+read-only into every container at its absolute path, since ingest references it and
+preprocess reads it there). ``--image REF``
+names that image (``make test-docker`` passes the Makefile's IMAGE_REF); the local package
+is then compiled for it into ``build/docker/``. Containers use the host network (gs://, s3://
 and a loopback S3 server are reachable) and run as the calling user, or as the image's
 user 1000 when called as root (the pipeline root is then handed to uid 1000); the
 AWS_* / STORAGE_EMULATOR_HOST variables set here are passed into them.
+
+A cluster package (``cascade-cpu.yaml``, ``cascade-gpu.yaml``: its serving step sits in a
+``dsl.If``) is refused by name, since kfp.local 2.16.1 would skip that branch or run both
+branches of it.
 
 kfp.local does not cache: every step runs each time.
 """
@@ -33,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipelines.compile import is_stale, package_path
+from pipelines.compile import LOCAL_VARIANT, is_stale, package_path
 
-DEFAULT_PACKAGE = package_path("build", "cpu")
-DOCKER_PACKAGE = package_path(Path("build") / "docker", "cpu")
+DEFAULT_PACKAGE = package_path("build", LOCAL_VARIANT)
+DOCKER_PACKAGE = package_path(Path("build") / "docker", LOCAL_VARIANT)
 IMAGE_UID = 1000  # the image's non-root user (docker/Dockerfile)
 # Passed from this environment into the containers (where set): the object-store endpoints
 # and credentials that gs:// and s3:// sources read (lcron/data/source.py).
@@ -80,7 +87,7 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def ensure_package(package: str | Path = DEFAULT_PACKAGE, image: str | None = None) -> Path:
-    """Compile the CPU variant to ``package`` if it is missing, stale or (with ``image``)
+    """Compile the local variant to ``package`` if it is missing, stale or (with ``image``)
     names another image; return its path."""
     from pipelines.compile import compile_variant
 
@@ -89,7 +96,7 @@ def ensure_package(package: str | Path = DEFAULT_PACKAGE, image: str | None = No
         from lcron.logs import get_logger
 
         get_logger(__name__).info(f"compiling {package}" + (f" for image {image}" if image else ""))
-        compile_variant("cpu", package, ref=image)
+        compile_variant(LOCAL_VARIANT, package, ref=image)
     return package
 
 
@@ -116,20 +123,39 @@ def check_docker(image: str | None) -> None:
         client.close()
 
 
-def _docker_runner(root: Path) -> Any:
-    """kfp.local's DockerRunner for the project image (see the module docstring)."""
+def local_source(params: Mapping[str, Any]) -> Path | None:
+    """The absolute path of a local-folder ``source`` parameter (None for synthetic, gs://, s3://)."""
+    from lcron.ingest import is_synthetic
+
+    source = params.get("source")
+    if not isinstance(source, str) or is_synthetic(source) or "://" in source:
+        return None
+    return Path(source).expanduser().resolve()
+
+
+def _docker_runner(root: Path, source: Path | None = None, shared: Path | None = None) -> Any:
+    """kfp.local's DockerRunner for the project image (see the module docstring); ``source``
+    (a local RecFlow folder) is bind-mounted read-only at the same path, ``shared`` (the
+    shared shard sets' folder) read-write."""
     from kfp import local
 
     uid, gid = os.getuid(), os.getgid()
     if uid == 0:
         uid = gid = IMAGE_UID
-        for path in (root, *root.rglob("*")):
-            os.chown(path, uid, gid)
+        for folder in (root, shared):
+            for path in (folder, *folder.rglob("*")) if folder is not None else ():
+                os.chown(path, uid, gid)
     # The image's entry point is `lcron`; KFP passes the step's command as the container
     # command, so `env` (which runs its arguments) stands in as entry point.
     environment = {"HOME": "/tmp", **{k: os.environ[k] for k in PASS_ENV if k in os.environ}}
+    extra: dict[str, Any] = {}
+    if source is not None or shared is not None:
+        from docker.types import Mount
+
+        extra["mounts"] = [Mount(target=str(path), source=str(path), type="bind", read_only=read_only)
+                           for path, read_only in ((source, True), (shared, False)) if path is not None]
     return local.DockerRunner(entrypoint=["env"], user=f"{uid}:{gid}", environment=environment,
-                              network_mode="host")
+                              network_mode="host", **extra)
 
 
 def check_params(component: Any, params: Mapping[str, Any]) -> None:
@@ -140,6 +166,24 @@ def check_params(component: Any, params: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown pipeline parameter(s) {unknown}; known: {', '.join(sorted(known))}")
 
 
+def check_runs_locally(component: Any, package: str | Path) -> None:
+    """Refuse a package with a task under a trigger condition (a cluster package: its serving
+    step and report sit in ``dsl.If``/``dsl.Else``): kfp.local 2.16.1 would run both branches
+    of the pair (its plain orchestrator ignores conditions) or, for a root-level ``dsl.If``,
+    never the branch (its evaluator cannot read the condition), so the run would be wrong
+    rather than fail. A component without a pipeline spec (a stand-in in tests) passes."""
+    spec = getattr(component, "pipeline_spec", None)
+    if spec is None:
+        return
+    dags = [spec.root, *spec.components.values()]
+    conditional = sorted(name for dag in dags if dag.WhichOneof("implementation") == "dag"
+                         for name, task in dag.dag.tasks.items() if task.trigger_policy.condition)
+    if conditional:
+        raise ValueError(f"{package} is a cluster package: its task(s) {', '.join(conditional)} run under a "
+                         "condition (dsl.If), which kfp.local cannot run; run the local package instead "
+                         f"(leave --package at its default, {DEFAULT_PACKAGE}, compiled when missing or stale)")
+
+
 def run_pipeline(package: str | Path, params: Mapping[str, Any], pipeline_root: str | Path, *,
                  docker: bool = False, image: str | None = None) -> LocalRun:
     """Run the compiled ``package`` with ``params`` under ``pipeline_root``; outputs and metrics."""
@@ -147,19 +191,28 @@ def run_pipeline(package: str | Path, params: Mapping[str, Any], pipeline_root: 
 
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    # A folder source goes in as an absolute path: ingest records it in its reference and
+    # preprocess (another process, or a container) reads it from there.
+    source = local_source(params)
+    run_params = {**params, "source": str(source)} if source is not None else dict(params)
+    shared = Path(params["shared_shards"]).resolve() if params.get("shared_shards") else None
+    if shared is not None:
+        shared.mkdir(parents=True, exist_ok=True)
+        run_params["shared_shards"] = str(shared)
     if docker:
         check_docker(image)
-        runner: Any = _docker_runner(root)
+        runner: Any = _docker_runner(root, source, shared)
     else:
         runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
     pipeline = components.load_component_from_file(str(package))
+    check_runs_locally(pipeline, package)
     check_params(pipeline, params)
     with warnings.catch_warnings():
         # The SubprocessRunner warns that the project image is "not a Python image": the
         # steps run in this Python instead, which is what we want here.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
-        task = pipeline(**params)
+        task = pipeline(**run_params)
     run = LocalRun(root, dict(params))
     for name in OUTPUTS:
         artifact = task.outputs.get(name)

@@ -9,6 +9,13 @@ parameters, output paths and metrics); a rerun of the sweep skips those, so an
 interrupted sweep resumes where it stopped. A configuration whose parameters changed
 since is run again. At the end, every configuration of the sweep is compared per
 setting with :func:`lcron.compare.compare` into ``<root>/compare/``.
+
+kfp.local has no cache, so the sweep shares the data work itself: every configuration's
+preprocess step builds its shard set in ``<root>/shared-shards/<setting>-<key>`` (the
+pipeline's ``shared_shards`` parameter; ``key`` hashes ingest's source fingerprint and the
+setting), so all configurations of one setting train on one shard set on disk, built by
+the first and re-checked by the others; ingest references the source instead of copying
+it. ``shared_shards=""`` as KEY=VALUE gives every configuration its own shard set again.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from pipelines.submit import check_methods_and_stages, expand_methods
 
 DEFAULT_ROOT = Path("runs/sweep-local")
 MARKER = "done.json"
+SHARED = "shared-shards"  # <root>/shared-shards: one shard set per data and setting
+# Where the sweep puts the shard sets changes no result, so a change of it reruns nothing.
+NOT_COMPARED = ("shared_shards",)
 log = get_logger(__name__)
 
 
@@ -59,13 +69,14 @@ def sweep_local(methods: Sequence[str], stages: Sequence[int], root: str | Path 
         raise ConfigError(f"give {', '.join(reserved)} with --methods/--stages, not as KEY=VALUE")
     root = Path(root)
     summary: dict[str, Any] = {"configs": {}, "ran": [], "skipped": [], "compare": None}
+    shared = {"shared_shards": str((root / SHARED).resolve())}
     for method in methods:
         for n in (int(s) for s in stages):
             name = config_name(method, n)
             folder = root / name
-            run_params = {**dict(params or {}), "method": method, "stages": n}
+            run_params = {**shared, **dict(params or {}), "method": method, "stages": n}
             done = read_marker(folder)
-            if done is not None and done.get("params") == run_params:
+            if done is not None and _compared(done.get("params")) == _compared(run_params):
                 log.info(f"[sweep] {name}: complete, skipped")
                 summary["skipped"].append(name)
                 summary["configs"][name] = done
@@ -79,6 +90,11 @@ def sweep_local(methods: Sequence[str], stages: Sequence[int], root: str | Path 
     if compare:
         summary["compare"] = compare_configs(summary["configs"].values(), root / "compare")
     return summary
+
+
+def _compared(params: Any) -> Any:
+    """The parameters that decide a configuration's results (what a rerun is decided by)."""
+    return {k: v for k, v in params.items() if k not in NOT_COMPARED} if isinstance(params, dict) else params
 
 
 def compare_configs(markers: Iterable[Mapping[str, Any]], out: Path) -> dict[str, Any] | None:

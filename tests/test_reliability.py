@@ -543,8 +543,9 @@ def test_component_functions_raise_the_library_errors(trained, tiny_shards_2, ha
     with pytest.raises(ConfigError, match="unknown method 'nope'; known methods: bce"):
         components.train.python_func(shards=FakeArtifact(tiny_shards_2.root), method="nope", loss_options={},
                                      seeds=[1], batch_size=16, lr=0.01, dim=8, days="", max_steps_per_day=1,
-                                     device="cpu", compile=False, model=FakeArtifact(tmp_path / "model"))
-    assert not (tmp_path / "model").exists()
+                                     device="cpu", compile=False, model=FakeArtifact(tmp_path / "model"),
+                                     run_record=FakeArtifact(tmp_path / "run_record"))
+    assert not (tmp_path / "model").exists() and not (tmp_path / "run_record").exists()
 
     marker = tmp_path / "pwned"
     run = _poisoned_copy(trained, tmp_path / "run", "seed-1/model.pt", marker)

@@ -19,7 +19,7 @@ from lcron.compare import compare
 from lcron.errors import ConfigError, DataError
 from lcron.evaluate import evaluate
 from lcron.render import Section, Table, format_cell, markdown_table, render_html
-from lcron.report import add_report_arguments, build_report, run_report
+from lcron.report import RUN_RECORD_FILES, add_report_arguments, build_report, copy_run_record, run_report
 from lcron.run_folder import read_train_logs
 from lcron.serving.results import serving_metric_means
 from lcron.train import TrainConfig, train
@@ -199,6 +199,35 @@ def test_missing_evaluation_and_cli(evaluated, tmp_path, capsys):
     assert str(tmp_path / "one" / "report.html") in capsys.readouterr().out
     with pytest.raises(ConfigError, match="--eval"):
         run_report(parser.parse_args([str(evaluated.run), str(bare), "--eval", str(evaluated.run / "eval")]))
+
+
+def test_run_record_holds_what_the_report_reads_and_no_weights(evaluated, tmp_path):
+    """copy_run_record: run.json and each seed's summary and train log, byte for byte, no
+    model file; the report built from it has the same tables as the one from the run folder
+    (the pipeline's report step reads only this record)."""
+    record = tmp_path / "record"
+    copied = copy_run_record(evaluated.run, record)
+    names = sorted(str(p.relative_to(record)) for p in record.rglob("*") if p.is_file())
+    assert names == sorted(str(p.relative_to(record)) for p in copied)
+    assert names == ["run.json"] + [f"seed-{s}/{f}" for s in (1, 2) for f in sorted(RUN_RECORD_FILES)]
+    assert all((record / n).read_bytes() == (evaluated.run / n).read_bytes() for n in names)
+    assert list(evaluated.run.rglob("*.pt")) and not list(record.rglob("*.pt"))
+    paths = build_report(record, evaluated.run / "eval", tmp_path / "report")
+    assert json.loads(paths["json"].read_text())["tables"] == json.loads(evaluated.paths["json"].read_text())["tables"]
+    assert paths["loss_curves"].read_bytes() == evaluated.paths["loss_curves"].read_bytes()
+
+
+def test_run_record_refuses_an_unfinished_run_and_its_own_folder(evaluated, tmp_path):
+    with pytest.raises(ConfigError, match="into the run folder itself"):
+        copy_run_record(evaluated.run, evaluated.run / ".")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(evaluated.run, unfinished, ignore=shutil.ignore_patterns("eval", "report"))
+    for marker in unfinished.glob("_complete-*.json"):
+        marker.unlink()
+    (unfinished / "seed-2" / "summary.json").unlink()  # as if training stopped during seed 2
+    with pytest.raises(DataError, match="lcron train"):
+        copy_run_record(unfinished, tmp_path / "record")
+    assert not (tmp_path / "record").exists()
 
 
 def test_compare_reads_real_evaluations(evaluated, tmp_path):

@@ -53,7 +53,7 @@ from lcron.errors import ConfigError, DataError, OutputExistsError
 from lcron.progress import Progress
 from lcron.settings import Setting, SettingError, get_setting
 
-__all__ = ["FORMAT_VERSION", "ShardSet", "preprocess", "time_features", "build_day_arrays", "shard_dtypes",
+__all__ = ["FORMAT_VERSION", "ShardSet", "SHARDS_REFERENCE", "SHARDS_REFERENCE_KIND", "preprocess", "time_features", "build_day_arrays", "shard_dtypes",
            "smallest_int_dtype", "config_hash", "memory_bound_mb"]
 
 log = logging.getLogger(__name__)
@@ -215,13 +215,37 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
+#: A folder that holds only this file opens as the shard set it names (a pipeline step's
+#: artifact pointing at a shard set shared by several runs: lcron.data.shared_shards).
+SHARDS_REFERENCE = "shards-reference.json"
+SHARDS_REFERENCE_KIND = "lcron-shards-reference"
+
+
+def _follow_reference(root: Path) -> tuple[Path, dict | None]:
+    """``root``, or the shard set its reference names (and the reference)."""
+    ref_path = root / SHARDS_REFERENCE
+    if (root / "dataset.json").is_file() or not ref_path.is_file():
+        return root, None
+    ref = _read_json(ref_path, "shard set reference")
+    if ref.get("kind") != SHARDS_REFERENCE_KIND or not isinstance(ref.get("path"), str) \
+            or not isinstance(ref.get("fingerprint"), str):
+        raise DataError(f"{ref_path}: not a shard set reference (kind {SHARDS_REFERENCE_KIND!r}, path, fingerprint)")
+    target = Path(ref["path"])
+    if (target / SHARDS_REFERENCE).is_file():
+        raise DataError(f"{ref_path}: names {target}, another reference; a reference names a shard set")
+    return target, ref
+
+
 class ShardSet:
-    """A preprocessed shard folder for one setting (see the module docstring)."""
+    """A preprocessed shard folder for one setting (see the module docstring).
+
+    A folder holding only ``shards-reference.json`` opens as the shard set it names, and
+    only if that set still has the fingerprint recorded in the reference."""
 
     def __init__(self, root: str | Path, *, require_complete: bool = True) -> None:
         """``require_complete=False`` opens a shard set that preprocessing has not finished
         (preprocess itself, inspection); every other reader gets an IncompleteOutputError."""
-        self.root = Path(root)
+        self.root, reference = _follow_reference(Path(root))
         meta = _read_json(self.root / "dataset.json", "dataset.json (is this a preprocessed shard folder?)")
         if meta.get("format_version") != FORMAT_VERSION:
             raise DataError(f"{self.root / 'dataset.json'}: format_version {meta.get('format_version')!r}; "
@@ -246,6 +270,10 @@ class ShardSet:
         days_dir = self.root / "days"
         self.days: list[str] = sorted(p.parent.name for p in days_dir.glob("*/manifest.json")) \
             if days_dir.is_dir() else []
+        if reference is not None and self.fingerprint() != reference["fingerprint"]:
+            raise DataError(f"{Path(root) / SHARDS_REFERENCE}: the shared shard set {self.root} changed since this "
+                            f"reference was written (fingerprint {self.fingerprint()}, recorded "
+                            f"{reference['fingerprint']}); run the step that wrote it again")
 
     def __repr__(self) -> str:
         return f"ShardSet({str(self.root)!r}, setting={self.setting.name!r}, days={len(self.days)})"

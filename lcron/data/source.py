@@ -34,7 +34,8 @@ from typing import Any, BinaryIO
 
 from lcron.errors import DataError
 
-__all__ = ["Source", "LocalSource", "GCSSource", "S3Source", "open_source", "DAY_RE", "DAY_FOLDERS", "DayListing",
+__all__ = ["Source", "LocalSource", "GCSSource", "S3Source", "ReferencedSource", "open_source", "read_ingest_manifest",
+           "INGEST_MANIFEST", "INGEST_KIND", "REFERENCE_MODE", "DAY_RE", "DAY_FOLDERS", "DayListing",
            "day_of_name"]
 
 DAY_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.feather$")
@@ -42,6 +43,11 @@ _DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.([A-Za-z0-9]+)$")
 # The folders that hold one file per day, and the extension of those files.
 DAY_FOLDERS = {"all_stage": "feather", "request_id_dict": "pkl", "seq_effective_50_dict": "pkl"}
 _HASH_CHUNK = 1 << 20
+#: The manifest ``lcron ingest`` writes last into its output folder, its ``kind``, and the
+#: ``mode`` of a manifest that references the source instead of holding a copy of it.
+INGEST_MANIFEST = "ingest.json"
+INGEST_KIND = "lcron-ingest"
+REFERENCE_MODE = "reference"
 
 
 def day_of_name(name: str, ext: str) -> str | None:
@@ -447,8 +453,118 @@ def _s3_client() -> Any:
     return boto3.client("s3", config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
 
 
+class ReferencedSource(Source):
+    """The days an ingest step chose, read where they lie: the source named by a reference
+    manifest (``ingest.json`` with ``"mode": "reference"``, written by :mod:`lcron.ingest`).
+
+    Why: staging a RecFlow-size source copies ~100 GB into the pipeline root; a reference
+    is a few kilobytes and the later steps read the source itself. What a copy guaranteed,
+    the reference checks instead: only the files ingest chose are visible (the listing is
+    the manifest's, so preprocessing sees exactly the staged days), every file must still
+    have the size ingest saw when the reference is opened, and :meth:`fingerprint` (which
+    preprocessing calls for every day it reads) must return the fingerprint ingest
+    recorded, so a source changed after ingest fails by name instead of feeding other
+    data to cached downstream results.
+    """
+
+    def __init__(self, folder: "str | Path", manifest: dict[str, Any]) -> None:
+        self.folder = Path(folder)
+        where = self.folder / INGEST_MANIFEST
+        target, files = manifest.get("source"), manifest.get("files")
+        if not isinstance(target, str) or not target or not isinstance(files, dict) or not files:
+            raise DataError(f"{where}: a reference manifest needs 'source' and 'files'")
+        if "://" not in target and (Path(target) / INGEST_MANIFEST).is_file():
+            raise DataError(f"{where}: references {target}, which is itself an ingest output; "
+                            "reference the RecFlow source instead")
+        try:
+            self.inner = open_source(target)
+        except DataError as exc:
+            raise DataError(f"{exc} (referenced by {where}: this step cannot read the source ingest referenced; "
+                            "run ingest with --copy, or the pipeline with ingest_copy=true, to stage a copy)") from None
+        self.uri = self.inner.uri
+        self.hashes_content = self.inner.hashes_content
+        self._files: dict[str, dict[str, Any]] = {str(rel): dict(fp) for rel, fp in files.items()}
+        sizes = {rel: self._size_now(rel) for rel in self._files}
+        changed = [f"{self.inner.describe(rel)} ({'missing' if sizes[rel] is None else f'{sizes[rel]} bytes'}"
+                   f", ingest saw {fp.get('size')} bytes)"
+                   for rel, fp in self._files.items() if sizes[rel] != fp.get("size")]
+        if changed:
+            raise DataError(f"{where}: the referenced source changed since ingest: {'; '.join(changed)}; "
+                            "run the pipeline (or lcron ingest) again")
+
+    def _size_now(self, rel: str) -> "int | None":
+        try:
+            return self.inner.size(rel)
+        except DataError:
+            return None
+
+    def _chosen(self, rel: str) -> str:
+        if rel not in self._files:
+            raise DataError(f"{self.inner.describe(rel)}: not one of the files ingest chose "
+                            f"({self.folder / INGEST_MANIFEST})")
+        return rel
+
+    def describe(self, rel: str) -> str:
+        return self.inner.describe(rel)
+
+    def exists(self, rel: str) -> bool:
+        return rel in self._files and self.inner.exists(rel)
+
+    def size(self, rel: str) -> int:
+        return self.inner.size(self._chosen(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.inner.read_bytes(self._chosen(rel))
+
+    def local_path(self, rel: str) -> Path:
+        return self.inner.local_path(self._chosen(rel))
+
+    def open_binary(self, rel: str) -> BinaryIO:
+        return self.inner.open_binary(self._chosen(rel))
+
+    def fingerprint(self, rel: str, *, keep: bool = False) -> dict[str, Any]:
+        fp = self.inner.fingerprint(self._chosen(rel), keep=keep)
+        if fp != self._files[rel]:
+            self.inner.release(rel)
+            raise DataError(f"{self.inner.describe(rel)}: changed since ingest referenced it "
+                            f"({self.folder / INGEST_MANIFEST} records {self._files[rel]}, the file now has {fp}); "
+                            "run the pipeline (or lcron ingest) again")
+        return fp
+
+    def list_names(self, folder: str) -> list[str]:
+        prefix = folder.rstrip("/") + "/"
+        return sorted(rel[len(prefix):] for rel in self._files
+                      if rel.startswith(prefix) and "/" not in rel[len(prefix):])
+
+    def release(self, rel: str) -> None:
+        self.inner.release(rel)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def read_ingest_manifest(folder: "str | Path") -> dict[str, Any] | None:
+    """The ingest manifest of ``folder`` (None when it has none); DataError when unreadable."""
+    path = Path(folder) / INGEST_MANIFEST
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != INGEST_KIND:
+        raise DataError(f"{path}: not an ingest manifest (kind {INGEST_KIND!r} expected)")
+    return doc
+
+
 def open_source(uri: "str | Path | Source") -> Source:
-    """A :class:`Source` for a local folder or a ``gs://bucket/prefix`` / ``s3://bucket/prefix`` URI."""
+    """A :class:`Source` for a local folder or a ``gs://bucket/prefix`` / ``s3://bucket/prefix`` URI.
+
+    A folder written by ``lcron ingest`` in reference mode opens as the source it
+    references (:class:`ReferencedSource`); a staged copy is an ordinary local folder.
+    """
     if isinstance(uri, Source):
         return uri
     text = str(uri)
@@ -458,4 +574,7 @@ def open_source(uri: "str | Path | Source") -> Source:
         return S3Source(text)
     if "://" in text:
         raise DataError(f"{text}: unsupported source; give a local folder, gs://bucket/prefix or s3://bucket/prefix")
+    manifest = read_ingest_manifest(text)
+    if manifest is not None and manifest.get("mode") == REFERENCE_MODE:
+        return ReferencedSource(text, manifest)
     return LocalSource(text)

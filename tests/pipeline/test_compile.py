@@ -1,5 +1,7 @@
-"""The compiled pipeline: both variants, their images, artifacts, accelerators, caching, defaults,
-and the serving step switched by the ``serving_eval`` parameter."""
+"""The compiled pipeline: both cluster variants and the kfp.local package, their images,
+artifacts, accelerators, caching, defaults; the serving step under ``dsl.If(serving_eval)`` in
+the cluster packages (switched by a parameter in the local one); a report that reads no
+model weights."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import yaml
 
 from components.common import image_ref
 from pipelines import compile as pcompile
+
+from .compiled import artifact_source, container_tasks, output_sources, parameter_source, runs
 
 STEPS = ("fingerprint", "ingest", "preprocess", "train", "evaluate", "serving", "report")
 ACCELERATED = ("train", "evaluate", "serving")
@@ -24,7 +28,9 @@ def _load(path):
 def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("build")
     paths = pcompile.compile_all(out, registry="reg.example:5000", image="lcron", tag="abc123")
-    return {variant: _load(path) for variant, path in paths.items()} | {"paths": paths}
+    local = pcompile.compile_variant("local", pcompile.package_path(out, "local"), registry="reg.example:5000",
+                                     image="lcron", tag="abc123")
+    return {variant: _load(path) for variant, path in paths.items()} | {"paths": paths, "local": _load(local)}
 
 
 def _container(spec, step):
@@ -41,14 +47,17 @@ def test_both_variants_are_written(compiled):
     assert compiled["cpu"]["pipelineInfo"]["name"] == "lcron-cascade"
 
 
-@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+@pytest.mark.parametrize("variant", ["cpu", "gpu", "local"])
 def test_components_images_and_no_runtime_install(compiled, variant):
     spec = compiled[variant]
-    assert set(spec["components"]) == {f"comp-{s}" for s in STEPS}
-    assert set(spec["root"]["dag"]["tasks"]) == set(STEPS)
+    tasks = container_tasks(spec)
+    assert {t.step for t in tasks.values()} == set(STEPS)
+    # one task per step; the cluster packages have a report task in each branch of dsl.If/Else
+    assert sorted(tasks) == sorted(STEPS + (("report-2",) if variant != "local" else ()))
     want = "reg.example:5000/lcron:abc123" + ("-gpu" if variant == "gpu" else "")
-    for step in STEPS:
-        c = _container(spec, step)
+    assert set(spec["deploymentSpec"]["executors"]) == {f"exec-{name}" for name in tasks}
+    for name in tasks:
+        c = _container(spec, name)
         assert c["image"] == want
         text = " ".join(c["command"] + c.get("args", []))
         assert "pip install" not in text  # install_kfp_package=False: kfp comes with the image
@@ -61,6 +70,7 @@ def test_artifact_types(compiled):
     assert _artifact_type(spec, "preprocess", "raw_data", "inputDefinitions") == "system.Dataset"
     assert _artifact_type(spec, "preprocess", "shards") == "system.Dataset"
     assert _artifact_type(spec, "train", "model") == "system.Model"
+    assert _artifact_type(spec, "train", "run_record") == "system.Dataset"
     assert _artifact_type(spec, "evaluate", "metrics") == "system.Metrics"
     assert _artifact_type(spec, "evaluate", "evaluation") == "system.Dataset"
     assert _artifact_type(spec, "report", "html") == "system.HTML"
@@ -69,9 +79,12 @@ def test_artifact_types(compiled):
     assert _artifact_type(spec, "serving", "metrics") == "system.Metrics"
     assert _artifact_type(spec, "report", "serving", "inputDefinitions") == "system.Dataset"
     outputs = spec["root"]["outputDefinitions"]["artifacts"]
-    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
-        "metrics": "system.Metrics", "report": "system.HTML", "report_markdown": "system.Markdown",
-        "report_files": "system.Dataset", "evaluation": "system.Dataset", "model": "system.Model",
+    common = {"metrics": "system.Metrics", "report": "system.HTML", "report_markdown": "system.Markdown",
+              "report_files": "system.Dataset", "evaluation": "system.Dataset", "model": "system.Model"}
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == common
+    # the local package also outputs the serving step's artifacts (pipelines.run_local prints them)
+    local = compiled["local"]["root"]["outputDefinitions"]["artifacts"]
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in local.items()} == common | {
         "serving": "system.Dataset", "serving_metrics": "system.Metrics"}
     assert spec["components"]["comp-fingerprint"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == \
         "STRING"
@@ -97,12 +110,13 @@ def test_accelerator_type_and_count_are_compile_time_settings(tmp_path):
         pcompile.compile_variant("tpu", tmp_path / "x.yaml")
 
 
-@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+@pytest.mark.parametrize("variant", ["cpu", "gpu", "local"])
 def test_caching_off_only_for_the_fingerprint(compiled, variant):
-    tasks = compiled[variant]["root"]["dag"]["tasks"]
-    assert not tasks["fingerprint"].get("cachingOptions", {}).get("enableCache", False)
-    for step in STEPS[1:]:
-        assert tasks[step]["cachingOptions"]["enableCache"] is True
+    tasks = container_tasks(compiled[variant])
+    assert not tasks["fingerprint"].spec.get("cachingOptions", {}).get("enableCache", False)
+    for name, task in tasks.items():
+        if name != "fingerprint":
+            assert task.spec["cachingOptions"]["enableCache"] is True, name
 
 
 def test_the_fingerprint_feeds_ingest_and_ingest_feeds_preprocess(compiled):
@@ -113,10 +127,18 @@ def test_the_fingerprint_feeds_ingest_and_ingest_feeds_preprocess(compiled):
     assert raw == {"outputArtifactKey": "raw_data", "producerTask": "ingest"}
     shards = tasks["evaluate"]["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]
     assert shards["producerTask"] == "preprocess"
-    assert tasks["report"]["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate"
-    # preprocess is keyed by the artifact and the setting only, not by method or seeds
+    report = container_tasks(compiled["cpu"])["report"]
+    assert artifact_source(compiled["cpu"], report, "evaluation") == ("evaluate", "evaluation")
+    # preprocess is keyed by the artifact and the setting only (and where a shared shard set lives,
+    # "" on a cluster), not by method or seeds
     assert set(tasks["preprocess"]["inputs"]["parameters"]) == {"stages", "setting", "tz_offset_hours",
-                                                               "max_missing_fraction", "reference_quirks"}
+                                                               "max_missing_fraction", "reference_quirks",
+                                                               "shared_root"}
+    assert tasks["preprocess"]["inputs"]["parameters"]["shared_root"]["componentInputParameter"] == "shared_shards"
+    # ingest references the source unless ingest_copy
+    assert tasks["ingest"]["inputs"]["parameters"]["copy"]["componentInputParameter"] == "ingest_copy"
+    params = compiled["cpu"]["root"]["inputDefinitions"]["parameters"]
+    assert params["ingest_copy"]["defaultValue"] is False and params["shared_shards"]["defaultValue"] == ""
     # the one reference-mode switch reaches every step that depends on it
     for step in ("preprocess", "train", "evaluate"):
         src = tasks[step]["inputs"]["parameters"]["reference_quirks"]["componentInputParameter"]
@@ -169,36 +191,102 @@ def test_main_writes_selected_variants(tmp_path, capsys):
         pcompile.main(["--out", str(tmp_path), "--variants", "tpu"])
 
 
+SERVING_PARAMS = (("k1", "serving_k1"), ("index", "serving_index"), ("index_options", "serving_index_options"),
+                  ("day", "serving_day"), ("batch_size", "serving_batch_size"), ("device", "device"),
+                  ("compile", "compile"), ("tie_seed", "tie_seed"))
+
+
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
-def test_serving_step_is_switched_by_serving_eval_and_feeds_the_report(compiled, variant):
-    """The serving step is in both variants; ``serving_eval`` reaches it as ``enabled`` (no
-    trigger condition anywhere: kfp.local 2.16.1 does not run dsl.If branches), it runs after
-    evaluate, and the report takes its artifact through the optional ``serving`` input."""
+def test_with_serving_off_no_serving_task_can_run(compiled, variant):
+    """Cluster packages: the serving step sits under ``serving_eval == true`` (so a run
+    without it schedules no serving pod), and exactly one report task runs either way - the
+    one taking the serving artifact when the step ran, the one without it otherwise."""
     spec = compiled[variant]
-    tasks = spec["root"]["dag"]["tasks"]
-    assert all("triggerPolicy" not in t for t in tasks.values())
-    serving = tasks["serving"]
-    params = serving["inputs"]["parameters"]
-    assert params["enabled"] == {"componentInputParameter": "serving_eval"}
-    for name, source in (("k1", "serving_k1"), ("index", "serving_index"), ("index_options", "serving_index_options"),
-                         ("day", "serving_day"), ("batch_size", "serving_batch_size"), ("device", "device"),
-                         ("compile", "compile"), ("tie_seed", "tie_seed")):
-        assert params[name] == {"componentInputParameter": source}, name
-    arts = serving["inputs"]["artifacts"]
-    assert arts["model"]["taskOutputArtifact"] == {"outputArtifactKey": "model", "producerTask": "train"}
-    assert arts["shards"]["taskOutputArtifact"] == {"outputArtifactKey": "shards", "producerTask": "preprocess"}
-    assert "evaluate" in serving["dependentTasks"]
-    assert serving["taskInfo"]["name"] == "serving evaluation"
-    report_in = tasks["report"]["inputs"]["artifacts"]["serving"]["taskOutputArtifact"]
-    assert report_in == {"outputArtifactKey": "serving", "producerTask": "serving"}
-    assert spec["components"]["comp-report"]["inputDefinitions"]["artifacts"]["serving"]["isOptional"] is True
+    tasks = container_tasks(spec)
+    serving = [t for t in tasks.values() if t.step == "serving"]
+    assert len(serving) == 1 and serving[0].name == "serving" and "serving" not in spec["root"]["dag"]["tasks"]
+    assert not runs(serving[0], serving_eval=False) and runs(serving[0], serving_eval=True)
+    assert [c.text for c in serving[0].conditions] == [
+        "inputs.parameter_values['pipelinechannel--serving_eval'] == true"]
+    # every other step runs whatever serving_eval is
+    assert all(runs(t, v) for t in tasks.values() if t.step not in ("serving", "report") for v in (False, True))
+    reports = [t for t in tasks.values() if t.step == "report"]
+    for value in (False, True):
+        (ran,) = [t for t in reports if runs(t, value)]
+        has_serving = "serving" in ran.spec["inputs"].get("artifacts", {})
+        assert has_serving == value, value
+        if has_serving:
+            assert artifact_source(spec, ran, "serving") == ("serving", "serving")
+            assert ran.dag == serving[0].dag  # same branch: it runs after the serving step, never without it
+    # the report's pages are pipeline outputs through dsl.OneOf over the two report tasks
+    for output, key in (("report", "html"), ("report_markdown", "markdown"), ("report_files", "report_files")):
+        assert output_sources(spec, output) == {(t.name, key) for t in reports}, output
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu", "local"])
+def test_serving_step_wiring(compiled, variant):
+    """``serving_eval`` reaches the step as ``enabled`` (true in a cluster branch, the switch
+    itself in the local package), the serving parameters reach it, and it runs after evaluate."""
+    spec = compiled[variant]
+    serving = container_tasks(spec)["serving"]
+    params = serving.spec["inputs"]["parameters"]
+    dag = serving.dag
+
+    def source(entry: dict) -> str:
+        return parameter_source(spec, dag, entry["componentInputParameter"])
+
+    assert source(params["enabled"]) == "serving_eval"
+    for name, pipeline_param in SERVING_PARAMS:
+        assert source(params[name]) == pipeline_param, name
+    assert artifact_source(spec, serving, "model") == ("train", "model")
+    assert artifact_source(spec, serving, "shards") == ("preprocess", "shards")
+    # after evaluate (one accelerator-hungry step at a time): directly, or through its branch group
+    assert "evaluate" in serving.spec.get("dependentTasks", []) or "evaluate" in \
+        spec["root"]["dag"]["tasks"]["condition-branches-1"]["dependentTasks"]
+    assert serving.spec["taskInfo"]["name"] == "serving evaluation"
     text = " ".join(_container(spec, "serving")["command"])
     assert "serving_evaluate(" in text and "serving_metric_means" in text
-    root = spec["root"]["outputDefinitions"]["artifacts"]
-    assert set(root) >= {"serving", "serving_metrics"}
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["serving_eval"] == {"defaultValue": False, "isOptional": True, "parameterType": "BOOLEAN"}
     assert defaults["serving_k1"]["defaultValue"] == [100, 500, 1000]
     assert defaults["serving_index"]["defaultValue"] == "auto"
     assert defaults["serving_index_options"]["defaultValue"] == {}
     assert defaults["serving_day"]["defaultValue"] == "" and defaults["serving_batch_size"]["defaultValue"] == 1024
+
+
+def test_local_package_has_no_condition_and_always_wires_the_serving_artifact(compiled):
+    """kfp.local 2.16.1 runs no dsl.If branch (docs/pipeline.md), so the local package has none:
+    the serving step is always a task (``enabled`` switches it) and the one report task takes
+    its artifact; run_local reads the serving outputs."""
+    spec = compiled["local"]
+    assert "triggerPolicy" not in yaml.safe_dump(spec)
+    assert not [c for c in spec["components"] if c.startswith("comp-condition")]
+    tasks = container_tasks(spec)
+    assert all(t.dag == "root" for t in tasks.values())
+    assert artifact_source(spec, tasks["report"], "serving") == ("serving", "serving")
+    assert spec["components"]["comp-report"]["inputDefinitions"]["artifacts"]["serving"]["isOptional"] is True
+    outputs = spec["root"]["dag"]["outputs"]["artifacts"]
+    assert outputs["serving"]["artifactSelectors"] == [{"outputArtifactKey": "serving", "producerSubtask": "serving"}]
+    assert outputs["serving_metrics"]["artifactSelectors"] == [{"outputArtifactKey": "metrics",
+                                                                "producerSubtask": "serving"}]
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu", "local"])
+def test_report_inputs_hold_no_model_weights(compiled, variant):
+    """The report step (1 CPU, 4 GB) takes the train step's run record, the evaluation and
+    the serving result - never the ``model`` artifact, so its pod downloads no weights."""
+    spec = compiled[variant]
+    component = spec["components"]["comp-report"]["inputDefinitions"]["artifacts"]
+    assert set(component) == {"run_record", "evaluation", "serving"}
+    assert {a["artifactType"]["schemaTitle"] for a in component.values()} == {"system.Dataset"}
+    reports = [t for t in container_tasks(spec).values() if t.step == "report"]
+    assert len(reports) == (1 if variant == "local" else 2)
+    allowed = {("train", "run_record"), ("evaluate", "evaluation"), ("serving", "serving")}
+    for task in reports:
+        sources = {artifact_source(spec, task, name) for name in task.spec["inputs"]["artifacts"]}
+        assert ("train", "model") not in sources and sources <= allowed, (task.name, sources)
+        assert {("train", "run_record"), ("evaluate", "evaluation")} <= sources, task.name
+        assert "parameters" not in task.spec["inputs"]
+    # the artifacts it does take carry no weights: the train step fills run_record from the
+    # run folder's JSON files only (tests/pipeline/test_components.py checks the files)
+    assert "build_report(run_record.path," in " ".join(_container(spec, "report")["command"])

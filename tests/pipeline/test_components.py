@@ -37,17 +37,18 @@ def chain(tmp_path_factory):
     arts["shards"] = FakeArtifact(base / "shards")
     components.preprocess.python_func(raw_data=arts["raw"], stages=2, setting={}, tz_offset_hours=8,
                                       max_missing_fraction=0.01, shards=arts["shards"])
-    arts["model"] = FakeArtifact(base / "model")
+    arts["model"], arts["run_record"] = FakeArtifact(base / "model"), FakeArtifact(base / "run_record")
     components.train.python_func(shards=arts["shards"], method="lcron", loss_options={}, seeds=[1.0],
                                  batch_size=16, lr=0.01, dim=8, days="", max_steps_per_day=2, device="cpu",
-                                 compile=False, embedding_optimizer="lazy", model=arts["model"])
+                                 compile=False, embedding_optimizer="lazy", model=arts["model"],
+                                 run_record=arts["run_record"])
     arts["evaluation"], arts["metrics"] = FakeArtifact(base / "eval"), FakeArtifact(base / "metrics")
     components.evaluate.python_func(model=arts["model"], shards=arts["shards"], days="", streaming=False,
                                     batch_size=64, device="cpu", compile=False, tie_seed=0,
                                     evaluation=arts["evaluation"], metrics=arts["metrics"])
     arts["report_files"], arts["html"], arts["markdown"] = (FakeArtifact(base / "report"), FakeArtifact(base / "r.html"),
                                                             FakeArtifact(base / "r.md"))
-    components.report.python_func(model=arts["model"], evaluation=arts["evaluation"],
+    components.report.python_func(run_record=arts["run_record"], evaluation=arts["evaluation"],
                                   report_files=arts["report_files"], html=arts["html"], markdown=arts["markdown"])
     return arts
 
@@ -61,7 +62,7 @@ def test_fingerprint_component_is_the_library_fingerprint(chain):
 def test_ingest_component_stages_and_records(chain):
     raw = chain["raw"]
     assert raw.metadata == {"source": "synthetic", "days": ["2024-01-13", "2024-01-14", "2024-01-15"],
-                            "fingerprint": chain["fingerprint"]}
+                            "fingerprint": chain["fingerprint"], "mode": "copy"}  # synthetic data is copied
     assert read_manifest(raw.path)["fingerprint"] == chain["fingerprint"]
 
 
@@ -71,8 +72,17 @@ def test_ingest_component_on_a_local_folder(tiny_recflow, tmp_path):
     raw = FakeArtifact(tmp_path / "raw")
     components.ingest.python_func(source=str(src), days="2024-01-15", fingerprint=fp, raw_data=raw, **SYN)
     assert raw.metadata["days"] == ["2024-01-15"] and raw.metadata["fingerprint"] == fp
-    assert raw.metadata["source"] == str(src)
-    assert sorted(p.name for p in (Path(raw.path) / "all_stage").iterdir()) == ["2024-01-15.feather"]
+    assert raw.metadata["source"] == str(src.resolve()) and raw.metadata["mode"] == "reference"
+    assert [p.name for p in Path(raw.path).iterdir()] == ["ingest.json"]  # nothing copied
+    shards = FakeArtifact(tmp_path / "shards")  # preprocess follows the reference to the source
+    components.preprocess.python_func(raw_data=raw, stages=2, setting={}, tz_offset_hours=8,
+                                      max_missing_fraction=0.01, shards=shards)
+    assert shards.metadata["days"] == ["2024-01-15"]
+    copied = FakeArtifact(tmp_path / "copied")
+    components.ingest.python_func(source=str(src), days="2024-01-15", fingerprint=fp, raw_data=copied, copy=True,
+                                  **SYN)
+    assert copied.metadata["mode"] == "copy" and copied.metadata["fingerprint"] == fp
+    assert sorted(p.name for p in (Path(copied.path) / "all_stage").iterdir()) == ["2024-01-15.feather"]
     # data that changed after the fingerprint step is refused, never staged under the old key
     day = src / "request_id_dict" / "2024-01-15.pkl"
     day.write_bytes(day.read_bytes() + b"\0")
@@ -147,6 +157,24 @@ def test_report_component(chain):
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
 
 
+def test_train_component_writes_a_run_record_without_weights(chain):
+    """The report step's input: run.json and the seed's summary and train log, no model file."""
+    record, model = Path(chain["run_record"].path), Path(chain["model"].path)
+    files = sorted(str(p.relative_to(record)) for p in record.rglob("*") if p.is_file())
+    assert files == ["run.json", "seed-1/summary.json", "seed-1/train_log.jsonl"]
+    for name in files:
+        assert (record / name).read_bytes() == (model / name).read_bytes(), name
+    assert (model / "seed-1" / "model.pt").is_file()  # the weights stay in the model artifact
+    assert chain["run_record"].metadata == {"method": "lcron", "seeds": [1], "files": 3}
+    # the report from the record is the report of the run: same tables as from the run folder
+    from lcron.report import build_report
+
+    full = build_report(model, chain["evaluation"].path, record.parent / "report-from-model", overwrite=True)
+    tables = json.loads(full["json"].read_text())["tables"]
+    assert json.loads((Path(chain["report_files"].path) / "report.json").read_text())["tables"] == tables
+    assert {"training", "loss_weights", "metrics"} <= set(tables)
+
+
 def test_reference_mode_through_the_components(chain, tmp_path):
     """reference_quirks reaches preprocess, train and evaluate; each records it."""
     shards = FakeArtifact(tmp_path / "shards")
@@ -156,7 +184,7 @@ def test_reference_mode_through_the_components(chain, tmp_path):
     model = FakeArtifact(tmp_path / "model")
     components.train.python_func(shards=shards, method="bce", loss_options={}, seeds=[1], batch_size=16, lr=0.01,
                                  dim=8, days="", max_steps_per_day=1, device="cpu", compile=False, model=model,
-                                 reference_quirks=True)
+                                 run_record=FakeArtifact(tmp_path / "run_record"), reference_quirks=True)
     assert model.metadata["reference_quirks"] is True
     evaluation, metrics = FakeArtifact(tmp_path / "eval"), FakeArtifact(tmp_path / "metrics")
     components.evaluate.python_func(model=model, shards=shards, days="", streaming=False, batch_size=64,

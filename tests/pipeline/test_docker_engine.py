@@ -130,6 +130,27 @@ def test_pipeline_in_containers_reads_an_s3_source(image, tiny_recflow, tmp_path
         server.stop()
 
 
+def test_pipeline_in_containers_reads_a_local_folder_by_reference(image, tiny_recflow, tmp_path, capsys):
+    """source=<folder>: ingest references it (nothing copied into the pipeline root) and every
+    container reads it through the read-only mount run_local adds at the same path."""
+    src = tmp_path / "recflow"
+    shutil.copytree(tiny_recflow, src)
+    for path in (tmp_path, *src.rglob("*")):  # readable by the image's user
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    os.chmod(src, 0o755)
+    root = tmp_path / "kfp"
+    params = [p for p in TINY if not p.startswith("synthetic_")] + [f"source={src}"]
+    rc = run_local.main(["--docker", "--image", image, "--pipeline-root", str(root), *params])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    manifests = list(root.rglob("ingest.json"))
+    assert len(manifests) == 1 and json.loads(manifests[0].read_text())["mode"] == "reference"
+    assert [p.name for p in manifests[0].parent.iterdir()] == ["ingest.json"]
+    assert not list(root.rglob("*.feather"))  # no copy of the source anywhere under the root
+    latest = json.loads((root / "latest.json").read_text())
+    assert 0.0 <= latest["metrics"]["joint_recall"] <= 1.0
+
+
 def test_unreachable_base_image_names_the_fix(image):
     res = subprocess.run([str(ROOT / "docker" / "build.sh"), "docker/Dockerfile", "lcron-test:never",
                           "registry.invalid/python:3.11-slim"], capture_output=True, text=True, timeout=300)

@@ -91,8 +91,10 @@ def test_synthetic_parameters_are_checked():
 
 def test_ingest_stages_only_the_chosen_days(src, tmp_path):
     fp = source_fingerprint(src, "2024-01-14:2024-01-15")
-    res = ingest(src, tmp_path / "out", days="2024-01-14:2024-01-15", expected_fingerprint=fp, progress=False)
+    res = ingest(src, tmp_path / "out", days="2024-01-14:2024-01-15", expected_fingerprint=fp, copy=True,
+                 progress=False)
     assert res.days == ["2024-01-14", "2024-01-15"] and res.fingerprint == fp and not res.skipped
+    assert res.mode == "copy" and read_manifest(res.path)["mode"] == "copy"
     staged = sorted(str(p.relative_to(res.path)) for p in res.path.rglob("*") if p.is_file())
     expected = sorted(_day_files("2024-01-14") + _day_files("2024-01-15") +
                       ["others/id_cnt.pkl", "others/realshow_video_info.feather", MANIFEST_NAME])
@@ -110,12 +112,14 @@ def test_ingest_stages_only_the_chosen_days(src, tmp_path):
 
 def test_ingest_reuses_refuses_and_overwrites(src, tmp_path):
     out = tmp_path / "out"
-    first = ingest(src, out, days="2024-01-15", progress=False)
-    again = ingest(src, out, days="2024-01-15", progress=False)
+    first = ingest(src, out, days="2024-01-15", copy=True, progress=False)
+    again = ingest(src, out, days="2024-01-15", copy=True, progress=False)
     assert again.skipped and again.fingerprint == first.fingerprint
     with pytest.raises(OutputExistsError, match="already holds staged data"):
-        ingest(src, out, days="2024-01-14", progress=False)
-    other = ingest(src, out, days="2024-01-14", overwrite=True, progress=False)
+        ingest(src, out, days="2024-01-14", copy=True, progress=False)
+    with pytest.raises(OutputExistsError, match="already holds staged data"):  # same days, but a reference
+        ingest(src, out, days="2024-01-15", progress=False)
+    other = ingest(src, out, days="2024-01-14", copy=True, overwrite=True, progress=False)
     assert other.days == ["2024-01-14"] and not (out / "all_stage" / "2024-01-15.feather").exists()
     junk = tmp_path / "junk"
     junk.mkdir()
@@ -156,21 +160,22 @@ def test_an_interrupted_staging_is_cleared_by_overwrite(src, tmp_path, monkeypat
 
     monkeypatch.setattr(ing, "_copy", dies)
     with pytest.raises(OSError):
-        ingest(src, out, progress=False)
+        ingest(src, out, copy=True, progress=False)
     monkeypatch.undo()
     assert (out / "_pending-ingest.json").is_file() and not (out / MANIFEST_NAME).exists()
     with pytest.raises(OutputExistsError, match="files that are not a complete ingest output"):
-        ingest(src, out, progress=False)
-    res = ingest(src, out, overwrite=True, progress=False)
+        ingest(src, out, copy=True, progress=False)
+    res = ingest(src, out, copy=True, overwrite=True, progress=False)
     assert (out / MANIFEST_NAME).is_file() and not (out / "_pending-ingest.json").exists() and res.days
 
 
-def test_ingest_refuses_data_changed_after_fingerprinting(src, tmp_path):
+@pytest.mark.parametrize("copy", [False, True])
+def test_ingest_refuses_data_changed_after_fingerprinting(src, tmp_path, copy):
     fp = source_fingerprint(src)
     path = src / "seq_effective_50_dict" / "2024-01-13.pkl"
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(DataError, match="changed after it was fingerprinted"):
-        ingest(src, tmp_path / "out", expected_fingerprint=fp, progress=False)
+        ingest(src, tmp_path / "out", expected_fingerprint=fp, copy=copy, progress=False)
     assert not (tmp_path / "out" / MANIFEST_NAME).exists()
 
 
@@ -246,13 +251,13 @@ def test_object_store_sources_use_metadata_and_check_the_copy(src, tmp_path, mon
     mem.generation["all_stage/2024-01-13.feather"] = 2  # a rewrite with the same bytes is a new generation
     fp2 = source_fingerprint(mem.uri, "2024-01-13")
     assert fp2 != fp
-    res = ingest(mem.uri, tmp_path / "out", days="2024-01-13", expected_fingerprint=fp2, progress=False)
+    res = ingest(mem.uri, tmp_path / "out", days="2024-01-13", expected_fingerprint=fp2, copy=True, progress=False)
     assert res.fingerprint == fp2
     assert (res.path / "others" / "id_cnt.pkl").read_bytes() == (src / "others" / "id_cnt.pkl").read_bytes()
     # metadata that does not match the downloaded bytes (the object changed mid-copy) is refused
     mem.reported["request_id_dict/2024-01-13.pkl"] = b"x" * len(mem.files["request_id_dict/2024-01-13.pkl"])
     with pytest.raises(DataError, match="md5 of the copied bytes"):
-        ingest(mem.uri, tmp_path / "out2", days="2024-01-13", progress=False)
+        ingest(mem.uri, tmp_path / "out2", days="2024-01-13", copy=True, progress=False)
 
 
 def _parse(add, argv):
@@ -268,10 +273,16 @@ def test_cli_commands(src, tmp_path, capsys):
     fp = capsys.readouterr().out.strip()
     assert fp == source_fingerprint(src, "2024-01-15")
     args = _parse(add_ingest_arguments, ["--source", str(src), "--days", "2024-01-15", "--out", str(tmp_path / "o"),
-                                         "--expect-fingerprint", fp, "--quiet"])
+                                         "--expect-fingerprint", fp, "--quiet", "--copy"])
     assert run_ingest(args) == 0
     out = capsys.readouterr().out
     assert f"staged: {tmp_path / 'o'} (1 day(s): 2024-01-15..2024-01-15)" in out and f"fingerprint: {fp}" in out
+    args = _parse(add_ingest_arguments, ["--source", str(src), "--days", "2024-01-15", "--out", str(tmp_path / "r"),
+                                         "--quiet"])
+    assert run_ingest(args) == 0 and run_ingest(args) == 0
+    out = capsys.readouterr().out
+    assert f"referenced {src.resolve()}: {tmp_path / 'r'} (1 day(s)" in out
+    assert f"already referenced {src.resolve()}: {tmp_path / 'r'}" in out
     syn = _parse(add_fingerprint_arguments, ["--synthetic-days", "2", "--synthetic-requests", "80",
                                              "--synthetic-users", "50", "--synthetic-items", "300",
                                              "--synthetic-seed", "1"])
@@ -294,3 +305,95 @@ def test_arrow_schema_only_check_accepts_any_integer_width(src, tmp_path):
     idx = table.schema.get_field_index("rank_index")
     feather.write_feather(table.set_column(idx, "rank_index", table["rank_index"].cast(pa.int16())), path)
     assert ingest(src, tmp_path / "out", days="2024-01-13", progress=False).days == ["2024-01-13"]
+    assert ingest(src, tmp_path / "copy", days="2024-01-13", copy=True, progress=False).days == ["2024-01-13"]
+
+
+# --------------------------------------------------------------------------- reference mode
+def _shard_bytes(folder: Path) -> dict[str, bytes]:
+    """Every shard file's bytes (the manifests name their sources, so only the arrays)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.npy"))}
+
+
+def test_reference_mode_copies_nothing_and_preprocesses_the_same_shards(src, tmp_path):
+    from lcron.data.shards import preprocess
+
+    fp = source_fingerprint(src, "2024-01-14:2024-01-15")
+    res = ingest(src, tmp_path / "ref", days="2024-01-14:2024-01-15", expected_fingerprint=fp, progress=False)
+    assert res.mode == "reference" and res.fingerprint == fp and not res.skipped
+    assert [p.name for p in res.path.iterdir()] == [MANIFEST_NAME]  # no data in the output
+    manifest = read_manifest(res.path)
+    assert manifest["mode"] == "reference" and manifest["source"] == str(src.resolve())
+    assert manifest["files"]["others/id_cnt.pkl"] == {
+        "size": (src / "others/id_cnt.pkl").stat().st_size,
+        "sha256": hashlib.sha256((src / "others/id_cnt.pkl").read_bytes()).hexdigest()}
+    # the reference is a RecFlow source of the chosen days only, with the source's fingerprint
+    assert source_fingerprint(res.path) == fp
+    with pytest.raises(DataError, match="outside the available range"):
+        source_fingerprint(res.path, "2024-01-13")
+    via_ref = preprocess(res.path, tmp_path / "s-ref", 2, progress=False)
+    direct = preprocess(src, tmp_path / "s-src", 2, days="2024-01-14:2024-01-15", progress=False)
+    assert via_ref.days == direct.days == ["2024-01-14", "2024-01-15"]
+    assert _shard_bytes(tmp_path / "s-ref") == _shard_bytes(tmp_path / "s-src") != {}
+    assert ingest(src, tmp_path / "ref", days="2024-01-14:2024-01-15", progress=False).skipped
+
+
+def test_a_source_changed_after_ingest_is_refused_by_name(src, tmp_path):
+    from lcron.data.shards import preprocess
+
+    ref = ingest(src, tmp_path / "ref", progress=False).path
+    # same size, other bytes: caught when preprocessing fingerprints the day
+    path = src / "request_id_dict" / "2024-01-14.pkl"
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"request_id_dict/2024-01-14.pkl: changed since ingest referenced it"):
+        preprocess(ref, tmp_path / "s", 2, progress=False)
+    # another size: caught as soon as the reference is opened
+    path.write_bytes(bytes(data) + b"\0")
+    with pytest.raises(DataError, match=r"referenced source changed since ingest: .*2024-01-14.pkl \(\d+ bytes, "
+                                        r"ingest saw \d+ bytes\)"):
+        source_fingerprint(ref)
+    (src / "others" / "id_cnt.pkl").unlink()
+    with pytest.raises(DataError, match=r"id_cnt.pkl \(missing, ingest saw \d+ bytes\)"):
+        source_fingerprint(ref)
+
+
+def test_a_reference_the_step_cannot_follow_names_the_copy_option(src, tmp_path):
+    ref = ingest(src, tmp_path / "ref", progress=False).path
+    shutil.move(src, tmp_path / "moved")
+    with pytest.raises(DataError, match=r"referenced by .*ingest.json: this step cannot read the source.*"
+                                        r"ingest_copy=true"):
+        source_fingerprint(ref)
+    doc = read_manifest(ref)
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / MANIFEST_NAME).write_text(json.dumps({**doc, "source": str(ref)}))
+    with pytest.raises(DataError, match="which is itself an ingest output"):
+        source_fingerprint(tmp_path / "r2")
+    (tmp_path / "r3").mkdir()
+    (tmp_path / "r3" / MANIFEST_NAME).write_text(json.dumps({**doc, "files": {}}))
+    with pytest.raises(DataError, match="needs 'source' and 'files'"):
+        source_fingerprint(tmp_path / "r3")
+
+
+def test_object_store_reference_keeps_metadata_fingerprints(src, tmp_path, monkeypatch):
+    """A gs:// / s3:// reference downloads nothing at ingest and checks the objects' metadata later."""
+    import lcron.data.source as source_module
+    from lcron.data.source import ReferencedSource
+
+    mem = MemorySource(src, tmp_path / "cache")
+    mem.fingerprint = lambda rel, keep=False, _f=mem.fingerprint: _f(rel)
+    real_open = source_module.open_source
+    monkeypatch.setattr(source_module, "open_source", lambda uri: mem if str(uri) == mem.uri else real_open(uri))
+    res = ingest(mem.uri, tmp_path / "ref", days="2024-01-13", progress=False)
+    assert res.mode == "reference" and [p.name for p in res.path.iterdir()] == [MANIFEST_NAME]
+    assert not (tmp_path / "cache" / "all_stage").exists()  # no all_stage download: columns are preprocess's
+    manifest = read_manifest(res.path)
+    assert manifest["source"] == mem.uri and manifest["files"]["all_stage/2024-01-13.feather"]["generation"] == 1
+    ref = source_module.open_source(res.path)
+    assert isinstance(ref, ReferencedSource) and ref.list_days() == ["2024-01-13"]
+    assert ref.fingerprint("others/id_cnt.pkl") == manifest["files"]["others/id_cnt.pkl"]
+    with pytest.raises(DataError, match="not one of the files ingest chose"):
+        ref.read_bytes("all_stage/2024-01-14.feather")
+    mem.generation["all_stage/2024-01-13.feather"] = 2  # rewritten since ingest
+    with pytest.raises(DataError, match="gs://bucket/recflow/all_stage/2024-01-13.feather: changed since ingest"):
+        ref.fingerprint("all_stage/2024-01-13.feather")

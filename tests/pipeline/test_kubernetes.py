@@ -18,6 +18,8 @@ from pipelines import compile as pcompile
 from pipelines import kubernetes as k8s
 from pipelines import resources
 
+from .compiled import container_tasks, step_of
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = resources.STEPS
 ACCELERATED = ("train", "evaluate", "serving")
@@ -60,7 +62,7 @@ def compiled(tmp_path_factory):
 def test_secrets_as_env_and_the_gcs_key_file_on_every_step(compiled, variant):
     spec, platform = compiled[variant]
     executors = _executors(platform)
-    assert set(executors) == set(STEPS)
+    assert {step_of(name) for name in executors} == set(STEPS)  # report-2: the report of the other branch
     for step, cfg in executors.items():
         env = {(k["envVar"], s["secretName"], k["secretKey"]) for s in cfg["secretAsEnv"] for k in s["keyToEnv"]}
         assert env == {("AWS_ACCESS_KEY_ID", "s3-creds", "access_key"),
@@ -86,12 +88,13 @@ def test_node_selector_and_tolerations_only_on_the_gpu_steps_of_the_gpu_variant(
 
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
 def test_retries_with_backoff_on_train_evaluate_and_serving(compiled, variant):
-    tasks = compiled[variant][0]["root"]["dag"]["tasks"]
+    tasks = {name: task.spec for name, task in container_tasks(compiled[variant][0]).items()}
     for step in ACCELERATED:
         assert tasks[step]["retryPolicy"] == {"maxRetryCount": 3, "backoffDuration": "60s", "backoffFactor": 2.0,
                                               "backoffMaxDuration": "1800s"}
-    for step in NOT_ACCELERATED:
-        assert "retryPolicy" not in tasks[step]
+    for name, task in tasks.items():
+        if step_of(name) in NOT_ACCELERATED:
+            assert "retryPolicy" not in task, name
 
 
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
@@ -101,12 +104,13 @@ def test_timeouts_labels_and_disk_per_step(compiled, variant):
     assert executors["ingest"]["activeDeadlineSeconds"] == "7200"
     assert all("activeDeadlineSeconds" not in executors[s] for s in STEPS if s not in ("train", "ingest"))
     sizes = resources.EPHEMERAL_STORAGE["recflow"] | {"preprocess": "200Gi"}
-    for step, cfg in executors.items():
+    for name, cfg in executors.items():
+        step = step_of(name)
         assert cfg["podMetadata"]["labels"] == {"lcron.dev/git-sha": "4ec343c", "team": "ranking",
                                                 k8s.STEP_LABEL: step, k8s.VARIANT_LABEL: variant}
         assert cfg["genericEphemeralVolume"] == [{
             "volumeName": k8s.EPHEMERAL_VOLUME, "mountPath": "/gcs", "accessModes": ["ReadWriteOnce"],
-            "size": sizes[step], "storageClassName": "premium-rwo"}], step
+            "size": sizes[step], "storageClassName": "premium-rwo"}], name
 
 
 def test_disk_sizes_hold_the_shard_set_where_it_is_read():
@@ -115,7 +119,10 @@ def test_disk_sizes_hold_the_shard_set_where_it_is_read():
     assert set(gib) == set(STEPS)
     for step in ("preprocess", "train", "evaluate", "serving"):
         assert gib[step] >= 19 + 8, step  # the three-stage shard set (~19 GB) and room for the models
-    assert gib["preprocess"] > gib["ingest"] >= 50  # the staged source; preprocess also writes the shards
+    # ingest writes a reference (ingest_copy=true needs an override); preprocess downloads at
+    # most two ~2.7 GB source days from an object store beside the three-stage shard set
+    assert gib["ingest"] <= 4 and gib["preprocess"] >= 19 + 2 * 3
+    assert gib["report"] <= 4  # it reads the run record and the evaluation, no model (components/report.py)
     assert set(resources.EPHEMERAL_STORAGE) == set(resources.PROFILES)
 
 
@@ -176,10 +183,10 @@ def test_disk_as_empty_dir_by_default_sized_per_step(tmp_path):
                           "--ephemeral-storage-mount", "/minio", "--ephemeral-storage", "train=30Gi"]) == 0
     executors = _executors(_docs(tmp_path / "cascade-cpu.yaml")[1])
     sizes = resources.EPHEMERAL_STORAGE["small"] | {"train": "30Gi"}
-    for step, cfg in executors.items():
+    for name, cfg in executors.items():
         assert cfg == {"emptyDirMounts": [{"volumeName": k8s.EPHEMERAL_VOLUME, "mountPath": "/minio",
-                                           "sizeLimit": sizes[step]}]}, step
-    assert set(executors) == set(STEPS)
+                                           "sizeLimit": sizes[step_of(name)]}]}, name
+    assert {step_of(name) for name in executors} == set(STEPS)
 
 
 def test_no_disk_with_profile_none_unless_given(tmp_path):
@@ -221,7 +228,8 @@ def test_make_pipeline_passes_k8s_through(tmp_path):
 
 @pytest.mark.slow
 def test_a_package_with_kubernetes_options_runs_under_kfp_local(tmp_path):
-    """kfp.local runs the package (it ignores the platform spec; retries are only on failure)."""
+    """kfp.local runs the package (it ignores the platform spec; retries are only on failure).
+    The local variant: a cluster package's dsl.If is refused by run_local (test_local_run.py)."""
     import json
 
     from pipelines import run_local
@@ -229,12 +237,12 @@ def test_a_package_with_kubernetes_options_runs_under_kfp_local(tmp_path):
     options = list(ALL_OPTIONS)
     at = options.index("--gcs-key-secret")  # a local run has no key file at /var/secrets/google
     del options[at:at + 4]
-    assert pcompile.main(["--out", str(tmp_path / "build"), "--variants", "cpu", "--resource-profile", "small",
+    assert pcompile.main(["--out", str(tmp_path / "build"), "--variants", "local", "--resource-profile", "small",
                           *options]) == 0
     tiny = {"synthetic_days": 3, "synthetic_requests_per_day": 80, "synthetic_users": 50, "synthetic_items": 300,
             "synthetic_seed": 1, "seeds": [1], "batch_size": 16, "compile": False, "eval_batch_size": 64}
     root = tmp_path / "kfp-local"
-    argv = ["--package", str(tmp_path / "build" / "cascade-cpu.yaml"), "--pipeline-root", str(root),
+    argv = ["--package", str(tmp_path / "build" / "cascade-local.yaml"), "--pipeline-root", str(root),
             *[f"{k}={json.dumps(v)}" for k, v in tiny.items()]]
     assert run_local.main(argv) == 0
     assert 0.0 <= json.loads((root / "latest.json").read_text())["metrics"]["joint_recall"] <= 1.0

@@ -25,7 +25,8 @@ TINY = {"synthetic_days": 3, "synthetic_requests_per_day": 80, "synthetic_users"
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
-    return compile_variant("cpu", tmp_path_factory.mktemp("build") / "cascade-cpu.yaml")
+    """The package run_local runs: the local variant (no dsl.If; pipelines/cascade_pipeline.py)."""
+    return compile_variant("local", tmp_path_factory.mktemp("build") / "cascade-local.yaml")
 
 
 def _pairs(params: dict) -> list[str]:
@@ -93,6 +94,14 @@ def test_three_stage_sweep_local_compares_and_resumes(package, tmp_path):
     assert list(summary["compare"]["settings"]) == ["three_stage"]
     again = sweep_local.sweep_local(["bce"], [3], root, TINY, package=package, compare=False)
     assert again["ran"] == [] and again["skipped"] == ["bce-3stage"]
+    # the shard set lives once under <root>/shared-shards; the step's own output references it
+    shared = sorted((root / "shared-shards").iterdir())
+    assert [p.name.split("-")[0] for p in shared] == ["three_stage"] and (shared[0] / "dataset.json").is_file()
+    refs = list((root / "bce-3stage").rglob("shards-reference.json"))
+    assert len(refs) == 1 and json.loads(refs[0].read_text())["path"] == str(shared[0])
+    assert not list((root / "bce-3stage").rglob("dataset.json"))
+    ingest_out = [p.parent for p in (root / "bce-3stage").rglob("ingest.json")]
+    assert len(ingest_out) == 1
 
 
 def test_sweep_resumes_and_reruns_changed_configurations(tmp_path, monkeypatch):
@@ -100,6 +109,7 @@ def test_sweep_resumes_and_reruns_changed_configurations(tmp_path, monkeypatch):
 
     def fake_run(package, params, pipeline_root, docker=False):
         calls.append((params["method"], params["stages"]))
+        assert params["shared_shards"] in ("", str((root / "shared-shards").resolve()))
         return LocalRun(Path(pipeline_root), dict(params), {"evaluation": Path(pipeline_root) / "eval"},
                         {"joint_recall": 0.5})
 
@@ -115,12 +125,27 @@ def test_sweep_resumes_and_reruns_changed_configurations(tmp_path, monkeypatch):
                                      compare=False)
     assert calls == [("lcron", 3)] and len(second["skipped"]) == 3
     calls.clear()
+    # where the shard sets are shared changes no result: no rerun
+    sweep_local.sweep_local(["bce"], [2], root, {"batch_size": 16, "shared_shards": ""}, package="p.yaml",
+                            compare=False)
+    assert calls == []
     sweep_local.sweep_local(["bce"], [2], root, {"batch_size": 32}, package="p.yaml", compare=False)
     assert calls == [("bce", 2)]  # other parameters: not the same configuration any more
     with pytest.raises(ConfigError, match="unknown method"):
         sweep_local.sweep_local(["nope"], [2], root, {}, package="p.yaml", compare=False)
     with pytest.raises(ConfigError, match="--methods/--stages"):
         sweep_local.sweep_local(["bce"], [2], root, {"method": "x"}, package="p.yaml", compare=False)
+
+
+def test_a_cluster_package_is_refused_by_name(tmp_path):
+    """A cluster package's serving step and report sit in dsl.If/dsl.Else: kfp.local 2.16.1
+    would run both branches, so run_local stops before any step runs and names the fix."""
+    cluster = compile_variant("cpu", tmp_path / "cascade-cpu.yaml")
+    with pytest.raises(ValueError, match=r"cascade-cpu\.yaml is a cluster package: its task\(s\) condition-2, "
+                                         r"condition-3 run under a condition .*cascade-local\.yaml"):
+        run_local.run_pipeline(cluster, {}, tmp_path / "root")
+    assert not list((tmp_path / "root").iterdir())
+    assert run_local.DEFAULT_PACKAGE.name == "cascade-local.yaml"
 
 
 def test_unknown_pipeline_parameter_is_refused(package, tmp_path):
@@ -172,3 +197,15 @@ def test_docker_option_wires_the_docker_runner(tmp_path, monkeypatch):
     assert run.paths == {"report": tmp_path / "r.html", "metrics": tmp_path / "m"}
     run_local.run_pipeline("p.yaml", {}, tmp_path / "root")
     assert isinstance(seen["runner"], local.SubprocessRunner) and seen["runner"].use_venv is False
+    # a local-folder source: passed as an absolute path, mounted read-only into the containers
+    FakePipeline.component_spec.inputs["source"] = None
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path)
+    run = run_local.run_pipeline("p.yaml", {"source": "src"}, tmp_path / "root", docker=True, image="r/i:t")
+    assert seen["params"] == {"source": str(tmp_path / "src")} and run.params == {"source": "src"}
+    mounts = seen["runner"].container_run_args["mounts"]
+    assert [(m["Source"], m["Target"], m["Type"], m["ReadOnly"]) for m in mounts] == [
+        (str(tmp_path / "src"), str(tmp_path / "src"), "bind", True)]
+    for source in ("synthetic", "s3://b/p"):
+        run_local.run_pipeline("p.yaml", {"source": source}, tmp_path / "root", docker=True, image="r/i:t")
+        assert "mounts" not in seen["runner"].container_run_args and seen["params"] == {"source": source}

@@ -15,6 +15,8 @@ import yaml
 from pipelines import compile as pcompile
 from pipelines import resources
 
+from .compiled import step_of
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -29,7 +31,8 @@ def test_default_profile_sizes_preprocess_for_a_real_day(tmp_path):
     pre = res["preprocess"]["resources"]
     assert pre["resourceMemoryRequest"] == "48G" and pre["resourceMemoryLimit"] == "48G"
     assert pre["resourceCpuRequest"] == "8" and pre["resourceCpuLimit"] == "16"
-    assert set(res) == set(resources.STEPS)
+    assert {step_of(name) for name in res} == set(resources.STEPS)  # report-2: the other branch's report
+    assert res["report-2"] == res["report"]
     assert all("resourceMemoryRequest" in c["resources"] for c in res.values())
 
 

@@ -1,5 +1,5 @@
 """The serving component called directly (``.python_func``) on a tiny trained run, and the
-report component with and without its artifact.
+report component (on the run's record) with and without its artifact.
 
 The run: the tiny synthetic data of tests/pipeline/conftest.py (3 days x 80 requests, 300
 items), two-stage, BCE, one seed, 2 steps per day; serving evaluated on the last day.
@@ -87,15 +87,23 @@ def test_serving_component_switched_off_writes_only_a_marker(run, tmp_path):
 
 
 def _report(run, out: Path, serving=None) -> tuple[str, dict]:
+    """The report component on the run's record (what the train step hands it, no weights)."""
+    from lcron.report import copy_run_record
+
     model, _, evaluation = run
+    record = FakeArtifact(out / "run_record")
+    copy_run_record(model.path, record.path)
     files, html, md = FakeArtifact(out / "files"), FakeArtifact(out / "r.html"), FakeArtifact(out / "r.md")
     kwargs = {} if serving is None else {"serving": serving}
-    components.report.python_func(model=model, evaluation=evaluation, report_files=files, html=html, markdown=md,
-                                  **kwargs)
+    components.report.python_func(run_record=record, evaluation=evaluation, report_files=files, html=html,
+                                  markdown=md, **kwargs)
     return Path(md.path).read_text(), json.loads((Path(files.path) / "report.json").read_text())
 
 
 def test_report_component_takes_the_serving_artifact(run, served, tmp_path):
+    """With the artifact (a cluster package's serving branch, or the local package with
+    serving on): a serving section. With the local package's marker, or with the input left
+    unset (the cluster package's other branch): none."""
     md, doc = _report(run, tmp_path / "with", served[0])
     assert "## Serving-style evaluation" in md
     assert doc["serving"]["metrics"] == served[1].metadata

@@ -207,7 +207,8 @@ def test_a_ninth_registered_method_is_submitted_and_swept(ninth_method, tmp_path
     monkeypatch.setattr(sweep_local, "run_pipeline",
                         lambda package, params, root, docker=False: ran.append(params) or LocalRun(Path(root), params))
     summary = sweep_local.sweep_local([ninth_method], [2], tmp_path / "sweep", package=package, compare=False)
-    assert summary["ran"] == ["ninth-2stage"] and ran == [{"method": "ninth", "stages": 2}]
+    assert summary["ran"] == ["ninth-2stage"]
+    assert ran == [{"method": "ninth", "stages": 2, "shared_shards": str((tmp_path / "sweep" / "shared-shards").resolve())}]
 
 
 def test_no_method_list_outside_the_registry():
