@@ -43,13 +43,13 @@ class Progress:
     def _draw(self, final: bool) -> None:
         elapsed = time.perf_counter() - self.start
         rate = self.count / elapsed if elapsed > 0 else 0.0
-        rate_text = f"{rate:,.1f}" if rate < 10 else f"{rate:,.0f}"
         if self.total:
             pct = 100.0 * self.count / self.total
             eta = (self.total - self.count) / rate if rate > 0 else float("nan")
-            body = f"{self.count}/{self.total} {self.unit} ({pct:5.1f}%) {rate_text} {self.unit}/s eta {eta:5.0f}s"
+            body = (f"{self.count}/{self.total} {self.unit} ({pct:5.1f}%) {_rate_text(rate, self.unit)} "
+                    f"eta {eta:5.0f}s")
         else:
-            body = f"{self.count} {self.unit} {rate_text} {self.unit}/s"
+            body = f"{self.count} {self.unit} {_rate_text(rate, self.unit)}"
         line = f"{self.desc}: {body} {self.postfix}".rstrip()
         self._drawn = (self.count, self.postfix)
         if self.tty:
@@ -63,6 +63,18 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _rate_text(rate: float, unit: str) -> str:
+    """``1,234 req/s``, ``2.5 day/s``, or for slow work the time per unit (``24.3 s/day``):
+    a day every 20 s would read "0.0 day/s", which looks stuck."""
+    if rate >= 10:
+        return f"{rate:,.0f} {unit}/s"
+    if rate >= 0.1:
+        return f"{rate:.1f} {unit}/s"
+    if rate > 0:
+        return f"{1.0 / rate:,.1f} s/{unit}"
+    return f"- {unit}/s"
 
 
 def track(items: Iterable[T], total: int | None, desc: str, unit: str = "it", enabled: bool = True) -> Iterator[T]:
