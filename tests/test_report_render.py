@@ -1,5 +1,6 @@
 """The report page renders in a real browser: headless Chromium loads report.html, decodes
-every embedded plot, and draws a non-blank page.
+every embedded plot, and draws a non-blank page; the Markdown report, rendered by a
+CommonMark renderer as the KFP UI renders a Markdown artifact, shows its plots too.
 
 Chromium is Debian's ``chromium`` package. Where it is missing the test is skipped with
 the reason, so ``make test`` passes on a fresh clone without a browser - except under
@@ -68,13 +69,52 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def report(tiny_shards_2, tmp_path_factory) -> Path:
+def report_paths(tiny_shards_2, tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("render")
     run = base / "run"
     train(tiny_shards_2, run, TrainConfig(method="bce", batch_size=16, seeds=(1, 2), compile=False), progress=False,
           max_steps_per_day=1)
     evaluate(run, compile=False, progress=False, batch_size=64)
-    return build_report(run)["html"]
+    return build_report(run)
+
+
+@pytest.fixture(scope="module")
+def report(report_paths) -> Path:
+    return report_paths["html"]
+
+
+def _decoded_images(exe: str, page: Path, tmp_path: Path) -> list[str]:
+    """Load ``page`` (with the probe added) in Chromium: each image's size, or 'broken'."""
+    probe = page.with_name(f"probe-{page.name}")
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    dom = _run([exe, *FLAGS, f"--user-data-dir={tmp_path / ('profile-' + page.stem)}",
+                "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()])
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    decoded = re.search(r'data-decoded="([^"]*)"', dom.stdout)
+    assert decoded, "the page's load event did not run"
+    return decoded.group(1).split()
+
+
+@pytest.mark.parametrize("which", ["markdown_standalone", "markdown"])
+def test_markdown_report_shows_its_plots_in_headless_chromium(request, tmp_path, which):
+    """The KFP UI shows a Markdown artifact through a CommonMark renderer: the single-file
+    Markdown (the pipeline's artifact, plots as data: URIs) and report.md (plots as PNG files
+    beside it) are rendered with markdown-it's CommonMark mode and opened in Chromium; every
+    plot must decode, none may be a broken image."""
+    exe = _chromium()
+    markdown_it = pytest.importorskip("markdown_it", reason="markdown-it-py (the dev extra) renders the Markdown")
+    paths = request.getfixturevalue("report_paths")
+    text = paths[which].read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(images) == 3, images
+    assert all(src.startswith("data:image/png;base64,") for src in images) == (which == "markdown_standalone")
+    body = markdown_it.MarkdownIt("commonmark").enable("table").render(text)
+    assert body.count("<img ") == 3 and "<table>" in body
+    page = paths[which].parent / f"{which}.html"  # beside report.md, so its relative PNG links resolve
+    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>{body}</body></html>")
+    sizes = _decoded_images(exe, page, tmp_path)
+    assert len(sizes) == 3 and "broken" not in sizes, sizes
+    assert all(int(w) > 300 and int(h) > 200 for w, h in (s.split("x") for s in sizes))
 
 
 def test_report_renders_in_headless_chromium(request, tmp_path):
