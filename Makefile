@@ -54,7 +54,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[pipeline,dev]'
+	$(PY) -m pip install -q -e '.[pipeline,dev,vertex]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv (if missing) and install the project with its dependencies
