@@ -28,22 +28,37 @@ the same ``run_dir`` and one of the evaluation's test days - the pipeline's serv
 artifact) adds the end-to-end recall from the whole corpus at each K1 that every such run
 of the setting evaluated (``serving/recall_e2e@K1=<k>``, mean ± std over seeds); runs
 without one show n/a there. The best mean of those columns is marked as well.
+
+Remote roots. A ``gs://`` or ``s3://`` argument (a cluster's KFP pipeline root, one run's
+folder in it, or one metrics.json) is listed once (lcron.remote); every metrics.json,
+serving.json and evaluation completion record under it is read, and of each lcron
+evaluation only the files its completion marker lists (metrics.json, per_request.npz, the
+quota sweep: kilobytes) are downloaded, never model weights, checkpoints or shards. They
+go into a temporary folder with the bucket's layout and times, removed at the end; the
+local code path above runs on it unchanged, and every path the comparison shows (sources,
+notes, errors) is written as the URI it came from.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError, IncompleteOutputError
+from . import outputs
+from .errors import ConfigError, DataError, IncompleteOutputError, LcronError
 from .logs import get_logger
-from .evaluation.results import KIND, load_per_request, metric_label, npz_name, require_complete_evaluation
+from .evaluation.results import (EVALUATION_KIND, KIND, load_per_request, metric_label, npz_name,
+                                 require_complete_evaluation)
 from .jsonfile import read_json
+from .remote import RemoteFolder, is_remote, size_text
 from .render import Section, Table, format_cell, guard_page, write_page
 from .serving.results import KIND as SERVING_KIND
 from .serving.results import SERVING_FILE, load_serving, serving_metric_key
@@ -51,6 +66,8 @@ from .serving.results import SERVING_FILE, load_serving, serving_metric_key
 COMPARE_KIND = "lcron-comparison"
 HEADLINE = "joint_recall"
 CHUNK_ELEMENTS = 4_000_000  # bootstrap indices drawn per chunk (32 MB of int64)
+#: A path as the comparison shows it: the identity, or a remote folder's URI for its local copy.
+Shown = Callable[[object], str]
 
 
 @dataclass
@@ -73,17 +90,18 @@ def _is_evaluation(doc: Any) -> bool:
     return isinstance(doc, dict) and doc.get("kind") == KIND
 
 
-def find_evaluations(paths: Iterable[str | Path], skipped: list[str] | None = None) -> list[Evaluation]:
-    """Every complete lcron evaluation under ``paths`` (see the module docstring), each once, in a
-    stable order.
+def find_evaluations(paths: Iterable[str | Path], skipped: list[str] | None = None,
+                     shown: Shown = str) -> list[Evaluation]:
+    """Every complete lcron evaluation under the local ``paths`` (see the module docstring),
+    each once, in a stable order.
 
     A folder named directly must hold a complete evaluation (else IncompleteOutputError). An
     evaluation found by searching a root that ``lcron evaluate`` has not finished (still being
     written, or its writer died) is left out with a warning, appended to ``skipped``: a root
-    is typically a pipeline root where other runs are still going on."""
-    import json
-
-    found: dict[Path, Evaluation] = {}
+    is typically a pipeline root where other runs are still going on. ``shown`` writes paths
+    in those notes as the user knows them (and identifies an evaluation: two remote inputs
+    overlapping in the bucket are two local copies of one evaluation)."""
+    found: dict[str, Evaluation] = {}
     for raw in paths:
         p = Path(raw)
         if p.is_file():
@@ -102,7 +120,7 @@ def find_evaluations(paths: Iterable[str | Path], skipped: list[str] | None = No
             if not _is_evaluation(doc):
                 raise DataError(f"{f} is not an lcron evaluation (kind {doc.get('kind')!r})")
             require_complete_evaluation(f.parent)
-            found.setdefault(f.resolve(), Evaluation(f, doc))
+            found.setdefault(shown(f.resolve()), Evaluation(f, doc))
             hits += 1
         if not explicit:
             for f in sorted(p.rglob("metrics.json")):
@@ -115,11 +133,11 @@ def find_evaluations(paths: Iterable[str | Path], skipped: list[str] | None = No
                 try:
                     require_complete_evaluation(f.parent)
                 except IncompleteOutputError as exc:
-                    note = f"left out: {exc}"
+                    note = shown(f"left out: {exc}")
                     get_logger(__name__).warning("warning: %s", note)
                     unfinished.append(note)
                     continue
-                found.setdefault(f.resolve(), Evaluation(f, doc))
+                found.setdefault(shown(f.resolve()), Evaluation(f, doc))
                 hits += 1
         if not hits:
             extra = f" ({len(unfinished)} unfinished: {'; '.join(unfinished)})" if unfinished else ""
@@ -134,23 +152,22 @@ def _resolved(path: Any) -> Path | None:
     return None if not path else Path(path).resolve()
 
 
-def attach_serving(evals: list[Evaluation], paths: Iterable[str | Path]) -> list[str]:
+def attach_serving(evals: list[Evaluation], paths: Iterable[str | Path], shown: Shown = str) -> list[str]:
     """Give every evaluation its serving.json, if it has one; returns notes for the reader.
 
     Beside metrics.json first (``lcron serve-eval`` writes RUN_DIR/eval/serving.json); else a
     serving.json found under the folders in ``paths`` whose ``run_dir`` is the evaluation's
     and whose day is one of its test days (a pipeline keeps the serving artifact in another
     folder than the evaluation). Of several such files the newest is taken, with a note.
+    ``shown`` as in :func:`find_evaluations`.
     """
-    import json
-
     found: dict[Path, list[tuple[Path, dict[str, Any]]]] = {}
-    searched: set[Path] = set()
+    searched: set[str] = set()
     for raw in paths:
         p = Path(raw)
-        if not p.is_dir() or p.resolve() in searched:
+        if not p.is_dir() or shown(p.resolve()) in searched:
             continue
-        searched.add(p.resolve())
+        searched.add(shown(p.resolve()))
         for f in sorted(p.rglob(SERVING_FILE)):
             try:
                 doc = json.loads(f.read_text())
@@ -159,7 +176,7 @@ def attach_serving(evals: list[Evaluation], paths: Iterable[str | Path]) -> list
             run = _resolved(doc.get("run_dir")) if isinstance(doc, dict) else None
             if run is not None and doc.get("kind") == SERVING_KIND:
                 known = found.setdefault(run, [])
-                if all(g.resolve() != f.resolve() for g, _ in known):
+                if all(shown(g.resolve()) != shown(f.resolve()) for g, _ in known):
                     known.append((f, doc))
     notes = []
     for e in evals:
@@ -173,14 +190,14 @@ def attach_serving(evals: list[Evaluation], paths: Iterable[str | Path]) -> list
                 continue
             chosen = max(cands, key=lambda f: f.stat().st_mtime)
             if len(cands) > 1:
-                notes.append(f"{len(cands)} serving evaluations belong to {e.eval_dir}; the newest, {chosen}, "
-                             "is used")
+                notes.append(shown(f"{len(cands)} serving evaluations belong to {e.eval_dir}; the newest, "
+                                   f"{chosen}, is used"))
         doc = load_serving(chosen)
         if doc.get("setting") != e.doc["setting"] or list(doc["stage_names"]) != list(e.doc["stage_names"]):
             raise DataError(f"{chosen} is a serving evaluation of setting {doc.get('setting')!r}, but "
                             f"{e.metrics_path} evaluates {e.doc['setting']!r}")
         if doc.get("day") not in days:
-            notes.append(f"{chosen} was served on {doc.get('day')}, not on a test day of {e.metrics_path}")
+            notes.append(shown(f"{chosen} was served on {doc.get('day')}, not on a test day of {e.metrics_path}"))
         e.serving_path, e.serving = chosen, doc
     return notes
 
@@ -313,8 +330,9 @@ def _entry(e: Evaluation, key: str) -> dict[str, Any]:
     return dict(e.doc["metrics"].get(key, EMPTY))
 
 
-def compare_setting(evals: list[Evaluation], bootstrap: int, seed: int) -> dict[str, Any]:
-    """The comparison of the runs of one setting (rows sorted by end-to-end recall, best first)."""
+def compare_setting(evals: list[Evaluation], bootstrap: int, seed: int, shown: Shown = str) -> dict[str, Any]:
+    """The comparison of the runs of one setting (rows sorted by end-to-end recall, best first);
+    ``shown`` writes the evaluation and serving paths (:func:`find_evaluations`)."""
     first = evals[0].doc
     for e in evals[1:]:
         if list(e.doc["stage_names"]) != list(first["stage_names"]):
@@ -342,13 +360,13 @@ def compare_setting(evals: list[Evaluation], bootstrap: int, seed: int) -> dict[
             "loss_options": e.doc.get("loss_options", {}),
             "mode": "reference" if e.doc.get("reference_quirks") else "default",
             "run_dir": e.doc.get("run_dir"),
-            "eval_dir": str(e.eval_dir),
+            "eval_dir": shown(e.eval_dir),
             "seeds": e.doc.get("seeds", []),
             "days": e.doc.get("days", []),
             "streaming": e.doc.get("streaming", False),
             "requests": e.doc.get("requests", {}),
             "values": {k: _entry(e, k) for k in cols},
-            "serving_file": None if e.serving_path is None else str(e.serving_path),
+            "serving_file": None if e.serving_path is None else shown(e.serving_path),
             "best": [k for k in cols if e.label in best[k]],
             "paired": paired_difference(e, ref, bootstrap, seed),
         })
@@ -401,23 +419,107 @@ def _table(res: Mapping[str, Any]) -> Table:
 
 
 def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None = None, bootstrap: int = 1000,
-            seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+            seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Compare evaluated runs; writes compare.md, compare.html, compare.json (and one bar
     chart per setting) into ``out``. Returns compare.json's content plus ``"paths"``.
     A comparison of other inputs (paths, setting, bootstrap) already in ``out`` is refused
-    unless ``overwrite``; the same comparison is simply refreshed."""
-    from . import plots, provenance
-
+    unless ``overwrite``; the same comparison is simply refreshed. ``gs://`` and ``s3://``
+    paths are read as the module docstring says (``progress``: a progress line per download)."""
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 1:
         raise ConfigError(f"bootstrap must be an integer >= 1, got {bootstrap!r}")
     if not paths:
         raise ConfigError("compare: give at least one run, evaluation folder or root")
-    inputs = {"paths": sorted(str(Path(p).resolve()) for p in paths), "setting": setting, "bootstrap": bootstrap,
-              "seed": seed}
+    inputs = {"paths": sorted(p.rstrip("/") if is_remote(p) else str(Path(p).resolve()) for p in paths),
+              "setting": setting, "bootstrap": bootstrap, "seed": seed}
     guard_page(Path(out), "compare", inputs, overwrite, "comparison")
+    with contextlib.ExitStack() as stack:
+        folders: dict[int, RemoteFolder] = {}
+        if any(is_remote(p) for p in paths):
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lcron-compare-")))
+            folders = {i: _fetch_remote(str(p), tmp / str(i), progress) for i, p in enumerate(paths) if is_remote(p)}
+        local = [folders[i].path if i in folders else p for i, p in enumerate(paths)]
+
+        def shown(path: object) -> str:
+            text = str(path)
+            for folder in folders.values():
+                text = folder.shown(text)
+            return text
+
+        try:
+            return _compare_found(local, Path(out), setting, bootstrap, seed, inputs, shown)
+        except LcronError as exc:
+            if not folders:
+                raise
+            raise type(exc)(shown(exc)) from None  # name the URI, not the temporary copy
+
+
+# What compare reads of a remote folder to learn what is there: small JSON documents, chosen
+# by name before any content is read.
+_MARKER = outputs.marker_path(".", EVALUATION_KIND).name
+_PENDING = outputs.pending_path(".", EVALUATION_KIND).name
+_DOCUMENTS = frozenset({"metrics.json", SERVING_FILE, _MARKER, _PENDING})
+DOCUMENT_LIMIT = 64 << 20  # a larger "metrics.json" is another tool's file
+
+
+def _json(data: bytes | None) -> Any:
+    """The JSON document in ``data``; None for anything else (another tool's file)."""
+    try:
+        return json.loads(data) if data is not None else None
+    except (ValueError, RecursionError):
+        return None
+
+
+def _fetch_remote(uri: str, into: Path, progress: bool) -> RemoteFolder:
+    """Copy what the comparison reads of ``uri`` into ``into``: every metrics.json,
+    serving.json and evaluation completion record (read, to learn what each is), then of
+    every lcron evaluation the files its completion marker lists (before markers: those its
+    metrics.json lists) - the files the local completeness check hashes, and per_request.npz.
+    Nothing else is downloaded: not the model weights, checkpoints or shards beside them."""
+    folder = RemoteFolder(uri, into)
+    names = folder.objects
+    docs = {rel for rel in names if rel.rpartition("/")[2] in _DOCUMENTS}
+    too_big = sorted(rel for rel in docs if names[rel].size > DOCUMENT_LIMIT)
+    if too_big:
+        get_logger(__name__).warning("warning: %s: ignored %d file(s) over %s, not lcron documents: %s", folder.uri,
+                                     len(too_big), size_text(DOCUMENT_LIMIT), ", ".join(too_big))
+    texts = folder.read(docs - set(too_big), progress=progress)
+    wanted: set[str] = set()
+    evaluations = served = 0
+    for rel, data in texts.items():
+        head, _, name = rel.rpartition("/")
+        doc = _json(data)
+        if name == SERVING_FILE and isinstance(doc, dict) and doc.get("kind") == SERVING_KIND:
+            served += 1
+        if name != "metrics.json" or not _is_evaluation(doc):
+            continue
+        evaluations += 1
+        prefix = f"{head}/" if head else ""
+        marker = _json(texts.get(prefix + _MARKER))
+        if isinstance(marker, dict) and isinstance(marker.get("files"), dict):
+            listed = [str(f) for f in marker["files"]]
+        else:  # an evaluation from before completion markers: its metrics.json names its files
+            files = doc.get("files")
+            listed = [str(f) for f in files.values()] if isinstance(files, dict) else []
+        wanted.update(prefix + f for f in [*listed, "per_request.npz"] if prefix + f in names)
+    if not evaluations:
+        raise DataError(f"no lcron evaluation (metrics.json of kind {KIND!r}) under {uri} ({len(names):,} object(s), "
+                        f"{size_text(folder.listed_bytes)}); run lcron evaluate first, or check the path")
+    folder.download(wanted - set(texts), progress=progress)
+    get_logger(__name__).info(
+        f"{uri}: {evaluations} evaluation(s), {served} serving evaluation(s); fetched {folder.fetched_files:,} of "
+        f"{len(names):,} object(s), {size_text(folder.fetched_bytes)} of {size_text(folder.listed_bytes)}, into a "
+        "temporary folder")
+    return folder
+
+
+def _compare_found(paths: Sequence[str | Path], out: Path, setting: str | None, bootstrap: int, seed: int,
+                   inputs: dict[str, Any], shown: Shown) -> dict[str, Any]:
+    """:func:`compare` on local paths (remote ones already copied; ``shown`` names them)."""
+    from . import plots, provenance
+
     unfinished: list[str] = []
-    evals = find_evaluations(paths, unfinished)
-    serving_notes = unfinished + attach_serving(evals, paths)
+    evals = find_evaluations(paths, unfinished, shown)
+    serving_notes = unfinished + attach_serving(evals, paths, shown)
     groups: dict[str, list[Evaluation]] = {}
     for e in evals:
         groups.setdefault(e.doc["setting"], []).append(e)
@@ -431,7 +533,7 @@ def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None
     for name in sorted(groups):
         group = groups[name]
         _label_rows(group)
-        res = compare_setting(group, bootstrap, seed)
+        res = compare_setting(group, bootstrap, seed, shown)
         results[name] = res
         png = plots.bar_chart_png([r["label"] for r in res["rows"]],
                                   [r["values"][HEADLINE].get("mean") for r in res["rows"]],
@@ -442,16 +544,16 @@ def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None
                                 images=[(f"compare_{name}.png", f"End-to-end recall per method, {name}", png)]))
     sources = Table("sources", "Evaluations compared",
                     ["setting", "method", "metrics file", "test days", "serving file"],
-                    [[e.doc["setting"], e.label, str(e.metrics_path), ", ".join(e.doc.get("days", [])),
-                      None if e.serving_path is None else str(e.serving_path)]
+                    [[e.doc["setting"], e.label, shown(e.metrics_path), ", ".join(e.doc.get("days", [])),
+                      None if e.serving_path is None else shown(e.serving_path)]
                      for name in sorted(groups) for e in groups[name]])
     prov = provenance.collect()
     sections.append(Section("sources", "Sources", tables=[sources],
                             text=serving_notes + [f"Written {prov['date_utc']} by lcron {prov['lcron_version']}."]))
     doc = {"kind": COMPARE_KIND, "bootstrap": bootstrap, "seed": seed, "settings": results, "provenance": prov,
            "inputs": inputs}
-    paths_out = write_page(Path(out), "compare", "lcron comparison", sections, doc)
-    for name, res in results.items():
+    paths_out = write_page(out, "compare", "lcron comparison", sections, doc)
+    for res in results.values():
         print_summary(res)
     return {**doc, "paths": {k: str(v) for k, v in paths_out.items()}}
 
@@ -473,7 +575,8 @@ def print_summary(res: Mapping[str, Any]) -> None:
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``lcron compare``."""
     parser.add_argument("paths", nargs="+", metavar="RUN_DIR",
-                        help="run folders, evaluation folders or roots searched for metrics.json")
+                        help="run folders, evaluation folders or roots searched for metrics.json: local, "
+                             "gs://bucket/prefix or s3://bucket/prefix (only the evaluation files are downloaded)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--setting", default=None, metavar="NAME", help="only this setting (e.g. two_stage)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -484,7 +587,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     """``lcron compare``: write the comparison and print where it is."""
     res = compare(args.paths, args.out, setting=args.setting, bootstrap=args.bootstrap, seed=args.seed,
-                  overwrite=getattr(args, "overwrite", False))
+                  overwrite=getattr(args, "overwrite", False), progress=not getattr(args, "quiet", False))
     print(f"comparison: {res['paths']['html']}")
     print(f"  markdown: {res['paths']['markdown']}")
     print(f"  json: {res['paths']['json']}")

@@ -36,7 +36,7 @@ from lcron.errors import DataError
 
 __all__ = ["Source", "LocalSource", "GCSSource", "S3Source", "ReferencedSource", "open_source", "read_ingest_manifest",
            "INGEST_MANIFEST", "INGEST_KIND", "REFERENCE_MODE", "DAY_RE", "DAY_FOLDERS", "DayListing",
-           "day_of_name"]
+           "day_of_name", "gcs_client", "s3_client", "s3_message"]
 
 DAY_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.feather$")
 _DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.([A-Za-z0-9]+)$")
@@ -220,7 +220,7 @@ class GCSSource(Source):
 
     def __init__(self, uri: str, client: Any = None) -> None:
         self._open_uri(uri, "gs", "a")
-        self._client = client or _gcs_client()
+        self._client = client or gcs_client()
         self._bucket = self._client.bucket(self.bucket_name)
 
     def _open_uri(self, uri: str, scheme: str, article: str) -> None:
@@ -314,7 +314,8 @@ class GCSSource(Source):
             self._cached.clear()
 
 
-def _gcs_client() -> Any:
+def gcs_client() -> Any:
+    """The GCS client of every gs:// reader (an emulator's when STORAGE_EMULATOR_HOST is set)."""
     try:
         from google.cloud import storage
     except ImportError as exc:  # pragma: no cover - dependency declared in pyproject
@@ -340,12 +341,12 @@ class S3Source(GCSSource):
 
     def __init__(self, uri: str, client: Any = None) -> None:
         self._open_uri(uri, "s3", "an")
-        self._client = client or _s3_client()
+        self._client = client or s3_client()
         self._check_bucket()
 
     def _fail(self, what: str, exc: Exception) -> DataError:
         """One clear message for the S3 failures a user can fix."""
-        return DataError(_s3_message(self.bucket_name, f"{what}", exc))
+        return DataError(s3_message(self.bucket_name, f"{what}", exc))
 
     def _check_bucket(self) -> None:
         try:
@@ -432,7 +433,8 @@ _S3_HINTS = {
 }
 
 
-def _s3_message(bucket: str, where: str, exc: Exception) -> str:
+def s3_message(bucket: str, where: str, exc: Exception) -> str:
+    """``where: <what to fix> (<error>)`` for an S3 failure (also used by :mod:`lcron.remote`)."""
     name = type(exc).__name__
     if name == "NoCredentialsError":
         hint = "no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
@@ -443,7 +445,8 @@ def _s3_message(bucket: str, where: str, exc: Exception) -> str:
     return f"{where}: {hint} ({name}: {exc})"
 
 
-def _s3_client() -> Any:
+def s3_client() -> Any:
+    """The boto3 S3 client of every s3:// reader (standard AWS environment; path-style addressing)."""
     try:
         import boto3
         from botocore.config import Config
