@@ -19,6 +19,15 @@ every file listed in cascade.json is checked for its size and sha256 before any 
 opened, and every ``.pt2`` archive is checked against an allowlist of what
 ``torch.export.save`` writes for these models (raw tensors only, no pickles, aten/prims
 operators only, plain shape expressions and guards) before ``torch.export.load`` sees it.
+
+The embedding tables (format version 2): each distinct table is one ``embedding-*.npy`` of
+the folder, float32 [rows, dim], and each program takes its table as its first input
+(cascade.json ``program_tables``). The loader memory-maps every table read-only
+(:func:`load_table`: ``np.load`` with ``allow_pickle=False``, dtype and shape checked) and
+binds it to the programs that read it (:class:`TableBound`), so a served cascade holds each
+table once - as file pages the system can share and drop, not as a copy per program - and
+the programs are called with the request arrays alone. Version 1 folders, whose programs
+each held their own copy of the table, are refused with a request to export again.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import io
 import json
 import math
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -42,7 +52,9 @@ except ImportError:  # pragma: no cover - exercised by the stand-alone copy
     _ErrorBase = ValueError  # type: ignore[assignment,misc]
 
 FORMAT = "lcron-exported-cascade"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 (until issue 35): every .pt2 held its model's embedding table as a weight.
+_OLD_VERSIONS = {1: "each program held its own copy of its embedding table"}
 META_FILE = "cascade.json"
 REQUEST_INPUTS = ("context", "user", "seq", "seq_mask")
 # Candidate slots (requests x items) per forward pass of a later stage: bounds the DIN's
@@ -204,12 +216,17 @@ class Scored(NamedTuple):
 # ------------------------------------------------------- integrity and the pre-load check
 HASH_BLOCK_BYTES = 1 << 20  # sha256 is computed over 1 MiB blocks (constant memory)
 MAX_META_BYTES = 16 << 20  # cascade.json
-# A .pt2 holds one model: its embedding table (rows x dim float32, rows = the sum of the
-# table sizes in cascade.json) and a few small MLPs. The cap is twice the table plus 64 MiB.
-PROGRAM_OVERHEAD_BYTES = 64 << 20
+# A .pt2 holds one model's graph and its small dense layers (well under 1 MiB for these
+# models); its embedding table is a file of its own. The cap leaves room for much wider layers.
+PROGRAM_MAX_BYTES = 64 << 20
+# An embedding-*.npy is its rows x dim float32 values and a .npy header (a few hundred bytes).
+NPY_HEADER_MAX_BYTES = 4096
+PROGRAM_CAP_TEXT = "that a program of an exported cascade may have (its embedding table is a file of its own)"
+TABLE_CAP_TEXT = f"that an embedding table of the sizes in {META_FILE} takes"
 MAX_PT2_ENTRIES = 4096
 NOTHING_RAN = "nothing from the file was executed"
 _FILE_KEYS = ("user_tower", "item_tower", "index", "item_ids", "item_features")
+_LIST_KEYS = ("stages", "tables")
 
 
 def file_sha256(path: "str | Path") -> str:
@@ -233,9 +250,9 @@ def listed_files(meta: Mapping[str, Any]) -> list[str]:
     return [f for v in files.values() for f in (v if isinstance(v, list) else [v])]
 
 
-def program_byte_cap(meta: Mapping[str, Any]) -> int:
-    """The most bytes one ``.pt2`` of this export may have: twice the embedding table that
-    cascade.json's ``embedding_sizes`` and ``dim`` imply (float32), plus 64 MiB."""
+def table_shape(meta: Mapping[str, Any]) -> tuple[int, int]:
+    """(rows, dim) of every embedding table of this export: one row block per kind of id, so
+    rows is the sum of cascade.json's ``embedding_sizes``, and ``dim`` floats per row."""
     try:
         rows = sum(int(v) for v in dict(meta["embedding_sizes"]).values())
         dim = int(meta["dim"])
@@ -243,16 +260,25 @@ def program_byte_cap(meta: Mapping[str, Any]) -> int:
         raise ExportError(f"{META_FILE}: 'embedding_sizes' and 'dim' must be given as integers") from None
     if rows < 1 or dim < 1:
         raise ExportError(f"{META_FILE}: 'embedding_sizes' and 'dim' must be positive, got {rows} rows, dim {dim}")
-    return 2 * 4 * rows * dim + PROGRAM_OVERHEAD_BYTES
+    return rows, dim
 
 
-def check_files(folder: Path, meta: Mapping[str, Any], max_bytes: "Mapping[str, int] | None" = None) -> None:
+def table_byte_cap(meta: Mapping[str, Any]) -> int:
+    """The most bytes one ``embedding-*.npy`` of this export may have: its float32 values
+    (:func:`table_shape`) and a .npy header."""
+    rows, dim = table_shape(meta)
+    return 4 * rows * dim + NPY_HEADER_MAX_BYTES
+
+
+def check_files(folder: Path, meta: Mapping[str, Any],
+                max_bytes: "Mapping[str, tuple[int, str]] | None" = None) -> None:
     """Refuse an export whose files are not all there as written, before any of them is opened.
 
     ``file_bytes`` of cascade.json (written last by the exporter) lists every file with its
     size and ``file_sha256`` with its sha256: a folder copied in part, or a file damaged or
     replaced since, fails here with the file's name rather than deep inside torch or faiss.
-    Sizes (and ``max_bytes`` caps) are checked for every file first, then the hashes. Exports
+    Sizes (and ``max_bytes`` caps: file name -> (bytes, what the cap is, for the message))
+    are checked for every file first, then the hashes. Exports
     from before ``file_sha256`` existed are checked by size only, and exports from before
     ``file_bytes`` for the presence of the files they name. Every name must be a plain file
     name inside the folder, and every file the loader opens must be listed."""
@@ -290,8 +316,8 @@ def check_files(folder: Path, meta: Mapping[str, Any], max_bytes: "Mapping[str, 
     if problems:
         raise ExportError(f"{folder} is not a complete exported cascade: {'; '.join(problems)} (listed in "
                           f"{META_FILE}); copy the whole folder again or re-run lcron export")
-    for name, cap in (max_bytes or {}).items():
-        _refuse_if_too_big(folder / name, (folder / name).stat().st_size, cap)
+    for name, (cap, what) in (max_bytes or {}).items():
+        _refuse_if_too_big(folder / name, (folder / name).stat().st_size, cap, what)
     if hashes is None:
         return
     changed = []
@@ -304,10 +330,9 @@ def check_files(folder: Path, meta: Mapping[str, Any], max_bytes: "Mapping[str, 
         raise ExportError(f"{folder}: {'; '.join(changed)}; copy the whole folder again or re-run lcron export")
 
 
-def _refuse_if_too_big(path: Path, size: int, cap: int) -> None:
+def _refuse_if_too_big(path: Path, size: int, cap: int, what: str = PROGRAM_CAP_TEXT) -> None:
     if size > cap:
-        raise ExportError(f"{path}: refusing to load: {size} bytes, more than the {cap} bytes that the embedding "
-                          f"tables of {META_FILE} allow for one model (twice the table plus 64 MiB), {NOTHING_RAN}")
+        raise ExportError(f"{path}: refusing to load: {size} bytes, more than the {cap} bytes {what}, {NOTHING_RAN}")
 
 
 class _Refused(Exception):
@@ -688,12 +713,53 @@ def _load_program(path: Path, device: torch.device, max_bytes: int) -> torch.nn.
         raise ExportError(f"{path}: not a usable torch.export program ({type(exc).__name__}: {exc})") from None
 
 
+def load_table(path: Path, shape: tuple[int, int], device: torch.device) -> Tensor:
+    """An embedding table file as a float32 [rows, dim] tensor on ``device``.
+
+    On the CPU the tensor is a read-only memory map of the file (``np.load(mmap_mode="r",
+    allow_pickle=False)``: the header is parsed, nothing is unpickled and no value is read
+    until a lookup needs it), so every program given it reads the same pages and the
+    system can share them between processes. On another device it is copied there once.
+    The file must hold exactly ``shape`` little-endian float32 values in C order."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise ExportError(f"{path}: embedding table file is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: not a readable embedding table ({exc})") from None
+    if array.dtype != np.dtype("<f4") or array.shape != tuple(shape) or not array.flags.c_contiguous:
+        raise ExportError(f"{path}: embedding table is {array.dtype.str} {array.shape}"
+                          f"{'' if array.flags.c_contiguous else ' in Fortran order'}; this export's tables are "
+                          f"float32 (<f4) {tuple(shape)} in C order (the embedding sizes and dim of {META_FILE})")
+    with warnings.catch_warnings():  # read-only on purpose: a program that wrote to it would crash, not diverge
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        table = torch.from_numpy(array)
+    return table if device.type == "cpu" else table.to(device)
+
+
+class TableBound:
+    """A loaded program bound to its embedding table: called with the request arrays alone,
+    it passes ``table`` as the program's first input. Programs reading the same table hold
+    the same tensor (the user and item towers: the retrieval model's table)."""
+
+    def __init__(self, program: torch.nn.Module, table: Tensor) -> None:
+        self.program = program
+        self.table = table
+
+    def __call__(self, *arrays: Tensor) -> Tensor:
+        return self.program(self.table, *arrays)
+
+
 class ExportedCascade:
     """An exported cascade: the towers, the later stage models, the faiss index and the item table.
 
     ``folder`` is what :func:`lcron.serving.export.export_cascade` wrote. Request batches
     are mappings of numpy arrays or tensors: ``context`` [B, 3], ``user`` [B, 5], ``seq``
     [B, 50, 5], ``seq_mask`` [B, 50] (ids shifted by +1, 0 = padding; see README.txt).
+
+    ``tables`` holds each embedding table once (memory-mapped on the CPU, :func:`load_table`);
+    ``user_tower``, ``item_tower`` and ``stages`` are :class:`TableBound` programs, called
+    with the request arrays alone, that pass their table to the program.
     """
 
     def __init__(self, folder: "str | Path", device: "str | torch.device" = "cpu",
@@ -712,6 +778,11 @@ class ExportedCascade:
             raise ExportError(f"{meta_path} is missing: {self.folder} is not an exported cascade") from None
         except (ValueError, RecursionError) as exc:
             raise ExportError(f"{meta_path}: not valid JSON ({exc})") from None
+        if isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("format_version") in _OLD_VERSIONS:
+            version = meta["format_version"]
+            raise ExportError(f"{meta_path}: an export of format version {version} ({_OLD_VERSIONS[version]}); "
+                              f"this loader reads version {FORMAT_VERSION}, where each embedding table is a file "
+                              f"shared by the programs: export the run again (lcron export --overwrite)")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             found = meta if not isinstance(meta, dict) else meta.get("format")
             version = meta.get("format_version") if isinstance(meta, dict) else None
@@ -719,12 +790,17 @@ class ExportedCascade:
                               f"this loader reads {FORMAT!r} version {FORMAT_VERSION}")
         files = meta.get("files")
         if not isinstance(files, dict) or not all(isinstance(files.get(k), str) for k in _FILE_KEYS) \
-                or not isinstance(files.get("stages"), list):
-            raise ExportError(f"{meta_path}: 'files' must name {', '.join(_FILE_KEYS)} and the list of 'stages'")
-        cap = program_byte_cap(meta)
+                or not all(isinstance(files.get(k), list) and all(isinstance(f, str) for f in files[k])
+                           for k in _LIST_KEYS):
+            raise ExportError(f"{meta_path}: 'files' must name {', '.join(_FILE_KEYS)} and the lists of "
+                              f"{' and '.join(repr(k) for k in _LIST_KEYS)}")
+        table_of = self._program_tables(meta, meta_path, len(files["stages"]), len(files["tables"]))
+        shape = table_shape(meta)
         programs = [files["user_tower"], files["item_tower"], *files["stages"]]
+        caps = {**{str(f): (PROGRAM_MAX_BYTES, PROGRAM_CAP_TEXT) for f in programs},
+                **{str(f): (table_byte_cap(meta), TABLE_CAP_TEXT) for f in files["tables"]}}
         # the size and sha256 of every listed file, before any of them is opened
-        check_files(self.folder, meta, max_bytes={str(f): cap for f in programs})
+        check_files(self.folder, meta, max_bytes=caps)
         self.meta = meta
         self.device = torch.device(device)
         self.max_slots = int(max_slots or DEFAULT_MAX_SLOTS.get(self.device.type, DEFAULT_MAX_SLOTS["cpu"]))
@@ -739,16 +815,43 @@ class ExportedCascade:
         if self.video_ids.shape[0] != self.features.shape[0]:
             raise ExportError(f"{self.folder}: item_ids has {self.video_ids.shape[0]} rows, item_features "
                               f"{self.features.shape[0]}")
-        self._features_t = torch.from_numpy(self.features.astype(np.int64)).to(self.device)
-        self._ids_t = torch.from_numpy(self.video_ids.astype(np.int64)).to(self.device)
+        # the exported arrays are int64 already: on the CPU the tensors share their memory
+        self._features_t = torch.from_numpy(self.features.astype(np.int64, copy=False)).to(self.device)
+        self._ids_t = torch.from_numpy(self.video_ids.astype(np.int64, copy=False)).to(self.device)
         self.index_kind = str(meta["index"]["kind"])
         self.index = self._load_index(self.folder / files["index"])
         if int(self.index.ntotal) != len(self.video_ids):
             raise ExportError(f"{self.folder}: the index holds {self.index.ntotal} vectors for "
                               f"{len(self.video_ids)} items")
-        self.user_tower = _load_program(self.folder / files["user_tower"], self.device, cap)
-        self.item_tower = _load_program(self.folder / files["item_tower"], self.device, cap)
-        self.stages = [_load_program(self.folder / f, self.device, cap) for f in files["stages"]]
+        # each table once, shared by the programs that read it
+        self.tables: list[Tensor] = [load_table(self.folder / f, shape, self.device) for f in files["tables"]]
+
+        def bound(name: str, table: int) -> TableBound:
+            return TableBound(_load_program(self.folder / name, self.device, PROGRAM_MAX_BYTES), self.tables[table])
+
+        self.user_tower = bound(files["user_tower"], table_of["user_tower"])
+        self.item_tower = bound(files["item_tower"], table_of["item_tower"])
+        self.stages = [bound(f, t) for f, t in zip(files["stages"], table_of["stages"])]
+
+    @staticmethod
+    def _program_tables(meta: Mapping[str, Any], meta_path: Path, stages: int, tables: int) -> dict[str, Any]:
+        """cascade.json's ``program_tables``: the table (an index into ``files.tables``) of
+        the user tower, the item tower and each later stage; every table read by some program."""
+        pt = meta.get("program_tables")
+
+        def ok(t: Any) -> bool:
+            return isinstance(t, int) and not isinstance(t, bool) and 0 <= t < tables
+
+        if not (isinstance(pt, dict) and ok(pt.get("user_tower")) and ok(pt.get("item_tower"))
+                and isinstance(pt.get("stages"), list) and len(pt["stages"]) == stages
+                and all(ok(t) for t in pt["stages"])):
+            raise ExportError(f"{meta_path}: 'program_tables' must give, for the user tower, the item tower and "
+                              f"each of the {stages} later stages, one of the {tables} tables of 'files.tables'")
+        used = {pt["user_tower"], pt["item_tower"], *pt["stages"]}
+        if used != set(range(tables)):
+            raise ExportError(f"{meta_path}: 'files.tables' lists {tables} tables but the programs read "
+                              f"{len(used)} of them")
+        return pt
 
     def _load_index(self, path: Path):
         import faiss  # noqa: PLC0415 - only needed once a folder is loaded

@@ -305,8 +305,8 @@ def test_other_carriers_of_code_are_refused_and_nothing_runs(run_2, exported_2, 
 
 
 def test_archive_resource_bounds(exported_2, tmp_path):
-    """Compressed entries (a zip bomb's tool), too many entries, a file over the cap from
-    cascade.json's embedding tables, an unexpected entry, a duplicate entry."""
+    """Compressed entries (a zip bomb's tool), too many entries, a file over the cap of a
+    program, an unexpected entry, a duplicate entry."""
     folder = _copy(exported_2, tmp_path)
     _rewrite(folder / STAGE, lambda e: None, compression=zipfile.ZIP_DEFLATED)
     with pytest.raises(ExportError, match=r"refusing to load: the archive: entry '.*' is compressed or encrypted"):
@@ -314,7 +314,8 @@ def test_archive_resource_bounds(exported_2, tmp_path):
 
     data = (exported_2 / STAGE).read_bytes()
     with pytest.raises(ExportError, match=rf"{STAGE}: refusing to load: {len(data)} bytes, more than the 1000 bytes "
-                                          r"that the embedding tables of cascade.json allow for one model"):
+                                          r"that a program of an exported cascade may have \(its embedding table is a "
+                                          r"file of its own\)"):
         loader.check_program_archive(exported_2 / STAGE, data, 1000)
 
     def many(entries: dict[str, bytes]) -> None:
@@ -351,7 +352,7 @@ def test_check_sym_expr_accepts_shape_expressions_and_nothing_else():
 
 
 # ------------------------------------------------------------------ (c) content hashes
-@pytest.mark.parametrize("name", [STAGE, "corpus.faiss"])
+@pytest.mark.parametrize("name", [STAGE, "corpus.faiss", "embedding-1-prerank.npy"])
 def test_a_same_size_byte_flip_is_refused_before_anything_is_opened(exported_2, tmp_path, monkeypatch, name):
     folder = _copy(exported_2, tmp_path)
     data = bytearray((folder / name).read_bytes())
@@ -457,14 +458,18 @@ def test_a_clean_export_is_hashed_loads_and_scores_like_the_plain_torch_load(run
     plain = [torch.export.load(str(folder / f)).module() for f in [meta["files"]["user_tower"],
                                                                      meta["files"]["item_tower"],
                                                                      *meta["files"]["stages"]]]
+    # each program's first input is its embedding table, a plain .npy of the folder
+    tables = [torch.from_numpy(np.load(folder / f, allow_pickle=False)) for f in meta["files"]["tables"]]
+    of = meta["program_tables"]
+    user_t, item_t, stage_t = tables[of["user_tower"]], tables[of["item_tower"]], [tables[t] for t in of["stages"]]
     r = {k: torch.from_numpy(np.array(v)).long() for k, v in req.items()}
     r["seq_mask"] = r["seq_mask"].float()
     it = torch.from_numpy(np.array(items)).long()
     with torch.inference_mode():
-        u = plain[0](r["context"], r["user"], r["seq"], r["seq_mask"])
-        v = plain[1](it.reshape(-1, it.shape[-1])).reshape(*it.shape[:-1], -1)
+        u = plain[0](user_t, r["context"], r["user"], r["seq"], r["seq_mask"])
+        v = plain[1](item_t, it.reshape(-1, it.shape[-1])).reshape(*it.shape[:-1], -1)
         want = [torch.bmm(v, u.unsqueeze(-1)).squeeze(-1)] + [
-            p(r["context"], r["user"], r["seq"], r["seq_mask"], it) for p in plain[2:]]
+            p(t, r["context"], r["user"], r["seq"], r["seq_mask"], it) for p, t in zip(plain[2:], stage_t)]
     assert len(got) == len(want) == stages
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w.float().numpy())
