@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeGuard
 
+from . import atomic
 from .data.source import gcs_client, s3_client, s3_message
 from .errors import DataError
 from .logs import get_logger
@@ -286,7 +287,7 @@ class RemoteFolder:
 
         def one(rel: str, dest: Path) -> None:
             got[rel] = self._store.read(self.base + rel)
-            dest.write_bytes(got[rel])
+            atomic.write_bytes(dest, got[rel])
 
         self._run(names, f"read {self.uri}", progress, one)
         return got

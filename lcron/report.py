@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import atomic
 from .errors import ConfigError, DataError
 from .evaluation.results import load_metrics, metric_label
 from .jsonfile import read_json
@@ -314,7 +314,7 @@ def copy_run_record(run_dir: str | Path, out: str | Path) -> list[Path]:
             continue
         dst = out / src.relative_to(run.root)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        atomic.write_bytes(dst, src.read_bytes())  # kilobytes to megabytes; never a half-written copy
         copied.append(dst)
     return copied
 
