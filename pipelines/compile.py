@@ -97,12 +97,16 @@ def compile_all(out_dir: str | Path = "build", *, registry: str = REGISTRY, imag
                 variants: tuple[str, ...] = VARIANTS, ref: str | None = None,
                 images: Mapping[str, str] | None = None,
                 resources: Mapping[str, step_resources.StepResources] | None = None,
-                kubernetes: k8s.KubernetesOptions | None = None) -> dict[str, Path]:
+                kubernetes: k8s.KubernetesOptions | None = None,
+                gpu_resources: Mapping[str, step_resources.StepResources] | None = None) -> dict[str, Path]:
     """Compile every variant into ``out_dir``; returns variant -> path. ``images``: an exact
-    image per variant (the pushed digests, pipelines.images), overriding the tag references."""
+    image per variant (the pushed digests, pipelines.images), overriding the tag references.
+    ``gpu_resources``: the GPU variant's requests and limits (default ``resources``)."""
     return {v: compile_variant(v, package_path(out_dir, v), registry=registry, image=image, tag=tag,
                                accelerator_type=accelerator_type, accelerator_count=accelerator_count, ref=ref,
-                               exact_image=(images or {}).get(v), resources=resources, kubernetes=kubernetes)
+                               exact_image=(images or {}).get(v),
+                               resources=gpu_resources if v == "gpu" and gpu_resources is not None else resources,
+                               kubernetes=kubernetes)
             for v in variants}
 
 
@@ -248,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.accelerator_count < 1:
         parser.error("--accelerator-count must be >= 1")
     try:
-        resources = step_resources.resolve(args.resource_profile, {
-            field: _step_values(getattr(args, field), field) for field in step_resources.FIELDS})
+        overrides = {field: _step_values(getattr(args, field), field) for field in step_resources.FIELDS}
+        resources = step_resources.resolve(args.resource_profile, overrides)
+        gpu_resources = step_resources.resolve(args.resource_profile, overrides, gpu=True)
         kubernetes = kubernetes_options(args)
     except ValueError as exc:
         parser.error(str(exc))
@@ -263,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = compile_all(args.out, registry=args.registry, image=args.image, tag=args.tag,
                         accelerator_type=args.accelerator_type, accelerator_count=args.accelerator_count,
                         variants=variants, ref=args.image_ref, images=images, resources=resources,
+                        gpu_resources=gpu_resources,
                         kubernetes=kubernetes)
     platform = "" if kubernetes == k8s.KubernetesOptions() else ", Kubernetes settings"
     for variant, path in paths.items():

@@ -1,12 +1,19 @@
 """CPU and memory requests and limits of each pipeline step, chosen at compile time.
 
 A Kubernetes scheduler places a pod by its requests and kills it past its memory limit;
-without them every step lands on the default node size, and preprocessing a real
-RecFlow day (~36 GB peak, docs/scale.md) would be OOM-killed there. The numbers depend
-on the data, hence profiles: ``recflow`` (a real day: a 48-64 GB node for preprocess,
-docs/scale.md) and ``small`` (synthetic or sampled data, fits any node), plus ``none``
-(no requests: the cluster's defaults). Single values are overridden with ``STEP=VALUE``
-options of ``pipelines.compile`` (``--memory preprocess=60G``).
+without them every step lands on the default node size. The numbers depend on the data,
+hence profiles: ``recflow`` (RecFlow-size days and vocabularies, sized from the peaks
+measured on 250,000-request days at RecFlow vocabularies, docs/scale.md "RecFlow size end
+to end", with the documented bound for a 300,000-request day where it is larger) and
+``small`` (synthetic or sampled data, fits any node), plus ``none`` (no requests: the
+cluster's defaults). Single values are overridden with ``STEP=VALUE`` options of
+``pipelines.compile`` (``--memory preprocess=16G``).
+
+The GPU package's accelerated steps (train, evaluate, serving) get :data:`GPU_NODE_FIT`
+instead: requests that fit the common one-GPU node shapes - GKE n1-standard-8 + T4 (8
+vCPU, 30 GB; ~7.9 CPU and ~26.5 GiB allocatable after the kubelet's reservations) and
+g2-standard-8 + L4 (8 vCPU, 32 GB; ~28 GiB), AWS g4dn.2xlarge / g5.2xlarge (8 vCPU,
+32 GiB) - with room left for the node's daemon sets (GPU device plugin, logging).
 """
 
 from __future__ import annotations
@@ -39,16 +46,31 @@ def _step(cpu: str, memory: str, cpu_limit: str | None = None) -> StepResources:
 
 
 PROFILES: dict[str, dict[str, StepResources]] = {
-    # docs/scale.md: ~36 GB peak preprocessing a 300k-request day (plan 48-64 GB); training
-    # and evaluation hold a day's shards and the models (A2 vocabulary: a few GB).
-    "recflow": {"fingerprint": _step("1", "2G"), "ingest": _step("2", "8G"), "preprocess": _step("8", "48G", "16"),
-                "train": _step("8", "32G"), "evaluate": _step("8", "32G"), "serving": _step("8", "32G"),
+    # Measured peaks (docs/scale.md "RecFlow size end to end": 4 x 250,000-request days at
+    # RecFlow vocabularies, two-stage, the local pipeline; resident memory, which counts the
+    # shard pages a step has memory-mapped): fingerprint 40 MiB, ingest 65 MiB, preprocess
+    # 4.1 GiB (its bound: 9.3 GiB for a 300,000-request day), train 3.5 GiB compiled / 5.0
+    # GiB eager, evaluate 3.8 / 6.1 GiB (7.7 GiB the largest step of one eager run), report
+    # < 0.1 GiB; serving 6.7 GiB with a 6.8M-item catalogue (docs/serving.md), ~9 GiB at 9M
+    # items. Three-stage adds a third model's tables (~+50% for train and evaluate).
+    # Requests: the larger of the bound and ~1.5-2x the two-stage peak, rounded up.
+    "recflow": {"fingerprint": _step("1", "2G"), "ingest": _step("2", "4G"), "preprocess": _step("4", "12G", "8"),
+                "train": _step("8", "12G"), "evaluate": _step("8", "16G"), "serving": _step("8", "20G"),
                 "report": _step("1", "4G")},
     # The synthetic defaults (2,000 requests a day): well under 1 GB per step.
     "small": {step: _step("1", "2G", "2") for step in STEPS},
     "none": {},
 }
 DEFAULT_PROFILE = "recflow"
+
+#: The accelerated steps of the GPU package, and what they ask for per profile there: a
+#: request that fits one-GPU nodes of 8 vCPU and 30-32 GB (module docstring). The host side
+#: of a GPU step holds the day's shards (memory-mapped) and a copy of the models: the CPU
+#: package's 12-20G with room to spare.
+GPU_STEPS = ("train", "evaluate", "serving")
+GPU_NODE_FIT: dict[str, dict[str, StepResources]] = {
+    "recflow": {step: _step("6", "24G", "7") for step in GPU_STEPS},
+}
 
 
 def validate(step: str, field: str, value: str) -> str:
@@ -62,12 +84,15 @@ def validate(step: str, field: str, value: str) -> str:
     return value
 
 
-def resolve(profile: str = DEFAULT_PROFILE,
-            overrides: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, StepResources]:
-    """The profile's resources with ``overrides`` (field -> step -> value) applied on top."""
+def resolve(profile: str = DEFAULT_PROFILE, overrides: Mapping[str, Mapping[str, str]] | None = None, *,
+            gpu: bool = False) -> dict[str, StepResources]:
+    """The profile's resources with ``overrides`` (field -> step -> value) applied on top;
+    ``gpu``: for the GPU package (its accelerated steps sized to fit a GPU node)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown resource profile {profile!r}; profiles: {', '.join(PROFILES)}")
     out = dict(PROFILES[profile])
+    if gpu:
+        out.update(GPU_NODE_FIT.get(profile, {}))
     for field, per_step in (overrides or {}).items():
         if field not in FIELDS:
             raise ValueError(f"unknown resource field {field!r}; fields: {', '.join(FIELDS)}")

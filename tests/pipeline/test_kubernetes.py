@@ -130,9 +130,10 @@ def test_without_options_nothing_changes(tmp_path):
     """No option: no platform spec, no retry policy, no added env; a package compiled through
     ``compile_all`` (with or without empty options) is identical to one through ``main``."""
     assert pcompile.main(["--out", str(tmp_path / "a"), "--tag", "t1"]) == 0
-    profile = resources.resolve()  # main's default profile
-    pcompile.compile_all(tmp_path / "b", tag="t1", resources=profile, kubernetes=k8s.KubernetesOptions())
-    pcompile.compile_all(tmp_path / "c", tag="t1", resources=profile)
+    profile, gpu_profile = resources.resolve(), resources.resolve(gpu=True)  # main's default profile
+    pcompile.compile_all(tmp_path / "b", tag="t1", resources=profile, gpu_resources=gpu_profile,
+                         kubernetes=k8s.KubernetesOptions())
+    pcompile.compile_all(tmp_path / "c", tag="t1", resources=profile, gpu_resources=gpu_profile)
     for variant in ("cpu", "gpu"):
         text = (tmp_path / "a" / f"cascade-{variant}.yaml").read_text()
         assert text == (tmp_path / "b" / f"cascade-{variant}.yaml").read_text()

@@ -29,11 +29,44 @@ def test_default_profile_sizes_preprocess_for_a_real_day(tmp_path):
     assert pcompile.main(["--out", str(tmp_path), "--variants", "cpu"]) == 0
     res = _containers(tmp_path / "cascade-cpu.yaml")
     pre = res["preprocess"]["resources"]
-    assert pre["resourceMemoryRequest"] == "48G" and pre["resourceMemoryLimit"] == "48G"
-    assert pre["resourceCpuRequest"] == "8" and pre["resourceCpuLimit"] == "16"
+    # the documented bound for a 300,000-request day is 9.3 GiB (docs/scale.md)
+    assert pre["resourceMemoryRequest"] == "12G" and pre["resourceMemoryLimit"] == "12G"
+    assert _gib(pre["resourceMemoryRequest"]) > 9.3
+    assert pre["resourceCpuRequest"] == "4" and pre["resourceCpuLimit"] == "8"
     assert {step_of(name) for name in res} == set(resources.STEPS)  # report-2: the other branch's report
     assert res["report-2"] == res["report"]
     assert all("resourceMemoryRequest" in c["resources"] for c in res.values())
+
+
+def _gib(quantity: str) -> float:
+    units = {"G": 1e9 / 2**30, "Gi": 1.0, "M": 1e6 / 2**30, "Mi": 1 / 1024}
+    number = quantity.rstrip("GMi")
+    return float(number) * units[quantity[len(number):]]
+
+
+# Allocatable on common one-GPU nodes of 8 vCPU (GKE n1-standard-8 + T4: 30 GB, the smallest):
+# capacity less the kubelet's reservations (GKE: 25% of the first 4 GiB, 20% of the next 4, 10%
+# of the next 8, 6% of the rest, + 100 MiB eviction threshold; CPU 6% of the first core, 1% of
+# the next, 0.5% of the next 2, 0.25% above).
+N1_STANDARD_8 = {"cpu": 8 - (0.06 + 0.01 + 2 * 0.005 + 4 * 0.0025), "memory_gib": 30 - (1 + 0.8 + 0.8 + 0.06 * 14)
+                 - 0.1}
+
+
+def test_gpu_package_steps_fit_a_one_gpu_node(tmp_path):
+    """The GPU package's train, evaluate and serving fit n1-standard-8 + T4 with ~1 CPU and
+    ~4 GiB left for the node's daemon sets; the CPU package keeps the CPU profile."""
+    assert pcompile.main(["--out", str(tmp_path), "--variants", "cpu,gpu"]) == 0
+    gpu, cpu = _containers(tmp_path / "cascade-gpu.yaml"), _containers(tmp_path / "cascade-cpu.yaml")
+    for step in resources.GPU_STEPS:
+        r = gpu[step]["resources"]
+        assert float(r["resourceCpuRequest"]) <= N1_STANDARD_8["cpu"] - 1, step
+        assert _gib(r["resourceMemoryRequest"]) <= N1_STANDARD_8["memory_gib"] - 4, step
+        assert r["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert cpu[step]["resources"]["resourceMemoryRequest"] == resources.PROFILES["recflow"][step].memory
+    assert gpu["preprocess"]["resources"] == cpu["preprocess"]["resources"]  # CPU steps: the same profile
+    # an override still wins on the GPU package
+    assert pcompile.main(["--out", str(tmp_path / "o"), "--variants", "gpu", "--memory", "train=20Gi"]) == 0
+    assert _containers(tmp_path / "o" / "cascade-gpu.yaml")["train"]["resources"]["resourceMemoryRequest"] == "20Gi"
 
 
 def test_overrides_and_profiles(tmp_path):
