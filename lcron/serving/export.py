@@ -632,17 +632,21 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_index_option_arguments(parser: argparse.ArgumentParser) -> None:
     """The approximate-index knobs shared by ``export`` and ``serve-eval``."""
-    from lcron.serving.index import DEFAULT_NPROBE
+    from lcron.serving.index import DEFAULT_NPROBE, HNSW_QUANTIZER_MIN_NLIST, QUANTIZERS
 
     parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4 sqrt(corpus))")
     parser.add_argument("--nprobe", type=int, default=DEFAULT_NPROBE,
                         help=f"IVF cells searched per query (default {DEFAULT_NPROBE})")
+    parser.add_argument("--quantizer", choices=QUANTIZERS, default="auto",
+                        help="how IVF finds the cells to probe: flat (exact), hnsw (a graph over the centroids: "
+                             f"a much faster build) or auto (hnsw from {HNSW_QUANTIZER_MIN_NLIST:,} cells; default)")
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node (default 32)")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search beam (default 128)")
 
 
 def index_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {"nlist": args.nlist, "nprobe": args.nprobe, "hnsw_m": args.hnsw_m, "ef_search": args.ef_search}
+    return {"nlist": args.nlist, "nprobe": args.nprobe, "hnsw_m": args.hnsw_m, "ef_search": args.ef_search,
+            "quantizer": args.quantizer}
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -11,7 +11,11 @@ Index kinds:
 * ``flat``  - ``IndexFlatIP``: exact search (the default, and the reference for the others).
 * ``ivf``   - ``IndexIVFFlat``: k-means into ``nlist`` cells, search the ``nprobe`` cells
   whose centroids score highest. Only the probed cells depend on the query (not on k),
-  so the top-K1 of a search for k > K1 is exactly the top-K1 of a search for K1.
+  so the top-K1 of a search for k > K1 is exactly the top-K1 of a search for K1. Which
+  cells those are is itself a search over the ``nlist`` centroids (the coarse quantizer):
+  exact (``IndexFlatIP``) for small ``nlist``, a small HNSW graph from
+  :data:`HNSW_QUANTIZER_MIN_NLIST` cells (``quantizer`` option): at 6.79M items (10,425
+  cells) that cut the build from 157 s to 40 - 44 s here, at the same recall (docs/serving.md).
 * ``hnsw``  - ``IndexHNSWFlat``: a navigable small-world graph with ``M`` links per node,
   searched with a beam of ``max(efSearch, k)``.
 
@@ -59,6 +63,16 @@ def import_faiss():
 #: :data:`DEFAULT_TRAIN_POINTS_PER_CELL`.
 DEFAULT_NPROBE = 64
 DEFAULT_TRAIN_POINTS_PER_CELL = 64
+QUANTIZERS = ("auto", "flat", "hnsw")
+#: ``quantizer`` auto: an HNSW coarse quantizer from this many IVF cells (~1M items at the
+#: default nlist), an exact one below. Assigning each of I items to one of nlist centroids
+#: exactly costs I x nlist inner products - at 6.79M items and 10,425 cells ~80 s of the
+#: add and most of the k-means training here; the graph makes it ~I x log(nlist).
+HNSW_QUANTIZER_MIN_NLIST = 4096
+#: efSearch of the HNSW coarse quantizer: recall 0.985 / 0.986 / 0.984 at K1 = 100 / 500 /
+#: 1000 (nprobe 64) against 0.987 / 0.986 / 0.985 with the exact quantizer; 64 gave 0.984 /
+#: 0.984 / 0.982 (docs/serving.md).
+DEFAULT_QUANTIZER_EF = 128
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,9 @@ class IndexOptions:
     ``nlist`` None -> ``round(4 * sqrt(I))`` clamped so every cell gets at least 39
     training points (faiss warns below that); ``nprobe`` is clamped to ``nlist``;
     ``train_points_per_cell``: k-means trains on at most that many sampled vectors per cell.
+    ``quantizer``: how IVF finds the cells to probe - ``flat`` (exact), ``hnsw`` (a graph over
+    the centroids, searched with beam ``quantizer_ef``) or ``auto`` (hnsw from
+    :data:`HNSW_QUANTIZER_MIN_NLIST` cells).
     ``hnsw_m`` links per node; ``ef_search`` / ``ef_construction`` beam widths.
     """
 
@@ -77,9 +94,14 @@ class IndexOptions:
     ef_search: int = 128
     ef_construction: int = 80
     train_points_per_cell: int = DEFAULT_TRAIN_POINTS_PER_CELL
+    quantizer: str = "auto"
+    quantizer_ef: int = DEFAULT_QUANTIZER_EF
 
     def __post_init__(self) -> None:
-        for name in ("nprobe", "hnsw_m", "ef_search", "ef_construction", "train_points_per_cell"):
+        if self.quantizer not in QUANTIZERS:
+            raise ConfigError(f"index option 'quantizer' must be one of {', '.join(QUANTIZERS)}, "
+                              f"got {self.quantizer!r}")
+        for name in ("nprobe", "hnsw_m", "ef_search", "ef_construction", "train_points_per_cell", "quantizer_ef"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"index option {name!r} must be an integer >= 1, got {v!r}")
@@ -106,11 +128,18 @@ class IndexOptions:
         want = self.nlist if self.nlist is not None else int(round(4 * math.sqrt(max(num_items, 1))))
         return int(min(max(1, want), most, max(1, num_items)))
 
+    def resolved_quantizer(self, nlist: int) -> str:
+        """``flat`` or ``hnsw``: the IVF coarse quantizer for ``nlist`` cells."""
+        if self.quantizer != "auto":
+            return self.quantizer
+        return "hnsw" if nlist >= HNSW_QUANTIZER_MIN_NLIST else "flat"
+
 
 #: ``auto``: exact (flat) search up to this many corpus items, IVF above. Measured on the
 #: 2-core machine (bench/serving_index.py, docs/serving.md "Catalogue scale"; K1 = 1000):
 #: exact search ran 6,146 requests/s over 20,000 items, 1,646 over 200,000, 294 over 1M and
-#: 48 - 58 over 6.79M; an IVF built in 3.5 s at 200,000 items and 157 s at 6.79M. Up to
+#: 48 - 58 over 6.79M; an IVF built in 3.5 s at 200,000 items and 40 - 44 s at 6.79M (157 s
+#: before its coarse quantizer became a graph at that size). Up to
 #: 200,000 items the exact search of a 250,000-request test day takes ~2.5 minutes here,
 #: affordable for an exact answer; beyond, the IVF is many times faster.
 AUTO_FLAT_MAX_ITEMS = 200_000
@@ -214,11 +243,20 @@ def build_index(vectors: np.ndarray, kind: str = "flat", options: "IndexOptions 
         index.add(x)
     elif kind == "ivf":
         nlist = opts.resolved_nlist(len(x))
-        quantizer = faiss.IndexFlatIP(dim)
+        # A GPU IVF index needs an exact quantizer: faiss moves only flat ones to the GPU.
+        on_gpus = torch.device(device).type == "cuda" and faiss_has_gpus(faiss)
+        hnsw = opts.resolved_quantizer(nlist) == "hnsw" and not on_gpus
+        # Items are assigned to their cell with the graph's default beam (16): a wider beam
+        # while adding 6.79M items made the build 5x slower (207 s instead of 41 s) for no
+        # measurable recall; queries then search the centroids with ``quantizer_ef``.
+        quantizer = (faiss.IndexHNSWFlat(dim, opts.hnsw_m, faiss.METRIC_INNER_PRODUCT) if hnsw
+                     else faiss.IndexFlatIP(dim))
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.max_points_per_centroid = opts.train_points_per_cell  # faiss samples the training set
         index.train(x)
         index.add(x)
+        if hnsw:
+            quantizer.hnsw.efSearch = opts.quantizer_ef
         index.nprobe = min(opts.nprobe, nlist)
     else:
         index = faiss.IndexHNSWFlat(dim, opts.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -333,6 +371,9 @@ def index_options_used(index, kind: str) -> dict[str, Any]:
         faiss = import_faiss()
         ivf = faiss.extract_index_ivf(cpu)
         out.update(nlist=int(ivf.nlist), nprobe=int(ivf.nprobe))
+        coarse = faiss.downcast_index(ivf.quantizer)
+        hnsw = getattr(coarse, "hnsw", None)
+        out["quantizer"] = "flat" if hnsw is None else f"hnsw (efSearch {int(hnsw.efSearch)})"
     elif kind == "hnsw":
         out.update(ef_search=int(cpu.hnsw.efSearch), ef_construction=int(cpu.hnsw.efConstruction))
     return out

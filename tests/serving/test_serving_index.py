@@ -131,3 +131,33 @@ def test_approximate_indexes_report_recall_against_exact(random_corpus):
     r_hnsw = overlap_recall(hnsw, exact).mean()
     assert 0.9 <= r_hnsw <= 1.0
     assert r_hnsw > r_one
+
+
+def test_ivf_coarse_quantizer_is_hnsw_for_many_cells_and_finds_the_same_cells():
+    """quantizer auto: exact below HNSW_QUANTIZER_MIN_NLIST cells, a graph from there; on a
+    clustered corpus (cells that mean something, as trained towers give) the graph picks the
+    cells the exact quantizer picks, so the results barely move, and the report says which."""
+    from lcron.serving.index import HNSW_QUANTIZER_MIN_NLIST, index_options_used
+
+    assert IndexOptions().resolved_quantizer(HNSW_QUANTIZER_MIN_NLIST - 1) == "flat"
+    assert IndexOptions().resolved_quantizer(HNSW_QUANTIZER_MIN_NLIST) == "hnsw"
+    assert IndexOptions(quantizer="flat").resolved_quantizer(10**6) == "flat"
+    assert IndexOptions(quantizer="hnsw").resolved_quantizer(2) == "hnsw"
+    with pytest.raises(ConfigError, match="quantizer.*auto, flat, hnsw.*'kmeans'"):
+        IndexOptions(quantizer="kmeans")
+    with pytest.raises(ConfigError, match="quantizer_ef"):
+        IndexOptions(quantizer_ef=0)
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(300, 16)).astype(np.float32) * 4
+    vectors = (centres[rng.integers(0, 300, 12000)] + rng.normal(size=(12000, 16))).astype(np.float32)
+    queries = (centres[rng.integers(0, 300, 64)] + rng.normal(size=(64, 16))).astype(np.float32)
+    k = 100
+    _, exact = search(build_index(vectors, "flat"), queries, k)
+    opts = {"nlist": 256, "nprobe": 16}
+    flat_q = build_index(vectors, "ivf", {**opts, "quantizer": "flat"})
+    hnsw_q = build_index(vectors, "ivf", {**opts, "quantizer": "hnsw", "quantizer_ef": 64})
+    assert index_options_used(flat_q, "ivf")["quantizer"] == "flat"
+    assert index_options_used(hnsw_q, "ivf")["quantizer"] == "hnsw (efSearch 64)"
+    r_flat = overlap_recall(search(flat_q, queries, k)[1], exact).mean()
+    r_hnsw = overlap_recall(search(hnsw_q, queries, k)[1], exact).mean()
+    assert r_flat > 0.9 and abs(r_hnsw - r_flat) < 0.02
