@@ -16,6 +16,7 @@ from lcron import remote
 from lcron.compare import compare
 from lcron.errors import DataError
 
+from object_stores import gcs_emulator, moto_s3
 from test_compare import make_eval, make_serving
 
 BUCKET = "lcron-pipeline"
@@ -26,41 +27,15 @@ DECOY = "model.pt"
 @pytest.fixture(scope="module")
 def s3_server(free_port):
     """moto's S3 server on a free loopback port; AWS_ENDPOINT_URL and test credentials point at it."""
-    from moto.server import ThreadedMotoServer
-
-    mp = pytest.MonkeyPatch()
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        mp.setenv(key, value)
-    mp.delenv("AWS_PROFILE", raising=False)
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
-    try:
+    with moto_s3(free_port(), BUCKET):
         yield
-    finally:
-        server.stop()
-        mp.undo()
 
 
 @pytest.fixture(scope="module")
 def gcs_server(free_port):
     """A gcp-storage-emulator on a free loopback port; STORAGE_EMULATOR_HOST points at it."""
-    from gcp_storage_emulator.server import create_server
-
-    mp = pytest.MonkeyPatch()
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    mp.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    try:
+    with gcs_emulator(free_port(), BUCKET):
         yield
-    finally:
-        server.stop()
-        mp.undo()
 
 
 def _upload_s3(files: dict[str, Path]) -> None:

@@ -10,6 +10,8 @@ from lcron.data.source import GCSSource, LocalSource, open_source
 from lcron.data.validate import validate
 from lcron.errors import DataError
 
+from object_stores import gcs_emulator
+
 from .shard_checks import assert_same_shards
 
 BUCKET = "recflow-test"
@@ -18,18 +20,8 @@ BUCKET = "recflow-test"
 @pytest.fixture(scope="module")
 def emulator(free_port):
     """A gcp-storage-emulator on a free loopback port; STORAGE_EMULATOR_HOST points at it."""
-    from gcp_storage_emulator.server import create_server
-
-    mp = pytest.MonkeyPatch()
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    mp.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    try:
+    with gcs_emulator(free_port(), BUCKET) as port:
         yield port
-    finally:
-        server.stop()
-        mp.undo()
 
 
 def _upload(root, prefix: str) -> str:

@@ -10,6 +10,8 @@ from lcron.data.source import S3Source, open_source
 from lcron.data.validate import validate
 from lcron.errors import DataError
 
+from object_stores import moto_s3
+
 from .shard_checks import assert_same_shards
 
 BUCKET = "recflow-s3"
@@ -18,25 +20,8 @@ BUCKET = "recflow-s3"
 @pytest.fixture(scope="module")
 def s3_server(free_port):
     """moto's S3 server on a free loopback port; AWS_ENDPOINT_URL and test credentials point at it."""
-    from moto.server import ThreadedMotoServer
-
-    mp = pytest.MonkeyPatch()
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        mp.setenv(key, value)
-    mp.delenv("AWS_PROFILE", raising=False)
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
-    try:
+    with moto_s3(free_port(), BUCKET) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-        mp.undo()
 
 
 def _upload(root, prefix: str) -> str:
