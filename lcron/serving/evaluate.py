@@ -380,7 +380,7 @@ def serving_evaluate(run_dir: "str | Path", shards: Any = None, **kwargs: Any) -
 def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = None,
                      k1: "Sequence[int] | str" = (100, 500, 1000), index: str = "auto", batch_size: int = 1024,
                      device: str = "auto", seed: int = 0, index_options: "Mapping[str, Any] | None" = None,
-                     out: "str | Path | None" = None, max_requests: int | None = None, compile: bool | None = False,
+                     out: "str | Path | None" = None, max_requests: int | None = None, compile: bool | None = None,
                      max_slots: int | None = None, progress: bool = True, overwrite: bool = False,
                      recall_sample: int = DEFAULT_RECALL_SAMPLE) -> dict[str, Any]:
     """Serving-style evaluation of every completed seed of a run; writes ``serving.json``.

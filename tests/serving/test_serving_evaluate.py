@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -12,9 +13,26 @@ import pytest
 from lcron.data.shards import ShardSet
 from lcron.errors import ConfigError, DataError
 from lcron.serving.evaluate import (add_serve_eval_arguments, bench_serving, logged_gt, parse_k1, run_serve_eval,
-                                    serving_evaluate)
+                                    serving_evaluate as serving_evaluate_default)
 from lcron.serving.export import load_exported
 from lcron.settings import THREE_STAGE, TWO_STAGE
+
+
+# The library takes the device's default like the command line (compiled on CPU); these
+# tiny runs score a few hundred requests, where compiling costs more than it saves.
+serving_evaluate = functools.partial(serving_evaluate_default, compile=False)
+
+
+def test_library_and_command_line_share_the_compile_default():
+    """``compile`` None in both: the device's choice (lcron.devices.DEVICE_DEFAULTS)."""
+    import inspect
+
+    from lcron.serving.evaluate import _serving_evaluate
+
+    assert inspect.signature(_serving_evaluate).parameters["compile"].default is None
+    parser = argparse.ArgumentParser()
+    add_serve_eval_arguments(parser)
+    assert parser.parse_args(["--model", "m"]).compile is None
 
 
 def _shards(run: Path) -> ShardSet:
