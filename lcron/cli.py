@@ -138,9 +138,10 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-missing-fraction", type=float, default=PREPROCESS.max_missing_fraction, metavar="F",
                    help="largest fraction of a day's requests that may be dropped for missing from a pkl "
                         f"(default {PREPROCESS.max_missing_fraction})")
-    p.add_argument("--max-no-gt-fraction", type=float, default=0.5, metavar="F",
+    p.add_argument("--max-no-gt-fraction", type=float, default=PREPROCESS.max_no_gt_fraction, metavar="F",
                    help="largest fraction of a day's requests that may have no item of the ground-truth "
-                        "(top) group; more is an error, fewer a warning with the count (default 0.5)")
+                        f"(top) group; more is an error, fewer a warning with the count "
+                        f"(default {PREPROCESS.max_no_gt_fraction})")
 
 
 def _tz_arg(p: argparse.ArgumentParser) -> None:

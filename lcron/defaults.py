@@ -32,6 +32,9 @@ class PreprocessDefaults:
 
     tz_offset_hours: int = 8
     max_missing_fraction: float = 0.01
+    # the share of a day's requests that may lack every ground-truth item of a group
+    # before the day is refused (they add nothing to recall; a warning names them below it)
+    max_no_gt_fraction: float = 0.5
     prefetch_budget_mb: int = 256
 
 

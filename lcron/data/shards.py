@@ -610,8 +610,9 @@ def _keep_items(fresh: dict[str, np.ndarray], day: str, written: Future, budget_
 
 
 def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Setting | Path" = "two_stage",
-               days: str | None = None, *, tz_offset_hours: int = 8, max_missing_fraction: float = 0.01,
-               overwrite: bool = False, progress: bool = True, max_no_gt_fraction: float = 0.5,
+               days: str | None = None, *, tz_offset_hours: int = PREPROCESS.tz_offset_hours,
+               max_missing_fraction: float = PREPROCESS.max_missing_fraction, overwrite: bool = False,
+               progress: bool = True, max_no_gt_fraction: float = PREPROCESS.max_no_gt_fraction,
                reference_quirks: bool = False, prefetch_budget_mb: int = PREPROCESS.prefetch_budget_mb) -> ShardSet:
     """Turn the RecFlow ``days`` of ``source`` (folder or ``gs://``) into a shard set at ``out``.
 

@@ -29,7 +29,8 @@ __all__ = ["validate", "format_summary"]
 
 
 def validate(source: "str | Path | Source", days: str | None = None,
-             max_missing_fraction: float = PREPROCESS.max_missing_fraction, max_no_gt_fraction: float = 0.5,
+             max_missing_fraction: float = PREPROCESS.max_missing_fraction,
+             max_no_gt_fraction: float = PREPROCESS.max_no_gt_fraction,
              progress: bool = True, tz_offset_hours: int = PREPROCESS.tz_offset_hours) -> list[dict[str, Any]]:
     """Per-day summaries: ``day``, ``ok``, ``rows``, ``requests`` (usable),
     ``requests_in_all_stage``, ``dropped`` (missing from each pkl / without index),
