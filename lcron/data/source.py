@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lcron.errors import DataError
+from lcron.jsonfile import read_json
 
-__all__ = ["Source", "LocalSource", "GCSSource", "S3Source", "ReferencedSource", "open_source", "read_ingest_manifest",
-           "INGEST_MANIFEST", "INGEST_KIND", "REFERENCE_MODE", "DAY_RE", "DAY_FOLDERS", "DayListing",
-           "day_of_name", "gcs_client", "s3_client", "s3_message"]
+__all__ = ["Source", "LocalSource", "GCSSource", "S3Source", "ReferencedSource", "open_source",
+           "read_ingest_manifest", "INGEST_MANIFEST", "INGEST_KIND", "REFERENCE_MODE", "DAY_RE", "DAY_FOLDERS",
+           "DayListing", "day_of_name", "gcs_client", "s3_client", "s3_message"]
 
 DAY_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.feather$")
 _DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.([A-Za-z0-9]+)$")
@@ -551,13 +552,8 @@ def read_ingest_manifest(folder: "str | Path") -> dict[str, Any] | None:
     path = Path(folder) / INGEST_MANIFEST
     if not path.is_file():
         return None
-    import json
-
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("kind") != INGEST_KIND:
+    doc = read_json(path, "ingest manifest")
+    if doc.get("kind") != INGEST_KIND:
         raise DataError(f"{path}: not an ingest manifest (kind {INGEST_KIND!r} expected)")
     return doc
 

@@ -297,6 +297,9 @@ def test_read_manifest_errors(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"kind": "other"}))
     with pytest.raises(DataError, match="not an ingest manifest"):
         read_manifest(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text("[" * 100_000 + "]" * 100_000)  # nested past the parser's depth
+    with pytest.raises(DataError, match="ingest manifest .*ingest.json is not valid JSON: RecursionError"):
+        read_manifest(tmp_path)
 
 
 def test_arrow_schema_only_check_accepts_any_integer_width(src, tmp_path):
