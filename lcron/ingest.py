@@ -58,8 +58,8 @@ from .data.source import INGEST_MANIFEST as MANIFEST_NAME
 from .data.source import REFERENCE_MODE, read_ingest_manifest
 from .progress import Progress
 
-__all__ = ["SYNTHETIC", "MANIFEST_NAME", "REFERENCE_MODE", "COPY_MODE", "VIDEO_INFO", "IngestResult", "is_synthetic", "synthetic_config",
-           "source_fingerprint", "ingest", "read_manifest", "add_ingest_arguments", "run_ingest",
+__all__ = ["SYNTHETIC", "MANIFEST_NAME", "REFERENCE_MODE", "COPY_MODE", "VIDEO_INFO", "IngestResult", "is_synthetic",
+           "synthetic_config", "source_fingerprint", "ingest", "read_manifest", "add_ingest_arguments", "run_ingest",
            "add_fingerprint_arguments", "run_fingerprint"]
 
 SYNTHETIC = "synthetic"
@@ -83,7 +83,7 @@ class IngestResult:
     fingerprint: str
     files: dict[str, dict[str, Any]]
     skipped: bool = False
-    mode: str = "copy"
+    mode: str = COPY_MODE
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -78,19 +78,12 @@ class PipelineOutputs(NamedTuple):
     model: Model
 
 
-class LocalPipelineOutputs(NamedTuple):
-    """Outputs of the kfp.local package: :class:`PipelineOutputs` and the serving step's
-    artifact and metrics (always present there; only a marker and no metric without
-    ``serving_eval``), which ``pipelines.run_local`` reads."""
-
-    metrics: Metrics
-    report: HTML
-    report_markdown: Markdown
-    report_files: Dataset
-    evaluation: Dataset
-    model: Model
-    serving: Dataset
-    serving_metrics: Metrics
+# Outputs of the kfp.local package: those of a cluster package and the serving step's
+# artifact and metrics (always present there; only a marker and no metric without
+# ``serving_eval``), which ``pipelines.run_local`` reads. Built from PipelineOutputs' fields
+# so the two packages cannot come to disagree on the outputs they share.
+LocalPipelineOutputs = NamedTuple("LocalPipelineOutputs", [*PipelineOutputs.__annotations__.items(),
+                                                           ("serving", Dataset), ("serving_metrics", Metrics)])
 
 
 def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = None, accelerator_count: int = 1,

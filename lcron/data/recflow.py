@@ -386,7 +386,8 @@ class RecFlowReader:
     read the days of a selection with one reader, in date order."""
 
     def __init__(self, source: "str | Source", *, max_missing_fraction: float = PREPROCESS.max_missing_fraction,
-                 max_no_gt_fraction: float = PREPROCESS.max_no_gt_fraction, tz_offset_hours: int = PREPROCESS.tz_offset_hours) -> None:
+                 max_no_gt_fraction: float = PREPROCESS.max_no_gt_fraction,
+                 tz_offset_hours: int = PREPROCESS.tz_offset_hours) -> None:
         if not 0.0 <= max_missing_fraction <= 1.0:
             raise ConfigError(f"max_missing_fraction must be in [0, 1], got {max_missing_fraction}")
         if not 0.0 <= max_no_gt_fraction <= 1.0:

@@ -53,8 +53,8 @@ from lcron.errors import ConfigError, DataError, OutputExistsError
 from lcron.progress import Progress
 from lcron.settings import Setting, SettingError, get_setting
 
-__all__ = ["FORMAT_VERSION", "ShardSet", "SHARDS_REFERENCE", "SHARDS_REFERENCE_KIND", "preprocess", "time_features", "build_day_arrays", "shard_dtypes",
-           "smallest_int_dtype", "config_hash", "memory_bound_mb"]
+__all__ = ["FORMAT_VERSION", "ShardSet", "SHARDS_REFERENCE", "SHARDS_REFERENCE_KIND", "preprocess", "time_features",
+           "build_day_arrays", "shard_dtypes", "smallest_int_dtype", "config_hash", "memory_bound_mb"]
 
 log = logging.getLogger(__name__)
 

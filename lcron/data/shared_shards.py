@@ -22,6 +22,7 @@ from typing import Any
 from lcron import atomic
 from lcron.data.shards import SHARDS_REFERENCE, SHARDS_REFERENCE_KIND, ShardSet, config_hash, preprocess
 from lcron.data.source import INGEST_MANIFEST, read_ingest_manifest
+from lcron.defaults import PREPROCESS
 from lcron.errors import ConfigError, DataError, OutputExistsError
 from lcron.settings import Setting, SettingError, get_setting
 
@@ -50,7 +51,8 @@ def shared_folder(source: "str | Path", shared_root: "str | Path", setting: "str
 
 
 def preprocess_shared(source: "str | Path", shared_root: "str | Path", setting: "str | int | Setting" = "two_stage",
-                      *, tz_offset_hours: int = 8, max_missing_fraction: float = 0.01, reference_quirks: bool = False,
+                      *, tz_offset_hours: int = PREPROCESS.tz_offset_hours,
+                      max_missing_fraction: float = PREPROCESS.max_missing_fraction, reference_quirks: bool = False,
                       **kwargs: Any) -> ShardSet:
     """Build (or find complete) the shared shard set of ``source`` (an ingest output) and ``setting``.
 
