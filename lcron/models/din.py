@@ -32,32 +32,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lcron.data import fields
-from lcron.models.embeddings import FeatureEmbedding, float_mask, require
+from lcron.models.embeddings import float_mask, require
 from lcron.models.fused import (attention_pool, blocked_attention_pool, compiled_attention_pool,
                                 compiled_inference_attention_pool)
-from lcron.models.layers import mlp, score_candidates, uniform_when_empty, use_reference_padding
+from lcron.models.layers import StageModel, mlp, score_candidates, uniform_when_empty
 
 ATTENTION_HIDDEN = 80
 HIDDEN = (128, 128, 32)
 
 
-class DIN(nn.Module):
+class DIN(StageModel):
     """Scores every candidate of a request with attention over the request's sequence."""
 
     def __init__(self, embedding_sizes: Mapping[str, int], dim: int = 8, compile: bool = False,
                  reference_quirks: bool = False) -> None:
-        super().__init__()
-        self.dim = int(dim)
-        self.reference_quirks = bool(reference_quirks)
-        self.embedding = FeatureEmbedding(embedding_sizes, self.dim)
-        if self.reference_quirks:
-            use_reference_padding(self.embedding)
+        super().__init__(embedding_sizes, dim, compile, reference_quirks)
         n_seq, n_id, n_time = len(fields.SEQ_FIELDS), len(fields.ITEM_ID_FIELDS), len(fields.ITEM_TIME_FIELDS)
         n_req = len(fields.CONTEXT_FIELDS) + len(fields.USER_FIELDS)
         self.attention = mlp([(n_seq + n_id) * self.dim, ATTENTION_HIDDEN, 1])
         self.head = mlp([(n_req + n_seq + n_id + n_time) * self.dim, *HIDDEN, 1])
-        # Not named ``compile``: that would shadow nn.Module.compile.
-        self.use_compile = bool(compile)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Logits [B, N] for ``batch`` (context, user, seq, seq_mask, items; see lcron.data.fields)."""

@@ -23,29 +23,21 @@ import torch
 from torch import Tensor, nn
 
 from lcron.data import fields
-from lcron.models.embeddings import FeatureEmbedding, float_mask, require
-from lcron.models.layers import mlp, sequence_mean, use_reference_padding
+from lcron.models.embeddings import float_mask, require
+from lcron.models.layers import StageModel, mlp, sequence_mean
 
 TOWER = (128, 64, 32)
 
 
-class DSSM(nn.Module):
+class DSSM(StageModel):
     """Two-tower model; ``forward(batch)`` = (user_vectors[:, None] * item_vectors).sum(-1)."""
 
     def __init__(self, embedding_sizes: Mapping[str, int], dim: int = 8, compile: bool = False,
                  reference_quirks: bool = False) -> None:
-        super().__init__()
-        self.dim = int(dim)
-        self.reference_quirks = bool(reference_quirks)
-        self.embedding = FeatureEmbedding(embedding_sizes, self.dim)
-        if self.reference_quirks:
-            use_reference_padding(self.embedding)
+        super().__init__(embedding_sizes, dim, compile, reference_quirks)
         n_user = len(fields.CONTEXT_FIELDS) + len(fields.USER_FIELDS) + len(fields.SEQ_FIELDS)
         self.user_tower = mlp([n_user * self.dim, *TOWER])
         self.item_tower = mlp([len(fields.ITEM_FIELDS) * self.dim, *TOWER])
-        # Accepted for a uniform interface; the towers are small dense layers that eager
-        # PyTorch already runs as single matmuls.
-        self.use_compile = bool(compile)
 
     @property
     def vector_dim(self) -> int:

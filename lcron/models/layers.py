@@ -3,13 +3,14 @@ and the reference-mode variants (METHODS.md section 7, "Reference model quirks")
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lcron.errors import ConfigError
+from lcron.models.embeddings import FeatureEmbedding
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -94,6 +95,26 @@ def use_reference_padding(embedding: nn.Module) -> None:
             embedding.weight[o + pad].zero_()
             rows[embedding.kinds.index(kind)] = o + pad
     embedding.padding_rows.copy_(rows)
+
+
+class StageModel(nn.Module):
+    """The opening every stage model shares: one :class:`FeatureEmbedding` of all id kinds
+    (``self.embedding``, created first so initialisation draws the same random numbers in
+    every model), the width ``dim``, the reference-mode flag with its cat1 padding row, and
+    the compile choice (DIN compiles its attention core; DSSM and MLP accept the choice for a
+    uniform interface - their small dense layers gain nothing from it). In one place so DSSM,
+    DIN and MLP cannot drift in how reference mode is set up."""
+
+    def __init__(self, embedding_sizes: Mapping[str, int], dim: int = 8, compile: bool = False,
+                 reference_quirks: bool = False) -> None:
+        super().__init__()
+        self.dim = int(dim)
+        self.reference_quirks = bool(reference_quirks)
+        self.embedding = FeatureEmbedding(embedding_sizes, self.dim)
+        if self.reference_quirks:
+            use_reference_padding(self.embedding)
+        # Not named ``compile``: that would shadow nn.Module.compile.
+        self.use_compile = bool(compile)
 
 
 def score_candidates(net: nn.Sequential, request_part: Tensor, candidate_parts: Sequence[Tensor]) -> Tensor:

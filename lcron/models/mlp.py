@@ -20,29 +20,21 @@ import torch
 from torch import Tensor, nn
 
 from lcron.data import fields
-from lcron.models.embeddings import FeatureEmbedding, float_mask, require
-from lcron.models.layers import mlp, score_candidates, sequence_mean, use_reference_padding
+from lcron.models.embeddings import float_mask, require
+from lcron.models.layers import StageModel, mlp, score_candidates, sequence_mean
 
 HIDDEN = (128, 64, 32)
 
 
-class MLP(nn.Module):
+class MLP(StageModel):
     """Pointwise candidate scorer without attention (the three-stage pre-rank model)."""
 
     def __init__(self, embedding_sizes: Mapping[str, int], dim: int = 8, compile: bool = False,
                  reference_quirks: bool = False) -> None:
-        super().__init__()
-        self.dim = int(dim)
-        self.reference_quirks = bool(reference_quirks)
-        self.embedding = FeatureEmbedding(embedding_sizes, self.dim)
-        if self.reference_quirks:
-            use_reference_padding(self.embedding)
+        super().__init__(embedding_sizes, dim, compile, reference_quirks)
         width = (len(fields.CONTEXT_FIELDS) + len(fields.USER_FIELDS) + len(fields.SEQ_FIELDS)
                  + len(fields.ITEM_FIELDS)) * self.dim
         self.head = mlp([width, *HIDDEN, 1])
-        # Accepted for a uniform interface; nothing in this model is worth compiling
-        # (measured: its forward+backward is a few per cent of a DIN's).
-        self.use_compile = bool(compile)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Logits [B, N] for ``batch`` (context, user, seq, seq_mask, items; see lcron.data.fields)."""
