@@ -115,6 +115,8 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 
 from lcron.atomic import atomic_open, write_json
+from lcron.data import fields
+from lcron.data import schemas as S
 from lcron.cpu_quota import THREAD_VARIABLES, usable_cpus
 from lcron.defaults import SYNTHETIC
 from lcron.errors import ConfigError, OutputExistsError
@@ -123,23 +125,21 @@ from lcron.outputs import file_sha256
 from lcron.progress import Progress
 
 # ----------------------------------------------------------------------------- layout
-STAGE_LABELS = ("realshow", "rerank_pos", "rerank_neg", "rank_pos", "rank_neg", "coarse_neg", "prerank_neg")
-DICT_COLUMNS = ("video_id", "author_id", "duration", "category_level_two", "upload_type",
-                "upload_timestamp", "category_level_one", "effective_view")
-SEQ_COLUMNS = ("video_id", "author_id", "category_level_two", "category_level_one", "upload_type",
-               "upload_timestamp", "duration_ms", "time_ms", "playing_time", "request_id")
-SEQ_LEN = 50
-REQUEST_COLUMNS = ("request_id", "request_timestamp", "user_id", "device_id", "age", "gender", "province")
-ITEM_COLUMNS = ("video_id", "author_id", "category_level_one", "category_level_two", "upload_type",
-                "upload_timestamp", "duration")
-FLAG_COLUMNS = ("realshow", "rerank_pos", "rerank_neg", "rank_pos", "rank_neg", "coarse_neg", "prerank_neg")
-INDEX_COLUMNS = ("rank_index", "rerank_index")
-FEEDBACK_COLUMNS = ("playing_time", "effective_view", "long_view", "like", "follow", "forward", "comment")
-ALL_STAGE_COLUMNS = REQUEST_COLUMNS + ITEM_COLUMNS + FLAG_COLUMNS + INDEX_COLUMNS + FEEDBACK_COLUMNS
+# The RecFlow layout is lcron.data.schemas' (the reader validates against the same names);
+# only the generator's own choices are spelled here.
+STAGE_LABELS = S.STAGE_LABELS
+FLAG_COLUMNS = S.STAGE_LABELS  # every stage label is also an all_stage 0/1 column
+DICT_COLUMNS = S.REQUEST_ID_DICT_COLUMNS
+SEQ_COLUMNS = S.SEQ_COLUMNS
+SEQ_LEN = fields.SEQ_LEN
+INDEX_COLUMNS = tuple(S.INDEX_COLUMNS.values())
+FEEDBACK_COLUMNS = S.FEEDBACK_COLUMNS
+ALL_STAGE_COLUMNS = tuple(c["name"] for c in S.ALL_STAGE_COLUMNS)  # the order the files are written in
+# others/id_cnt.pkl: the keys in the order this generator has always written them.
 ID_CNT_KEYS = ("user_id", "device_id", "age", "gender", "province", "video_id", "author_id",
                "category_level_one", "category_level_two", "upload_type")
-# How the published others/id_cnt.pkl spells two of its keys.
-PUBLISHED_SPELLINGS = {"video_id": "photo_id", "category_level_two": " category_level_two"}
+# How the published others/id_cnt.pkl spells two of its keys (the reader accepts both).
+PUBLISHED_SPELLINGS = {k: v[1] for k, v in S.ID_CNT_SPELLINGS.items() if len(v) > 1}
 MANIFEST_NAME = "synthetic_config.json"
 RECFLOW_SUBDIRS = ("all_stage", "realshow", "request_id_dict", "seq_effective_50_dict", "others")
 
