@@ -151,9 +151,13 @@ def run_cascade(stage_fns: Sequence[StageFn], quotas: Sequence[int], request: Ma
 
 
 def tie_priority(shape: tuple[int, int], seed: int, device: "str | torch.device" = "cpu") -> Tensor:
-    """Seeded uniform priorities [B, K] for ties at a cut-off (lower wins)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.rand(shape, generator=gen).to(device)
+    """Seeded uniform priorities [B, K] for ties at a cut-off (lower wins).
+
+    The same draw as the evaluation's score tie-break (``lcron.metrics.tie_priority``,
+    ``np.random.default_rng(seed)``), so serving and evaluation break a tie among the same
+    candidates the same way for the same seed (a test holds the two together). Written out
+    rather than imported: this file also runs on its own inside an exported folder."""
+    return torch.from_numpy(np.random.default_rng(int(seed)).random(shape)).to(device)
 
 
 # ---------------------------------------------------------------- request checking

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -92,3 +94,28 @@ def test_score_items_chunks_give_the_same_scores():
     whole = score_items(_stage(2.0), req, items, max_slots=10_000)
     assert torch.equal(whole, score_items(_stage(2.0), req, items, max_slots=6))  # one request per chunk
     assert torch.equal(whole, items[..., 0].float() * 2.0)
+
+
+def test_serving_and_evaluation_break_the_same_ties_the_same_way():
+    """Many tied scores at each cut-off: the serving cascade (torch, keep_top) and the
+    evaluation's cascade (numpy, metrics.cascade_survivors) keep the same candidates for the
+    same seed, and another seed keeps others - the tie-break is the shared seeded draw, not
+    the position."""
+    from lcron import metrics
+    from lcron.serving.loader import tie_priority
+
+    rng = np.random.default_rng(5)
+    b, k, quotas = 64, 30, (12, 5)
+    z1 = rng.integers(0, 3, (b, k)).astype(np.float32)  # three score levels: ties straddle every cut
+    z2 = rng.integers(0, 2, (b, k)).astype(np.float32)
+    alive = np.ones((b, k), bool)
+    for seed in (0, 7):
+        want = metrics.cascade_survivors([z1, z2], alive, quotas, seed=seed)
+        priority = tie_priority((b, k), seed)
+        np.testing.assert_array_equal(priority.numpy(), metrics.tie_priority((b, k), seed))
+        first = keep_top(torch.from_numpy(z1), torch.from_numpy(alive), quotas[0], priority)
+        second = keep_top(torch.from_numpy(z2), first, quotas[1], priority)
+        np.testing.assert_array_equal(first.numpy(), want[0])
+        np.testing.assert_array_equal(second.numpy(), want[1])
+    other = metrics.cascade_survivors([z1, z2], alive, quotas, seed=7)[1]
+    assert (other != metrics.cascade_survivors([z1, z2], alive, quotas, seed=0)[1]).any()
