@@ -279,7 +279,9 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     mode.check_match(cfg.reference_quirks, shard_set.reference_quirks, step="train", what=f"shard set {shard_set.root}",
                      fix="preprocess the data with the same --reference-quirks choice, or change it here")
     cfg = dataclasses.replace(cfg, loss_options=mode.implied_loss_options(cfg.method, cfg.loss_options,
-                                                                         cfg.reference_quirks))
+                                                                         cfg.reference_quirks),
+                              embedding_optimizer=mode.implied_embedding_optimizer(cfg.embedding_optimizer,
+                                                                                   cfg.reference_quirks))
     run_setting = _resolve_setting(shard_set.setting, setting, stages)
     cfg = dataclasses.replace(cfg, lr=float(cfg.lr),
                               loss_options=normalise_loss_options(cfg.method, cfg.loss_options, run_setting))
@@ -711,7 +713,8 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--embedding-optimizer", choices=EMBEDDING_OPTIMIZERS, default=DEFAULT_EMBEDDING_OPTIMIZER,
                         help="embedding tables: 'lazy' updates only the rows a batch touches (row-wise Adam), "
                         "'dense' is Adam on every row, as the reference; 'auto' (default) is dense on CUDA and "
-                        "for small tables, lazy on CPU from 1M rows per model (docs/embedding_optimizer.md)")
+                        "for small tables, lazy on CPU from 1M rows per model, always dense with --reference-quirks "
+                        "(docs/embedding_optimizer.md)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--day-snapshots", action=argparse.BooleanOptionalAction, default=False,
                         help="write checkpoints/DAY.pt after each training day: the per-day snapshots that "

@@ -174,3 +174,19 @@ def test_switch_implies_the_icc_loss_option(both_modes, tmp_path):
     # a method without that option is left alone
     train(both_modes[True], tmp_path / "bce", _cfg(True, "bce"), progress=False)
     assert json.loads((tmp_path / "bce" / "run.json").read_text())["loss_options"] == {}
+
+
+def test_reference_mode_keeps_the_published_dense_embedding_adam(both_modes, tmp_path, monkeypatch):
+    """``auto`` would pick lazy Adam on CPU for large tables; the published code steps Adam over
+    every row, so a reference-mode run trains dense unless lazy is asked for by name."""
+    from lcron import optim
+
+    monkeypatch.setattr(optim, "LAZY_MIN_ROWS", 1)  # every table counts as large here
+    train(both_modes[False], tmp_path / "default", _cfg(False), progress=False)
+    assert json.loads((tmp_path / "default" / "run.json").read_text())["train"]["embedding_optimizer"] == "lazy"
+    train(both_modes[True], tmp_path / "reference", _cfg(True), progress=False)
+    assert json.loads((tmp_path / "reference" / "run.json").read_text())["train"]["embedding_optimizer"] == "dense"
+    explicit = _cfg(True)
+    explicit.embedding_optimizer = "lazy"
+    train(both_modes[True], tmp_path / "lazy", explicit, progress=False)
+    assert json.loads((tmp_path / "lazy" / "run.json").read_text())["train"]["embedding_optimizer"] == "lazy"
