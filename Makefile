@@ -43,7 +43,7 @@ empty :=
 space := $(empty) $(empty)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench pipeline submit sweep-local sweep-local-reference reference-table compare image \
+.PHONY: help install run test bench pipeline submit sweep-local sweep-local-reference reference-table published-comparison compare image \
 	image-gpu push lint clean base-image wheelhouse wheelhouse-gpu lock test-docker test-docker-gpu image-refs
 
 help: ## list the targets
@@ -84,6 +84,10 @@ sweep-local-reference: $(STAMP) ## sweep-local in reference mode (reference_quir
 
 reference-table: $(STAMP) ## the faithful-vs-reference table of docs/reference.md (8 methods x 2 settings x 2 modes x 2 seeds)
 	$(PY) -m lcron.reference.table --out runs/reference-table
+
+published-comparison: $(STAMP) ## reference mode vs the published code (PUBLISHED=<kwai/LCRON checkout or git dir>) on one synthetic data set
+	@test -n "$(PUBLISHED)" || { echo "give PUBLISHED=<a checkout or bare git directory of github.com/kwai/LCRON>"; exit 2; }
+	$(PY) bench/published_comparison.py --published "$(PUBLISHED)" --out runs/published-comparison
 
 compare: $(STAMP) ## compare every evaluated run under COMPARE_PATHS (default runs/) into runs/compare
 	$(PY) -m lcron compare $(COMPARE_PATHS) --out $(COMPARE_OUT)
