@@ -119,6 +119,19 @@ def test_the_ninth_is_listed_with_its_options(ninth, capsys, monkeypatch):
         build_loss(ninth, stages=2, label_temp="0")
 
 
+def test_the_documented_listing_is_what_lcron_methods_prints(ninth):
+    """docs/methods.md shows `lcron methods lcron listnet` at 79 columns: the heading and LCRON
+    exactly, the example's entry up to its name (registered here under another)."""
+    text = DOC.read_text(encoding="utf-8").split("\n## Adding a method", 1)[1]
+    block = re.search(r"```\n\$ lcron methods lcron listnet\n(.*?)```", text, re.DOTALL)
+    assert block, "docs/methods.md: no listing of `lcron methods lcron listnet`"
+    shown = block.group(1).splitlines()
+    expected = (textwrap.fill(LISTING_HEADING, 79) + "\n" + describe_methods(width=79, only=["lcron"])).splitlines()
+    assert shown[:len(expected)] == expected
+    ninth_entry = describe_methods(width=79, only=[ninth]).replace(ninth, "listnet", 1)
+    assert " ".join(shown[len(expected):]).split() == ninth_entry.split()
+
+
 @pytest.mark.parametrize("setting", [TWO_STAGE, THREE_STAGE], ids=["two_stage", "three_stage"])
 def test_the_ninth_passes_the_loss_level_checks(ninth, setting):
     for check in generic.ALL_CHECKS:
