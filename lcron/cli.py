@@ -201,6 +201,34 @@ def _validate_run(a: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- methods
+def _methods_args(p: argparse.ArgumentParser) -> None:
+    # Plain arguments, no registry: the listing itself is built in _methods_run, so that
+    # `lcron --help` does not import the losses (torch).
+    p.add_argument("names", nargs="*", metavar="METHOD", help="list only these methods (default: every registered one)")
+    p.add_argument("--json", action="store_true",
+                   help="print the methods as JSON (name, summary, class, options with default, what they take "
+                        "and their checks) for scripts")
+
+
+def _methods_run(a: argparse.Namespace) -> int:
+    import json
+    import shutil
+    import textwrap
+
+    from lcron.losses.registry import LISTING_HEADING, describe_methods, method_info, methods
+
+    names = tuple(a.names) or methods()
+    infos = [method_info(name) for name in names]  # an unknown name is an error before any output
+    if a.json:
+        print(json.dumps(infos, indent=2))
+        return 0
+    width = max(shutil.get_terminal_size().columns - 2, 40)
+    print(textwrap.fill(LISTING_HEADING, width))
+    print(describe_methods(width=width, only=names))
+    return 0
+
+
 # --------------------------------------------------------------------------- bench
 def _bench_args(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
@@ -234,6 +262,12 @@ COMMANDS: list[Command] = [
           "fingerprint"),
     _lazy("ingest", "stage the chosen days of a source (or the synthetic default) into a folder", _ingest,
           "ingest"),
+    Command("methods", "list the registered training methods with their options (lcron train --method)",
+            _methods_args, _methods_run,
+            description="List every registered training method - the eight and any method added as one file "
+                        "in lcron/losses/ (docs/methods.md, Adding a method) - with its one-line summary and "
+                        "its options: KEY=DEFAULT (give one as lcron train --loss-option KEY=VALUE), the values "
+                        "it takes and the checks on them."),
     _lazy("train", "train one method on a shard set, one model folder per seed", _train, "train"),
     _lazy("import-reference", "models trained by the published LCRON code -> a run folder to evaluate",
           _reference_importer, "import_reference"),

@@ -688,13 +688,13 @@ def add_train_arguments(parser) -> None:
     import textwrap
 
     from .losses import METHODS
-    from .losses.registry import describe_methods
+    from .losses.registry import LISTING_HEADING, describe_methods
 
     # The registered methods and their options, generated from the registry (a method added as
-    # one file in lcron/losses/ is listed too); the raw formatter keeps the listing's layout.
+    # one file in lcron/losses/ is listed too) - the listing of `lcron methods`; the raw
+    # formatter keeps its layout.
     width = max(shutil.get_terminal_size().columns - 2, 40)
-    heading = textwrap.fill("registered methods (--method NAME) and their options (--loss-option KEY=VALUE), "
-                            "each as KEY=DEFAULT: the values it takes; the checks on them:", width)
+    heading = textwrap.fill(LISTING_HEADING, width)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = heading + "\n" + describe_methods(width=width)
     parser.add_argument("--shards", required=True, help="shard folder written by `lcron preprocess`")

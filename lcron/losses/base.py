@@ -100,7 +100,7 @@ class CascadeLoss(nn.Module):
     Subclasses take the setting as the first constructor argument and their options as
     keyword-only arguments with defaults; they implement :meth:`compute`. Register one
     with :func:`lcron.losses.register`. The first paragraph of a subclass's docstring is its
-    one-line description in ``lcron train --help``.
+    one-line description in ``lcron methods`` and ``lcron train --help``.
 
     Hooks a subclass may use: :meth:`compute` (required), the class attributes
     ``uses_slot_groups``, ``OPTION_PARSERS`` and ``OPTION_CHECKS``, :meth:`extra_repr`, and
@@ -118,7 +118,7 @@ class CascadeLoss(nn.Module):
     #: Checks of options' parsed values, option -> a check or a tuple of checks
     #: (:class:`lcron.losses.options.Check`, e.g. ``{"tau": positive}``): the registry runs them
     #: on every value given to ``build_loss``/``parse_options`` (not on None) and on the
-    #: defaults at registration, and ``lcron train --help`` lists them.
+    #: defaults at registration, and ``lcron methods`` lists them.
     OPTION_CHECKS: ClassVar[dict] = {}
 
     def __init__(self, setting: Setting) -> None:

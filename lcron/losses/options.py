@@ -11,8 +11,8 @@ Checks on a parsed value (:func:`positive`, :func:`in_range`) are :class:`Check`
 called ``check(method, option, value)``: a constructor may call one itself, and a class
 may declare them in ``OPTION_CHECKS`` (option -> check or tuple of checks), which the
 registry runs on every value that :func:`~lcron.losses.registry.parse_options` passes and
-lists in ``lcron train --help``. :func:`describe_parser` is the one-line text of a parser
-for that help.
+lists in ``lcron methods`` (and ``lcron train --help``). :func:`describe_parser` is the
+one-line text of a parser for that listing.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class Check:
     """A check of one option's parsed value: ``check(method, option, value)`` returns ``value``
     or raises :class:`ConfigError` ``"<method>: option <option>=<value> <message>"``.
 
-    ``text`` is how ``lcron train --help`` shows it (``"> 0"``). Call one in a constructor,
+    ``text`` is how ``lcron methods`` shows it (``"> 0"``). Call one in a constructor,
     or declare it in the class's ``OPTION_CHECKS`` so the registry runs and lists it.
     """
 
@@ -192,7 +192,7 @@ _PARSER_TEXT: dict[Any, str] = {
 
 
 def describe_parser(parser: Parser) -> str:
-    """What values a parser takes, in a few words (for ``lcron train --help``)."""
+    """What values a parser takes, in a few words (for ``lcron methods``)."""
     inner = getattr(parser, "optional_of", None)
     if inner is not None:
         return f"{describe_parser(inner)}, or none (the method's default)"

@@ -7,7 +7,8 @@ options are the keyword-only parameters of its constructor (with defaults); the 
 reads them from the signature, so ``build_loss`` accepts them as Python values or as
 strings from a command line and rejects unknown ones. Checks declared in the class's
 ``OPTION_CHECKS`` run on every parsed value; :func:`describe_methods` lists every method
-with its options and checks (the method list of ``lcron train --help``).
+with its options and checks (``lcron methods`` and the method list of ``lcron train --help``),
+:func:`method_info` is the same as data (``lcron methods --json``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ from .base import CascadeLoss
 from .options import Parser, describe_check, describe_parser, infer_parser
 
 __all__ = ["register", "unregister", "build_loss", "parse_options", "method_options", "methods", "get_method",
-           "OptionSpec", "discover", "describe_methods"]
+           "OptionSpec", "discover", "describe_methods", "method_info", "LISTING_HEADING"]
+
+#: The line above a :func:`describe_methods` listing (``lcron methods``, ``lcron train --help``).
+LISTING_HEADING = ("registered methods (lcron train --method NAME) and their options (--loss-option KEY=VALUE), "
+                   "each as KEY=DEFAULT: the values it takes; the checks on them:")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -48,11 +53,17 @@ class OptionSpec:
         return f"{self.name} (default {self.default!r})"
 
     def help_text(self) -> str:
-        """``name=DEFAULT: what it takes[; checks]`` as ``lcron train --help`` lists it."""
+        """``name=DEFAULT: what it takes[; checks]`` as ``lcron methods`` lists it."""
         text = f"{self.name}={_cli_value(self.default)}: {describe_parser(self.parse)}"
         if self.checks:
             text += "; " + ", ".join(describe_check(c) for c in self.checks)
         return text
+
+    def as_dict(self) -> dict[str, Any]:
+        """The option as plain data for ``lcron methods --json``: the default as written on a
+        command line (``--loss-option name=DEFAULT`` takes it back), what it takes, its checks."""
+        return {"name": self.name, "default": _cli_value(self.default), "takes": describe_parser(self.parse),
+                "checks": [describe_check(c) for c in self.checks]}
 
 
 _REGISTRY: dict[str, type[CascadeLoss]] = {}
@@ -210,6 +221,15 @@ def _summary(cls: type[CascadeLoss]) -> str:
     """The first paragraph of the class's own docstring (else of its module's), on one line."""
     doc = cls.__dict__.get("__doc__") or getattr(inspect.getmodule(cls), "__doc__", None) or ""
     return " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+
+
+def method_info(name: str) -> dict[str, Any]:
+    """Method ``name`` as plain data (what :func:`describe_methods` prints): its name, the
+    one-line summary from its class's docstring, its class and its options
+    (:meth:`OptionSpec.as_dict`). JSON-ready, for scripts that list the methods."""
+    cls = get_method(name)
+    return {"name": name, "summary": _summary(cls), "class": f"{cls.__module__}.{cls.__qualname__}",
+            "options": [spec.as_dict() for spec in _OPTIONS[name].values()]}
 
 
 def describe_methods(width: int = 79, only: Iterable[str] | None = None) -> str:

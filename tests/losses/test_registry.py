@@ -20,7 +20,7 @@ from lcron.errors import ConfigError, DataError, LcronError
 from lcron import cli
 from lcron.losses import METHODS, LossOutput, build_loss, parse_options, register
 from lcron.losses.options import Check, in_range, positive
-from lcron.losses.registry import describe_methods, discover, method_options, unregister
+from lcron.losses.registry import LISTING_HEADING, describe_methods, discover, method_options, unregister
 from lcron.settings import THREE_STAGE, TWO_STAGE, Setting
 
 from .generic import padded_inputs as _inputs
@@ -400,3 +400,47 @@ def test_the_eight_methods_declare_their_checks(method, option, bad):
     with pytest.raises(ConfigError, match=rf"^{method}: option {option}=.* must be"):
         parse_options(method, {option: bad})
     assert method_options(method)[option].help_text().split("; ")[-1] in ("> 0", "in [0, 1]")
+
+
+# ----------------------------------------------------------------- lcron methods
+def _lcron(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_lcron_methods_lists_every_registered_method_with_its_options(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = _lcron(capsys, "methods")
+    assert code == 0 and err == ""
+    assert out == textwrap.fill(LISTING_HEADING, 198) + "\n" + describe_methods(width=198) + "\n"
+    heads = [line.split(" - ")[0].strip() for line in out.splitlines()[1:] if not line.startswith("      ")]
+    assert heads == list(losses.METHODS) and set(EIGHT) <= set(heads)
+    assert "      tau=50.0: a number; > 0" in out.split("  lcron - ")[1].splitlines()
+    assert "      mu=0.8: a number; in [0, 1]" in out.splitlines()
+
+
+def test_lcron_methods_names_some_methods_and_refuses_unknown_ones(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = _lcron(capsys, "methods", "lcron", "bce")
+    assert code == 0 and out.splitlines()[1:] == describe_methods(width=198, only=["lcron", "bce"]).splitlines()
+    code, out, err = _lcron(capsys, "methods", "bce", "lcorn")
+    assert code == 2 and out == ""  # checked before anything is printed
+    assert err.strip() == f"lcron methods: error: unknown method 'lcorn'; known methods: {', '.join(losses.METHODS)}"
+
+
+def test_lcron_methods_json_round_trips_the_defaults(capsys):
+    code, out, _ = _lcron(capsys, "methods", "--json")
+    assert code == 0
+    listed = json.loads(out)
+    assert [m["name"] for m in listed] == list(losses.METHODS)
+    for entry in listed:
+        specs = method_options(entry["name"])
+        assert [o["name"] for o in entry["options"]] == list(specs)
+        assert entry["class"].endswith(losses.get_method(entry["name"]).__qualname__)
+        for option in entry["options"]:
+            # The default is written as on a command line: --loss-option NAME=DEFAULT gives it back.
+            parsed = parse_options(entry["name"], {option["name"]: option["default"]})[option["name"]]
+            assert parsed == specs[option["name"]].default, (entry["name"], option)
+    lcron_tau = next(o for o in next(m for m in listed if m["name"] == "lcron")["options"] if o["name"] == "tau")
+    assert lcron_tau == {"name": "tau", "default": "50.0", "takes": "a number", "checks": ["> 0"]}

@@ -23,6 +23,10 @@ from pipelines.submit import (ALL_METHODS, KfpTarget, RunSpec, SweepStopped, Wav
 
 REV, STAMP = "4ec343c", "20250114T093000Z"
 
+#: The runs of a full sweep, one per registered method and setting: 16 for the spec's eight,
+#: more when a method was added as one file in lcron/losses/ (it is swept too).
+FULL = 2 * len(ALL_METHODS)
+
 
 # --------------------------------------------------------------------------- names and plan
 
@@ -47,9 +51,12 @@ def test_submission_stamp_is_utc():
     assert submit.submission_stamp(tokyo) == "20250114T093000Z"
 
 
-def test_full_sweep_plan_is_16_distinct_runs_named_by_commit_and_time():
+def test_full_sweep_plan_is_two_distinct_runs_per_method_named_by_commit_and_time():
+    from losses.spec import EIGHT  # the spec's eight (tests/losses/spec.py)
+
     runs = plan_runs(ALL_METHODS, [2, 3], [1, 2, 3], {"batch_size": 512}, revision=REV, stamp=STAMP)
-    assert len(runs) == 16 and len({r.name for r in runs}) == 16
+    assert len(runs) == FULL >= 16 and len({r.name for r in runs}) == FULL
+    assert set(EIGHT) <= {r.method for r in runs}
     first = runs[0]
     assert first.name == f"bce-2stage-seed1-3-{REV}-{STAMP}"
     assert first.params == {"batch_size": 512, "method": "bce", "stages": 2, "seeds": [1, 2, 3]}
@@ -99,7 +106,7 @@ def _names(wave: Wave) -> list[str]:
 def test_waves_share_ingest_then_one_preprocess_per_setting():
     runs = plan_runs(ALL_METHODS, [2, 3], [1], revision=REV, stamp=STAMP)
     waves = plan_waves(runs)
-    assert [len(w.runs) for w in waves] == [1, 1, 14]
+    assert [len(w.runs) for w in waves] == [1, 1, FULL - 2]
     assert [w.wait_for for w in waves] == ["ingest", "preprocess", None]
     assert [(r.method, r.stages) for w in waves[:2] for r in w.runs] == [("bce", 2), ("bce", 3)]
     assert sorted(r.name for w in waves for r in w.runs) == sorted(r.name for r in runs)
@@ -112,7 +119,7 @@ def test_waves_share_ingest_then_one_preprocess_per_setting():
     assert [(_names(w), w.wait_for) for w in plan_waves(plan_runs(["lcron"], [2], [1]))] == [
         (["lcron-2stage-seed1"], None)]
     everything = plan_waves(runs, wait_shared=False)
-    assert len(everything) == 1 and len(everything[0].runs) == 16 and everything[0].wait_for is None
+    assert len(everything) == 1 and len(everything[0].runs) == FULL and everything[0].wait_for is None
 
 
 # --------------------------------------------------------------------------- packages per target
@@ -318,7 +325,7 @@ def test_kfp_uploads_a_version_and_submits_in_waves(packages):
     assert client.uploads == [("pipeline", "lcron-cascade", package_text), ("version", version, package_text)]
     assert client.experiment == ("paper", None)
     # every run from that version, none from a package file
-    assert len(out) == 16 and {r["version_id"] for r in client.runs.values()} == {"version-2"}
+    assert len(out) == FULL and {r["version_id"] for r in client.runs.values()} == {"version-2"}
     assert {r["pipeline_id"] for r in client.runs.values()} == {"pipeline-1"}
     assert all(r["pipeline_package_path"] is None for r in client.runs.values())
     first = client.runs["run-1"]
@@ -336,12 +343,12 @@ def test_kfp_uploads_a_version_and_submits_in_waves(packages):
         if kind == "poll":
             last_polls[rest[0]] = max(last_polls.get(rest[0], -1), rest[1])
     assert last_polls == {runs[0].name: 5, runs[1].name: 2}  # preprocess done: 2-stage at poll 5, 3-stage at 2
-    assert len(submits) == 16 and submits[2] > ev.index(("poll", runs[0].name, 5))
+    assert len(submits) == FULL and submits[2] > ev.index(("poll", runs[0].name, 5))
     # progress while waiting, and what each wait ended with
     text = "\n".join(log)
     assert "waiting for ingest of bce-2stage" in text and "ingest RUNNING" in text
     assert f"{runs[1].name}: fingerprint SUCCEEDED, ingest SKIPPED, preprocess SUCCEEDED" in text
-    assert text.count("submitted ") == 16
+    assert text.count("submitted ") == FULL
 
 
 def test_kfp_reuses_an_uploaded_version(packages):
@@ -368,9 +375,9 @@ def test_a_failed_preprocess_stops_the_sweep_with_the_run_name(packages):
         submit_kfp(client, packages["kfp"], plan_waves(runs), "paper", version="v", **_wait([]))
     message = str(exc.value)
     assert f"first run {runs[1].name} (run-2) failed: preprocess FAILED" in message
-    assert "changed since ingest referenced it" in message and "14 run(s) not submitted" in message
+    assert "changed since ingest referenced it" in message and f"{FULL - 2} run(s) not submitted" in message
     assert [s.name for s in exc.value.submitted] == [runs[0].name, runs[1].name]
-    assert len(exc.value.not_submitted) == 14 and runs[2].name in exc.value.not_submitted
+    assert len(exc.value.not_submitted) == FULL - 2 and runs[2].name in exc.value.not_submitted
     assert len(client.runs) == 2
 
 
@@ -454,7 +461,7 @@ def test_vertex_without_aiplatform_says_what_to_install(monkeypatch, packages):
 def test_vertex_job_ids_are_unique_and_valid():
     runs = plan_runs(ALL_METHODS, [2, 3], [1], revision="4ec343c-dirty", stamp=STAMP)
     ids = [submit.vertex_job_id(r.name) for r in runs]
-    assert len(set(ids)) == 16
+    assert len(set(ids)) == FULL
     assert all(submit.re.fullmatch(r"[a-z][-a-z0-9]{0,127}", i) for i in ids)
     assert submit.vertex_job_id("ARF_v2-2stage") == "arf-v2-2stage"
     assert submit.vertex_job_id("1x-lcron") == "run-1x-lcron"
@@ -546,7 +553,7 @@ def test_real_vertex_pipeline_jobs_from_the_compiled_gpu_package(packages):
                                  pipeline_root="gs://b/root", labels=submit.vertex_labels(REV, STAMP),
                                  credentials=AnonymousCredentials())
     jobs = [target.job(spec) for spec in runs]
-    assert len({job.job_id for job in jobs}) == 16
+    assert len({job.job_id for job in jobs}) == FULL
     resource = jobs[-1]._gca_resource  # the PipelineJob proto that submit() would send
     assert resource.display_name == runs[-1].name
     assert resource.pipeline_spec["pipelineInfo"]["name"] == "lcron-cascade"
@@ -635,7 +642,7 @@ def test_main_dry_run_prints_version_and_waves(packages, capsys, monkeypatch):
     assert lines[1] == "wave 1: 1 run(s), then wait for ingest"
     assert lines[2].startswith(f"  bce-2stage-seed1-3-{REV}-{STAMP}: ") and "'batch_size': 256" in lines[2]
     assert lines[3] == "wave 2: 1 run(s), then wait for preprocess"
-    assert lines[5] == "wave 3: 14 run(s)" and len(lines) == 6 + 14
+    assert lines[5] == f"wave 3: {FULL - 2} run(s)" and len(lines) == 6 + FULL - 2
     assert "by tag, not by pushed digest" in captured.err
     assert submit.main(["--package", str(packages["kfp"]), "--stages", "2,3", "--dry-run", "--no-wait-shared"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "wave 1: 2 run(s)"
