@@ -271,7 +271,7 @@ class FinishedRun:
 
     @property
     def reference_quirks(self) -> bool:
-        """Whether the run was trained in the reference's mode (lcron.reference.mode)."""
+        """Whether the run was trained in the reference's mode (lcron.reference_policy.mode)."""
         from .reference_policy import mode
 
         return mode.recorded(self.config)
