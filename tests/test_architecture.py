@@ -46,7 +46,7 @@ def test_every_module_is_in_the_architecture_table_and_every_entry_exists():
 
 
 READERS = ["lcron/evaluate.py", "lcron/evaluation", "lcron/serving/evaluate.py", "lcron/serving/export.py",
-           "lcron/serving/results.py", "lcron/report.py", "lcron/compare.py", "lcron/run_folder.py", "lcron/render.py"]
+           "lcron/evaluation/serving_results.py", "lcron/report.py", "lcron/compare.py", "lcron/run_folder.py", "lcron/render.py"]
 TRAINER = ("lcron.train", "lcron.train_step", "lcron.optim")
 
 
