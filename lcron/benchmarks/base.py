@@ -56,7 +56,7 @@ STAGES: tuple[int, ...] = (2, 3)
 SETTING_NAMES = {2: "two_stage", 3: "three_stage"}
 
 #: The module whose ``--worker STEP ARGS`` runs a measured step in a child process.
-WORKER_MODULE = "lcron.bench"
+WORKER_MODULE = "lcron.benchmarks"
 
 
 @dataclass

@@ -64,9 +64,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lcron.atomic import atomic_open, write_json
-from lcron.bench_vocab import RECFLOW_ID_COUNTS, VocabularyScaledShards, bench_train_vocab, dir_bytes, resume_checkpoint
 from lcron.benchmarks.base import (RUN_PARAMS, SETTING_NAMES, SIZES, STAGES, BenchContext, all_days, environment,
                                    loadavg, memory_mb, rounded, run_child, run_evaluate_worker, run_worker)
+from lcron.benchmarks.vocabulary import (RECFLOW_ID_COUNTS, VocabularyScaledShards, bench_train_vocab, dir_bytes,
+                                         resume_checkpoint)
 from lcron.errors import ConfigError
 from lcron.memtrim import available_bytes
 
@@ -96,7 +97,7 @@ def register(name: str) -> Callable[[BenchFn], BenchFn]:
     return deco
 
 #: The child that runs an ``lcron`` command in its own process (the ``eval_proc`` row), started by name.
-COMMAND_MODULE = "lcron.benchmarks.command"
+COMMAND_MODULE = "lcron.measured_command"
 
 
 # ------------------------------------------------------------------ child runs
@@ -637,11 +638,8 @@ def run_benchmarks(mode: str = "default", json_path: str | Path | None = "build/
 def main(argv: list[str]) -> int:
     """``python -m lcron.bench --worker STEP ARGS`` (a benchmark child) or ``--profile METHOD ...``."""
     if argv and argv[0] == "--profile":
-        from lcron.profile import profile_main
+        from lcron.benchmarks.profiler import profile_main
 
         return profile_main(argv[1:])
     return _worker_main(argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
