@@ -306,6 +306,35 @@ def test_every_import_goes_to_the_same_or_a_lower_layer():
     assert not problems, "\n".join(problems)
 
 
+def _diagram_layers() -> dict[int, set[str]]:
+    """Layer number -> the `file.py` and `folder/` names on its rows of the diagram under
+    "### Layers" in docs/architecture.md (a row starts with its number; the rows under it
+    that start with spaces continue it)."""
+    text = (ROOT / "docs" / "architecture.md").read_text().split("### Layers", 1)[1]
+    diagram = text.split("```", 2)[1]
+    rows: dict[int, set[str]] = {}
+    current = None
+    for line in diagram.splitlines():
+        number = re.match(r"(\d+) ", line)
+        if number:
+            current = int(number.group(1))
+        if current is not None:
+            rows.setdefault(current, set()).update(re.findall(r"[\w/]+(?:\.py|/)", line))
+    return rows
+
+
+def test_the_architecture_diagram_draws_the_tested_layers():
+    modules = _modules(LIBRARY, "lcron")
+    rows = _diagram_layers()
+    assert sorted(rows) == list(range(1, len(LAYERS) + 1))
+    for number, (name, entries) in enumerate(LAYERS, start=1):
+        expected = set()
+        for entry in entries:
+            rel = "/".join(entry.split(".")[1:])
+            expected.add("lcron/__init__.py" if entry == "lcron" else rel + "/" if modules[entry][1] else rel + ".py")
+        assert expected <= rows[number], f"layer {number} ({name}) lacks {sorted(expected - rows[number])} in the diagram"
+
+
 def test_the_layer_check_finds_upward_imports_and_unplaced_modules(tmp_path):
     """The layer check must be able to fail: a synthetic package whose bottom module imports
     a top one inside a function through a relative import, a module in no layer, one in two,
