@@ -44,7 +44,7 @@ def serving(
     import os
 
     from lcron import atomic
-    from lcron.serving.results import serving_metric_means
+    from lcron.evaluation.serving_results import serving_metric_means
     from lcron.serving.evaluate import serving_evaluate
 
     if not enabled:

@@ -244,7 +244,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_run(a: argparse.Namespace) -> int:
-    from lcron.bench import run_benchmarks
+    from lcron.benchmarks.suite import run_benchmarks
 
     mode = "full" if a.full else "quick" if a.quick else "default"
     run_benchmarks(mode=mode, json_path=a.json, data_dir=a.data_dir, only=a.only, progress=not a.quiet,

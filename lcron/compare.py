@@ -57,11 +57,11 @@ from .errors import ConfigError, DataError, IncompleteOutputError, LcronError
 from .logs import get_logger
 from .evaluation.results import (EVALUATION_KIND, KIND, load_per_request, metric_label, npz_name,
                                  require_complete_evaluation)
+from .evaluation.serving_results import KIND as SERVING_KIND
+from .evaluation.serving_results import SERVING_FILE, load_serving, serving_metric_key
 from .jsonfile import read_json
 from .remote import RemoteFolder, is_remote, size_text
 from .render import Section, Table, format_cell, guard_page, write_page
-from .serving.results import KIND as SERVING_KIND
-from .serving.results import SERVING_FILE, load_serving, serving_metric_key
 
 COMPARE_KIND = "lcron-comparison"
 HEADLINE = "joint_recall"

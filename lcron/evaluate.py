@@ -165,9 +165,9 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
     quota tuples (default :func:`default_quota_grid`). ``tie_seed`` seeds the metric
     tie-breaks (the same seed for every run makes runs comparable request by request).
     ``reference_quirks``: None follows the run's mode; True/False must match it. A
-    reference-mode run is evaluated with the reference's protocol (lcron.reference.protocol).
+    reference-mode run is evaluated with the reference's protocol (lcron.reference_policy.protocol).
     """
-    from .reference import mode
+    from .reference_policy import mode
 
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
@@ -364,8 +364,8 @@ def _evaluate_unit(unit: Unit, shard_set: Any, seeds: list[int], setting: Settin
                    timing: dict[str, float], reference_batch: int | None = None) -> UnitResult:
     """Score the unit's days with every seed's model and compute every metric; adds the time
     spent loading + scoring and computing metrics to ``timing``. ``reference_batch``: use the
-    reference's protocol (lcron.reference.protocol) with that batch size."""
-    from .reference import protocol
+    reference's protocol (lcron.reference_policy.protocol) with that batch size."""
+    from .reference_policy import protocol
 
     t0 = time.perf_counter()
     day_arrays = [shard_set.load_day(d) for d in unit.days]

@@ -4,7 +4,7 @@ The three views are rendered by :mod:`lcron.render` from one list of sections, s
 cannot disagree. This module decides what the sections of a run's report are and reads
 their inputs through the modules that own them: the run folder (:mod:`lcron.run_folder`),
 the evaluation folder (:mod:`lcron.evaluation.results`) and the serving result
-(:mod:`lcron.serving.results`).
+(:mod:`lcron.evaluation.serving_results`).
 
 Contents: configuration; the metric table (mean ± std over seeds, with n); the GT funnel;
 the quota sweep (table + plot); streaming results per day (streaming evaluations);
@@ -29,10 +29,10 @@ from typing import Any, Mapping, Sequence
 from . import atomic
 from .errors import ConfigError, DataError
 from .evaluation.results import load_metrics, metric_label
+from .evaluation.serving_results import SERVING_FILE, find_serving, load_serving, serving_metric_means
 from .jsonfile import read_json
 from .render import Section, Table, count_value, guard_page, write_page
 from .run_folder import read_run_config, read_summaries, read_train_logs
-from .serving.results import SERVING_FILE, find_serving, load_serving, serving_metric_means
 
 REPORT_KIND = "lcron-report"
 #: What the report reads of each seed folder of a run, besides the run's run.json

@@ -271,8 +271,8 @@ class FinishedRun:
 
     @property
     def reference_quirks(self) -> bool:
-        """Whether the run was trained in the reference's mode (lcron.reference.mode)."""
-        from .reference import mode
+        """Whether the run was trained in the reference's mode (lcron.reference_policy.mode)."""
+        from .reference_policy import mode
 
         return mode.recorded(self.config)
 

@@ -271,7 +271,7 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     ``max_steps_per_day`` caps the steps of each day (benchmarks and smoke tests).
     """
     from .data.shards import ShardSet
-    from .reference import mode
+    from .reference_policy import mode
 
     cfg.validate()
     device = resolve_device(cfg.device)  # first: a GPU that cannot be used is said before any data is read

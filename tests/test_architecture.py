@@ -1,8 +1,8 @@
 """The module layout: docs/architecture.md describes every module of the library, the
 steps that read a finished run (evaluation, serving evaluation, export, report, compare)
-do so without importing the trainer, the library's imports form no circle, no module
-imports another one's private names, and no module is imported by a name in a string
-(except the listed plug-in discovery)."""
+do so without importing the trainer, the library's imports form no circle and never run up
+its layers (:data:`LAYERS`), no module imports another one's private names, and no module is
+imported by a name in a string (except the listed plug-in discovery)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_every_module_is_in_the_architecture_table_and_every_entry_exists():
 
 
 READERS = ["lcron/evaluate.py", "lcron/evaluation", "lcron/serving/evaluate.py", "lcron/serving/export.py",
-           "lcron/serving/results.py", "lcron/report.py", "lcron/compare.py", "lcron/run_folder.py", "lcron/render.py"]
+           "lcron/report.py", "lcron/compare.py", "lcron/run_folder.py", "lcron/render.py"]  # evaluation/: serving.json too
 TRAINER = ("lcron.train", "lcron.train_step", "lcron.optim")
 
 
@@ -230,8 +230,8 @@ def _dynamic_imports(path: Path) -> list[str]:
 
 def test_the_library_has_no_import_circles():
     graph = _import_graph(LIBRARY, "lcron")
-    assert {"lcron.bench", "lcron.benchmarks.base", "lcron.cli", "lcron.data.recflow"} <= set(graph)
-    assert "lcron.benchmarks.base" in graph["lcron.bench"]  # function-level and absolute imports are seen
+    assert {"lcron.benchmarks.suite", "lcron.benchmarks.base", "lcron.cli", "lcron.data.recflow"} <= set(graph)
+    assert "lcron.benchmarks.base" in graph["lcron.benchmarks.suite"]  # function-level and absolute imports are seen
     circles = _circles(graph)
     assert not circles, "\n".join(_describe(graph, c) for c in circles)
 
@@ -245,6 +245,126 @@ def test_every_import_in_the_library_is_a_statement():
     found = [f"{p.relative_to(ROOT).as_posix()}: {hit}" for p in sorted(LIBRARY.rglob("*.py"))
              if p.relative_to(ROOT).as_posix() not in DYNAMIC_IMPORTS for hit in _dynamic_imports(p)]
     assert found == []
+
+
+# ------------------------------------------------------------------ the layers
+# The library's layers, bottom first (docs/architecture.md draws them). A module imports
+# modules of its own layer or of a lower one, never of a higher one: what is low can be read,
+# tested and reused without what stands on it. Inside a layer the circle check keeps an
+# order. An entry is a module or a package (the package and every module under it); the
+# root package ``lcron`` (its __init__: version, logger, thread pools) is an entry of its
+# own. Every module is in exactly one layer, so a new module must be placed here.
+LAYERS: list[tuple[str, set[str]]] = [
+    ("foundation: errors, defaults, hashing, atomic files, output markers, logging, progress, "
+     "memory and CPU quota, tables, plots, provenance - nothing about cascades",
+     {"lcron", "lcron.errors", "lcron.defaults", "lcron.hashing", "lcron.atomic", "lcron.jsonfile",
+      "lcron.safe_pickle", "lcron.outputs", "lcron.logs", "lcron.progress", "lcron.memtrim", "lcron.cpu_quota",
+      "lcron.render", "lcron.plots", "lcron.provenance"}),
+    ("definitions: settings as data, metrics, losses, embedding optimizers, devices, the reference policy",
+     {"lcron.settings", "lcron.metrics", "lcron.losses", "lcron.optim", "lcron.devices", "lcron.reference_policy"}),
+    ("data: the RecFlow layout, shards, the synthetic generator, ingest, remote folders, batches",
+     {"lcron.data", "lcron.ingest", "lcron.remote", "lcron.batches"}),
+    ("models", {"lcron.models"}),
+    ("the steps' parts: the training step, the run-folder reader, the evaluation's parts and result readers",
+     {"lcron.train_step", "lcron.run_folder", "lcron.evaluation"}),
+    ("the steps: train, evaluate, serving evaluation and export, report, compare",
+     {"lcron.train", "lcron.evaluate", "lcron.serving", "lcron.report", "lcron.compare"}),
+    ("tools that run the steps: the reference tools, the benchmark harness", {"lcron.reference", "lcron.benchmarks"}),
+    ("the command line", {"lcron.cli", "lcron.__main__"}),
+    ("above the command line: the benchmark child that runs it", {"lcron.measured_command"}),
+]
+
+
+def _layer_problems(graph: dict[str, dict[str, list[tuple[int, str | None]]]],
+                    layers: list[tuple[str, set[str]]], package: str) -> list[str]:
+    """Every import from a lower layer to a higher one, every module in no layer or in more
+    than one, and every layer entry that names no module."""
+    def layers_of(module: str) -> list[int]:
+        return [i for i, (_, entries) in enumerate(layers) for entry in sorted(entries)
+                if module == entry or (entry != package and module.startswith(entry + "."))]
+
+    problems = [f"layer entry {entry} names no module" for _, entries in layers for entry in sorted(entries)
+                if not any(m == entry or m.startswith(entry + ".") for m in graph)]
+    where: dict[str, int] = {}
+    for module in sorted(graph):
+        found = layers_of(module)
+        if len(found) == 1:
+            where[module] = found[0]
+        else:
+            problems.append(f"{module} is in {len(found)} layers {[i + 1 for i in found]}; it must be in one")
+    for module, targets in sorted(graph.items()):
+        for target, uses in sorted(targets.items()):
+            if module in where and target in where and where[target] > where[module]:
+                names = ", ".join(sorted({n or "(module)" for _, n in uses}))
+                problems.append(f"{module} (layer {where[module] + 1}) imports {target} (layer {where[target] + 1}: "
+                                f"{layers[where[target]][0].split(':')[0]}) at line {uses[0][0]} ({names})")
+    return problems
+
+
+def test_every_import_goes_to_the_same_or_a_lower_layer():
+    problems = _layer_problems(_import_graph(LIBRARY, "lcron"), LAYERS, "lcron")
+    assert not problems, "\n".join(problems)
+
+
+def _diagram_layers() -> dict[int, set[str]]:
+    """Layer number -> the `file.py` and `folder/` names on its rows of the diagram under
+    "### Layers" in docs/architecture.md (a row starts with its number; the rows under it
+    that start with spaces continue it)."""
+    text = (ROOT / "docs" / "architecture.md").read_text().split("### Layers", 1)[1]
+    diagram = text.split("```", 2)[1]
+    rows: dict[int, set[str]] = {}
+    current = None
+    for line in diagram.splitlines():
+        number = re.match(r"(\d+) ", line)
+        if number:
+            current = int(number.group(1))
+        if current is not None:
+            rows.setdefault(current, set()).update(re.findall(r"[\w/]+(?:\.py|/)", line))
+    return rows
+
+
+def test_the_architecture_diagram_draws_the_tested_layers():
+    modules = _modules(LIBRARY, "lcron")
+    rows = _diagram_layers()
+    assert sorted(rows) == list(range(1, len(LAYERS) + 1))
+    for number, (name, entries) in enumerate(LAYERS, start=1):
+        expected = set()
+        for entry in entries:
+            rel = "/".join(entry.split(".")[1:])
+            expected.add("lcron/__init__.py" if entry == "lcron" else rel + "/" if modules[entry][1] else rel + ".py")
+        assert expected <= rows[number], f"layer {number} ({name}) lacks {sorted(expected - rows[number])} in the diagram"
+
+
+def test_the_layer_check_finds_upward_imports_and_unplaced_modules(tmp_path):
+    """The layer check must be able to fail: a synthetic package whose bottom module imports
+    a top one inside a function through a relative import, a module in no layer, one in two,
+    and an entry that names nothing."""
+    pkg = tmp_path / "lcron"
+    files = {
+        "__init__.py": "",
+        "low.py": "X = 1\n",
+        "mid.py": "from .low import X\nfrom lcron import peer\n",       # lower layer, same layer: fine
+        "peer.py": "import lcron.low\n",
+        "sub/__init__.py": "",
+        "sub/deep.py": "from ..mid import X\n",                          # a package entry covers its modules
+        "top.py": "from lcron.sub.deep import X\n",
+    }
+    for name, text in files.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / name).write_text(text)
+    layers = [("bottom", {"lcron", "lcron.low"}), ("middle", {"lcron.mid", "lcron.peer", "lcron.sub"}),
+              ("top", {"lcron.top"})]
+    assert _layer_problems(_import_graph(pkg, "lcron"), layers, "lcron") == []
+    (pkg / "low.py").write_text("X = 1\n\ndef later():\n    from .top import X\n    return X\n")
+    assert _layer_problems(_import_graph(pkg, "lcron"), layers, "lcron") == [
+        "lcron.low (layer 1) imports lcron.top (layer 3: top) at line 4 (X)"]
+    (pkg / "low.py").write_text("X = 1\n")
+    (pkg / "extra.py").write_text("")
+    misplaced = [*layers[:2], ("top", {"lcron.top", "lcron.sub.deep", "lcron.gone"})]
+    assert _layer_problems(_import_graph(pkg, "lcron"), misplaced, "lcron") == [
+        "layer entry lcron.gone names no module",
+        "lcron.extra is in 0 layers []; it must be in one",
+        "lcron.sub.deep is in 2 layers [2, 3]; it must be in one"]
 
 
 def test_the_layer_checks_find_circles_and_private_imports(tmp_path):

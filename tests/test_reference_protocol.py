@@ -12,7 +12,7 @@ from lcron.data.synthetic import generate
 from lcron.errors import ConfigError, DataError
 from lcron.evaluate import evaluate
 from lcron.evaluation.per_request import request_metrics
-from lcron.reference import protocol
+from lcron.reference_policy import protocol
 from lcron.report import build_report
 from lcron.settings import TWO_STAGE
 from lcron.run_folder import load_cascade

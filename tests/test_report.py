@@ -21,7 +21,7 @@ from lcron.evaluate import evaluate
 from lcron.render import Section, Table, format_cell, markdown_table, render_html
 from lcron.report import RUN_RECORD_FILES, add_report_arguments, build_report, copy_run_record, run_report
 from lcron.run_folder import read_train_logs
-from lcron.serving.results import serving_metric_means
+from lcron.evaluation.serving_results import serving_metric_means
 from lcron.train import TrainConfig, train
 
 

@@ -6,14 +6,12 @@ and the profiler share, and nothing that depends on them.
 * :class:`BenchContext`, what a benchmark gets (mode, data, scratch folder, the shard sets
   and trained runs it shares with the other benchmarks of a bench run);
 * machine facts (:func:`environment`, :func:`loadavg`, :func:`memory_mb`);
-* the child-process protocol: :func:`run_worker` runs ``python -m lcron.bench --worker STEP
-  ARGS`` (:func:`run_child` another module speaking it) and returns the JSON line it prints.
+* the child-process protocol: :func:`run_worker` runs ``python -m lcron.benchmarks --worker
+  STEP ARGS`` (:func:`run_child` another module speaking it) and returns the JSON line it prints.
 
 It imports no torch and no other module of the harness; the children are named by module
-(a command line), never imported. What stays in lcron/bench.py: the registry of benchmarks
-(``python -m lcron.bench`` runs that file as ``__main__``, so a registry here would be
-filled twice in a child that also imported ``lcron.bench``) and the measuring children with
-their peak-memory reset.
+(a command line), never imported. What stays in lcron/benchmarks/suite.py: the registry of
+benchmarks and the measuring children with their peak-memory reset.
 """
 
 from __future__ import annotations
@@ -56,7 +54,7 @@ STAGES: tuple[int, ...] = (2, 3)
 SETTING_NAMES = {2: "two_stage", 3: "three_stage"}
 
 #: The module whose ``--worker STEP ARGS`` runs a measured step in a child process.
-WORKER_MODULE = "lcron.bench"
+WORKER_MODULE = "lcron.benchmarks"
 
 
 @dataclass
@@ -225,7 +223,7 @@ def run_child(module: str, step: str, args: list[str]) -> dict[str, Any]:
 
 
 def run_worker(args: list[str]) -> dict[str, Any]:
-    """Run ``python -m lcron.bench --worker ARGS`` (a measured step) and return the JSON line it prints."""
+    """Run ``python -m lcron.benchmarks --worker ARGS`` (a measured step) and return the JSON line it prints."""
     return run_child(WORKER_MODULE, args[0], args[1:])
 
 

@@ -2,7 +2,7 @@
 
 Every number comes from :mod:`lcron.metrics` (METHODS.md section 6); this module only
 names them with the keys of metrics.json (:func:`lcron.evaluation.results.metric_keys`).
-:mod:`lcron.reference.protocol` mirrors these functions for the reference's protocol.
+:mod:`lcron.reference_policy.protocol` mirrors these functions for the reference's protocol.
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def _legacy_evaluation_problem(eval_dir: Path) -> str | None:
 def is_eval_folder(folder: str | Path) -> bool:
     """Whether ``folder`` is one lcron's evaluation steps made: an evaluation (marker or
     metrics.json) or a serving evaluation (serving.json), which share ``RUN/eval`` by default."""
-    from ..serving.results import KIND as SERVING_KIND
+    from .serving_results import KIND as SERVING_KIND
 
     folder = Path(folder)
     return (outputs.has_marker(folder, [EVALUATION_KIND]) or outputs.json_kind(folder / "metrics.json") == KIND

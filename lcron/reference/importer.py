@@ -19,7 +19,8 @@ import torch
 
 from lcron import atomic
 from lcron.errors import ConfigError, DataError
-from lcron.reference import mapping, mode
+from lcron.reference import mapping
+from lcron.reference_policy import mode
 
 FORMAT_VERSION = 1
 

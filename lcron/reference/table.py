@@ -46,7 +46,7 @@ def _scores(run_seed_dir: Path, arrays: dict[str, np.ndarray], compile: bool) ->
 
 def _joint(scores, arrays, setting, reference_protocol: bool, batch_size: int) -> float:
     from lcron.evaluation.per_request import request_metrics
-    from lcron.reference import protocol
+    from lcron.reference_policy import protocol
 
     if reference_protocol:
         kept = protocol.full_batches(arrays, batch_size)

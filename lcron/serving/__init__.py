@@ -7,6 +7,9 @@
   item table, setting) into one folder; ``load_exported`` serves it.
 * :mod:`lcron.serving.loader`   - the stand-alone loader (torch, faiss, numpy, json only).
 
+``serving.json`` as other steps read it is :mod:`lcron.evaluation.serving_results`, below
+this package with the other readers of finished results.
+
 Nothing is imported here, so ``lcron.serving.export`` / ``loader`` load without the
 training code.
 """

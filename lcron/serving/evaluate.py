@@ -52,6 +52,7 @@ from lcron import atomic, outputs
 from lcron.devices import device_defaults, resolve_device
 from lcron.errors import ConfigError, DataError, OutputExistsError
 from lcron.evaluation.results import is_eval_folder, summarize_seeds
+from lcron.evaluation.serving_results import FORMAT_VERSION, KIND
 from lcron.logs import get_logger
 from lcron.progress import Progress
 from lcron.run_folder import FinishedRun, load_cascade, seed_number
@@ -59,7 +60,6 @@ from lcron.serving.index import (AUTO_FLAT_MAX_ITEMS, Corpus, IndexOptions, buil
                                  clamp_k1, overlap_recall, resolve_index_kind, retrieval_tower, rows_in, search,
                                  stage_modules, user_vectors)
 from lcron.serving.loader import DEFAULT_MAX_SLOTS, run_cascade, score_items
-from lcron.serving.results import FORMAT_VERSION, KIND
 from lcron.settings import Setting
 
 REQUEST_NAMES = ("context", "user", "seq", "seq_mask")

@@ -16,7 +16,7 @@ a 4-day run measured its steady rate on 3 steps - noise on a shared machine. Eac
 read ``day_repeat`` times over (every copy with its own id draws), which gives several
 steps per day and a steady rate from tens of steps.
 
-Each run is a measured child, ``python -m lcron.bench --worker train_vocab`` (lcron/bench.py,
+Each run is a measured child, ``python -m lcron.benchmarks --worker train_vocab`` (suite.py,
 with the other measuring children); it uses :class:`VocabularyScaledShards` and
 :func:`resume_checkpoint` from here. This module stands on :mod:`lcron.benchmarks.base`
 and imports nothing else of the harness.

@@ -1,13 +1,17 @@
 """A benchmark child that runs one ``lcron`` command in its own process:
-``python -m lcron.benchmarks.command --worker cli '{"argv": [...]}'``.
+``python -m lcron.measured_command --worker cli '{"argv": [...]}'``.
 
 It prints one JSON line: the command's exit code, the peak resident memory of the whole
 process (interpreter, imports and the command: VmHWM) and the load. The ``eval_proc`` row
-(lcron/bench.py) times it from the parent, start-up included.
+(lcron/benchmarks/suite.py) times it from the parent, start-up included.
 
-Why a module of its own: it imports the command line (lcron.cli), and the command line
-imports the benchmarks (``lcron bench``); as the top of the harness, above both, it closes
-no circle. Nothing imports it; the parent starts it by name (``COMMAND_MODULE`` of lcron/bench.py).
+Why a module of its own, outside lcron/benchmarks/: it imports the command line
+(lcron.cli), and the command line imports the benchmarks (``lcron bench``); inside the
+harness's package it would make the package and the command line import each other. Above
+both, it closes no circle and no import runs up. Nothing imports it; the parent starts it by
+name (``COMMAND_MODULE`` of lcron/benchmarks/suite.py). Why the child reads its own peak
+(VmHWM) instead of the parent's ``wait4``: a child's ``ru_maxrss`` carries the parent's peak
+over fork + exec (:func:`lcron.benchmarks.base.memory_mb`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def worker_cli(p: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] != "--worker" or argv[1] != STEP:
-        print(f"usage: python -m lcron.benchmarks.command --worker {STEP} JSON (a benchmark child)", file=sys.stderr)
+        print(f"usage: python -m lcron.measured_command --worker {STEP} JSON (a benchmark child)", file=sys.stderr)
         return 2
     print(json.dumps(worker_cli(json.loads(argv[2]))))
     return 0

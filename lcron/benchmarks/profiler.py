@@ -1,4 +1,4 @@
-"""The training profiler: ``python -m lcron.bench --profile METHOD [--stages 2|3] [--memory]``.
+"""The training profiler: ``python -m lcron.benchmarks --profile METHOD [--stages 2|3] [--memory]``.
 
 Runs the trainer's own step (:class:`lcron.train_step.TrainStep`, so profiler and trainer
 cannot drift apart) under ``torch.profiler`` and reports the time per phase of the step, the
@@ -6,7 +6,7 @@ top operators, autograd nodes, NeuralSort calls, ids gathered per batch, the fix
 cost and, with ``--memory``, the peak tensor memory by category (docs/benchmarks.md).
 
 It stands on :mod:`lcron.benchmarks.base` (the bench modes and their data sets) and imports
-nothing else of the harness; lcron/bench.py's ``main`` calls :func:`profile_main`.
+nothing else of the harness; the suite's ``main`` (lcron/benchmarks/suite.py) calls :func:`profile_main`.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def format_profile(res: dict[str, Any]) -> str:
 
 
 def profile_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lcron.bench --profile",
+    ap = argparse.ArgumentParser(prog="python -m lcron.benchmarks --profile",
                                  description="profile training steps of one method (torch.profiler)")
     ap.add_argument("method", help="training method, e.g. lcron")
     ap.add_argument("--stages", type=int, choices=STAGES, default=2)

@@ -1,4 +1,4 @@
-"""Benchmarks behind ``lcron bench`` / ``make bench``, and the training profiler.
+"""The benchmarks behind ``lcron bench`` / ``make bench``: registry, rows, measuring children, runner.
 
 A benchmark is a function ``fn(ctx: BenchContext) -> list[dict]`` registered with
 :func:`register`; each row it returns has ``name``, ``setting``, ``value``, ``unit``, often
@@ -15,12 +15,12 @@ train       one row per method and setting: steady training requests/s of
 evaluate    the whole evaluation step, :func:`lcron.evaluate.evaluate` on a trained LCRON
             run: loading shards + inference of every stage model + metrics + outputs
 train_vocab training at RecFlow vocabulary sizes per embedding optimizer, and the seed
-            folder's checkpoint sizes (``checkpoint`` rows; lcron/bench_vocab.py)
+            folder's checkpoint sizes (``checkpoint`` rows; vocabulary.py)
 metrics     :func:`lcron.metrics.cascade_metrics` alone on the stored scores of that run
 serving     :func:`lcron.serving.evaluate.bench_serving` per K1 (a note if it is absent)
 ==========  ===============================================================================
 
-Each timed step runs in a fresh child process (``python -m lcron.bench --worker ...``):
+Each timed step runs in a fresh child process (``python -m lcron.benchmarks --worker ...``):
 the timing excludes interpreter start-up and imports, and the child's own peak resident
 memory is the step's peak (VmHWM, reset just before the step), not the parent's. The
 parent never imports torch.
@@ -38,18 +38,18 @@ full     8 days x 10,000 requests, 2,000 users, 20,000 items; batch 1024, 1 warm
          + 15 measured steps per method
 =======  ====================================================================
 
-``python -m lcron.bench --profile METHOD [--stages 2|3]`` profiles training steps with
-torch.profiler (:func:`lcron.profile.profile_training`): time per phase of the trainer's
+``python -m lcron.benchmarks --profile METHOD [--stages 2|3]`` profiles training steps with
+torch.profiler (:func:`lcron.benchmarks.profiler.profile_training`): time per phase of the trainer's
 loop, the top operators and their shares, autograd nodes, NeuralSort calls per step, ids
 gathered per batch, the fixed per-step cost and, with ``--memory``, the peak tensor memory
 by category.
 
 Layers (lcron/benchmarks/__init__.py): the modes, :class:`BenchContext`, machine facts and
 the child protocol live in :mod:`lcron.benchmarks.base`, which the vocabulary rows
-(lcron/bench_vocab.py) and the profiler (lcron/profile.py) use too; this module sits on
-those three, and ``lcron bench`` (lcron/cli.py) on this one. The ``eval_proc`` row's child
-runs the ``lcron`` command itself, so it lives above lcron.cli
-(:mod:`lcron.benchmarks.command`) and is started by name.
+(vocabulary.py) and the profiler (profiler.py) use too; this module sits on those three,
+and ``lcron bench`` (lcron/cli.py) on this one. The ``eval_proc`` row's child runs the
+``lcron`` command itself, so it lives above lcron.cli (:mod:`lcron.measured_command`) and
+is started by name.
 """
 
 from __future__ import annotations
@@ -64,9 +64,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lcron.atomic import atomic_open, write_json
-from lcron.bench_vocab import RECFLOW_ID_COUNTS, VocabularyScaledShards, bench_train_vocab, dir_bytes, resume_checkpoint
 from lcron.benchmarks.base import (RUN_PARAMS, SETTING_NAMES, SIZES, STAGES, BenchContext, all_days, environment,
                                    loadavg, memory_mb, rounded, run_child, run_evaluate_worker, run_worker)
+from lcron.benchmarks.vocabulary import (RECFLOW_ID_COUNTS, VocabularyScaledShards, bench_train_vocab, dir_bytes,
+                                         resume_checkpoint)
 from lcron.errors import ConfigError
 from lcron.memtrim import available_bytes
 
@@ -96,7 +97,7 @@ def register(name: str) -> Callable[[BenchFn], BenchFn]:
     return deco
 
 #: The child that runs an ``lcron`` command in its own process (the ``eval_proc`` row), started by name.
-COMMAND_MODULE = "lcron.benchmarks.command"
+COMMAND_MODULE = "lcron.measured_command"
 
 
 # ------------------------------------------------------------------ child runs
@@ -257,7 +258,7 @@ def _worker_serving(p: dict[str, Any]) -> dict[str, Any]:
 
 def _worker_train_vocab(p: dict[str, Any]) -> dict[str, Any]:
     """Train ``method`` once at RecFlow vocabulary with ``embedding_optimizer``
-    (lcron/bench_vocab.py): steady requests/s from summary.json, peak memory, and the sizes
+    (lcron/benchmarks/vocabulary.py): steady requests/s from summary.json, peak memory, and the sizes
     of the seed folder, model.pt, the day snapshots and a resume checkpoint (full state,
     written once more after training since a complete seed deletes its own)."""
     import torch
@@ -292,7 +293,7 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 def _worker_main(argv: list[str]) -> int:
     if not argv or argv[0] != "--worker" or len(argv) < 2:
-        print("usage: python -m lcron.bench --worker STEP ARGS... (a benchmark child) | "
+        print("usage: python -m lcron.benchmarks --worker STEP ARGS... (a benchmark child) | "
               "--profile METHOD [--stages 2|3] [--memory] ...", file=sys.stderr)
         return 2
     step, args = argv[1], argv[2:]
@@ -375,7 +376,7 @@ def bench_train(ctx: BenchContext) -> list[dict[str, Any]]:
     return rows
 
 
-# RecFlow-vocabulary training and checkpoint sizes (lcron/bench_vocab.py; its child is _worker_train_vocab).
+# RecFlow-vocabulary training and checkpoint sizes (vocabulary.py; its child is _worker_train_vocab).
 register("train_vocab")(bench_train_vocab)
 
 
@@ -468,7 +469,7 @@ DAY_SIZES: dict[str, dict[str, Any]] = {
 
 def _timed_cli(argv: list[str]) -> dict[str, Any]:
     """Wall time of a fresh ``lcron`` process running ``argv`` (start-up and imports included), with
-    its exit code and peak memory: the child ``python -m lcron.benchmarks.command`` (it imports
+    its exit code and peak memory: the child ``python -m lcron.measured_command`` (it imports
     lcron.cli, which imports this module: started by name, never imported)."""
     t0 = time.perf_counter()
     res = run_child(COMMAND_MODULE, "cli", [json.dumps({"argv": argv})])
@@ -635,13 +636,10 @@ def run_benchmarks(mode: str = "default", json_path: str | Path | None = "build/
 
 
 def main(argv: list[str]) -> int:
-    """``python -m lcron.bench --worker STEP ARGS`` (a benchmark child) or ``--profile METHOD ...``."""
+    """``python -m lcron.benchmarks --worker STEP ARGS`` (a benchmark child) or ``--profile METHOD ...``."""
     if argv and argv[0] == "--profile":
-        from lcron.profile import profile_main
+        from lcron.benchmarks.profiler import profile_main
 
         return profile_main(argv[1:])
     return _worker_main(argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

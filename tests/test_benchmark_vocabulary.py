@@ -1,11 +1,11 @@
-"""lcron.bench_vocab.VocabularyScaledShards: ids spread over RecFlow-sized tables, days read over."""
+"""lcron.benchmarks.vocabulary.VocabularyScaledShards: ids spread over RecFlow-sized tables, days read over."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lcron.bench_vocab import RECFLOW_ID_COUNTS, VocabularyScaledShards
+from lcron.benchmarks.vocabulary import RECFLOW_ID_COUNTS, VocabularyScaledShards
 from lcron.data.shards import ShardSet
 from lcron.errors import ConfigError
 
