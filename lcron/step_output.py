@@ -83,16 +83,20 @@ class StepOutput:
         self.folder, self.command, self.kind = folder, command, kind
         self._ours, self._folder_what = ours, folder_what
 
-    def claim(self, record: str, inputs: Mapping[str, Any], inputs_hash: str | None, overwrite: bool, *, held: str,
-              where: Path | None = None, record_noun: str | None = None,
+    def claim(self, record: str, inputs: Mapping[str, Any], inputs_hash: str | None, overwrite: bool, *,
+              held: str = "an output of other inputs",
+              where: Path | None = None, hash_field: str = "inputs_hash", record_noun: str | None = None,
               record_kind_ok: Callable[[Any], bool] | None = None, read_always: bool = True,
               describe: Callable[[dict[str, Any]], str] | None = None,
-              read: Callable[[Path], dict[str, Any]] = read_record) -> Claim:
+              read: Callable[[Path], dict[str, Any]] = read_record,
+              same: Callable[[dict[str, Any]], bool] | None = None,
+              refusal: Callable[[dict[str, Any]], str] | None = None) -> Claim:
         """Check the folder against this run's ``inputs`` before anything is written.
 
         ``record`` is the file (inside the folder) that stores the inputs; the existing
-        record is "the same" when its ``inputs_hash`` equals ``inputs_hash`` or, with
-        ``inputs_hash`` None, when its ``inputs`` equal ``inputs`` as JSON. Other inputs
+        record is "the same" when its ``hash_field`` (``inputs_hash``; a run's ``config_hash``)
+        equals ``inputs_hash`` or, with ``inputs_hash`` None, when its ``inputs`` equal
+        ``inputs`` as JSON. Other inputs
         raise ``OutputExistsError("<where> holds <held> (<describe(old)>); choose another
         --out or pass --overwrite")`` unless ``overwrite``; ``where`` defaults to the folder,
         ``describe`` to :func:`field_diff` of the recorded inputs.
@@ -100,8 +104,13 @@ class StepOutput:
         ``record_noun`` with ``record_kind_ok``: a record whose JSON ``kind`` fails the
         check is not ours and is refused even with ``overwrite``. ``read_always`` False:
         with ``overwrite`` the old record is not read at all (the step replaces it unseen).
+        ``read`` reads the record (default :func:`read_record`; a step whose unreadable record
+        is an error of its own passes its reader). ``same(old)`` replaces the hash comparison
+        where more than the hash names an output (a shard set: also its vocabulary counts);
+        ``refusal(old)`` replaces the whole message where the step's own wording is kept.
         """
-        outputs.refuse_foreign(self.folder, self._ours(self.folder), self._folder_what)
+        # ``ours`` is asked only of a folder (refuse_foreign passes a missing one, refuses a file).
+        outputs.refuse_foreign(self.folder, self.folder.is_dir() and self._ours(self.folder), self._folder_what)
         path = self.folder / record
         if record_noun is not None and os.path.lexists(path) and not (record_kind_ok or bool)(
                 outputs.json_kind(path)):
@@ -110,23 +119,28 @@ class StepOutput:
         if not path.exists() or (overwrite and not read_always):
             return Claim(None, False)
         old = read(path)
-        if inputs_hash is not None:
-            same = old.get("inputs_hash") == inputs_hash
+        if same is not None:
+            is_same = same(old)
+        elif inputs_hash is not None:
+            is_same = old.get(hash_field) == inputs_hash
         else:
-            same = old.get("inputs") == json.loads(json.dumps(dict(inputs)))
-        if not same and not overwrite:
+            is_same = old.get("inputs") == json.loads(json.dumps(dict(inputs)))
+        if not is_same and not overwrite:
+            if refusal is not None:
+                raise OutputExistsError(refusal(old))
             text = describe(old) if describe is not None else field_diff(old.get("inputs") or {}, inputs)
             raise OutputExistsError(f"{where or self.folder} holds {held} ({text}); choose another --out or pass "
                                     "--overwrite")
-        return Claim(old, same)
+        return Claim(old, is_same)
 
-    def begin(self) -> None:
+    def begin(self, command: str | None = None) -> None:
         """Mark the folder "being written" (:func:`lcron.outputs.begin`): called once every
         check that can fail before writing has passed, so a failure before it leaves the
-        previous output intact."""
+        previous output intact. ``command`` (default: the step's) is the one the pending
+        record tells a reader to complete the output with."""
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.kind is not None:
-            outputs.begin(self.folder, self.kind, self.command)
+            outputs.begin(self.folder, self.kind, command or self.command)
 
     def finish(self, files: Iterable[str | os.PathLike], info: dict[str, Any] | None = None) -> Path | None:
         """Write the completion marker listing ``files`` (:func:`lcron.outputs.finish`)."""
