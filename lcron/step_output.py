@@ -90,7 +90,7 @@ class StepOutput:
               describe: Callable[[dict[str, Any]], str] | None = None,
               read: Callable[[Path], dict[str, Any]] = read_record,
               same: Callable[[dict[str, Any]], bool] | None = None,
-              refusal: Callable[[dict[str, Any]], str] | None = None) -> Claim:
+              refusal: Callable[[dict[str, Any]], str] | None = None, missing_record_ok: bool = True) -> Claim:
         """Check the folder against this run's ``inputs`` before anything is written.
 
         ``record`` is the file (inside the folder) that stores the inputs; the existing
@@ -108,6 +108,8 @@ class StepOutput:
         is an error of its own passes its reader). ``same(old)`` replaces the hash comparison
         where more than the hash names an output (a shard set: also its vocabulary counts);
         ``refusal(old)`` replaces the whole message where the step's own wording is kept.
+        ``missing_record_ok`` False: a non-empty folder without the record holds other inputs
+        (its record reads as {}), for a step whose record is its completion marker (ingest).
         """
         # ``ours`` is asked only of a folder (refuse_foreign passes a missing one, refuses a file).
         outputs.refuse_foreign(self.folder, self.folder.is_dir() and self._ours(self.folder), self._folder_what)
@@ -116,9 +118,14 @@ class StepOutput:
                 outputs.json_kind(path)):
             raise OutputExistsError(f"{path} exists and is not an lcron {record_noun}; it is left untouched, even "
                                     "with --overwrite: choose another --out")
-        if not path.exists() or (overwrite and not read_always):
+        if overwrite and not read_always:
             return Claim(None, False)
-        old = read(path)
+        if path.exists():
+            old = read(path)
+        elif missing_record_ok or not (self.folder.is_dir() and any(self.folder.iterdir())):
+            return Claim(None, False)
+        else:
+            old = {}
         if same is not None:
             is_same = same(old)
         elif inputs_hash is not None:
