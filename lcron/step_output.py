@@ -76,7 +76,9 @@ def field_diff(before: Mapping[str, Any], inputs: Mapping[str, Any]) -> str:
 
 
 class StepOutput:
-    """One step's hold on its output folder (made by :func:`step_output`, under its lock)."""
+    """One step's hold on its output folder: made by :func:`step_output` under the folder's
+    lock. Steps that have never locked their output (report and comparison pages, ingest,
+    synthetic data) make one directly for the same checks, and stay unlocked."""
 
     def __init__(self, folder: Path, command: str, kind: str | None, ours: Callable[[Path], bool],
                  folder_what: str) -> None:
@@ -96,10 +98,11 @@ class StepOutput:
         ``record`` is the file (inside the folder) that stores the inputs; the existing
         record is "the same" when its ``hash_field`` (``inputs_hash``; a run's ``config_hash``)
         equals ``inputs_hash`` or, with ``inputs_hash`` None, when its ``inputs`` equal
-        ``inputs`` as JSON. Other inputs
-        raise ``OutputExistsError("<where> holds <held> (<describe(old)>); choose another
-        --out or pass --overwrite")`` unless ``overwrite``; ``where`` defaults to the folder,
-        ``describe`` to :func:`field_diff` of the recorded inputs.
+        ``inputs`` as JSON. Other inputs raise ``OutputExistsError("<where> holds <held>
+        (<describe(old)>); choose another --out or pass --overwrite")`` unless ``overwrite``;
+        ``where`` defaults to the folder, ``describe`` to :func:`field_diff` of the recorded
+        inputs. A folder that is not the step's (``ours``) is refused first, even with
+        ``overwrite`` (:func:`lcron.outputs.refuse_foreign`).
 
         ``record_noun`` with ``record_kind_ok``: a record whose JSON ``kind`` fails the
         check is not ours and is refused even with ``overwrite``. ``read_always`` False:
