@@ -40,7 +40,6 @@ its presence means the evaluation completed:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 import warnings
@@ -52,7 +51,7 @@ import numpy as np
 
 from . import atomic, outputs
 from .devices import default_eval_batch_size, default_eval_compile, resolve_device
-from .errors import ConfigError, DataError, NumericalError, OutputExistsError
+from .errors import ConfigError, DataError, NumericalError
 from .evaluation.per_request import NDCG_K, items_scored, quota_sweep_values, request_metrics
 from .evaluation.quota_grid import resolve_quota_grid
 from .evaluation.results import (EVALUATION_KIND, FORMAT_VERSION, KIND, is_complete_evaluation, is_eval_folder,
@@ -63,6 +62,7 @@ from .logs import get_logger
 from .progress import Progress
 from .run_folder import FinishedRun, load_cascade, seed_number
 from .settings import Setting
+from .step_output import StepOutput, step_output
 
 
 def log(msg: str) -> None:
@@ -145,15 +145,7 @@ def evaluation_inputs(cfg: Mapping[str, Any], seeds: list[int], units: list[Unit
 
 
 # --------------------------------------------------------------------------- the evaluation
-def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Evaluate a run (see :func:`_evaluate`) while holding the lock of the output folder."""
-    folder = Path(out) if out is not None else Path(run_dir) / "eval"
-    fallback = f"lcron evaluate --model {run_dir} --out {folder}"
-    with outputs.output_lock(folder, outputs.current_command(fallback)):
-        return _evaluate(run_dir, shards, folder, **kwargs)
-
-
-def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = None, *, days: str | None = None,
+def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = None, *, days: str | None = None,
              streaming: bool = False, batch_size: int | None = None, device: str = "auto", compile: bool | None = None,
              quota_grid: "str | Iterable[Sequence[int]] | None" = None, tie_seed: int = 0, overwrite: bool = False,
              progress: bool = True, reference_quirks: bool | None = None) -> dict[str, Any]:
@@ -166,7 +158,74 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
     tie-breaks (the same seed for every run makes runs comparable request by request).
     ``reference_quirks``: None follows the run's mode; True/False must match it. A
     reference-mode run is evaluated with the reference's protocol (lcron.reference_policy.protocol).
+    The output folder (``out``, default ``<run_dir>/eval``) follows lcron.step_output: locked
+    for the step, skipped when it holds this evaluation, refused when it holds another.
     """
+    out = Path(out) if out is not None else Path(run_dir) / "eval"
+    command = outputs.current_command(f"lcron evaluate --model {run_dir} --out {out}")
+    with step_output(out, command, kind=EVALUATION_KIND, ours=is_eval_folder,
+                     folder_what="an lcron evaluation folder") as step:
+        plan = _plan_evaluation(run_dir, shards, days, streaming, batch_size, quota_grid, tie_seed, reference_quirks)
+        claim = step.claim("metrics.json", plan.inputs, plan.inputs_hash, overwrite,
+                           held="an evaluation with other inputs")
+        if claim.same and not overwrite and is_complete_evaluation(out):
+            log(f"evaluation of {plan.run_dir} already in {out} (same run, seeds, days and options); skipped")
+            return {**(claim.previous or {}), "skipped": True, "out": str(out)}
+        dev = resolve_device(device)
+        total_requests = _requests_to_score(plan)
+        # devices.DEVICE_DEFAULTS: compile only where the evaluation is big enough to pay for it.
+        compile = default_eval_compile(dev, total_requests * len(plan.seeds)) if compile is None else bool(compile)
+        batch_size = default_eval_batch_size(dev) if batch_size is None else batch_size
+        if compile:
+            from .models.fused import compile_in_process, trust_cpu_isa
+
+            trust_cpu_isa()
+            compile_in_process()
+        overlap = _training_day_overlap(plan)
+        prov = _start_helpers(plan.fingerprint, dev)
+        bar = Progress(total_requests * len(plan.seeds), f"evaluate {plan.cfg['method']}", unit="req",
+                       enabled=progress)
+        timing = {"load_and_inference_seconds": 0.0, "metrics_seconds": 0.0}
+        results = [_evaluate_unit(unit, plan.shard_set, plan.seeds, plan.setting, plan.grid, tie_seed, batch_size,
+                                  dev, compile, bar, timing, reference_batch=plan.reference_batch)
+                   for unit in plan.units]
+        bar.close()
+        timing = {**timing, "requests_scored": total_requests * len(plan.seeds),
+                  "requests_per_s": (total_requests * len(plan.seeds) / timing["load_and_inference_seconds"]
+                                     if timing["load_and_inference_seconds"] > 0 else None)}
+        run_info = {"device": str(dev), "batch_size": batch_size, "compile": bool(compile), "timing": timing,
+                    "warnings": overlap}
+        doc = _write_evaluation(step, plan, results, run_info, prov)
+    return {**doc, "skipped": False, "out": str(out)}
+
+
+@dataclass
+class EvaluationPlan:
+    """What an evaluation reads and what its numbers depend on, resolved before anything is scored."""
+
+    run_dir: Path
+    cfg: Mapping[str, Any]
+    setting: Setting
+    seeds: list[int]
+    shard_set: Any
+    reference: bool
+    grid: list[tuple[int, ...]]
+    units: list[Unit]
+    streaming: bool
+    tie_seed: int
+    fingerprint: str
+    inputs: dict[str, Any]
+    inputs_hash: str
+
+    @property
+    def reference_batch(self) -> int | None:
+        """The batch size of the reference's protocol (it scores full batches only); None by default."""
+        return int(self.cfg["train"]["batch_size"]) if self.reference else None
+
+
+def _plan_evaluation(run_dir: str | Path, shards: Any, days: str | None, streaming: bool, batch_size: int | None,
+                     quota_grid: Any, tie_seed: int, reference_quirks: bool | None) -> EvaluationPlan:
+    """Check the options and the run, choose the units; the inputs and their hash name the evaluation."""
     from .reference_policy import mode
 
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -185,54 +244,35 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
     grid = resolve_quota_grid(quota_grid, setting)
     units = plan_units(shard_set, cfg, seed_dirs, days, streaming, run_dir)
     fingerprint = shard_set.fingerprint()
-    out = Path(out) if out is not None else run_dir / "eval"
     inputs = evaluation_inputs(cfg, seeds, units, streaming, tie_seed, grid, fingerprint)
     if reference:  # only when set, so default-mode evaluations keep their inputs hash
         inputs["protocol"] = "reference"
-    inputs_hash = config_hash(inputs)
+    return EvaluationPlan(run_dir, cfg, setting, seeds, shard_set, reference, grid, units, streaming, tie_seed,
+                          fingerprint, inputs, config_hash(inputs))
 
-    outputs.refuse_foreign(out, is_eval_folder(out), "an lcron evaluation folder")
-    metrics_path = out / "metrics.json"
-    if metrics_path.exists():
-        try:
-            old = json.loads(metrics_path.read_text())
-        except (ValueError, RecursionError):
-            old = {}
-        old = old if isinstance(old, dict) else {}
-        if (old.get("inputs_hash") == inputs_hash and not overwrite
-                and is_complete_evaluation(out)):
-            log(f"evaluation of {run_dir} already in {out} (same run, seeds, days and options); skipped")
-            return {**old, "skipped": True, "out": str(out)}
-        if not overwrite and old.get("inputs_hash") != inputs_hash:
-            before = old.get("inputs") or {}
-            diff = [f"{k} {before.get(k)!r} -> {inputs[k]!r}" for k in inputs if before.get(k) != inputs[k]]
-            raise OutputExistsError(
-                f"{out} holds an evaluation with other inputs ({'; '.join(diff) or 'unknown format'}); "
-                "choose another --out or pass --overwrite")
 
-    dev = resolve_device(device)
-    total_requests = sum(shard_set.num_requests(d) for u in units for d in u.days)
-    ref_batch = int(cfg["train"]["batch_size"]) if reference else None
-    if ref_batch is not None:  # the reference protocol scores full batches only
-        total_requests = sum(shard_set.num_requests(d) // ref_batch * ref_batch for u in units for d in u.days)
-    # devices.DEVICE_DEFAULTS: compile only where the evaluation is big enough to pay for it.
-    compile = default_eval_compile(dev, total_requests * len(seeds)) if compile is None else bool(compile)
-    batch_size = default_eval_batch_size(dev) if batch_size is None else batch_size
-    if compile:
-        from .models.fused import compile_in_process, trust_cpu_isa
+def _requests_to_score(plan: EvaluationPlan) -> int:
+    """Requests of the units' days one seed scores (the reference protocol: full batches only)."""
+    ref_batch = plan.reference_batch
+    if ref_batch is not None:
+        return sum(plan.shard_set.num_requests(d) // ref_batch * ref_batch for u in plan.units for d in u.days)
+    return sum(plan.shard_set.num_requests(d) for u in plan.units for d in u.days)
 
-        trust_cpu_isa()
-        compile_in_process()
-    keys = metric_keys(setting)
-    trained = set(cfg["days"])
-    overlap = [f"test day {d} was also a training day of this run" for u in units for d in u.days
+
+def _training_day_overlap(plan: EvaluationPlan) -> list[str]:
+    """The test days the run also trained on (not streaming), each warned about and recorded."""
+    trained = set(plan.cfg["days"])
+    overlap = [f"test day {d} was also a training day of this run" for u in plan.units for d in u.days
                if u.checkpoint_day is None and d in trained]
     for w in overlap:
         warnings.warn(f"{w}: its metrics measure fit to training data, not generalisation", stacklevel=2)
+    return overlap
 
-    # Start-up work off the critical path: a helper thread collects the provenance record (git
-    # subprocesses, package metadata) and imports the plotting library while the models score
-    # (scoring runs in torch kernels that release the GIL).
+
+def _start_helpers(fingerprint: str, dev: Any) -> Any:
+    """Start-up work off the critical path: a helper thread collects the provenance record (git
+    subprocesses, package metadata) and imports the plotting library while the models score
+    (scoring runs in torch kernels that release the GIL). Returns the provenance's future."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import plots, provenance
@@ -241,15 +281,11 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
     prov = pool.submit(provenance.collect, data_fingerprint=fingerprint, device=str(dev))
     pool.submit(plots.preload)
     pool.shutdown(wait=False)  # the thread ends after these tasks; the record is read at the end
+    return prov
 
-    bar = Progress(total_requests * len(seeds), f"evaluate {cfg['method']}", unit="req", enabled=progress)
-    timing = {"load_and_inference_seconds": 0.0, "metrics_seconds": 0.0}
-    results = [_evaluate_unit(unit, shard_set, seeds, setting, grid, tie_seed, batch_size, dev, compile, bar, timing,
-                              reference_batch=ref_batch)
-               for unit in units]
-    bar.close()
 
-    # Per seed: the mean over units (one unit unless streaming), then mean/std over seeds.
+def _metric_table(results: list["UnitResult"], keys: list[str], seeds: list[int]) -> dict[str, Any]:
+    """Per seed: the mean over units (one unit unless streaming), then mean/std over seeds."""
     def seed_values(key: str) -> list[float]:
         per_unit = np.array([[u.means[i][key] for i in range(len(seeds))] for u in results], dtype=np.float64)
         with np.errstate(all="ignore"):
@@ -257,15 +293,21 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
                     for i, v in enumerate(np.nanmean(np.where(np.isfinite(per_unit), per_unit, np.nan), axis=0))]
 
     with np.errstate(all="ignore"):
-        metric_table = {k: summarize_seeds(seed_values(k)) for k in keys}
-    sweep_rows = _sweep_rows(results, grid, setting, seeds)
-    evaluated = sum(u.evaluated for u in results)
-    skipped = sum(u.skipped for u in results)
-    requests_scored = total_requests * len(seeds)
+        return {k: summarize_seeds(seed_values(k)) for k in keys}
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def _write_evaluation(step: StepOutput, plan: EvaluationPlan, results: list["UnitResult"],
+                      run_info: Mapping[str, Any], prov: Any) -> dict[str, Any]:
+    """Write the evaluation's files between the step's begin and finish markers, metrics.json
+    last; returns its document."""
+    from . import plots
+
+    out, cfg, setting, seeds = step.folder, plan.cfg, plan.setting, plan.seeds
+    keys = metric_keys(setting)
+    metric_table = _metric_table(results, keys, seeds)
+    sweep_rows = _sweep_rows(results, plan.grid, setting, seeds)
     # Marked "being written" only now: a failure before this point leaves a previous evaluation intact.
-    outputs.begin(out, EVALUATION_KIND, outputs.current_command(f"lcron evaluate --model {run_dir} --out {out}"))
+    step.begin()
     _write_per_request(out / "per_request.npz", results, keys, seeds)
     sweep_doc = {"kind": "lcron-quota-sweep", "method": cfg["method"], "setting": setting.name,
                  "stage_names": list(setting.stage_names), "default_quotas": list(setting.quotas),
@@ -275,16 +317,33 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
                                                                       title=f"{cfg['method']} ({setting.name})"))
     files = {"per_request": "per_request.npz", "quota_sweep": "quota_sweep.json",
              "quota_sweep_plot": "quota_sweep.png"}
-    if streaming:
+    if plan.streaming:
         atomic.write_json(out / "streaming.json", _streaming_doc(results, keys, seeds, cfg, setting, metric_table))
         files["streaming"] = "streaming.json"
+    doc = _metrics_doc(plan, results, metric_table, sweep_rows, run_info, files, prov.result())
+    atomic.write_json(out / "metrics.json", doc)
+    step.finish([out / name for name in files.values()] + [out / "metrics.json"])
+    evaluated, skipped = doc["requests"]["evaluated"], doc["requests"]["skipped"]
+    log(f"evaluated {cfg['method']} ({len(seeds)} seed(s), {evaluated} requests"
+        f"{f', {skipped} skipped' if skipped else ''}): joint recall "
+        f"{_fmt(metric_table['joint_recall'])}; {doc['timing']['requests_per_s'] or 0:,.0f} requests/s "
+        f"(load + inference); outputs in {out}")
+    return doc
 
-    doc = {
+
+def _metrics_doc(plan: EvaluationPlan, results: list["UnitResult"], metric_table: dict[str, Any],
+                 sweep_rows: list[dict[str, Any]], run_info: Mapping[str, Any], files: dict[str, str],
+                 provenance: Any) -> dict[str, Any]:
+    """metrics.json's document (its keys in the order they have always been written)."""
+    cfg, setting, units = plan.cfg, plan.setting, plan.units
+    evaluated = sum(u.evaluated for u in results)
+    skipped = sum(u.skipped for u in results)
+    return {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
         "method": cfg["method"],
         "loss_options": cfg.get("loss_options", {}),
-        "reference_quirks": reference,
+        "reference_quirks": plan.reference,
         "setting": setting.name,
         "stage_names": list(setting.stage_names),
         "stage_models": list(setting.stage_models),
@@ -292,43 +351,31 @@ def _evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = 
         "list_size": setting.list_size,
         "gt_size": setting.gt_size,
         "ndcg_k": NDCG_K,
-        "streaming": bool(streaming),
+        "streaming": bool(plan.streaming),
         "days": [d for u in units for d in u.days],
-        "checkpoint_days": {u.name: u.checkpoint_day for u in units} if streaming else None,
+        "checkpoint_days": {u.name: u.checkpoint_day for u in units} if plan.streaming else None,
         "trained_days": list(cfg["days"]),
-        "seeds": seeds,
+        "seeds": plan.seeds,
         "requests": {"evaluated": evaluated, "skipped": skipped, "total": evaluated + skipped},
         "metrics": metric_table,
         "gt_per_request": _finite_mean([u.gt_per_request for u in results]),
         "quota_sweep": sweep_rows,
-        "run_dir": str(run_dir),
+        "run_dir": str(plan.run_dir),
         "run_config_hash": cfg["config_hash"],
-        "shards": str(shard_set.root),
-        "data_fingerprint": fingerprint,
+        "shards": str(plan.shard_set.root),
+        "data_fingerprint": plan.fingerprint,
         "train_data_fingerprint": cfg.get("data_fingerprint"),
-        "tie_seed": tie_seed,
-        "inputs": inputs,
-        "inputs_hash": inputs_hash,
-        "device": str(dev),
-        "batch_size": batch_size,
-        "compile": bool(compile),
-        "timing": {
-            **timing,
-            "requests_scored": requests_scored,
-            "requests_per_s": (requests_scored / timing["load_and_inference_seconds"]
-                               if timing["load_and_inference_seconds"] > 0 else None),
-        },
-        "warnings": overlap,
+        "tie_seed": plan.tie_seed,
+        "inputs": plan.inputs,
+        "inputs_hash": plan.inputs_hash,
+        "device": run_info["device"],
+        "batch_size": run_info["batch_size"],
+        "compile": run_info["compile"],
+        "timing": run_info["timing"],
+        "warnings": run_info["warnings"],
         "files": files,
-        "provenance": prov.result(),
+        "provenance": provenance,
     }
-    atomic.write_json(metrics_path, doc)
-    outputs.finish(out, EVALUATION_KIND, [out / name for name in files.values()] + [metrics_path])
-    log(f"evaluated {cfg['method']} ({len(seeds)} seed(s), {evaluated} requests"
-        f"{f', {skipped} skipped' if skipped else ''}): joint recall "
-        f"{_fmt(metric_table['joint_recall'])}; {doc['timing']['requests_per_s'] or 0:,.0f} requests/s "
-        f"(load + inference); outputs in {out}")
-    return {**doc, "skipped": False, "out": str(out)}
 
 
 def _finite_mean(values: Sequence[float]) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 def _canonical(obj: Any) -> Any:
     if isinstance(obj, Mapping):
@@ -14,7 +14,8 @@ def _canonical(obj: Any) -> Any:
     return obj
 
 
-def config_hash(payload: Mapping[str, Any]) -> str:
+def config_hash(payload: Mapping[str, Any] | Sequence[Any]) -> str:
     """16 hex digits of the SHA-256 of ``payload`` as canonical JSON (keys sorted at every
-    level, tuples as lists): equal configurations hash equal whatever their key order."""
+    level, tuples as lists): equal configurations hash equal whatever their key order. A
+    list is hashed the same way (a shard set's fingerprint hashes its days' records)."""
     return hashlib.sha256(json.dumps(_canonical(payload), sort_keys=True).encode()).hexdigest()[:16]

@@ -57,6 +57,7 @@ from .data.source import INGEST_KIND as MANIFEST_KIND
 from .data.source import INGEST_MANIFEST as MANIFEST_NAME
 from .data.source import REFERENCE_MODE, read_ingest_manifest
 from .progress import Progress
+from .step_output import StepOutput
 
 __all__ = ["SYNTHETIC", "MANIFEST_NAME", "REFERENCE_MODE", "COPY_MODE", "VIDEO_INFO", "IngestResult", "is_synthetic",
            "synthetic_config", "source_fingerprint", "ingest", "read_manifest", "add_ingest_arguments", "run_ingest",
@@ -221,35 +222,42 @@ def read_manifest(folder: "str | Path") -> dict[str, Any]:
 
 
 def _prepare_out(out: Path, fingerprint_ok: Callable[[dict], bool], overwrite: bool) -> dict[str, Any] | None:
-    """Return the existing manifest when ``out`` already holds this staging; clear or refuse otherwise."""
-    if not out.exists():
-        return _begin(out)
-    if not out.is_dir():
+    """Return the existing manifest when ``out`` already holds this staging; clear or refuse
+    otherwise (the output protocol's claim, on ingest.json: the manifest is the completion
+    marker, so a non-empty folder without one holds other data). Only a folder ingest made (its
+    manifest, or the pending record of an unfinished staging) is ever cleared: --out pointed at
+    a RecFlow source must not delete it."""
+    if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder")
-    if not any(out.iterdir()):
-        return _begin(out)
+    step = StepOutput(out, outputs.current_command(f"lcron ingest --out {out}"), INGEST_KIND,
+                      lambda folder: _manifest(folder) is not None or outputs.has_marker(folder, [INGEST_KIND]),
+                      f"an lcron ingest output ({MANIFEST_NAME})")
+    if out.exists() and any(out.iterdir()):
+        claim = step.claim(MANIFEST_NAME, {}, None, overwrite, missing_record_ok=False,
+                           read=lambda path: _manifest(path.parent) or {},
+                           same=lambda old: bool(old) and fingerprint_ok(old), refusal=_refusal(out))
+        if claim.same:
+            return claim.previous
+        shutil.rmtree(out)  # only with overwrite: claim refused otherwise
+    step.begin()  # recorded, so a crashed staging may be cleared later
+    return None
+
+
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's complete ingest manifest; None when it has none or it is not readable."""
     try:
-        old = read_manifest(out)
+        return read_manifest(folder)
     except DataError:
-        old = None
-    # Only a folder ingest made (its manifest, or the pending record of an unfinished staging)
-    # is ever cleared: --out pointed at a RecFlow source must not delete it.
-    outputs.refuse_foreign(out, old is not None or outputs.has_marker(out, [INGEST_KIND]),
-                           f"an lcron ingest output ({MANIFEST_NAME})")
-    if old is not None and fingerprint_ok(old):
-        return old
-    if not overwrite:
+        return None
+
+
+def _refusal(out: Path) -> Callable[[dict], str]:
+    """The refusal of a folder holding other staged data (``old``: its manifest, {} when none)."""
+    def message(old: dict) -> str:
         what = (f"staged data of {old.get('source')!r} (days {old.get('days')}, fingerprint "
                 f"{str(old.get('fingerprint'))[:12]})" if old else "files that are not a complete ingest output")
-        raise OutputExistsError(f"{out} already holds {what}; choose another folder or pass --overwrite")
-    shutil.rmtree(out)
-    return _begin(out)
-
-
-def _begin(out: Path) -> None:
-    """Record that ingest is staging into ``out`` (so a crashed staging may be cleared later)."""
-    outputs.begin(out, INGEST_KIND, outputs.current_command(f"lcron ingest --out {out}"))
-    return None
+        return f"{out} already holds {what}; choose another folder or pass --overwrite"
+    return message
 
 
 def ingest(source: "str | Path", out: "str | Path", *, days: str | None = None,

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import atomic, outputs
-from .errors import OutputExistsError
+from .step_output import StepOutput
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -205,23 +203,15 @@ def render_markdown(title: str, sections: Sequence[Section], subtitle: str = "",
 def guard_page(out: Path, stem: str, inputs: Mapping[str, Any], overwrite: bool, what: str) -> None:
     """Refuse (unless ``overwrite``) to replace ``out/<stem>.json`` written from other ``inputs``
     (another run, other evaluations): like every step, an earlier output is never lost silently.
-    The same inputs may be rendered again (e.g. after a re-evaluation)."""
-    path = out / f"{stem}.json"
-    page_kind = outputs.json_kind(path)
-    ours = isinstance(page_kind, str) and page_kind.startswith("lcron-")
-    outputs.refuse_foreign(out, ours or outputs.has_marker(out), f"an lcron {what} folder")
-    if os.path.lexists(path) and not ours:
-        raise OutputExistsError(f"{path} exists and is not an lcron {what}; it is left untouched, even with "
-                                "--overwrite: choose another --out")
-    if overwrite or not path.exists():
-        return
-    try:
-        before = json.loads(path.read_text()).get("inputs")
-    except (OSError, ValueError):
-        before = None
-    if before != json.loads(json.dumps(dict(inputs))):
-        raise OutputExistsError(f"{out} holds a {what} of other inputs ({before} -> {dict(inputs)}); choose "
-                                "another --out or pass --overwrite")
+    The same inputs may be rendered again (e.g. after a re-evaluation). The check is the output
+    protocol's (lcron.step_output); a page is not locked or marked, one file at a time is atomic."""
+    def is_page(kind: Any) -> bool:
+        return isinstance(kind, str) and kind.startswith("lcron-")
+
+    step = StepOutput(out, "", None, lambda folder: is_page(outputs.json_kind(folder / f"{stem}.json"))
+                      or outputs.has_marker(folder), f"an lcron {what} folder")
+    step.claim(f"{stem}.json", inputs, None, overwrite, held=f"a {what} of other inputs", record_noun=what,
+               record_kind_ok=is_page, read_always=False, describe=lambda old: f"{old.get('inputs')} -> {dict(inputs)}")
 
 
 def write_page(out: Path, stem: str, title: str, sections: Sequence[Section], doc: dict[str, Any],

@@ -61,6 +61,7 @@ from .logs import get_logger
 from .progress import Progress
 from .run_folder import RUN_KIND, load_checkpoint, load_state, seed_complete, train_command
 from .settings import Setting, get_setting
+from .step_output import StepOutput, step_output
 
 FORMAT_VERSION = 1
 #: The key of the embedding tables' optimizer in build_training_objects' optimizer dict.
@@ -313,28 +314,33 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
         run_cfg["reference_quirks"] = True
     run_cfg["config_hash"] = config_hash({k: v for k, v in run_cfg.items() if k != "shards"})
     command = outputs.current_command(train_command(out, run_cfg, cfg.seeds))
-    with outputs.output_lock(out, command):
-        _claim_run_folder(out, run_cfg, cfg, overwrite)
-        outputs.begin(out, RUN_KIND, command)
+    with step_output(out, command, kind=RUN_KIND, ours=_is_run_folder, folder_what=RUN_FOLDER_WHAT) as step:
+        _claim_run_folder(step, run_cfg, cfg, overwrite)
+        step.begin()
         results = []
         with float32_matmul_precision(plan.tf32):
             for seed in cfg.seeds:
                 results.append(_train_seed(shard_set, out, run_cfg, run_setting, days, cfg, seed, plan, progress,
                                            max_steps_per_day))
-        _finish_run(out, run_cfg)
+        _finish_run(step, run_cfg)
     return results
 
 
-def _finish_run(out: Path, run_cfg: Mapping[str, Any]) -> None:
+#: What a run folder is, in the refusal of a non-empty folder that is not one.
+RUN_FOLDER_WHAT = "an lcron run folder (run.json of lcron train)"
+
+
+def _finish_run(step: StepOutput, run_cfg: Mapping[str, Any]) -> None:
     """The run's completion marker: run.json and, of every seed run.json lists, model.pt,
     summary.json and train_log.jsonl (checkpoints stay out: they may be pruned)."""
+    out = step.folder
     seeds = json.loads((out / "run.json").read_text()).get("seeds", [])
     done = [s for s in seeds if seed_complete(out / f"seed-{s}", run_cfg["config_hash"])]
     files = [out / "run.json"]
     for s in done:
         files += [out / f"seed-{s}" / name for name in ("model.pt", "summary.json", "train_log.jsonl")
                   if (out / f"seed-{s}" / name).is_file()]
-    outputs.finish(out, RUN_KIND, files, {"seeds": done})
+    step.finish(files, {"seeds": done})
 
 
 @dataclass(frozen=True)
@@ -421,26 +427,61 @@ def _config_diff(old: dict, new: dict, limit: int = 4) -> str:
     return "differs in " + "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
 
 
-def _claim_run_folder(out: Path, run_cfg: dict, cfg: TrainConfig, overwrite: bool) -> None:
-    """Record the run's config; a folder holding another configuration is refused unless overwriting."""
-    run_json = out / "run.json"
+def _claim_run_folder(step: StepOutput, run_cfg: dict, cfg: TrainConfig, overwrite: bool) -> None:
+    """Record the run's config (the output protocol's claim on run.json): the same configuration
+    resumes and keeps the seeds it lists, another is refused unless overwriting, which removes
+    its seed folders."""
+    out, chash = step.folder, run_cfg["config_hash"]
+    claim = step.claim(
+        "run.json", run_cfg, chash, overwrite, hash_field="config_hash", held="a run with a different configuration",
+        read=lambda path: _read_json_or_fail(path, "--overwrite"),
+        describe=lambda old: (f"method {old.get('method')!r}, config {old.get('config_hash')} vs {chash}; "
+                              f"{_config_diff(old, run_cfg)}"))
     seeds = list(cfg.seeds)
-    outputs.refuse_foreign(out, _is_run_folder(out), "an lcron run folder (run.json of lcron train)")
-    if run_json.exists():
-        old = _read_json_or_fail(run_json, "--overwrite")
-        if old.get("config_hash") == run_cfg["config_hash"]:
-            seeds = sorted(set(seeds) | set(old.get("seeds", [])))
-        elif not overwrite:
-            raise OutputExistsError(
-                f"{out} holds a run with a different configuration (method {old.get('method')!r}, "
-                f"config {old.get('config_hash')} vs {run_cfg['config_hash']}; {_config_diff(old, run_cfg)}); "
-                "choose another --out or pass --overwrite")
-        else:
-            import shutil
+    if claim.same:
+        seeds = sorted(set(seeds) | set(claim.previous.get("seeds", [])))
+    elif claim.previous is not None:
+        import shutil
 
-            for child in out.glob("seed-*"):
-                shutil.rmtree(child)
-    atomic.write_json(run_json, {**run_cfg, "seeds": seeds})
+        for child in out.glob("seed-*"):
+            shutil.rmtree(child)
+    atomic.write_json(out / "run.json", {**run_cfg, "seeds": seeds})
+
+
+def _completed_seed(folder: Path, run_cfg: Mapping[str, Any]) -> dict | None:
+    """The summary of a seed already trained with this configuration (the seed is skipped);
+    None when it is to be trained. A summary of another configuration is retrained over."""
+    summary_path = folder / "summary.json"
+    if summary_path.exists():
+        summary = _read_json_or_fail(summary_path, "delete it to retrain the seed")
+        if summary.get("config_hash") == run_cfg["config_hash"]:
+            return summary
+    return None
+
+
+def _resume(folder: Path, run_cfg: Mapping[str, Any], seed: int, device: torch.device, cascade, loss,
+            optimizers: Mapping[str, Any]) -> tuple[int, int, int, list[dict]]:
+    """Load a stopped seed's resume checkpoint into the models and optimizers, if there is one;
+    returns (first day index to train, step, requests, the log records up to that step)."""
+    resumed = folder / RESUME_FILE
+    if not resumed.is_file():
+        return 0, 0, 0, []
+    state = load_checkpoint(resumed, map_location=device, expect=RESUME_KEYS, what="a resume checkpoint",
+                            hint=f"; a day snapshot or model.pt holds no optimizer state: remove {resumed} to "
+                                 f"train seed {seed} from its first day")
+    if not isinstance(state["config"], dict) or state["config"].get("config_hash") != run_cfg["config_hash"]:
+        raise OutputExistsError(f"checkpoint {resumed} was made with another configuration; pass --overwrite")
+    load_state(cascade, state["model_state"], resumed)
+    load_state(loss, state["loss_state"], resumed, "loss")
+    for k, opt in optimizers.items():
+        if not isinstance(state["optim_state"], dict) or k not in state["optim_state"]:
+            raise DataError(f"{resumed}: no state of the {k!r} optimizer; remove it to train seed {seed} "
+                            "from its first day")
+        load_state(opt, state["optim_state"][k], resumed, f"{k!r} optimizer")
+    step = int(state["step"])
+    records = _read_log(folder / "train_log.jsonl", max_step=step)
+    log(f"seed {seed}: resuming after day {state['day']} (step {step}) from {resumed}")
+    return int(state["day_index"]) + 1, step, int(state["requests"]), records
 
 
 def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: list[str], cfg: TrainConfig,
@@ -449,33 +490,14 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
     t_seed = time.perf_counter()
     folder = out / f"seed-{seed}"
     summary_path = folder / "summary.json"
-    if summary_path.exists():
-        summary = _read_json_or_fail(summary_path, "delete it to retrain the seed")
-        if summary.get("config_hash") == run_cfg["config_hash"]:
-            log(f"seed {seed}: complete in {folder}, skipped")
-            return SeedResult(seed, folder, True, summary)
+    done = _completed_seed(folder, run_cfg)
+    if done is not None:
+        log(f"seed {seed}: complete in {folder}, skipped")
+        return SeedResult(seed, folder, True, done)
     ckpt_dir = folder / "checkpoints"
     resume_path = folder / RESUME_FILE
     cascade, loss, optimizers = build_training_objects(setting, run_cfg["embedding_sizes"], cfg, seed, device)
-
-    start_day, step, requests, records = 0, 0, 0, []
-    resumed = resume_path if resume_path.is_file() else None
-    if resumed is not None:
-        state = load_checkpoint(resumed, map_location=device, expect=RESUME_KEYS, what="a resume checkpoint",
-                                hint=f"; a day snapshot or model.pt holds no optimizer state: remove {resumed} to "
-                                     f"train seed {seed} from its first day")
-        if not isinstance(state["config"], dict) or state["config"].get("config_hash") != run_cfg["config_hash"]:
-            raise OutputExistsError(f"checkpoint {resumed} was made with another configuration; pass --overwrite")
-        load_state(cascade, state["model_state"], resumed)
-        load_state(loss, state["loss_state"], resumed, "loss")
-        for k, opt in optimizers.items():
-            if not isinstance(state["optim_state"], dict) or k not in state["optim_state"]:
-                raise DataError(f"{resumed}: no state of the {k!r} optimizer; remove it to train seed {seed} "
-                                "from its first day")
-            load_state(opt, state["optim_state"][k], resumed, f"{k!r} optimizer")
-        start_day, step, requests = int(state["day_index"]) + 1, int(state["step"]), int(state["requests"])
-        records = _read_log(folder / "train_log.jsonl", max_step=step)
-        log(f"seed {seed}: resuming after day {state['day']} (step {step}) from {resumed}")
+    start_day, step, requests, records = _resume(folder, run_cfg, seed, device, cascade, loss, optimizers)
 
     if device.type == "cuda":  # the seed's own peak: drop what earlier seeds left (graph pools in cycles)
         gc.collect()

@@ -39,19 +39,21 @@ import logging
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
-from lcron import outputs
+from lcron import hashing, outputs
 from lcron.atomic import save_npy, write_json
 from lcron.data import fields
 from lcron.data import schemas as S
 from lcron.data.recflow import DayInputs, RecFlowDay, RecFlowReader, select_days
 from lcron.defaults import PREPROCESS
-from lcron.errors import ConfigError, DataError, OutputExistsError
+from lcron.errors import ConfigError, DataError
 from lcron.progress import Progress
 from lcron.settings import Setting, SettingError, get_setting
+from lcron.step_output import StepOutput, step_output
 
 __all__ = ["FORMAT_VERSION", "ShardSet", "SHARDS_REFERENCE", "SHARDS_REFERENCE_KIND", "preprocess", "time_features",
            "build_day_arrays", "shard_dtypes", "smallest_int_dtype", "config_hash", "memory_bound_mb"]
@@ -137,7 +139,12 @@ def shard_dtypes(setting: Setting, id_counts: dict[str, int]) -> dict[str, np.dt
 
 
 def config_hash(setting: Setting, tz_offset_hours: int, reference_quirks: bool = False) -> str:
-    """Hash of everything besides the input files that decides a shard's content."""
+    """Hash of everything besides the input files that decides a shard's content.
+
+    Not :func:`lcron.hashing.config_hash`: that one orders keys as strings, this one as
+    ``json.dumps(sort_keys=True)`` does, which differs for a setting file whose ``extra``
+    has numeric keys (10 before 9 as strings, after as numbers). Every shard set on disk
+    records this value, so it stays."""
     conf = {"format_version": FORMAT_VERSION, "setting": setting.to_dict(), "tz_offset_hours": int(tz_offset_hours)}
     if reference_quirks:  # only when set, so default-mode shard sets keep their hash
         conf["reference_quirks"] = True
@@ -342,7 +349,9 @@ class ShardSet:
         for day in self.days:
             m = self.manifest(day)
             parts.append([day, m.get("source_fingerprint"), m.get("config_hash")])
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+        # The manifests are JSON (string keys only): the canonical hash has the value this
+        # fingerprint always had, so runs and evaluations keep matching their shard sets.
+        return hashing.config_hash(parts)
 
 
 # --------------------------------------------------------------------------- completion
@@ -387,49 +396,44 @@ def _shard_files(out: Path, days: list[str]) -> list[Path]:
     return files
 
 
-def preprocess(source: "str | Path", out: str | Path, setting: "str | int | Setting | Path" = "two_stage",
-               days: str | None = None, **kwargs: Any) -> ShardSet:
-    """Turn the RecFlow ``days`` of ``source`` (folder or ``gs://``) into a shard set at ``out``.
-
-    Holds the lock of ``out`` for the whole step; see :func:`_preprocess` for the arguments.
-    """
-    name = setting.name if isinstance(setting, Setting) else setting
-    fallback = f"lcron preprocess --source {source} --out {out} --setting {name}" + (f" --days {days}" if days else "")
-    with outputs.output_lock(out, outputs.current_command(fallback)):
-        return _preprocess(source, out, setting, days, **kwargs)
-
-
 # --------------------------------------------------------------------------- preprocess
-def _prepare_out(out: Path, dataset: dict[str, Any], overwrite: bool) -> bool:
-    """Check ``out`` is empty or a compatible shard set; returns True if days must be redone."""
-    meta_path = out / "dataset.json"
-    if meta_path.is_file():
-        try:
-            old = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            old = {}
-        diffs = []
-        if old.get("config_hash") != dataset["config_hash"]:
-            old_setting = (old.get("setting") or {}).get("name", "?") if isinstance(old.get("setting"), dict) else "?"
-            diffs.append(f"setting/config (existing: setting {old_setting!r}, tz_offset_hours "
-                         f"{old.get('tz_offset_hours')!r}, format_version {old.get('format_version')!r}, "
-                         f"reference_quirks {bool(old.get('reference_quirks', False))}; "
-                         f"requested: setting {dataset['setting']['name']!r}, tz_offset_hours "
-                         f"{dataset['tz_offset_hours']}, format_version {FORMAT_VERSION}, "
-                         f"reference_quirks {dataset['reference_quirks']})")
-        if old.get("id_counts") != dataset["id_counts"]:
-            diffs.append("id_cnt.pkl counts")
-        if diffs:
-            if not overwrite:
-                raise OutputExistsError(f"{out}: holds shards made with a different {' and '.join(diffs)}; "
-                                        "use another folder or overwrite=True (--overwrite)")
-            _clear(out)
-            return True
-        return overwrite
-    if out.exists() and any(not p.name.startswith("_pending-") for p in out.iterdir()):
-        raise OutputExistsError(f"{out}: folder is not empty and is not a shard set (no dataset.json); "
-                                "choose an empty or new folder")
-    return False
+def _is_shard_folder(out: Path) -> bool:
+    """Whether ``out`` may be written as a shard set: it holds a dataset.json, or nothing but
+    the pending records of steps that did not finish."""
+    return (out / "dataset.json").is_file() or all(p.name.startswith("_pending-") for p in out.iterdir())
+
+
+def _shard_diffs(old: Mapping[str, Any], dataset: Mapping[str, Any]) -> list[str]:
+    """What makes the shard set in a folder another one: its configuration, its vocabulary counts."""
+    diffs = []
+    if old.get("config_hash") != dataset["config_hash"]:
+        old_setting = (old.get("setting") or {}).get("name", "?") if isinstance(old.get("setting"), dict) else "?"
+        diffs.append(f"setting/config (existing: setting {old_setting!r}, tz_offset_hours "
+                     f"{old.get('tz_offset_hours')!r}, format_version {old.get('format_version')!r}, "
+                     f"reference_quirks {bool(old.get('reference_quirks', False))}; "
+                     f"requested: setting {dataset['setting']['name']!r}, tz_offset_hours "
+                     f"{dataset['tz_offset_hours']}, format_version {FORMAT_VERSION}, "
+                     f"reference_quirks {dataset['reference_quirks']})")
+    if old.get("id_counts") != dataset["id_counts"]:
+        diffs.append("id_cnt.pkl counts")
+    return diffs
+
+
+def _prepare_out(step: StepOutput, dataset: dict[str, Any], overwrite: bool) -> bool:
+    """Claim the folder for this shard set (the output protocol, on dataset.json): empty, or
+    the same configuration and counts; another is refused unless ``overwrite``, which clears
+    it. Returns True if days must be redone."""
+    out = step.folder
+    claim = step.claim(
+        "dataset.json", dataset, dataset["config_hash"], overwrite, same=lambda old: not _shard_diffs(old, dataset),
+        refusal=lambda old: (f"{out}: holds shards made with a different {' and '.join(_shard_diffs(old, dataset))}; "
+                             "use another folder or overwrite=True (--overwrite)"))
+    if claim.previous is None:
+        return False
+    if not claim.same:
+        _clear(out)
+        return True
+    return overwrite
 
 
 def _clear(out: Path) -> None:
@@ -609,7 +613,7 @@ def _keep_items(fresh: dict[str, np.ndarray], day: str, written: Future, budget_
         fresh[day] = items
 
 
-def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Setting | Path" = "two_stage",
+def preprocess(source: "str | Path", out: str | Path, setting: "str | int | Setting | Path" = "two_stage",
                days: str | None = None, *, tz_offset_hours: int = PREPROCESS.tz_offset_hours,
                max_missing_fraction: float = PREPROCESS.max_missing_fraction, overwrite: bool = False,
                progress: bool = True, max_no_gt_fraction: float = PREPROCESS.max_no_gt_fraction,
@@ -624,7 +628,42 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
     ``prefetch_budget_mb``: the next day is read ahead while a day is parsed only when its
     files total at most this many MiB (and the per-day item reductions are kept in memory up
     to this size), so a big day never has another one next to it in memory.
+    Holds the lock of ``out`` for the whole step (the output protocol, lcron.step_output).
     """
+    name = setting.name if isinstance(setting, Setting) else setting
+    fallback = f"lcron preprocess --source {source} --out {out} --setting {name}" + (f" --days {days}" if days else "")
+    with step_output(out, outputs.current_command(fallback), kind=SHARDS_KIND, ours=_is_shard_folder,
+                     folder_what="a shard set (no dataset.json)") as step:
+        st = _checked_options(setting, tz_offset_hours, prefetch_budget_mb)
+        out = Path(out)
+        chash = config_hash(st, tz_offset_hours, bool(reference_quirks))
+        with RecFlowReader(source, max_missing_fraction=max_missing_fraction,
+                           max_no_gt_fraction=max_no_gt_fraction, tz_offset_hours=tz_offset_hours) as reader:
+            chosen = reader.select_days(days)
+            counts = reader.id_counts()
+            dataset = {"format_version": FORMAT_VERSION, "setting": st.to_dict(), "id_counts": counts,
+                       "embedding_sizes": fields.embedding_sizes(counts), "tz_offset_hours": tz_offset_hours,
+                       "source": str(source), "days": [], "config_hash": chash,
+                       "reference_quirks": bool(reference_quirks)}
+            redo = _prepare_out(step, dataset, overwrite)
+            if not outputs.is_complete(out, SHARDS_KIND, _legacy_problem, content=False):  # finish checks content
+                (out / "item_table" / "manifest.json").unlink(missing_ok=True)  # rebuilt at the end
+            step.begin(outputs.current_command(_complete_command(out, dataset, days)))
+            dataset["days"] = _complete_days(out)
+            write_json(out / "dataset.json", dataset)
+            fresh_items = _Days(reader, out, st, counts, tz_offset_hours, bool(reference_quirks), chash,
+                                redo).run(chosen, int(prefetch_budget_mb) * 2**20, progress)
+            dataset["days"] = _complete_days(out)
+            write_json(out / "dataset.json", dataset)
+        shards = ShardSet(out, require_complete=False)
+        n_items = _write_item_table(out, shards, fresh_items)
+        log.info("item table: %d items over %d day(s)", n_items, len(shards.days))
+        step.finish(_shard_files(out, shards.days), {"days": shards.days})
+    return shards
+
+
+def _checked_options(setting: "str | int | Setting | Path", tz_offset_hours: int, prefetch_budget_mb: int) -> Setting:
+    """The setting; a bad option is a ConfigError before any data is read."""
     if not isinstance(prefetch_budget_mb, int) or isinstance(prefetch_budget_mb, bool) or prefetch_budget_mb < 0:
         raise ConfigError(f"prefetch_budget_mb must be an integer >= 0, got {prefetch_budget_mb!r}")
     try:
@@ -633,66 +672,56 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
         raise ConfigError(str(exc)) from None
     if not isinstance(tz_offset_hours, int) or not -12 <= tz_offset_hours <= 14:
         raise ConfigError(f"tz_offset_hours must be an integer in [-12, 14], got {tz_offset_hours!r}")
-    out = Path(out)
-    chash = config_hash(st, tz_offset_hours, bool(reference_quirks))
-    with RecFlowReader(source, max_missing_fraction=max_missing_fraction,
-                       max_no_gt_fraction=max_no_gt_fraction, tz_offset_hours=tz_offset_hours) as reader:
-        chosen = reader.select_days(days)
-        counts = reader.id_counts()
-        dataset = {"format_version": FORMAT_VERSION, "setting": st.to_dict(), "id_counts": counts,
-                   "embedding_sizes": fields.embedding_sizes(counts), "tz_offset_hours": tz_offset_hours,
-                   "source": str(source), "days": [], "config_hash": chash,
-                   "reference_quirks": bool(reference_quirks)}
-        redo = _prepare_out(out, dataset, overwrite)
-        if not outputs.is_complete(out, SHARDS_KIND, _legacy_problem, content=False):  # finish checks content
-            (out / "item_table" / "manifest.json").unlink(missing_ok=True)  # rebuilt at the end
-        outputs.begin(out, SHARDS_KIND, outputs.current_command(_complete_command(out, dataset, days)))
-        dataset["days"] = _complete_days(out)
-        write_json(out / "dataset.json", dataset)
-        # Helper threads overlap the GIL-free parts with the parsing of day d: the
-        # fingerprint (sha256) and the column-by-column all_stage read of day d run while
-        # the main thread unpickles its request_id_dict; the writer saves day d - 1 (np.save
-        # and fsync). Only small days (_overlap_next) are read ahead and parsed while the
-        # previous day is still being written, so at most one big day is in memory; the
-        # memory bound is in docs/scale.md ("Preprocessing memory").
-        budget = int(prefetch_budget_mb) * 2**20
-        with Progress(len(chosen), f"preprocess {st.name}", unit="day", enabled=progress) as bar, \
+    return st
+
+
+@dataclass
+class _Days:
+    """The day loop of :func:`preprocess`: what every day is built from and checked against."""
+
+    reader: RecFlowReader
+    out: Path
+    st: Setting
+    counts: dict
+    tz_offset_hours: int
+    reference_quirks: bool
+    chash: str
+    redo: bool
+
+    def fetch(self, day: str) -> DayInputs:
+        return self.reader.fetch_day(day, index_labels=(self.st.top_group,), check_all_columns=CHECK_ALL_COLUMNS)
+
+    def checked_fetch(self, day: str) -> tuple[dict, DayInputs | None]:
+        """Fingerprint, then the all_stage read unless the day is up to date."""
+        fp = self.reader.fingerprint_day(day)
+        day_dir = self.out / "days" / day
+        if _may_skip(day_dir, self.redo) and _up_to_date(day_dir, fp, self.chash):
+            return fp, None
+        return fp, self.fetch(day)
+
+    def run(self, chosen: list[str], budget: int, progress: bool) -> dict[str, np.ndarray]:
+        """Build and write every chosen day that is not up to date; returns the item reductions
+        kept in memory for the item table (within ``budget`` bytes).
+
+        Helper threads overlap the GIL-free parts with the parsing of day d: the
+        fingerprint (sha256) and the column-by-column all_stage read of day d run while
+        the main thread unpickles its request_id_dict; the writer saves day d - 1 (np.save
+        and fsync). Only small days (_overlap_next) are read ahead and parsed while the
+        previous day is still being written, so at most one big day is in memory; the
+        memory bound is in docs/scale.md ("Preprocessing memory")."""
+        reader = self.reader
+        with Progress(len(chosen), f"preprocess {self.st.name}", unit="day", enabled=progress) as bar, \
                 ThreadPoolExecutor(max_workers=2, thread_name_prefix="lcron-prefetch") as helpers, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="lcron-shard-writer") as writer:
-            def fetch(day: str) -> DayInputs:
-                return reader.fetch_day(day, index_labels=(st.top_group,), check_all_columns=CHECK_ALL_COLUMNS)
-
-            def checked_fetch(day: str) -> tuple[dict, DayInputs | None]:
-                """Fingerprint, then the all_stage read unless the day is up to date."""
-                fp = reader.fingerprint_day(day)
-                if _may_skip(out / "days" / day, redo) and _up_to_date(out / "days" / day, fp, chash):
-                    return fp, None
-                return fp, fetch(day)
-
             pending: tuple[str, Future] | None = None
             fresh_items: dict[str, np.ndarray] = {}
             ahead: Future | None = None  # checked_fetch of the current day, when read ahead
             for i, day in enumerate(chosen):
-                day_dir = out / "days" / day
-                fp_f: "Future[dict]"
-                inputs: "Future[DayInputs]"
-                if ahead is not None:
-                    fp, fetched = ahead.result()
-                    if fetched is None:
-                        inputs = None  # type: ignore[assignment]
-                    else:
-                        fp_f, inputs = _done(fp), _done(fetched)
-                elif _may_skip(day_dir, redo):
-                    fp = reader.fingerprint_day(day)
-                    if _up_to_date(day_dir, fp, chash):
-                        inputs = None  # type: ignore[assignment]
-                    else:
-                        fp_f, inputs = _done(fp), helpers.submit(fetch, day)
-                else:  # nothing to skip: the fingerprint is only needed for the manifest
-                    fp_f, inputs = helpers.submit(reader.fingerprint_day, day), helpers.submit(fetch, day)
+                day_dir = self.out / "days" / day
+                fp_f, inputs = self._inputs(day, ahead, helpers)
                 ahead = None
                 if i + 1 < len(chosen) and _overlap_next(reader, chosen[i + 1], budget):
-                    ahead = helpers.submit(checked_fetch, chosen[i + 1])
+                    ahead = helpers.submit(self.checked_fetch, chosen[i + 1])
                 if inputs is None:
                     reader.check_known_day(day, _known_request_ids(reader, day_dir, day))
                     log.info("day %s: up to date, skipped", day)
@@ -704,9 +733,10 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
                     _keep_items(fresh_items, *pending, budget)
                     pending = None
                 (day_dir / "manifest.json").unlink(missing_ok=True)
-                arrays, manifest = _build_day(reader, day, inputs, st, counts, tz_offset_hours, bool(reference_quirks))
+                arrays, manifest = _build_day(reader, day, inputs, self.st, self.counts, self.tz_offset_hours,
+                                              self.reference_quirks)
                 del inputs
-                manifest.update(source_fingerprint=fp_f.result(), config_hash=chash)
+                manifest.update(source_fingerprint=fp_f.result(), config_hash=self.chash)
                 if pending is not None:
                     _keep_items(fresh_items, *pending, budget)
                 pending = (day, writer.submit(_write_and_reduce, day_dir, arrays, manifest))
@@ -714,10 +744,19 @@ def _preprocess(source: "str | Path", out: str | Path, setting: "str | int | Set
                 del arrays
             if pending is not None:
                 _keep_items(fresh_items, *pending, budget)
-        dataset["days"] = _complete_days(out)
-        write_json(out / "dataset.json", dataset)
-    shards = ShardSet(out, require_complete=False)
-    n_items = _write_item_table(out, shards, fresh_items)
-    log.info("item table: %d items over %d day(s)", n_items, len(shards.days))
-    outputs.finish(out, SHARDS_KIND, _shard_files(out, shards.days), {"days": shards.days})
-    return shards
+        return fresh_items
+
+    def _inputs(self, day: str, ahead: Future | None,
+                helpers: ThreadPoolExecutor) -> "tuple[Future[dict] | None, Future[DayInputs] | None]":
+        """The day's fingerprint and inputs as futures; (None, None) when the day is up to date."""
+        if ahead is not None:
+            fp, fetched = ahead.result()
+            return (None, None) if fetched is None else (_done(fp), _done(fetched))
+        day_dir = self.out / "days" / day
+        if _may_skip(day_dir, self.redo):
+            fp = self.reader.fingerprint_day(day)
+            if _up_to_date(day_dir, fp, self.chash):
+                return None, None
+            return _done(fp), helpers.submit(self.fetch, day)
+        # nothing to skip: the fingerprint is only needed for the manifest
+        return helpers.submit(self.reader.fingerprint_day, day), helpers.submit(self.fetch, day)

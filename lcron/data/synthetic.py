@@ -123,6 +123,7 @@ from lcron.errors import ConfigError, OutputExistsError
 from lcron.memtrim import available_bytes
 from lcron.outputs import file_sha256
 from lcron.progress import Progress
+from lcron.step_output import StepOutput
 
 # ----------------------------------------------------------------------------- layout
 # The RecFlow layout is lcron.data.schemas' (the reader validates against the same names);
@@ -806,7 +807,9 @@ def _manifest(cfg: SyntheticConfig) -> dict[str, Any]:
 
 
 def _check_out_dir(out: Path, manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Refuse to write over real data or over synthetic data made with another configuration.
+    """Refuse to write over real data or over synthetic data made with another configuration
+    (the output protocol's claim on the manifest; there is no --overwrite here, and no lock, as
+    before: the folder is removed by hand).
 
     Returns the days a stopped run of the same configuration completed, whose files still
     match the sha256 it recorded (``{day: {file: sha256}}``): those are kept, not redone.
@@ -814,23 +817,23 @@ def _check_out_dir(out: Path, manifest: dict[str, Any]) -> dict[str, dict[str, s
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder; choose a folder for the synthetic data")
     path = out / MANIFEST_NAME
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            old = None
-        if isinstance(old, dict) and all(old.get(k) == manifest[k] for k in manifest):
-            return _verified_days(out, old) if old.get("complete") is False else {}
-        old_conf = (old or {}).get("config", {}) if isinstance(old, dict) else {}
-        diff = sorted(k for k in manifest["config"] if old_conf.get(k) != manifest["config"][k])
-        raise OutputExistsError(
-            f"{out}: holds synthetic data made with a different configuration ({path}; differing fields: "
-            f"{', '.join(diff) or 'unreadable manifest'}); remove the folder or choose another one")
     present = [d for d in RECFLOW_SUBDIRS if (out / d).exists()]
-    if present:
+    if present and not path.exists():  # the generator has no --overwrite: its own words, not refuse_foreign's
         raise OutputExistsError(
             f"{out}: already holds RecFlow-style data ({', '.join(present)}) that this generator did not write "
             f"(no {MANIFEST_NAME}); refusing to overwrite it - choose an empty folder")
+
+    def refusal(old: dict[str, Any]) -> str:
+        old_conf = old.get("config") if isinstance(old.get("config"), dict) else {}
+        diff = sorted(k for k in manifest["config"] if old_conf.get(k) != manifest["config"][k])
+        return (f"{out}: holds synthetic data made with a different configuration ({path}; differing fields: "
+                f"{', '.join(diff) or 'unreadable manifest'}); remove the folder or choose another one")
+
+    claim = StepOutput(out, "", None, lambda folder: True, "").claim(
+        MANIFEST_NAME, manifest, None, False, refusal=refusal,
+        same=lambda old: all(old.get(k) == manifest[k] for k in manifest))
+    if claim.same and claim.previous is not None and claim.previous.get("complete") is False:
+        return _verified_days(out, claim.previous)
     return {}
 
 
@@ -915,21 +918,7 @@ def generate_from_config(out_dir: str | Path, config: SyntheticConfig, *, progre
                            on_part=bar.update)
                 finished(day, _day_hashes(out, day))
         else:
-            # spawn, not fork: the caller may hold threads (torch, BLAS) that a forked child
-            # would inherit mid-lock; the world travels once per worker. Workers report each
-            # part's requests through a queue, so progress moves within days.
-            context = multiprocessing.get_context("spawn")
-            parts_done = context.Queue()
-            with _worker_threads(max(1, usable_cpus() // n_workers)), \
-                    ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_day_worker,
-                                        initargs=(world, config, str(out), parts_done)) as pool:
-                jobs = {pool.submit(_day_in_worker, d, seeds[d + 1]) for d in todo}
-                while jobs:
-                    ended, jobs = wait(jobs, timeout=0.5, return_when=FIRST_COMPLETED)
-                    _drain(parts_done, bar)
-                    for job in ended:
-                        finished(*job.result())
-                _drain(parts_done, bar)
+            _simulate_in_workers(world, config, out, todo, seeds, n_workers, bar, finished)
     counts = config.id_counts()
     if config.published_spellings:
         counts = {PUBLISHED_SPELLINGS.get(k, k): v for k, v in counts.items()}
@@ -937,6 +926,28 @@ def generate_from_config(out_dir: str | Path, config: SyntheticConfig, *, progre
     _write_feather(out / "others" / "realshow_video_info.feather", _video_info_table(world))
     write_json(out / MANIFEST_NAME, manifest)
     return out
+
+
+def _simulate_in_workers(world: Any, config: SyntheticConfig, out: Path, todo: list[int], seeds: Any,
+                         n_workers: int, bar: Progress, finished: Callable[[str, dict[str, str]], None]) -> None:
+    """Simulate and write the days ``todo`` in ``n_workers`` worker processes, calling
+    ``finished(day, hashes)`` as each ends.
+
+    spawn, not fork: the caller may hold threads (torch, BLAS) that a forked child would
+    inherit mid-lock; the world travels once per worker. Workers report each part's requests
+    through a queue, so progress moves within days."""
+    context = multiprocessing.get_context("spawn")
+    parts_done = context.Queue()
+    with _worker_threads(max(1, usable_cpus() // n_workers)), \
+            ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_day_worker,
+                                initargs=(world, config, str(out), parts_done)) as pool:
+        jobs = {pool.submit(_day_in_worker, d, seeds[d + 1]) for d in todo}
+        while jobs:
+            ended, jobs = wait(jobs, timeout=0.5, return_when=FIRST_COMPLETED)
+            _drain(parts_done, bar)
+            for job in ended:
+                finished(*job.result())
+        _drain(parts_done, bar)
 
 
 def _drain(queue: Any, bar: Progress) -> None:

@@ -37,11 +37,10 @@ deeper stages score only the survivors, per K1.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -50,9 +49,10 @@ import torch
 
 from lcron import atomic, outputs
 from lcron.devices import device_defaults, resolve_device
-from lcron.errors import ConfigError, DataError, OutputExistsError
+from lcron.errors import ConfigError, DataError
 from lcron.evaluation.results import is_eval_folder, summarize_seeds
 from lcron.evaluation.serving_results import FORMAT_VERSION, KIND
+from lcron.hashing import config_hash
 from lcron.logs import get_logger
 from lcron.progress import Progress
 from lcron.run_folder import FinishedRun, load_cascade, seed_number
@@ -61,6 +61,7 @@ from lcron.serving.index import (AUTO_FLAT_MAX_ITEMS, Corpus, IndexOptions, buil
                                  stage_modules, user_vectors)
 from lcron.serving.loader import DEFAULT_MAX_SLOTS, run_cascade, score_items
 from lcron.settings import Setting
+from lcron.step_output import step_output
 
 REQUEST_NAMES = ("context", "user", "seq", "seq_mask")
 
@@ -348,36 +349,44 @@ def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1:
 
 
 # ------------------------------------------------------------------------ the run
-def _guard_output(path: Path, inputs: Mapping[str, Any], overwrite: bool) -> str:
-    """The inputs' hash; refuses (unless ``overwrite``) a ``path`` written from other inputs."""
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    outputs.refuse_foreign(path.parent, is_eval_folder(path.parent) or _Partial.is_ours(path.parent / PARTIAL_FILE),
-                           "an lcron evaluation folder")
-    if os.path.lexists(path) and outputs.json_kind(path) != KIND:
-        raise OutputExistsError(f"{path} exists and is not an lcron serving evaluation; it is left untouched, "
-                                "even with --overwrite: choose another --out")
-    if path.exists() and not overwrite:
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError):
-            old = {}
-        if old.get("inputs_hash") != digest:
-            before = old.get("inputs") or {}
-            diff = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in inputs.items() if before.get(k) != v]
-            raise OutputExistsError(f"{path} holds a serving evaluation of other inputs "
-                                    f"({'; '.join(diff) or 'unknown format'}); choose another --out or pass --overwrite")
-    return digest
+def _inputs_hash(inputs: Mapping[str, Any]) -> str:
+    """The configuration hash of the inputs. Values JSON cannot hold were always hashed as their
+    ``str`` (e.g. a numpy integer among the index options): the round trip keeps every
+    recorded hash value, so existing serving.json files keep matching their inputs."""
+    return config_hash(json.loads(json.dumps(inputs, default=str)))
 
 
-def serving_evaluate(run_dir: "str | Path", shards: Any = None, **kwargs: Any) -> dict[str, Any]:
-    """Serving-style evaluation (see :func:`_serving_evaluate`) holding the lock of the output folder;
-    serving.json is one atomic file, so its presence is its completion marker."""
-    folder = Path(kwargs["out"]) if kwargs.get("out") is not None else Path(run_dir) / "eval"
-    with outputs.output_lock(folder, outputs.current_command(f"lcron serve-eval --model {run_dir} --out {folder}")):
-        return _serving_evaluate(run_dir, shards, **kwargs)
+def _is_ours(folder: Path) -> bool:
+    """An evaluation folder, or one holding only a stopped serve-eval's partial results."""
+    return is_eval_folder(folder) or _Partial.is_ours(folder / PARTIAL_FILE)
 
 
-def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = None,
+@dataclass
+class _ServingPlan:
+    """A serving evaluation resolved before anything is computed: the run, the test day,
+    the device, the corpus and the inputs (with their hash) that name the result."""
+
+    run_dir: Path
+    cfg: Mapping[str, Any]
+    setting: Setting
+    seed_dirs: list[Path]
+    shard_set: Any
+    test_day: str
+    notes: list[str]
+    dev: torch.device
+    compile: bool
+    slots: int
+    video_ids: Any
+    features: Any
+    k1_req: tuple[int, ...]
+    k1_list: list[int]
+    index: str
+    opts: IndexOptions
+    inputs: dict[str, Any]
+    inputs_hash: str
+
+
+def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = None,
                      k1: "Sequence[int] | str" = (100, 500, 1000), index: str = "auto", batch_size: int = 1024,
                      device: str = "auto", seed: int = 0, index_options: "Mapping[str, Any] | None" = None,
                      out: "str | Path | None" = None, max_requests: int | None = None, compile: bool | None = None,
@@ -394,8 +403,42 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     ``max_requests`` evaluates only the first requests of the day; ``compile`` None takes the
     device's default (``DEVICE_DEFAULTS``: on for CPU, off for CUDA). Returns the document.
     An existing ``serving.json`` made from other inputs (run, seeds, day, K1, index, tie seed)
-    is an :class:`OutputExistsError` unless ``overwrite``, as with every other step's output.
+    is an :class:`OutputExistsError` unless ``overwrite``, as with every other step's output;
+    the same inputs are evaluated again (a stopped run's saved batches are kept). The output
+    folder is locked for the step (lcron.step_output); serving.json is one atomic file, so its
+    presence is its completion marker.
     """
+    out_dir = Path(out) if out is not None else Path(run_dir) / "eval"
+    command = outputs.current_command(f"lcron serve-eval --model {run_dir} --out {out_dir}")
+    with step_output(out_dir, command, ours=_is_ours, folder_what="an lcron evaluation folder") as step:
+        plan = _plan_serving(run_dir, shards, day, k1, index, index_options, batch_size, device, compile, max_slots,
+                             seed, max_requests, recall_sample)
+        step.claim("serving.json", plan.inputs, plan.inputs_hash, overwrite, held="a serving evaluation of other inputs",
+                   where=out_dir / "serving.json", record_noun="serving evaluation",
+                   record_kind_ok=lambda kind: kind == KIND, read_always=False)
+        arrays = plan.shard_set.load_day(plan.test_day)
+        n_req = int(arrays["request_id"].shape[0])
+        if max_requests is not None:
+            n_req = min(n_req, int(max_requests))
+        cold, catalogue = _catalogue(plan, arrays, n_req, progress)
+        partial = _Partial(out_dir / PARTIAL_FILE, plan.inputs_hash)
+        per_seed: dict[int, dict[str, Any]] = {}
+        timings: dict[str, Any] = {}
+        for seed_dir in plan.seed_dirs:
+            seed_no = seed_number(seed_dir)
+            per_seed[seed_no], timings[str(seed_no)] = _evaluate_seed(plan, seed_dir, partial, arrays, n_req, cold,
+                                                                      seed, batch_size, recall_sample, progress)
+        doc = _serving_doc(plan, per_seed, timings, dict(partial.corpus_info), catalogue, n_req, seed)
+        atomic.write_json(out_dir / "serving.json", doc)
+        partial.remove()
+    return doc
+
+
+def _plan_serving(run_dir: "str | Path", shards: Any, day: str | None, k1: "Sequence[int] | str", index: str,
+                  index_options: "Mapping[str, Any] | None", batch_size: int, device: str, compile: bool | None,
+                  max_slots: int | None, seed: int, max_requests: int | None, recall_sample: int) -> _ServingPlan:
+    """Check the options, open the run and its test day, prepare the device, clamp K1 to the
+    corpus and name the inputs."""
     if index != "auto":
         check_kind(index)
     if isinstance(recall_sample, bool) or not isinstance(recall_sample, int) or recall_sample < 0:
@@ -405,17 +448,8 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
     run = FinishedRun.open(run_dir)
-    run_dir, cfg, setting, seed_dirs = run.root, run.config, run.setting, run.seed_dirs
-    shard_set = run.shards(shards)
-    if not shard_set.days:
-        raise DataError(f"shard set {shard_set.root} holds no complete day")
-    test_day = day or shard_set.days[-1]
-    if test_day not in shard_set.days:
-        raise DataError(f"day {test_day} is not a complete day of {shard_set.root}; days: {', '.join(shard_set.days)}")
-    notes = []
-    if test_day in cfg.get("days", []):
-        notes.append(f"day {test_day} was a training day of this run: the numbers are not held-out")
-        warnings.warn(f"serve-eval: test {notes[-1]}", stacklevel=2)
+    cfg, shard_set = run.config, run.shards(shards)
+    test_day, notes = _test_day(shard_set, day, cfg)
     dev = resolve_device(device)
     if compile is None:  # the device's default (lcron.devices.DEVICE_DEFAULTS): on for CPU, off for CUDA
         compile = device_defaults(dev).serve_compile
@@ -432,26 +466,37 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
         log(f"serve-eval: {note}")
     k1_list = sorted(set(k1_list))
     index = resolve_index_kind(index, len(video_ids))
-    out_dir = Path(out) if out is not None else run_dir / "eval"
-    inputs = {"run_config_hash": cfg.get("config_hash"), "seeds": [p.name for p in seed_dirs],
+    inputs = {"run_config_hash": cfg.get("config_hash"), "seeds": [p.name for p in run.seed_dirs],
               "shards": shard_set.fingerprint(), "day": test_day, "k1": k1_list, "index": index,
               "index_options": dict(index_options or {}), "tie_seed": seed, "max_requests": max_requests,
               **({"recall_sample": recall_sample} if index != "flat" else {})}
-    inputs_hash = _guard_output(out_dir / "serving.json", inputs, overwrite)
-    arrays = shard_set.load_day(test_day)
-    n_req = int(arrays["request_id"].shape[0])
-    if max_requests is not None:
-        n_req = min(n_req, int(max_requests))
+    return _ServingPlan(run.root, cfg, run.setting, run.seed_dirs, shard_set, test_day, notes, dev, bool(compile),
+                        slots, video_ids, features, k1_req, k1_list, index, opts, inputs, _inputs_hash(inputs))
 
-    per_seed: dict[int, dict[str, Any]] = {}
-    corpus_info: dict[str, Any] = {}
-    timings: dict[str, Any] = {}
-    stages = list(setting.stage_names[1:])
-    # Why catalogue recall can sit far below the cascade's recall on its logged candidates:
-    # items no training day offered as a candidate keep the item tower's untrained inputs.
-    trained_days = [d for d in cfg.get("days", []) if d in shard_set.days]
+
+def _test_day(shard_set: Any, day: str | None, cfg: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The test day (default: the shard set's last) and the note, warned about, when the run trained on it."""
+    if not shard_set.days:
+        raise DataError(f"shard set {shard_set.root} holds no complete day")
+    test_day = day or shard_set.days[-1]
+    if test_day not in shard_set.days:
+        raise DataError(f"day {test_day} is not a complete day of {shard_set.root}; days: {', '.join(shard_set.days)}")
+    notes = []
+    if test_day in cfg.get("days", []):
+        notes.append(f"day {test_day} was a training day of this run: the numbers are not held-out")
+        warnings.warn(f"serve-eval: test {notes[-1]}", stacklevel=3)
+    return test_day, notes
+
+
+def _catalogue(plan: _ServingPlan, arrays: Mapping[str, np.ndarray], n_req: int,
+               progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    """The cold items and the catalogue facts. Why catalogue recall can sit far below the
+    cascade's recall on its logged candidates: items no training day offered as a candidate
+    keep the item tower's untrained inputs."""
+    video_ids = plan.video_ids
+    trained_days = [d for d in plan.cfg.get("days", []) if d in plan.shard_set.days]
     t0 = time.perf_counter()
-    cold = cold_items(shard_set, trained_days, np.asarray(video_ids, dtype=np.int64))
+    cold = cold_items(plan.shard_set, trained_days, np.asarray(video_ids, dtype=np.int64))
     catalogue = {"items": int(len(video_ids)), "cold_items": int(len(cold)),
                  "cold_share": float(len(cold) / max(len(video_ids), 1)), "training_days": trained_days,
                  "requests_evaluated_of_day": n_req, "day_requests": int(arrays["request_id"].shape[0]),
@@ -459,91 +504,109 @@ def _serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | N
     if progress:
         log(f"serve-eval: {len(cold):,} of {len(video_ids):,} corpus items ({catalogue['cold_share']:.1%}) were never "
             f"a candidate on the run's {len(trained_days)} training day(s)")
-    partial = _Partial(out_dir / PARTIAL_FILE, inputs_hash)
-    corpus_info = dict(partial.corpus_info)
-    for seed_dir in seed_dirs:
-        seed_no = seed_number(seed_dir)
-        saved = partial.seeds.get(seed_no)
-        if saved is not None and saved["done"]:
-            log(f"serve-eval seed {seed_no}: complete in {partial.path}, kept")
-            per_seed[seed_no] = _seed_metrics(saved["parts"], stages, k1_list)
-            timings[str(seed_no)] = {"kept_from_a_stopped_run": True}
-            continue
-        t0 = time.perf_counter()
-        cascade, _ = load_cascade(seed_dir / "model.pt", dev, compile=compile)
-        if progress:  # at catalogue scale the index takes minutes before the first request
-            log(f"serve-eval seed {seed_no}: embedding {len(video_ids):,} corpus items and building the {index} index")
-        corpus = build_corpus(retrieval_tower(cascade, setting), video_ids, features, index, opts, device=dev)
-        exact = build_index(corpus.vectors, "flat", device=dev) if index != "flat" else None
-        t_build = time.perf_counter() - t0
-        if progress:
-            log(f"serve-eval seed {seed_no}: corpus and index ready in {t_build:.1f} s")
-        corpus_info = partial.corpus_info = {"items": corpus.size, **corpus.describe()}
-        ev = _SeedEvaluator(cascade, setting, corpus, exact, k1_list, dev, seed, slots, compile, recall_sample,
-                            cold)
-        parts: list[dict[str, np.ndarray]] = []
-        first_batch = done_requests = 0
-        if saved is not None:  # a stopped run's batches: kept, and the recall sample already taken
-            parts, first_batch, done_requests = list(saved["parts"]), saved["batches"], saved["requests"]
-            ev.recall_left -= _recall_sampled(parts[0]) or 0
-            log(f"serve-eval seed {seed_no}: resuming after {done_requests:,} requests of a stopped run")
-        bar = Progress(n_req, f"serve-eval seed {seed_no} day {test_day}", unit="req", enabled=progress)
-        bar.update(done_requests)
-        last_save = time.perf_counter()
-        batch_no = first_batch
-        for batch_no, (sl, request) in enumerate(
-                _request_batches(arrays, n_req, batch_size, dev, first=done_requests), start=first_batch):
-            parts.append(ev.batch(request, logged_gt(arrays, sl, setting, seed), batch_no))
-            bar.update(sl.stop - sl.start)
-            if time.perf_counter() - last_save >= PARTIAL_SAVE_EVERY_S and sl.stop < n_req:
-                partial.save(seed_no, parts, batch_no + 1, sl.stop, done=False)
-                parts, last_save = list(partial.seeds[seed_no]["parts"]), time.perf_counter()
-        bar.close()
-        if not parts:
-            raise DataError(f"day {test_day} of {shard_set.root} has no request to evaluate")
-        partial.save(seed_no, parts, batch_no + 1, n_req, done=True)
-        per_seed[seed_no] = _seed_metrics(parts, stages, k1_list)
-        total = ev.timing["retrieval_s"] + ev.timing["scoring_s"]
-        timings[str(seed_no)] = {"corpus_and_index_s": t_build, **ev.timing,
-                                 "requests_per_s": (n_req - done_requests) / total if total > 0 else None,
-                                 **({"resumed_after_requests": done_requests} if done_requests else {})}
+    return cold, catalogue
 
+
+def _evaluate_seed(plan: _ServingPlan, seed_dir: Path, partial: _Partial, arrays: Mapping[str, np.ndarray],
+                   n_req: int, cold: np.ndarray, seed: int, batch_size: int, recall_sample: int,
+                   progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One seed's metrics and timing: kept from a stopped run's complete seed, or computed
+    (continuing after a stopped run's saved batches), saving the counts as batches finish."""
+    seed_no, stages = seed_number(seed_dir), list(plan.setting.stage_names[1:])
+    saved = partial.seeds.get(seed_no)
+    if saved is not None and saved["done"]:
+        log(f"serve-eval seed {seed_no}: complete in {partial.path}, kept")
+        return _seed_metrics(saved["parts"], stages, plan.k1_list), {"kept_from_a_stopped_run": True}
+    t0 = time.perf_counter()
+    cascade, _ = load_cascade(seed_dir / "model.pt", plan.dev, compile=plan.compile)
+    if progress:  # at catalogue scale the index takes minutes before the first request
+        log(f"serve-eval seed {seed_no}: embedding {len(plan.video_ids):,} corpus items and building the {plan.index} "
+            "index")
+    corpus = build_corpus(retrieval_tower(cascade, plan.setting), plan.video_ids, plan.features, plan.index, plan.opts,
+                          device=plan.dev)
+    exact = build_index(corpus.vectors, "flat", device=plan.dev) if plan.index != "flat" else None
+    t_build = time.perf_counter() - t0
+    if progress:
+        log(f"serve-eval seed {seed_no}: corpus and index ready in {t_build:.1f} s")
+    partial.corpus_info = {"items": corpus.size, **corpus.describe()}
+    ev = _SeedEvaluator(cascade, plan.setting, corpus, exact, plan.k1_list, plan.dev, seed, plan.slots, plan.compile,
+                        recall_sample, cold)
+    parts: list[dict[str, np.ndarray]] = []
+    first_batch = done_requests = 0
+    if saved is not None:  # a stopped run's batches: kept, and the recall sample already taken
+        parts, first_batch, done_requests = list(saved["parts"]), saved["batches"], saved["requests"]
+        ev.recall_left -= _recall_sampled(parts[0]) or 0
+        log(f"serve-eval seed {seed_no}: resuming after {done_requests:,} requests of a stopped run")
+    parts, batches = _run_batches(plan, ev, partial, seed_no, arrays, n_req, parts, first_batch, done_requests, seed,
+                                  batch_size, progress)
+    partial.save(seed_no, parts, batches, n_req, done=True)
+    total = ev.timing["retrieval_s"] + ev.timing["scoring_s"]
+    timing = {"corpus_and_index_s": t_build, **ev.timing,
+              "requests_per_s": (n_req - done_requests) / total if total > 0 else None,
+              **({"resumed_after_requests": done_requests} if done_requests else {})}
+    return _seed_metrics(parts, stages, plan.k1_list), timing
+
+
+def _run_batches(plan: _ServingPlan, ev: "_SeedEvaluator", partial: _Partial, seed_no: int,
+                 arrays: Mapping[str, np.ndarray], n_req: int, parts: list[dict[str, np.ndarray]], first_batch: int,
+                 done_requests: int, seed: int, batch_size: int,
+                 progress: bool) -> tuple[list[dict[str, np.ndarray]], int]:
+    """Serve the requests after ``done_requests`` in batches, saving the counts for a resume at
+    most every :data:`PARTIAL_SAVE_EVERY_S`; returns the parts and the number of batches done."""
+    bar = Progress(n_req, f"serve-eval seed {seed_no} day {plan.test_day}", unit="req", enabled=progress)
+    bar.update(done_requests)
+    last_save = time.perf_counter()
+    batch_no = first_batch
+    for batch_no, (sl, request) in enumerate(
+            _request_batches(arrays, n_req, batch_size, plan.dev, first=done_requests), start=first_batch):
+        parts.append(ev.batch(request, logged_gt(arrays, sl, plan.setting, seed), batch_no))
+        bar.update(sl.stop - sl.start)
+        if time.perf_counter() - last_save >= PARTIAL_SAVE_EVERY_S and sl.stop < n_req:
+            partial.save(seed_no, parts, batch_no + 1, sl.stop, done=False)
+            parts, last_save = list(partial.seeds[seed_no]["parts"]), time.perf_counter()
+    bar.close()
+    if not parts:
+        raise DataError(f"day {plan.test_day} of {plan.shard_set.root} has no request to evaluate")
+    return parts, batch_no + 1
+
+
+def _serving_doc(plan: _ServingPlan, per_seed: dict[int, dict[str, Any]], timings: dict[str, Any],
+                 corpus_info: dict[str, Any], catalogue: dict[str, Any], n_req: int, seed: int) -> dict[str, Any]:
+    """serving.json's document: the mean ± std over seeds of every number, and each seed's."""
     seeds = sorted(per_seed)
     results: dict[str, Any] = {"gt_in_corpus": summarize_seeds([per_seed[s]["gt_in_corpus"] for s in seeds]),
                                "gt_cold": summarize_seeds([per_seed[s]["gt_cold"] for s in seeds])}
-    for k in k1_list:
+    for k in plan.k1_list:
         keys = per_seed[seeds[0]][str(k)].keys()
         results[str(k)] = {key: summarize_seeds([per_seed[s][str(k)][key] for s in seeds]) for key in keys}
-    doc = {
+    setting = plan.setting
+    return {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
-        "run_dir": str(run_dir),
-        "method": cfg.get("method"),
+        "run_dir": str(plan.run_dir),
+        "method": plan.cfg.get("method"),
         "setting": setting.name,
         "stage_names": list(setting.stage_names),
         "later_quotas": list(setting.quotas[1:]),
-        "shards": str(shard_set.root),
-        "day": test_day,
+        "shards": str(plan.shard_set.root),
+        "day": plan.test_day,
         "requests": n_req,
         "evaluated": per_seed[seeds[0]]["evaluated"],
         "skipped_no_gt": per_seed[seeds[0]]["skipped"],
         "seeds": seeds,
-        "k1": k1_list,
-        "k1_requested": list(k1_req),
+        "k1": plan.k1_list,
+        "k1_requested": list(plan.k1_req),
         "index": corpus_info,
         "catalogue": catalogue,
-        "device": str(dev),
+        "device": str(plan.dev),
         "tie_seed": seed,
-        "notes": notes,
+        "notes": plan.notes,
         "results": results,
         "per_seed": {str(s): per_seed[s] for s in seeds},
         "timing": timings,
-        "inputs": inputs,
-        "inputs_hash": inputs_hash,
+        "inputs": plan.inputs,
+        "inputs_hash": plan.inputs_hash,
     }
-    atomic.write_json(out_dir / "serving.json", doc)
-    partial.remove()
-    return doc
 
 
 # ---------------------------------------------------------------------------- bench

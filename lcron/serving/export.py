@@ -68,10 +68,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lcron import atomic, memtrim
+from lcron import atomic, memtrim, outputs
 from lcron.errors import ConfigError, LcronError, OutputExistsError
 from lcron.serving import loader
 from lcron.serving.loader import ExportedCascade, ExportError, load_exported
+from lcron.step_output import step_output
 
 __all__ = ["export_cascade", "load_exported", "ExportedCascade", "ExportError",
            "add_export_arguments", "run_export"]
@@ -386,16 +387,7 @@ def _check_output(out: Path, overwrite: bool) -> None:
                             f"another --out")
 
 
-def export_cascade(run_dir: "str | Path", out: "str | Path", **kwargs: Any) -> Path:
-    """Export a trained cascade (see :func:`_export_cascade`) holding the lock of ``out``. The
-    folder is built under a staging name and renamed into place, so it is complete or absent."""
-    from lcron import outputs
-
-    with outputs.output_lock(out, outputs.current_command(f"lcron export --model {run_dir} --out {out}")):
-        return _export_cascade(run_dir, out, **kwargs)
-
-
-def _export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | None = None, index: str = "flat",
+def export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | None = None, index: str = "flat",
                    index_options: "Mapping[str, Any] | None" = None, shards: "str | Path | None" = None,
                    overwrite: bool = False) -> Path:
     """Export seed ``seed`` (default: the first completed) of a training run into ``out``.
@@ -404,36 +396,55 @@ def _export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | Non
     ``index`` is flat (exact), ivf or hnsw (``index_options``: see IndexOptions).
     Returns the folder. An existing non-empty ``out`` is refused unless it is an earlier lcron
     export and ``overwrite`` is given; a folder that is not an lcron export is never deleted.
+    The step holds the lock of ``out`` (lcron.step_output); the folder is built under a
+    staging name and renamed into place, so it is complete or absent (``cascade.json``, which
+    lists every file, is its completion record).
 
     Order, for memory (see the module docstring): every program is captured and verified,
     then the tables and programs are written and the later stage models released, then the
     corpus is embedded, indexed and written with the retrieval model alone in memory.
     """
     from lcron.run_folder import FinishedRun, load_cascade
-    from lcron.serving.index import IndexOptions, check_kind, index_options_used, retrieval_tower, stage_modules
+    from lcron.serving.index import IndexOptions, check_kind, retrieval_tower, stage_modules
 
-    run_dir, out = Path(run_dir), Path(out)
-    check_kind(index)
-    opts = IndexOptions.from_mapping(index_options)
-    _check_output(out, overwrite)
-    run = FinishedRun.open(run_dir)
-    seed_dir = run.seed_dirs[0] if seed is None else run.seed_dir(seed)
-    model_path = seed_dir / "model.pt"
-    cascade, payload = load_cascade(model_path, "cpu", compile=False)
-    # The model holds the weights now; the stored state is a second copy of every table.
-    payload = {k: payload[k] for k in ("config", "seed", "day") if k in payload}
-    cfg = payload["config"]
-    setting = run.setting
-    shard_set = run.shards(shards)
-    tower = retrieval_tower(cascade, setting)
-    models = stage_modules(cascade, setting)
-    del cascade
-    inputs = _input_spec(cfg["embedding_sizes"])
+    with step_output(out, outputs.current_command(f"lcron export --model {run_dir} --out {out}")):
+        run_dir, out = Path(run_dir), Path(out)
+        check_kind(index)
+        opts = IndexOptions.from_mapping(index_options)
+        _check_output(out, overwrite)
+        run = FinishedRun.open(run_dir)
+        seed_dir = run.seed_dirs[0] if seed is None else run.seed_dir(seed)
+        model_path = seed_dir / "model.pt"
+        cascade, payload = load_cascade(model_path, "cpu", compile=False)
+        # The model holds the weights now; the stored state is a second copy of every table.
+        payload = {k: payload[k] for k in ("config", "seed", "day") if k in payload}
+        setting, shard_set = run.setting, run.shards(shards)
+        # Held only by this dict: _build_staging pops and releases each model once its files are written.
+        held = {"tower": retrieval_tower(cascade, setting), "models": stage_modules(cascade, setting)}
+        del cascade
+        meta = _export_meta(run_dir, seed_dir, payload, setting, shard_set)
+        staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+        try:
+            _build_staging(staging, held, meta, setting, shard_set, index, opts, run_dir, payload["config"])
+            if out.exists() or out.is_symlink():
+                _check_output(out, overwrite)  # again: only an earlier export is ever deleted
+                if out.is_dir() and any(out.iterdir()):
+                    shutil.rmtree(out)
+            os.replace(staging, out)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return out
 
+
+def _export_meta(run_dir: Path, seed_dir: Path, payload: Mapping[str, Any], setting: Any,
+                 shard_set: Any) -> dict[str, Any]:
+    """cascade.json's document as far as it is known before anything is written."""
     import faiss
 
+    cfg = payload["config"]
     stage_files = [f"stage-{s}-{name}.pt2" for s, name in enumerate(setting.stage_names) if s > 0]
-    meta: dict[str, Any] = {
+    return {
         "format": loader.FORMAT,
         "format_version": loader.FORMAT_VERSION,
         "setting": setting.to_dict(),
@@ -443,56 +454,57 @@ def _export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | Non
         "gt_size": setting.gt_size,
         "embedding_sizes": dict(cfg["embedding_sizes"]),
         "dim": int(cfg["train"]["dim"]),
-        "inputs": inputs,
+        "inputs": _input_spec(cfg["embedding_sizes"]),
         "files": {"user_tower": "user_tower.pt2", "item_tower": "item_tower.pt2", "stages": stage_files,
                   "index": "corpus.faiss", "item_ids": "item_ids.npy", "item_features": "item_features.npy",
                   "loader": "loader.py"},
         "source": {"run_dir": str(run_dir), "seed": int(payload.get("seed", seed_dir.name.split("-", 1)[1])),
-                   "model_file": str(model_path), "method": cfg.get("method"), "config_hash": cfg.get("config_hash"),
-                   "data_fingerprint": cfg.get("data_fingerprint"), "shards": str(shard_set.root),
-                   "day": payload.get("day")},
+                   "model_file": str(seed_dir / "model.pt"), "method": cfg.get("method"),
+                   "config_hash": cfg.get("config_hash"), "data_fingerprint": cfg.get("data_fingerprint"),
+                   "shards": str(shard_set.root), "day": payload.get("day")},
         "versions": {"torch": torch.__version__, "faiss": getattr(faiss, "__version__", "?"),
                      "numpy": np.__version__},
     }
-    table_shape = loader.table_shape(meta)
-    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
-    try:
-        written = _write_models(staging, models, inputs, meta["files"], list(setting.stage_names), table_shape)
-        meta["files"]["tables"] = written["tables"]
-        meta["program_tables"] = written["program_tables"]
-        del models, written  # the later stage models and their tables go; the retrieval model stays
-        corpus_size, corpus_index = _build_corpus(tower, shard_set, index, opts, staging, meta["files"])
-        del tower
-        meta["vector_dim"] = int(corpus_index.d)
-        meta["corpus_size"] = corpus_size
-        meta["index"] = {**index_options_used(corpus_index, index), "options": dataclasses.asdict(opts)}
-        _write_index(staging / meta["files"]["index"], corpus_index)
-        del corpus_index
-        atomic.write_text(staging / "loader.py", Path(loader.__file__).read_text())
-        atomic.write_text(staging / "README.txt", README.format(
-            setting=setting.name, stages=" -> ".join(f"{n} ({m})" for n, m in zip(setting.stage_names,
-                                                                                 setting.stage_models)),
-            run_dir=run_dir, seed=meta["source"]["seed"], method=cfg.get("method"),
-            funnel=f"retrieve K1 -> " + " -> ".join(f"{n} keeps {q}" for n, q in
-                                                   zip(setting.stage_names[1:], setting.quotas[1:])),
-            items=meta["corpus_size"], index=index, torch_version=torch.__version__.split("+")[0],
-            last=setting.quotas[-1], tz=shard_set.tz_offset_hours))
-        # cascade.json is written last and lists every file with its size and sha256: the loader
-        # checks them before it opens any file, so a folder copied in part, damaged or changed
-        # since is refused by file name, not by a torch error.
-        files = [p for p in sorted(staging.iterdir()) if p.is_file()]
-        meta["file_bytes"] = {p.name: p.stat().st_size for p in files}
-        meta["file_sha256"] = {p.name: loader.file_sha256(p) for p in files}
-        atomic.write_json(staging / loader.META_FILE, meta)
-        if out.exists() or out.is_symlink():
-            _check_output(out, overwrite)  # again: only an earlier export is ever deleted
-            if out.is_dir() and any(out.iterdir()):
-                shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return out
+
+
+def _build_staging(staging: Path, held: dict[str, Any], meta: dict[str, Any], setting: Any, shard_set: Any,
+                   index: str, opts: Any, run_dir: Path, cfg: Mapping[str, Any]) -> None:
+    """Write every file of the export into ``staging``, cascade.json last. ``held`` holds the
+    only references to the later stage models ("models") and the retrieval model ("tower"):
+    each is popped and released as soon as its files are written, so the corpus is embedded
+    with the retrieval model alone in memory."""
+    from lcron.serving.index import index_options_used
+
+    models = held.pop("models")
+    written = _write_models(staging, models, meta["inputs"], meta["files"], list(setting.stage_names),
+                            loader.table_shape(meta))
+    meta["files"]["tables"] = written["tables"]
+    meta["program_tables"] = written["program_tables"]
+    del models, written  # the later stage models and their tables go; the retrieval model stays
+    tower = held.pop("tower")
+    corpus_size, corpus_index = _build_corpus(tower, shard_set, index, opts, staging, meta["files"])
+    del tower
+    meta["vector_dim"] = int(corpus_index.d)
+    meta["corpus_size"] = corpus_size
+    meta["index"] = {**index_options_used(corpus_index, index), "options": dataclasses.asdict(opts)}
+    _write_index(staging / meta["files"]["index"], corpus_index)
+    del corpus_index
+    atomic.write_text(staging / "loader.py", Path(loader.__file__).read_text())
+    atomic.write_text(staging / "README.txt", README.format(
+        setting=setting.name, stages=" -> ".join(f"{n} ({m})" for n, m in zip(setting.stage_names,
+                                                                             setting.stage_models)),
+        run_dir=run_dir, seed=meta["source"]["seed"], method=cfg.get("method"),
+        funnel=f"retrieve K1 -> " + " -> ".join(f"{n} keeps {q}" for n, q in
+                                               zip(setting.stage_names[1:], setting.quotas[1:])),
+        items=meta["corpus_size"], index=index, torch_version=torch.__version__.split("+")[0],
+        last=setting.quotas[-1], tz=shard_set.tz_offset_hours))
+    # cascade.json is written last and lists every file with its size and sha256: the loader
+    # checks them before it opens any file, so a folder copied in part, damaged or changed
+    # since is refused by file name, not by a torch error.
+    files = [p for p in sorted(staging.iterdir()) if p.is_file()]
+    meta["file_bytes"] = {p.name: p.stat().st_size for p in files}
+    meta["file_sha256"] = {p.name: loader.file_sha256(p) for p in files}
+    atomic.write_json(staging / loader.META_FILE, meta)
 
 
 def _write_models(staging: Path, models: list[nn.Module], inputs: Mapping[str, Mapping[str, Any]],

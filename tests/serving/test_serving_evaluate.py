@@ -27,9 +27,7 @@ def test_library_and_command_line_share_the_compile_default():
     """``compile`` None in both: the device's choice (lcron.devices.DEVICE_DEFAULTS)."""
     import inspect
 
-    from lcron.serving.evaluate import _serving_evaluate
-
-    assert inspect.signature(_serving_evaluate).parameters["compile"].default is None
+    assert inspect.signature(serving_evaluate_default).parameters["compile"].default is None
     parser = argparse.ArgumentParser()
     add_serve_eval_arguments(parser)
     assert parser.parse_args(["--model", "m"]).compile is None
