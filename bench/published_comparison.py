@@ -146,8 +146,11 @@ def run_ours(shards: Path, run: Path, method: str, seeds: list[int], batch: int,
     _lcron("train", "-q", "--shards", str(shards), "--out", str(run), "--method", method,
            "--seeds", ",".join(map(str, seeds)), "--batch-size", str(batch), "--lr", str(lr),
            "--reference-quirks", "--no-compile", threads=threads)
-    _lcron("evaluate", "-q", "--model", str(run), "--no-compile", threads=threads)
-    doc = json.loads((run / "eval" / "metrics.json").read_text())
+    # One evaluation folder per seed list: a rerun with more repeats adds seeds to the run and
+    # evaluates them all, next to (not over) the earlier evaluation.
+    evaluation = run / f"eval-seeds-{'-'.join(map(str, seeds))}"
+    _lcron("evaluate", "-q", "--model", str(run), "--out", str(evaluation), "--no-compile", threads=threads)
+    doc = json.loads((evaluation / "metrics.json").read_text())
     return [float(v) for v in doc["metrics"]["joint_recall"]["per_seed"]]
 
 
