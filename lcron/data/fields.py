@@ -44,8 +44,10 @@ SEQ_KINDS = SEQ_FIELDS
 ITEM_KINDS = ITEM_ID_FIELDS + ITEM_TIME_FIELDS
 
 SHARD_ARRAYS = ("request_id", "context", "user", "seq", "seq_mask", "items", "mask", "label")
-# Arrays a model reads (labels never reach a model).
-MODEL_INPUTS = ("context", "user", "seq", "seq_mask", "items")
+# What describes a request (a serving request carries exactly these), and the arrays a model
+# reads: the request and its candidates (labels never reach a model).
+REQUEST_INPUTS = ("context", "user", "seq", "seq_mask")
+MODEL_INPUTS = REQUEST_INPUTS + ("items",)
 
 
 def embedding_sizes(id_counts: dict[str, int]) -> dict[str, int]:

@@ -55,7 +55,7 @@ class DSSM(StageModel):
 
     def user_vectors(self, batch: Mapping[str, Tensor]) -> Tensor:
         """User tower alone: [B, 32] from context, user, seq and seq_mask (items not needed)."""
-        context, user, seq, seq_mask = require(batch, "context", "user", "seq", "seq_mask")
+        context, user, seq, seq_mask = require(batch, *fields.REQUEST_INPUTS)
         ctx_e, user_e, seq_e = self.embedding(context=context, user=user, seq=seq)
         return self._user_tower(ctx_e, user_e, seq_e, float_mask(seq_mask, seq, seq_e.dtype))
 

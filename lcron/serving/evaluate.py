@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from lcron import atomic, outputs
+from lcron.data import fields
 from lcron.devices import device_defaults, resolve_device
 from lcron.errors import ConfigError, DataError
 from lcron.evaluation.results import is_eval_folder, summarize_seeds
@@ -63,7 +64,6 @@ from lcron.serving.loader import DEFAULT_MAX_SLOTS, run_cascade, score_items
 from lcron.settings import Setting
 from lcron.step_output import step_output
 
-REQUEST_NAMES = ("context", "user", "seq", "seq_mask")
 
 
 #: Requests on which an approximate index is compared with the exact search by default.
@@ -244,7 +244,7 @@ def _request_batches(arrays: Mapping[str, np.ndarray], n: int, batch_size: int, 
 
     for start in range(first, n, batch_size):
         sl = slice(start, min(start + batch_size, n))
-        yield sl, gather(arrays, sl, REQUEST_NAMES, device)
+        yield sl, gather(arrays, sl, fields.REQUEST_INPUTS, device)
 
 
 #: Requests' counts are saved for a resume at most this often (seconds) while a seed runs.

@@ -262,7 +262,9 @@ def export_programs(cascade_models: list[nn.Module], inputs: Mapping[str, Mappin
     rows = Dim("table_rows", min=_ROWS_MIN)
     ex = example_request(inputs, _EXAMPLE_B, _EXAMPLE_N, seed=0)
     check = example_request(inputs, _EXAMPLE_B + 4, _EXAMPLE_N + 6, seed=1)
-    req = ("context", "user", "seq", "seq_mask")
+    from lcron.data import fields
+
+    req = fields.REQUEST_INPUTS
     tables: list[Tensor] = []
     keys: list[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = []
 

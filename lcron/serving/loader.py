@@ -56,6 +56,8 @@ FORMAT_VERSION = 2
 # Version 1 (until issue 35): every .pt2 held its model's embedding table as a weight.
 _OLD_VERSIONS = {1: "each program held its own copy of its embedding table"}
 META_FILE = "cascade.json"
+# lcron.data.fields.REQUEST_INPUTS, written out: this file also runs on its own inside an
+# exported folder (a test holds the two equal).
 REQUEST_INPUTS = ("context", "user", "seq", "seq_mask")
 # Candidate slots (requests x items) per forward pass of a later stage: bounds the DIN's
 # [slots, L, 80] attention intermediate (8192 slots x 50 x 80 floats = 131 MB on CPU).

@@ -119,3 +119,13 @@ def test_serving_and_evaluation_break_the_same_ties_the_same_way():
         np.testing.assert_array_equal(second.numpy(), want[1])
     other = metrics.cascade_survivors([z1, z2], alive, quotas, seed=7)[1]
     assert (other != metrics.cascade_survivors([z1, z2], alive, quotas, seed=0)[1]).any()
+
+
+def test_the_stand_alone_loader_names_the_request_inputs_of_the_library():
+    """loader.py spells the request inputs out (it also runs without lcron installed); they
+    must stay the library's one list."""
+    from lcron.data import fields
+    from lcron.serving import loader
+
+    assert loader.REQUEST_INPUTS == fields.REQUEST_INPUTS
+    assert fields.MODEL_INPUTS == fields.REQUEST_INPUTS + ("items",)
