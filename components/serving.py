@@ -2,7 +2,7 @@
 
 Calls :func:`lcron.serving.evaluate.serving_evaluate` for every trained seed and writes
 ``serving.json`` into the ``serving`` Dataset artifact; the mean over seeds of every
-number (``serving/recall_e2e@K1=100`` style keys, see
+number (``serving/joint_recall@K1=100`` style keys, see
 :func:`lcron.report.serving_metric_means`) goes to the ``metrics`` Metrics artifact.
 
 Where it runs (pipelines/cascade_pipeline.py): in the cluster packages the step sits in a
@@ -59,7 +59,7 @@ def serving(
     options = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in index_options.items()}
     doc = serving_evaluate(model.path, shards.path, day=day or None, k1=[int(k) for k in k1], index=index,
                            index_options=options, batch_size=batch_size, device=device,
-                           compile=compile, seed=tie_seed, out=serving.path, overwrite=True)
+                           compile=compile, tie_seed=tie_seed, out=serving.path, overwrite=True)
     for key, value in serving_metric_means(doc).items():
         metrics.log_metric(key, value)
     serving.metadata["skipped"] = False

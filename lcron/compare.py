@@ -26,7 +26,7 @@ Serving columns. A run whose serving-style evaluation was run (``serving.json`` 
 ``lcron serve-eval``: beside its metrics.json, or anywhere under the given folders with
 the same ``run_dir`` and one of the evaluation's test days - the pipeline's serving
 artifact) adds the end-to-end recall from the whole corpus at each K1 that every such run
-of the setting evaluated (``serving/recall_e2e@K1=<k>``, mean ± std over seeds); runs
+of the setting evaluated (``serving/joint_recall@K1=<k>``, mean ± std over seeds); runs
 without one show n/a there. The best mean of those columns is marked as well.
 
 Remote roots. A ``gs://`` or ``s3://`` argument (a cluster's KFP pipeline root, one run's
@@ -321,12 +321,12 @@ def _serving_columns(evals: list[Evaluation]) -> tuple[list[int], list[str]]:
 
 def _entry(e: Evaluation, key: str) -> dict[str, Any]:
     """A column's {mean, std, n, per_seed} of one run: from metrics.json, or for a
-    ``serving/recall_e2e@K1=k`` column from its serving.json (empty if it has none)."""
+    ``serving/joint_recall@K1=k`` column from its serving.json (empty if it has none)."""
     if key.startswith("serving/"):
         k1 = key.rsplit("@K1=", 1)[1]
         if e.serving is None or k1 not in e.serving["results"]:
             return dict(EMPTY)
-        return dict(e.serving["results"][k1]["recall_e2e"])
+        return dict(e.serving["results"][k1]["joint_recall"])
     return dict(e.doc["metrics"].get(key, EMPTY))
 
 
@@ -339,7 +339,7 @@ def compare_setting(evals: list[Evaluation], bootstrap: int, seed: int, shown: S
             raise DataError(f"{e.metrics_path}: setting {e.doc['setting']!r} has stages {e.doc['stage_names']}, "
                             f"{evals[0].metrics_path} has {first['stage_names']}; cannot share one table")
     serving_k1, serving_notes = _serving_columns(evals)
-    serving_cols = [serving_metric_key("recall_e2e", k) for k in serving_k1]
+    serving_cols = [serving_metric_key("joint_recall", k) for k in serving_k1]
     cols = _columns(first) + serving_cols
 
     def mean_of(e: Evaluation, key: str) -> float:

@@ -16,15 +16,15 @@ Conventions (METHODS.md sections 1, 6 and 7), each pinned by a test:
   Conceptually every request gets a random priority per slot and slots are sorted by
   ``(score desc, priority asc)``; only the members of a straddling tie group ever look
   at the priority, so a batch without ties costs one partial sort per selection.
-* **Tie-break streams**: score ties use ``np.random.default_rng(seed).random((B, N))``;
-  GT ties use an independent stream, ``np.random.default_rng([seed, 1]).random((B, N))``.
+* **Tie-break streams**: score ties use ``np.random.default_rng(tie_seed).random((B, N))``;
+  GT ties use an independent stream, ``np.random.default_rng([tie_seed, 1]).random((B, N))``.
   They must be independent: with one shared priority a constant scorer would keep exactly
   the low-priority slots that the GT tie-break also favoured, and score a recall above
   chance. Callers may pass explicit ``priority`` / ``gt_priority`` arrays instead (finite
   values, lower wins); permuting slots together with them permutes the selection.
   Because a priority row belongs to a batch position, evaluating the same request in a
   batch of another size or at another position can resolve its ties differently; results
-  are exactly reproducible for the same batches and seed.
+  are exactly reproducible for the same batches and tie seed.
 * **Recall** = ``|selected ∩ GT| / |GT|`` with ``|GT| = min(gt, n_valid)``.
 * **Skipped requests**: a request without any valid slot has no defined recall or NDCG;
   every function returns NaN for it. :func:`request_mean` averages while ignoring NaN and
@@ -53,7 +53,7 @@ from lcron.errors import ConfigError, DataError, NumericalError
 
 ArrayLike = Any  # numpy array, torch tensor, or nested sequence of numbers
 
-GT_STREAM = 1  # the GT tie-break draws from np.random.default_rng([seed, GT_STREAM])
+GT_STREAM = 1  # the GT tie-break draws from np.random.default_rng([tie_seed, GT_STREAM])
 
 # Requests are processed in blocks of this many rows: a [4096, 50] float64 block fits in
 # a core's L2 cache, which makes the chain of sorts and element-wise passes about twice
@@ -130,18 +130,18 @@ def _check_quotas(quotas: Sequence[int], n_stages: int, fn: str) -> tuple[int, .
 
 
 # ----------------------------------------------------------------- tie-break priority
-def tie_priority(shape: tuple[int, int], seed: int = 0, *, stream: int = 0) -> np.ndarray:
+def tie_priority(shape: tuple[int, int], tie_seed: int = 0, *, stream: int = 0) -> np.ndarray:
     """The seeded tie-break priority: a ``[B, N]`` uniform array, lower value wins a tie.
 
-    ``stream=0`` is the score tie-break (``np.random.default_rng(seed)``); ``stream=1``
-    (:data:`GT_STREAM`) is the GT tie-break (``np.random.default_rng([seed, 1])``).
+    ``stream=0`` is the score tie-break (``np.random.default_rng(tie_seed)``); ``stream=1``
+    (:data:`GT_STREAM`) is the GT tie-break (``np.random.default_rng([tie_seed, 1])``).
     """
-    seed = _check_int(seed, "seed", minimum=0)
-    rng = np.random.default_rng(seed if stream == 0 else [seed, _check_int(stream, "stream", 0)])
+    tie_seed = _check_int(tie_seed, "tie_seed", minimum=0)
+    rng = np.random.default_rng(tie_seed if stream == 0 else [tie_seed, _check_int(stream, "stream", 0)])
     return rng.random(shape)
 
 
-def _priority_source(priority: ArrayLike | None, shape: tuple[int, int], seed: int, stream: int,
+def _priority_source(priority: ArrayLike | None, shape: tuple[int, int], tie_seed: int, stream: int,
                      name: str) -> Callable[[], np.ndarray]:
     """A lazy, cached priority: drawn only when some request has a straddling tie."""
     if priority is not None:
@@ -151,12 +151,12 @@ def _priority_source(priority: ArrayLike | None, shape: tuple[int, int], seed: i
         if not np.isfinite(p).all():
             raise DataError(f"{name} must be finite")
         return lambda: p
-    _check_int(seed, "seed", minimum=0)
+    _check_int(tie_seed, "tie_seed", minimum=0)
     cache: list[np.ndarray] = []
 
     def draw() -> np.ndarray:
         if not cache:
-            cache.append(tie_priority(shape, seed, stream=stream))
+            cache.append(tie_priority(shape, tie_seed, stream=stream))
         return cache[0]
 
     return draw
@@ -187,13 +187,13 @@ class _CascadeInputs(NamedTuple):
 
 
 def _cascade_inputs(scores: Sequence[ArrayLike], labels: ArrayLike, mask: ArrayLike | None, quotas: Sequence[int],
-                    gt: int, seed: int, priority: ArrayLike | None, gt_priority: ArrayLike | None,
+                    gt: int, tie_seed: int, priority: ArrayLike | None, gt_priority: ArrayLike | None,
                     fn: str) -> _CascadeInputs:
     y, valid = _labels_mask(labels, mask, fn)
     zs = _stage_scores(scores, y.shape, fn)
     return _CascadeInputs(y, valid, zs, _check_quotas(quotas, len(zs), fn), _check_int(gt, "gt"),
-                          _priority_source(gt_priority, y.shape, seed, GT_STREAM, "gt_priority"),
-                          _priority_source(priority, y.shape, seed, 0, "priority"))
+                          _priority_source(gt_priority, y.shape, tie_seed, GT_STREAM, "gt_priority"),
+                          _priority_source(priority, y.shape, tie_seed, 0, "priority"))
 
 
 # ------------------------------------------------------------------------ selection
@@ -257,19 +257,19 @@ def _recall(selected: np.ndarray, gt: np.ndarray, gt_size: np.ndarray) -> np.nda
 
 
 # ------------------------------------------------------------------------ public API
-def gt_mask(labels: ArrayLike, mask: ArrayLike | None, gt: int = 10, seed: int = 0, *,
+def gt_mask(labels: ArrayLike, mask: ArrayLike | None, gt: int = 10, tie_seed: int = 0, *,
             gt_priority: ArrayLike | None = None) -> np.ndarray:
     """The GT set as a bool [B, N] mask: the ``min(gt, n_valid)`` valid slots with the
     largest label; a tie group straddling the ``gt``-th place is resolved by the seeded
-    GT tie-break (``np.random.default_rng([seed, 1])``, or ``gt_priority``)."""
+    GT tie-break (``np.random.default_rng([tie_seed, 1])``, or ``gt_priority``)."""
     y, valid = _labels_mask(labels, mask, "gt_mask")
     g = _check_int(gt, "gt")
-    src = _priority_source(gt_priority, y.shape, seed, GT_STREAM, "gt_priority")
+    src = _priority_source(gt_priority, y.shape, tie_seed, GT_STREAM, "gt_priority")
     return np.concatenate(_by_rows(y.shape[0], lambda r: _gt(y[r], valid[r], g, _rows(src, r))))
 
 
 def cascade_survivors(scores: Sequence[ArrayLike], mask: ArrayLike | None, quotas: Sequence[int],
-                      seed: int = 0, *, priority: ArrayLike | None = None) -> list[np.ndarray]:
+                      tie_seed: int = 0, *, priority: ArrayLike | None = None) -> list[np.ndarray]:
     """Run the cascade: bool [B, N] survivor masks after each stage, first stage first.
 
     Stage 1 keeps ``quotas[0]`` of the valid slots by ``scores[0]``; stage s keeps
@@ -284,7 +284,7 @@ def cascade_survivors(scores: Sequence[ArrayLike], mask: ArrayLike | None, quota
     valid = _valid_mask(mask, first.shape, "cascade_survivors")
     zs = _stage_scores(scores, first.shape, "cascade_survivors")
     qs = _check_quotas(quotas, len(zs), "cascade_survivors")
-    src = _priority_source(priority, first.shape, seed, 0, "priority")
+    src = _priority_source(priority, first.shape, tie_seed, 0, "priority")
     parts = _by_rows(first.shape[0], lambda r: _cascade([z[r] for z in zs], valid[r], qs, _rows(src, r)))
     return [np.concatenate([part[s] for part in parts]) for s in range(len(qs))]
 
@@ -299,13 +299,13 @@ def _cascade(zs: list[np.ndarray], valid: np.ndarray, qs: tuple[int, ...],
 
 
 def joint_recall(scores: Sequence[ArrayLike], labels: ArrayLike, mask: ArrayLike | None,
-                 quotas: Sequence[int] = (30, 20), gt: int = 10, seed: int = 0, *,
+                 quotas: Sequence[int] = (30, 20), gt: int = 10, tie_seed: int = 0, *,
                  priority: ArrayLike | None = None, gt_priority: ArrayLike | None = None) -> np.ndarray:
     """End-to-end recall per request: ``|last stage's survivors ∩ GT| / min(gt, n_valid)``
     with the cascade run for real (see :func:`cascade_survivors`); NaN without valid slots.
 
     ``scores``: one [B, N] array per stage, first stage first; ``quotas`` likewise."""
-    y, valid, zs, qs, g, gsrc, psrc = _cascade_inputs(scores, labels, mask, quotas, gt, seed, priority,
+    y, valid, zs, qs, g, gsrc, psrc = _cascade_inputs(scores, labels, mask, quotas, gt, tie_seed, priority,
                                                       gt_priority, "joint_recall")
 
     def block(r: slice) -> np.ndarray:
@@ -318,15 +318,15 @@ def joint_recall(scores: Sequence[ArrayLike], labels: ArrayLike, mask: ArrayLike
 
 
 def recall_at_k_m(scores: ArrayLike, labels: ArrayLike, mask: ArrayLike | None, k: int = 10, m: int = 20,
-                  seed: int = 0, *, priority: ArrayLike | None = None,
+                  tie_seed: int = 0, *, priority: ArrayLike | None = None,
                   gt_priority: ArrayLike | None = None) -> np.ndarray:
     """Recall@k@m of one model alone per request: ``|top-m valid slots by score ∩ GT| /
     min(k, n_valid)``, GT = the top ``k`` by label; NaN without valid slots."""
     y, valid = _labels_mask(labels, mask, "recall_at_k_m")
     z = _scores(scores, y.shape, "recall_at_k_m: scores")
     kk, mm = _check_int(k, "k"), _check_int(m, "m")
-    gsrc = _priority_source(gt_priority, y.shape, seed, GT_STREAM, "gt_priority")
-    psrc = _priority_source(priority, y.shape, seed, 0, "priority")
+    gsrc = _priority_source(gt_priority, y.shape, tie_seed, GT_STREAM, "gt_priority")
+    psrc = _priority_source(priority, y.shape, tie_seed, 0, "priority")
 
     def block(r: slice) -> np.ndarray:
         v = valid[r]
@@ -467,14 +467,14 @@ class RequestMetrics:
 
 
 def cascade_metrics(scores: Sequence[ArrayLike], labels: ArrayLike, mask: ArrayLike | None,
-                    quotas: Sequence[int], gt: int = 10, ndcg_k: int = 10, seed: int = 0, *,
+                    quotas: Sequence[int], gt: int = 10, ndcg_k: int = 10, tie_seed: int = 0, *,
                     priority: ArrayLike | None = None, gt_priority: ArrayLike | None = None) -> RequestMetrics:
     """Joint recall, each stage's Recall@gt@quota and NDCG@ndcg_k, and the GT funnel counts,
     sharing the GT set and the first stage's selection between them.
 
     Equal, request for request, to calling :func:`joint_recall`, :func:`recall_at_k_m`
-    (m = the stage's quota) and :func:`ndcg_at_k` with the same seed."""
-    y, valid, zs, qs, g, gsrc, psrc = _cascade_inputs(scores, labels, mask, quotas, gt, seed, priority,
+    (m = the stage's quota) and :func:`ndcg_at_k` with the same ``tie_seed``."""
+    y, valid, zs, qs, g, gsrc, psrc = _cascade_inputs(scores, labels, mask, quotas, gt, tie_seed, priority,
                                                       gt_priority, "cascade_metrics")
     disc = _discounts(min(_check_int(ndcg_k, "ndcg_k"), y.shape[1]))
     parts = _by_rows(y.shape[0], lambda r: _cascade_metrics_rows(
@@ -556,11 +556,11 @@ def summarize_funnel(gt_survivors: ArrayLike, gt_size: ArrayLike, quotas: Sequen
 
 
 def funnel(scores: Sequence[ArrayLike], labels: ArrayLike, mask: ArrayLike | None, quotas: Sequence[int],
-           gt: int = 10, seed: int = 0, *, stage_names: Sequence[str] | None = None,
+           gt: int = 10, tie_seed: int = 0, *, stage_names: Sequence[str] | None = None,
            priority: ArrayLike | None = None, gt_priority: ArrayLike | None = None) -> dict[str, Any]:
     """The GT funnel of one batch: how many GT items survive each stage of the cascade and
     which stage drops the lost ones (see :func:`summarize_funnel` for the fields)."""
-    y, valid, zs, qs, g, gsrc, psrc = _cascade_inputs(scores, labels, mask, quotas, gt, seed, priority,
+    y, valid, zs, qs, g, gsrc, psrc = _cascade_inputs(scores, labels, mask, quotas, gt, tie_seed, priority,
                                                       gt_priority, "funnel")
 
     def block(r: slice) -> np.ndarray:

@@ -60,7 +60,7 @@ def _serving_table(s: Mapping[str, Any]) -> Table:
         res = s["results"][str(k)]
         row = ([k, gic, _mean_std(res["recall_retrieval"])]
                + [_mean_std(res.get(f"recall_after/{stage}")) for stage in later[:-1]]
-               + [_mean_std(res["recall_e2e"]), res["recall_e2e"].get("n")])
+               + [_mean_std(res["joint_recall"]), res["joint_recall"].get("n")])
         if has_ir:
             row.append(_mean_std(res.get("index_recall")))
         rows.append(row)

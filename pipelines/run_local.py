@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if "joint_recall" in run.metrics:
         print(f"{'joint recall':18s} {run.metrics['joint_recall']:.4f}")
     for key, value in run.metrics.items():
-        if key.startswith("serving/recall_e2e@"):  # serving_eval=true: end to end from the corpus per K1
+        if key.startswith("serving/joint_recall@"):  # serving_eval=true: end to end from the corpus per K1
             print(f"{'serving e2e ' + key.split('@', 1)[1]:18s} {value:.4f}")
     return 0
 

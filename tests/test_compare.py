@@ -220,13 +220,14 @@ def test_cli_functions(three_methods, tmp_path_factory, capsys):
 
 # --------------------------------------------------------------------------- serving columns
 def make_serving(folder: Path, run_dir: Path, e2e: dict, *, day: str = DAY, index: str = "flat",
-                 setting: str = "two_stage", stages=("retrieval", "prerank")) -> Path:
-    """A serving.json written by hand into ``folder``: ``e2e`` = {K1: per-seed end-to-end recalls}."""
+                 setting: str = "two_stage", stages=("retrieval", "prerank"), e2e_key: str = "joint_recall") -> Path:
+    """A serving.json written by hand into ``folder``: ``e2e`` = {K1: per-seed end-to-end recalls}
+    under ``e2e_key`` (``recall_e2e``: a file written before the rename to ``joint_recall``)."""
     from lcron.evaluation.results import summarize_seeds as summarize
 
     results = {"gt_in_corpus": summarize([1.0])}
     for k, values in e2e.items():
-        results[str(k)] = {"recall_retrieval": summarize([1.0] * len(values)), "recall_e2e": summarize(values)}
+        results[str(k)] = {"recall_retrieval": summarize([1.0] * len(values)), e2e_key: summarize(values)}
     doc = {"kind": "lcron-serving-evaluation", "run_dir": str(run_dir), "setting": setting,
            "stage_names": list(stages), "day": day, "k1": sorted(e2e), "index": {"kind": index, "items": 300},
            "seeds": [1, 2], "results": results}
@@ -244,13 +245,14 @@ def test_serving_columns_common_k1_best_marked_and_na(three_methods, tmp_path_fa
     res = compare([root / "runA", root / "runB", root / "runC"], out, bootstrap=50)
     tab = res["settings"]["two_stage"]
     assert tab["serving_k1"] == [100, 500]  # 1000 only in B's evaluation
-    assert tab["serving_columns"] == ["serving/recall_e2e@K1=100", "serving/recall_e2e@K1=500"]
+    assert tab["serving_columns"] == ["serving/joint_recall@K1=100", "serving/joint_recall@K1=500"]
     assert tab["columns"][-2:] == tab["serving_columns"]
     assert tab["column_titles"][-2:] == ["serving end-to-end recall, K1=100", "serving end-to-end recall, K1=500"]
-    assert tab["best"]["serving/recall_e2e@K1=100"] == ["arf"] and tab["best"]["serving/recall_e2e@K1=500"] == ["lcron"]
+    assert tab["best"]["serving/joint_recall@K1=100"] == ["arf"]
+    assert tab["best"]["serving/joint_recall@K1=500"] == ["lcron"]
     rows = {r["label"]: r for r in tab["rows"]}
-    assert rows["lcron"]["values"]["serving/recall_e2e@K1=500"]["mean"] == pytest.approx(0.51)
-    assert rows["bce"]["values"]["serving/recall_e2e@K1=100"] == {"mean": None, "std": None, "n": 0, "per_seed": []}
+    assert rows["lcron"]["values"]["serving/joint_recall@K1=500"]["mean"] == pytest.approx(0.51)
+    assert rows["bce"]["values"]["serving/joint_recall@K1=100"] == {"mean": None, "std": None, "n": 0, "per_seed": []}
     assert rows["bce"]["serving_file"] is None and rows["arf"]["serving_file"] == str(root / "runB" / "eval" /
                                                                                       "serving.json")
     notes = " ".join(tab["notes"])
@@ -267,6 +269,21 @@ def test_serving_columns_common_k1_best_marked_and_na(three_methods, tmp_path_fa
     saved = json.loads((out / "compare.json").read_text())["settings"]["two_stage"]
     assert saved["best"] == tab["best"] and saved["rows"][0]["values"] == tab["rows"][0]["values"]
     assert "<th>serving end-to-end recall, K1=500</th>" in (out / "compare.html").read_text()
+
+
+def test_serving_json_from_before_the_rename_still_compared(three_methods, tmp_path_factory):
+    """serving.json files written before the rename call the end-to-end recall ``recall_e2e``;
+    compare reads them as ``joint_recall``, beside files that already do."""
+    root, _ = three_methods
+    make_serving(root / "runA" / "eval", root / "runA", {100: [0.30, 0.40]}, e2e_key="recall_e2e")
+    make_serving(root / "runB" / "eval", root / "runB", {100: [0.40, 0.44]})
+    tab = compare([root / "runA", root / "runB"], tmp_path_factory.mktemp("cmp-old-serving"),
+                  bootstrap=20)["settings"]["two_stage"]
+    assert tab["serving_columns"] == ["serving/joint_recall@K1=100"]
+    rows = {r["label"]: r for r in tab["rows"]}
+    assert rows["lcron"]["values"]["serving/joint_recall@K1=100"]["mean"] == pytest.approx(0.35)
+    assert rows["arf"]["values"]["serving/joint_recall@K1=100"]["mean"] == pytest.approx(0.42)
+    assert tab["best"]["serving/joint_recall@K1=100"] == ["arf"]
 
 
 def test_no_serving_no_serving_columns(three_methods, tmp_path_factory):
@@ -293,7 +310,7 @@ def test_serving_found_by_run_dir_under_a_pipeline_root(tmp_path):
     res = compare([root], tmp_path / "out", bootstrap=20)
     row = res["settings"]["two_stage"]["rows"][0]
     assert row["serving_file"] == str(served)
-    assert row["values"]["serving/recall_e2e@K1=100"]["mean"] == pytest.approx(0.25)
+    assert row["values"]["serving/joint_recall@K1=100"]["mean"] == pytest.approx(0.25)
     # a second serving evaluation of the same run and day: the newest one, with a note
     newer = make_serving(root / "serving-2" / "serving", model, {100: [0.4, 0.4]})
     os.utime(served, (1_000_000, 1_000_000))

@@ -119,10 +119,10 @@ def test_request_metrics_three_stage_matches_metric_functions():
     per, means, funnel = request_metrics(scores, labels, mask, THREE_STAGE, tie_seed=3)
     assert set(per) | set(means) == set(metric_keys(THREE_STAGE))
     np.testing.assert_array_equal(per["joint_recall"],
-                                  metrics.joint_recall(scores, labels, mask, (40, 30, 20), gt=10, seed=3))
+                                  metrics.joint_recall(scores, labels, mask, (40, 30, 20), gt=10, tie_seed=3))
     for s, (name, q) in enumerate(zip(THREE_STAGE.stage_names, THREE_STAGE.quotas)):
         np.testing.assert_array_equal(per[f"recall_at_10_m/{name}"],
-                                      metrics.recall_at_k_m(scores[s], labels, mask, k=10, m=q, seed=3))
+                                      metrics.recall_at_k_m(scores[s], labels, mask, k=10, m=q, tie_seed=3))
         np.testing.assert_allclose(per[f"ndcg_at_10/{name}"], metrics.ndcg_at_k(scores[s], labels, mask, k=10))
     assert np.isnan(per["joint_recall"][0]) and np.isnan(per["funnel/gt_after/rank"][0])
     gt_size = np.minimum(10, mask.sum(1))[1:]
@@ -180,11 +180,11 @@ def test_metrics_json_matches_lcron_metrics(world):
     np.testing.assert_array_equal(npz["seeds"], [1, 2])
     for i, seed in enumerate((1, 2)):
         z = _scores(run / f"seed-{seed}" / "model.pt", world.shards, world.days[-1])
-        joint = metrics.joint_recall(z, labels, mask, (30, 20), gt=10, seed=0)
+        joint = metrics.joint_recall(z, labels, mask, (30, 20), gt=10, tie_seed=0)
         assert doc["metrics"]["joint_recall"]["per_seed"][i] == pytest.approx(np.nanmean(joint), abs=1e-12)
         np.testing.assert_allclose(npz["joint_recall"][i], joint.astype(np.float32))
         for s, (name, q) in enumerate((("retrieval", 30), ("prerank", 20))):
-            r = metrics.recall_at_k_m(z[s], labels, mask, k=10, m=q, seed=0)
+            r = metrics.recall_at_k_m(z[s], labels, mask, k=10, m=q, tie_seed=0)
             nd = metrics.ndcg_at_k(z[s], labels, mask, k=10)
             assert doc["metrics"][f"recall_at_10_m/{name}"]["per_seed"][i] == pytest.approx(np.nanmean(r), abs=1e-12)
             assert doc["metrics"][f"ndcg_at_10/{name}"]["per_seed"][i] == pytest.approx(np.nanmean(nd), abs=1e-6)

@@ -74,10 +74,10 @@ def test_reference_case(index):
     assert list(case["scores"]) == list(setting.stage_names)
     scores = [np.asarray(case["scores"][name]) for name in setting.stage_names]
 
-    jr = joint_recall(scores, labels, mask, quotas=setting.quotas, gt=10, seed=0)
+    jr = joint_recall(scores, labels, mask, quotas=setting.quotas, gt=10, tie_seed=0)
     np.testing.assert_array_equal(jr, np.asarray(case["joint_recall"]))
     for name, z, quota in zip(setting.stage_names, scores, setting.quotas):
-        r = recall_at_k_m(z, labels, mask, k=10, m=quota, seed=0)
+        r = recall_at_k_m(z, labels, mask, k=10, m=quota, tie_seed=0)
         np.testing.assert_array_equal(r, np.asarray(case["recall_at_10_m"][name]), err_msg=name)
         assert ndcg_at_k(z, labels, mask, k=10).mean() == pytest.approx(case["ndcg_at_10_mean"][name], abs=1e-4)
 
@@ -215,10 +215,10 @@ def test_all_equal_scores_tie_break_is_seeded_and_not_slot_order():
     labels = two_stage_labels()
     mask = np.ones_like(labels)
     z = np.zeros((1, 40))
-    picks = [np.flatnonzero(cascade_survivors([z, z], mask, (30, 20), seed=s)[1][0]) for s in range(8)]
+    picks = [np.flatnonzero(cascade_survivors([z, z], mask, (30, 20), tie_seed=s)[1][0]) for s in range(8)]
     assert all(p.size == 20 for p in picks)
     # same seed -> same selection
-    np.testing.assert_array_equal(picks[0], np.flatnonzero(cascade_survivors([z, z], mask, (30, 20), seed=0)[1][0]))
+    np.testing.assert_array_equal(picks[0], np.flatnonzero(cascade_survivors([z, z], mask, (30, 20), tie_seed=0)[1][0]))
     # different seeds -> different selections, and never simply the first 20 slots
     assert len({tuple(p) for p in picks}) == 8
     assert not any(np.array_equal(p, np.arange(20)) for p in picks)
@@ -230,9 +230,9 @@ def test_constant_scorer_gets_chance_recall_not_the_slot_order_leak():
     the mean over 2000 requests has a standard deviation of about 0.003)."""
     labels = two_stage_labels(2000)
     z = np.zeros(labels.shape)
-    jr = joint_recall([z, z], labels, None, (30, 20), seed=3)
+    jr = joint_recall([z, z], labels, None, (30, 20), tie_seed=3)
     assert abs(jr.mean() - 0.5) < 0.02
-    assert abs(recall_at_k_m(z, labels, None, k=10, m=20, seed=3).mean() - 0.5) < 0.02
+    assert abs(recall_at_k_m(z, labels, None, k=10, m=20, tie_seed=3).mean() - 0.5) < 0.02
 
 
 def test_gt_and_score_tie_breaks_are_independent_streams():
@@ -241,7 +241,7 @@ def test_gt_and_score_tie_breaks_are_independent_streams():
     chance level 20/40."""
     labels = np.full((2000, 40), 7)
     z = np.zeros(labels.shape)
-    jr = joint_recall([z, z], labels, None, (30, 20), seed=0)
+    jr = joint_recall([z, z], labels, None, (30, 20), tie_seed=0)
     assert abs(jr.mean() - 0.5) < 0.02
     a = tie_priority((2, 5), 0)
     np.testing.assert_array_equal(a, np.random.default_rng(0).random((2, 5)))
@@ -269,12 +269,12 @@ def test_gt_mask_straddling_tie_group_is_seeded():
     mask[0, 5:10] = False
     chosen = []
     for seed in range(20):
-        g = gt_mask(labels, mask, gt=10, seed=seed)[0]
+        g = gt_mask(labels, mask, gt=10, tie_seed=seed)[0]
         assert g.sum() == 10
         assert g[:5].all() and not g[5:10].any() and not g[20:].any()
         chosen.append(tuple(np.flatnonzero(g[10:20]) + 10))
         assert len(chosen[-1]) == 5
-    np.testing.assert_array_equal(gt_mask(labels, mask, seed=4), gt_mask(labels, mask, seed=4))
+    np.testing.assert_array_equal(gt_mask(labels, mask, tie_seed=4), gt_mask(labels, mask, tie_seed=4))
     assert len(set(chosen)) > 10  # different seeds draw different members
     assert set().union(*chosen) == set(range(10, 20))  # no member is favoured by slot order
     # with an explicit priority the choice is the five lowest-priority label-7 slots
@@ -421,7 +421,7 @@ def test_infinite_scores_rank_among_valid_slots_above_padding():
     (lambda z, y, m: joint_recall([z, z], y, m[:, :3], (30, 20)), DataError, "mask has shape"),
     (lambda z, y, m: joint_recall([z, z], y, m, (30, 0)), ConfigError, "quota 2"),
     (lambda z, y, m: recall_at_k_m(z, y, m, k=0), ConfigError, "k must be"),
-    (lambda z, y, m: recall_at_k_m(z, y, m, seed=-1), ConfigError, "seed"),
+    (lambda z, y, m: recall_at_k_m(z, y, m, tie_seed=-1), ConfigError, "tie_seed"),
     (lambda z, y, m: ndcg_at_k(z, -y, m), DataError, "non-negative"),
     (lambda z, y, m: ndcg_at_k(z, y[0], m), DataError, r"\[B, N\]"),
     (lambda z, y, m: gt_mask(y, m, gt_priority=np.zeros((1, 3))), DataError, "gt_priority has shape"),
@@ -441,12 +441,12 @@ def test_cascade_metrics_equals_the_single_functions_and_concat():
     mask[3] = False
     z = rng.integers(0, 6, size=(3, 64, 50)).astype(np.float32)  # ties everywhere
     quotas = (40, 30, 20)
-    m = cascade_metrics(list(z), labels, mask, quotas, seed=11)
-    np.testing.assert_array_equal(m.joint_recall, joint_recall(list(z), labels, mask, quotas, seed=11))
+    m = cascade_metrics(list(z), labels, mask, quotas, tie_seed=11)
+    np.testing.assert_array_equal(m.joint_recall, joint_recall(list(z), labels, mask, quotas, tie_seed=11))
     for s in range(3):
-        np.testing.assert_array_equal(m.recall_at_k_m[s], recall_at_k_m(z[s], labels, mask, 10, quotas[s], seed=11))
+        np.testing.assert_array_equal(m.recall_at_k_m[s], recall_at_k_m(z[s], labels, mask, 10, quotas[s], tie_seed=11))
         np.testing.assert_array_equal(m.ndcg_at_k[s], ndcg_at_k(z[s], labels, mask))
-    f = funnel(list(z), labels, mask, quotas, seed=11)
+    f = funnel(list(z), labels, mask, quotas, tie_seed=11)
     assert summarize_funnel(m.gt_survivors, m.gt_size, quotas) == f
     both = RequestMetrics.concat([m, m])
     assert both.joint_recall.shape == (128,) and both.recall_at_k_m.shape == (3, 128)
@@ -464,11 +464,11 @@ def test_results_do_not_depend_on_the_row_blocking(monkeypatch):
     labels = two_stage_labels(50)
     mask = rng.random(labels.shape) < 0.8
     z = rng.integers(0, 5, size=(2, 50, 40)).astype(np.float64)
-    before = (cascade_metrics(list(z), labels, mask, (30, 20), seed=2), gt_mask(labels, mask, seed=2),
-              cascade_survivors(list(z), mask, (30, 20), seed=2), joint_recall(list(z), labels, mask, seed=2))
+    before = (cascade_metrics(list(z), labels, mask, (30, 20), tie_seed=2), gt_mask(labels, mask, tie_seed=2),
+              cascade_survivors(list(z), mask, (30, 20), tie_seed=2), joint_recall(list(z), labels, mask, tie_seed=2))
     monkeypatch.setattr(metrics, "CHUNK_ROWS", 7)
-    after = (cascade_metrics(list(z), labels, mask, (30, 20), seed=2), gt_mask(labels, mask, seed=2),
-             cascade_survivors(list(z), mask, (30, 20), seed=2), joint_recall(list(z), labels, mask, seed=2))
+    after = (cascade_metrics(list(z), labels, mask, (30, 20), tie_seed=2), gt_mask(labels, mask, tie_seed=2),
+             cascade_survivors(list(z), mask, (30, 20), tie_seed=2), joint_recall(list(z), labels, mask, tie_seed=2))
     for field in ("joint_recall", "recall_at_k_m", "ndcg_at_k", "gt_size", "gt_survivors"):
         np.testing.assert_array_equal(getattr(before[0], field), getattr(after[0], field))
     np.testing.assert_array_equal(before[1], after[1])

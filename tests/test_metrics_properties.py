@@ -63,7 +63,7 @@ def test_perfect_scorer_has_full_joint_recall(case):
     rng = np.random.default_rng(seed)
     jitter = rng.random(labels.shape) * 1e-3
     perfect = [labels + jitter for _ in quotas]
-    jr = joint_recall(perfect, labels, mask, quotas, gt=gt, seed=seed)
+    jr = joint_recall(perfect, labels, mask, quotas, gt=gt, tie_seed=seed)
     evaluated = mask.any(axis=1)
     if quotas[-1] >= gt:
         np.testing.assert_array_equal(jr[evaluated], 1.0)
@@ -78,9 +78,9 @@ def test_perfect_scorer_has_full_joint_recall(case):
 @given(cascades())
 def test_joint_recall_is_bounded_by_every_stage_of_the_cascade(case):
     scores, labels, mask, quotas, gt, seed = case
-    jr = joint_recall(scores, labels, mask, quotas, gt=gt, seed=seed)
-    g = gt_mask(labels, mask, gt=gt, seed=seed)
-    survivors = cascade_survivors(scores, mask, quotas, seed=seed)
+    jr = joint_recall(scores, labels, mask, quotas, gt=gt, tie_seed=seed)
+    g = gt_mask(labels, mask, gt=gt, tie_seed=seed)
+    survivors = cascade_survivors(scores, mask, quotas, tie_seed=seed)
     evaluated = mask.any(axis=1)
     assert (np.isnan(jr) == ~evaluated).all()
     for alive in survivors:
@@ -90,7 +90,7 @@ def test_joint_recall_is_bounded_by_every_stage_of_the_cascade(case):
     # the last stage's survivors are exactly what joint recall counts
     np.testing.assert_array_equal(jr, gt_fraction(survivors[-1], g, mask, gt))
     # and the first stage alone (same seed -> same selection) is a bound too
-    r1 = recall_at_k_m(scores[0], labels, mask, k=gt, m=quotas[0], seed=seed)
+    r1 = recall_at_k_m(scores[0], labels, mask, k=gt, m=quotas[0], tie_seed=seed)
     assert (jr[evaluated] <= r1[evaluated] + 1e-12).all()
     # survivor counts: min(quota, what the previous stage passed on)
     previous = mask.sum(axis=1)
@@ -106,8 +106,8 @@ def test_values_lie_in_the_unit_interval(case, k):
     scores, labels, mask, quotas, gt, seed = case
     evaluated = mask.any(axis=1)
     values = [
-        joint_recall(scores, labels, mask, quotas, gt=gt, seed=seed),
-        recall_at_k_m(scores[0], labels, mask, k=gt, m=quotas[-1], seed=seed),
+        joint_recall(scores, labels, mask, quotas, gt=gt, tie_seed=seed),
+        recall_at_k_m(scores[0], labels, mask, k=gt, m=quotas[-1], tie_seed=seed),
         ndcg_at_k(scores[0], labels, mask, k=k),
     ]
     for v in values:
@@ -150,8 +150,8 @@ def test_slot_permutation_invariance(case):
 @given(cascades())
 def test_batch_evaluation_agrees_with_the_single_metrics(case):
     scores, labels, mask, quotas, gt, seed = case
-    m = cascade_metrics(scores, labels, mask, quotas, gt=gt, seed=seed)
-    np.testing.assert_array_equal(m.joint_recall, joint_recall(scores, labels, mask, quotas, gt=gt, seed=seed))
+    m = cascade_metrics(scores, labels, mask, quotas, gt=gt, tie_seed=seed)
+    np.testing.assert_array_equal(m.joint_recall, joint_recall(scores, labels, mask, quotas, gt=gt, tie_seed=seed))
     for s, (z, q) in enumerate(zip(scores, quotas)):
-        np.testing.assert_array_equal(m.recall_at_k_m[s], recall_at_k_m(z, labels, mask, k=gt, m=q, seed=seed))
+        np.testing.assert_array_equal(m.recall_at_k_m[s], recall_at_k_m(z, labels, mask, k=gt, m=q, tie_seed=seed))
         np.testing.assert_array_equal(m.ndcg_at_k[s], ndcg_at_k(z, labels, mask))

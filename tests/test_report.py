@@ -21,7 +21,7 @@ from lcron.evaluate import evaluate
 from lcron.render import Section, Table, format_cell, markdown_table, render_html
 from lcron.report import RUN_RECORD_FILES, add_report_arguments, build_report, copy_run_record, run_report
 from lcron.run_folder import read_train_logs
-from lcron.evaluation.serving_results import serving_metric_means
+from lcron.evaluation.serving_results import load_serving, serving_metric_means
 from lcron.train import TrainConfig, train
 
 
@@ -256,11 +256,11 @@ def serving_doc(run_dir, *, k1=(100, 500), index=None, day="2024-01-15", setting
         res = {"recall_retrieval": summarize([0.5, 0.7])}
         for s in stages[1:]:
             res[f"recall_after/{s}"] = summarize([0.3, 0.5])
-        res["recall_e2e"] = summarize((e2e or {}).get(k, [0.3, 0.5]))
+        res["joint_recall"] = summarize((e2e or {}).get(k, [0.3, 0.5]))
         if index["kind"] != "flat":
             res["index_recall"] = summarize([0.95, 1.0])
         results[str(k)] = res
-    return {"kind": "lcron-serving-evaluation", "format_version": 1, "run_dir": str(run_dir), "method": "bce",
+    return {"kind": "lcron-serving-evaluation", "format_version": 2, "run_dir": str(run_dir), "method": "bce",
             "setting": setting, "stage_names": list(stages), "later_quotas": [20] if len(stages) == 2 else [30, 20],
             "shards": "shards", "day": day, "requests": 60, "evaluated": 58, "skipped_no_gt": 2, "seeds": [1, 2],
             "k1": list(k1), "k1_requested": list(k1), "index": index, "device": "cpu", "tie_seed": 0,
@@ -271,11 +271,11 @@ def serving_doc(run_dir, *, k1=(100, 500), index=None, day="2024-01-15", setting
 def test_serving_metric_means_hand_checked():
     doc = serving_doc("r", k1=(100,), stages=("retrieval", "prerank", "rank"),
                       index={"kind": "hnsw", "items": 9, "options": {"hnsw_m": 32}}, e2e={100: [0.2, 0.4]})
-    doc["results"]["100"]["recall_after/rank"] = doc["results"]["100"]["recall_e2e"]
+    doc["results"]["100"]["recall_after/rank"] = doc["results"]["100"]["joint_recall"]
     doc["results"]["gt_in_corpus"] = {"mean": float("nan"), "std": None, "n": 0, "per_seed": []}
     assert serving_metric_means(doc) == pytest.approx({
         "serving/recall_retrieval@K1=100": 0.6, "serving/recall_after/prerank@K1=100": 0.4,
-        "serving/recall_e2e@K1=100": 0.3, "serving/index_recall@K1=100": 0.975})  # NaN left out, rank = e2e
+        "serving/joint_recall@K1=100": 0.3, "serving/index_recall@K1=100": 0.975})  # NaN left out, rank = e2e
 
 
 def test_report_serving_section_from_the_serving_folder(evaluated, tmp_path):
@@ -296,11 +296,35 @@ def test_report_serving_section_from_the_serving_folder(evaluated, tmp_path):
     assert setup["index"] == "flat (exact inner product)" and setup["requests evaluated"] == 58
     assert setup["requests/s (retrieval + scoring, mean over seeds)"] == 200.0
     assert setup["file"] == str(folder / "serving.json")
-    assert doc["serving"]["metrics"]["serving/recall_e2e@K1=500"] == 0.5
+    assert doc["serving"]["metrics"]["serving/joint_recall@K1=500"] == 0.5
     assert doc["serving"]["k1"] == [100, 500]
     page = paths["html"].read_text()
     assert '<section id="serving">' in page and "Note: a note &lt;b&gt;" in page
     assert_json_matches_markdown(paths)  # every table, the serving ones included
+
+
+def test_serving_json_from_before_the_rename_reads_as_joint_recall(evaluated, tmp_path):
+    """A serving.json of format 1 calls the end-to-end recall ``recall_e2e``: it is read as
+    ``joint_recall`` (lcron.evaluation.serving_results.with_current_names), in the results
+    and per seed, by the report as by lcron compare (tests/test_compare.py); the file is left as it is."""
+    old = serving_doc(evaluated.run, e2e={500: [0.25, 0.75]})
+    old["format_version"] = 1
+    for k in ("100", "500"):
+        old["results"][k]["recall_e2e"] = old["results"][k].pop("joint_recall")
+    old["per_seed"] = {"1": {"500": {"recall_retrieval": 0.5, "recall_e2e": 0.25}}}
+    folder = tmp_path / "serving"
+    folder.mkdir()
+    text = json.dumps(old)
+    (folder / "serving.json").write_text(text)
+    doc = load_serving(folder / "serving.json")
+    assert "recall_e2e" not in doc["results"]["500"] and doc["results"]["500"]["joint_recall"]["mean"] == 0.5
+    assert doc["per_seed"]["1"]["500"] == {"recall_retrieval": 0.5, "joint_recall": 0.25}
+    assert serving_metric_means(doc)["serving/joint_recall@K1=500"] == 0.5
+    paths = build_report(evaluated.run, out=tmp_path / "rep", serving_dir=folder)
+    rep = json.loads(paths["json"].read_text())
+    assert rep["tables"]["serving"]["rows"][1][3] == {"mean": 0.5, "std": pytest.approx(0.125 ** 0.5, rel=1e-12)}
+    assert rep["serving"]["metrics"]["serving/joint_recall@K1=500"] == 0.5
+    assert (folder / "serving.json").read_text() == text
 
 
 def test_report_serving_beside_metrics_and_absent_without(evaluated, tmp_path):

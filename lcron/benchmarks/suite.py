@@ -236,7 +236,7 @@ def _worker_metrics(p: dict[str, Any]) -> dict[str, Any]:
     with _measured() as m:
         for _ in range(max(1, int(p["repeats"]))):
             t0 = time.perf_counter()
-            res = cascade_metrics(list(scores), label, mask, quotas, gt=gt, seed=0)
+            res = cascade_metrics(list(scores), label, mask, quotas, gt=gt, tie_seed=0)
             times.append(time.perf_counter() - t0)
     return {**m, "requests": int(label.shape[0]), "times_s": times, "joint_recall": float(np.nanmean(res.joint_recall)),
             "load_1m": loadavg()}

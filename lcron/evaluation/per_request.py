@@ -23,7 +23,7 @@ def request_metrics(scores: Sequence[np.ndarray], labels: np.ndarray, mask: np.n
     """Per-request values ([R] per key, NaN for a request without valid slot), the per-key
     means over requests, and the GT funnel summary, for one seed's scores."""
     rm = metrics.cascade_metrics(scores, labels, mask, setting.quotas, gt=setting.gt_size, ndcg_k=NDCG_K,
-                                 seed=tie_seed)
+                                 tie_seed=tie_seed)
     skipped = rm.gt_size == 0
     per: dict[str, np.ndarray] = {"joint_recall": rm.joint_recall}
     for s, name in enumerate(setting.stage_names):
@@ -54,6 +54,6 @@ def quota_sweep_values(scores: Sequence[np.ndarray], labels: np.ndarray, mask: n
     """Mean end-to-end recall of one seed's fixed scores for each quota tuple of ``grid`` ([G])."""
     return np.array([
         metrics.request_mean(metrics.joint_recall(scores, labels, mask, tuple(q), gt=setting.gt_size,
-                                                  seed=tie_seed)).mean
+                                                  tie_seed=tie_seed)).mean
         for q in grid
     ])

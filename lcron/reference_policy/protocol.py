@@ -52,11 +52,11 @@ def request_metrics(scores: Sequence[np.ndarray], labels: np.ndarray, mask: np.n
                     tie_seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, Any]]:
     """Per-request values, their means and the GT funnel under the reference protocol (module docstring)."""
     everything = np.ones(np.shape(mask), dtype=bool)
-    gt = metrics.gt_mask(labels, mask, gt=setting.gt_size, seed=tie_seed)
-    survivors = metrics.cascade_survivors(scores, everything, setting.quotas, seed=tie_seed)
+    gt = metrics.gt_mask(labels, mask, gt=setting.gt_size, tie_seed=tie_seed)
+    survivors = metrics.cascade_survivors(scores, everything, setting.quotas, tie_seed=tie_seed)
     per: dict[str, np.ndarray] = {"joint_recall": _hits(survivors[-1], gt) / REFERENCE_GT}
     for z, q, name in zip(scores, setting.quotas, setting.stage_names):
-        top = metrics.cascade_survivors([z], everything, (q,), seed=tie_seed)[0]
+        top = metrics.cascade_survivors([z], everything, (q,), tie_seed=tie_seed)[0]
         per[f"recall_at_10_m/{name}"] = _hits(top, gt) / REFERENCE_GT
     for z, name in zip(scores, setting.stage_names):
         per[f"ndcg_at_10/{name}"] = metrics.ndcg_at_k(z, labels, everything, k=10)
@@ -75,9 +75,9 @@ def quota_sweep_values(scores: Sequence[np.ndarray], labels: np.ndarray, mask: n
                        grid: Sequence[Sequence[int]], tie_seed: int = 0) -> np.ndarray:
     """Mean end-to-end recall under the reference protocol for each quota tuple of ``grid`` ([G])."""
     everything = np.ones(np.shape(mask), dtype=bool)
-    gt = metrics.gt_mask(labels, mask, gt=setting.gt_size, seed=tie_seed)
+    gt = metrics.gt_mask(labels, mask, gt=setting.gt_size, tie_seed=tie_seed)
     return np.array([
-        float((_hits(metrics.cascade_survivors(scores, everything, tuple(q), seed=tie_seed)[-1], gt)
+        float((_hits(metrics.cascade_survivors(scores, everything, tuple(q), tie_seed=tie_seed)[-1], gt)
                / REFERENCE_GT).mean())
         for q in grid
     ])

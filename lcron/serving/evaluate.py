@@ -19,7 +19,7 @@ Measured per K1, as a share of the request's GT items (|GT| = number of GT slots
   tower never trained on them; ``catalogue`` in serving.json gives the corpus's cold share);
 * ``recall_retrieval``  - GT items among the top-K1 retrieved;
 * ``recall_after/<s>``  - GT items still alive after later stage s; the last one is
-* ``recall_e2e``        - GT items among the final survivors (end-to-end);
+* ``joint_recall``      - GT items among the final survivors (end-to-end, the evaluation's name);
 * ``index_recall``      - ivf/hnsw only: |approximate top-K1 ∩ exact top-K1| / K1.
 
 Each is averaged over the requests with a GT (others skipped and counted), per seed, then
@@ -88,7 +88,7 @@ def parse_k1(text: "str | Sequence[int]") -> tuple[int, ...]:
 
 # ------------------------------------------------------------------ ground truth
 def logged_gt(arrays: Mapping[str, np.ndarray], rows: "slice | np.ndarray", setting: Setting,
-              seed: int) -> np.ndarray:
+              tie_seed: int) -> np.ndarray:
     """GT video ids [b, group_size] of the requests ``rows`` (-1 = not a GT slot).
 
     GT = the request's logged top group (``setting.groups[0]``): its valid slots, the
@@ -102,7 +102,7 @@ def logged_gt(arrays: Mapping[str, np.ndarray], rows: "slice | np.ndarray", sett
     label = np.asarray(arrays["label"][rows, sl], dtype=np.float64)
     if vid.shape[0] == 0:
         return vid
-    gt = gt_mask(label, mask, gt=setting.gt_size, seed=seed)
+    gt = gt_mask(label, mask, gt=setting.gt_size, tie_seed=tie_seed)
     return np.where(gt & (vid > 0), vid, -1)
 
 
@@ -175,7 +175,7 @@ class _SeedEvaluator:
     """Everything one seed needs to serve a batch of requests."""
 
     def __init__(self, cascade: torch.nn.Module, setting: Setting, corpus: Corpus, exact_index: Any,
-                 k1: list[int], device: torch.device, seed: int, max_slots: int, compile: bool = False,
+                 k1: list[int], device: torch.device, tie_seed: int, max_slots: int, compile: bool = False,
                  recall_sample: int = 0, cold_ids: np.ndarray | None = None) -> None:
         self.setting, self.corpus, self.exact_index = setting, corpus, exact_index
         self.cold_ids = cold_ids if cold_ids is not None else np.empty(0, np.int64)
@@ -183,7 +183,7 @@ class _SeedEvaluator:
         # at catalogue scale the exact search is what the approximate index is there to avoid.
         self.recall_left = int(recall_sample)
         self.k1, self.kmax = k1, max(k1)
-        self.device, self.seed, self.max_slots = device, seed, max_slots
+        self.device, self.tie_seed, self.max_slots = device, tie_seed, max_slots
         self.tower = retrieval_tower(cascade, setting)
         self.later = stage_fns(cascade, setting, compile)
         self.quotas = list(setting.quotas[1:])
@@ -202,7 +202,7 @@ class _SeedEvaluator:
         found = rows >= 0
         with torch.inference_mode():
             first = score_items(self.later[0], request, items, self.max_slots) if self.later else None
-        gen = np.random.default_rng([self.seed, batch_no])
+        gen = np.random.default_rng([self.tie_seed, batch_no])
         priority = torch.from_numpy(gen.random(rows.shape, dtype=np.float32)).to(self.device)
 
         vids = np.where(found, self.corpus.video_ids[np.maximum(rows, 0)], -1)
@@ -340,7 +340,7 @@ def _seed_metrics(parts: list[dict[str, np.ndarray]], stages: Sequence[str], k1:
         entry = {"recall_retrieval": share(retrieved[:, j])}
         for s, name in enumerate(stages):
             entry[f"recall_after/{name}"] = share(after[s, :, j])
-        entry["recall_e2e"] = share(after[-1, :, j]) if len(stages) else entry["recall_retrieval"]
+        entry["joint_recall"] = share(after[-1, :, j]) if len(stages) else entry["recall_retrieval"]
         if index_recall is not None:
             sampled = index_recall[:, j][~np.isnan(index_recall[:, j])]
             entry["index_recall"] = float(sampled.mean()) if len(sampled) else float("nan")
@@ -388,7 +388,7 @@ class _ServingPlan:
 
 def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = None,
                      k1: "Sequence[int] | str" = (100, 500, 1000), index: str = "auto", batch_size: int = 1024,
-                     device: str = "auto", seed: int = 0, index_options: "Mapping[str, Any] | None" = None,
+                     device: str = "auto", tie_seed: int = 0, index_options: "Mapping[str, Any] | None" = None,
                      out: "str | Path | None" = None, max_requests: int | None = None, compile: bool | None = None,
                      max_slots: int | None = None, progress: bool = True, overwrite: bool = False,
                      recall_sample: int = DEFAULT_RECALL_SAMPLE) -> dict[str, Any]:
@@ -399,7 +399,7 @@ def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | No
     hnsw (``index_options``: nlist, nprobe, hnsw_m, ef_search, ef_construction), or auto:
     exact up to :data:`AUTO_FLAT_MAX_ITEMS` corpus items, IVF above; an approximate index is
     compared with the exact search on the first ``recall_sample`` requests (``index_recall``);
-    ``seed`` fixes the GT and cut-off tie-breaks; ``out`` defaults to ``<run_dir>/eval``;
+    ``tie_seed`` fixes the GT and cut-off tie-breaks; ``out`` defaults to ``<run_dir>/eval``;
     ``max_requests`` evaluates only the first requests of the day; ``compile`` None takes the
     device's default (``DEVICE_DEFAULTS``: on for CPU, off for CUDA). Returns the document.
     An existing ``serving.json`` made from other inputs (run, seeds, day, K1, index, tie seed)
@@ -412,7 +412,7 @@ def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | No
     command = outputs.current_command(f"lcron serve-eval --model {run_dir} --out {out_dir}")
     with step_output(out_dir, command, ours=_is_ours, folder_what="an lcron evaluation folder") as step:
         plan = _plan_serving(run_dir, shards, day, k1, index, index_options, batch_size, device, compile, max_slots,
-                             seed, max_requests, recall_sample)
+                             tie_seed, max_requests, recall_sample)
         step.claim("serving.json", plan.inputs, plan.inputs_hash, overwrite, held="a serving evaluation of other inputs",
                    where=out_dir / "serving.json", record_noun="serving evaluation",
                    record_kind_ok=lambda kind: kind == KIND, read_always=False)
@@ -427,8 +427,8 @@ def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | No
         for seed_dir in plan.seed_dirs:
             seed_no = seed_number(seed_dir)
             per_seed[seed_no], timings[str(seed_no)] = _evaluate_seed(plan, seed_dir, partial, arrays, n_req, cold,
-                                                                      seed, batch_size, recall_sample, progress)
-        doc = _serving_doc(plan, per_seed, timings, dict(partial.corpus_info), catalogue, n_req, seed)
+                                                                      tie_seed, batch_size, recall_sample, progress)
+        doc = _serving_doc(plan, per_seed, timings, dict(partial.corpus_info), catalogue, n_req, tie_seed)
         atomic.write_json(out_dir / "serving.json", doc)
         partial.remove()
     return doc
@@ -436,7 +436,7 @@ def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | No
 
 def _plan_serving(run_dir: "str | Path", shards: Any, day: str | None, k1: "Sequence[int] | str", index: str,
                   index_options: "Mapping[str, Any] | None", batch_size: int, device: str, compile: bool | None,
-                  max_slots: int | None, seed: int, max_requests: int | None, recall_sample: int) -> _ServingPlan:
+                  max_slots: int | None, tie_seed: int, max_requests: int | None, recall_sample: int) -> _ServingPlan:
     """Check the options, open the run and its test day, prepare the device, clamp K1 to the
     corpus and name the inputs."""
     if index != "auto":
@@ -468,7 +468,7 @@ def _plan_serving(run_dir: "str | Path", shards: Any, day: str | None, k1: "Sequ
     index = resolve_index_kind(index, len(video_ids))
     inputs = {"run_config_hash": cfg.get("config_hash"), "seeds": [p.name for p in run.seed_dirs],
               "shards": shard_set.fingerprint(), "day": test_day, "k1": k1_list, "index": index,
-              "index_options": dict(index_options or {}), "tie_seed": seed, "max_requests": max_requests,
+              "index_options": dict(index_options or {}), "tie_seed": tie_seed, "max_requests": max_requests,
               **({"recall_sample": recall_sample} if index != "flat" else {})}
     return _ServingPlan(run.root, cfg, run.setting, run.seed_dirs, shard_set, test_day, notes, dev, bool(compile),
                         slots, video_ids, features, k1_req, k1_list, index, opts, inputs, _inputs_hash(inputs))
@@ -508,7 +508,7 @@ def _catalogue(plan: _ServingPlan, arrays: Mapping[str, np.ndarray], n_req: int,
 
 
 def _evaluate_seed(plan: _ServingPlan, seed_dir: Path, partial: _Partial, arrays: Mapping[str, np.ndarray],
-                   n_req: int, cold: np.ndarray, seed: int, batch_size: int, recall_sample: int,
+                   n_req: int, cold: np.ndarray, tie_seed: int, batch_size: int, recall_sample: int,
                    progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """One seed's metrics and timing: kept from a stopped run's complete seed, or computed
     (continuing after a stopped run's saved batches), saving the counts as batches finish."""
@@ -529,16 +529,16 @@ def _evaluate_seed(plan: _ServingPlan, seed_dir: Path, partial: _Partial, arrays
     if progress:
         log(f"serve-eval seed {seed_no}: corpus and index ready in {t_build:.1f} s")
     partial.corpus_info = {"items": corpus.size, **corpus.describe()}
-    ev = _SeedEvaluator(cascade, plan.setting, corpus, exact, plan.k1_list, plan.dev, seed, plan.slots, plan.compile,
-                        recall_sample, cold)
+    ev = _SeedEvaluator(cascade, plan.setting, corpus, exact, plan.k1_list, plan.dev, tie_seed, plan.slots,
+                        plan.compile, recall_sample, cold)
     parts: list[dict[str, np.ndarray]] = []
     first_batch = done_requests = 0
     if saved is not None:  # a stopped run's batches: kept, and the recall sample already taken
         parts, first_batch, done_requests = list(saved["parts"]), saved["batches"], saved["requests"]
         ev.recall_left -= _recall_sampled(parts[0]) or 0
         log(f"serve-eval seed {seed_no}: resuming after {done_requests:,} requests of a stopped run")
-    parts, batches = _run_batches(plan, ev, partial, seed_no, arrays, n_req, parts, first_batch, done_requests, seed,
-                                  batch_size, progress)
+    parts, batches = _run_batches(plan, ev, partial, seed_no, arrays, n_req, parts, first_batch, done_requests,
+                                  tie_seed, batch_size, progress)
     partial.save(seed_no, parts, batches, n_req, done=True)
     total = ev.timing["retrieval_s"] + ev.timing["scoring_s"]
     timing = {"corpus_and_index_s": t_build, **ev.timing,
@@ -549,7 +549,7 @@ def _evaluate_seed(plan: _ServingPlan, seed_dir: Path, partial: _Partial, arrays
 
 def _run_batches(plan: _ServingPlan, ev: "_SeedEvaluator", partial: _Partial, seed_no: int,
                  arrays: Mapping[str, np.ndarray], n_req: int, parts: list[dict[str, np.ndarray]], first_batch: int,
-                 done_requests: int, seed: int, batch_size: int,
+                 done_requests: int, tie_seed: int, batch_size: int,
                  progress: bool) -> tuple[list[dict[str, np.ndarray]], int]:
     """Serve the requests after ``done_requests`` in batches, saving the counts for a resume at
     most every :data:`PARTIAL_SAVE_EVERY_S`; returns the parts and the number of batches done."""
@@ -559,7 +559,7 @@ def _run_batches(plan: _ServingPlan, ev: "_SeedEvaluator", partial: _Partial, se
     batch_no = first_batch
     for batch_no, (sl, request) in enumerate(
             _request_batches(arrays, n_req, batch_size, plan.dev, first=done_requests), start=first_batch):
-        parts.append(ev.batch(request, logged_gt(arrays, sl, plan.setting, seed), batch_no))
+        parts.append(ev.batch(request, logged_gt(arrays, sl, plan.setting, tie_seed), batch_no))
         bar.update(sl.stop - sl.start)
         if time.perf_counter() - last_save >= PARTIAL_SAVE_EVERY_S and sl.stop < n_req:
             partial.save(seed_no, parts, batch_no + 1, sl.stop, done=False)
@@ -571,7 +571,7 @@ def _run_batches(plan: _ServingPlan, ev: "_SeedEvaluator", partial: _Partial, se
 
 
 def _serving_doc(plan: _ServingPlan, per_seed: dict[int, dict[str, Any]], timings: dict[str, Any],
-                 corpus_info: dict[str, Any], catalogue: dict[str, Any], n_req: int, seed: int) -> dict[str, Any]:
+                 corpus_info: dict[str, Any], catalogue: dict[str, Any], n_req: int, tie_seed: int) -> dict[str, Any]:
     """serving.json's document: the mean ± std over seeds of every number, and each seed's."""
     seeds = sorted(per_seed)
     results: dict[str, Any] = {"gt_in_corpus": summarize_seeds([per_seed[s]["gt_in_corpus"] for s in seeds]),
@@ -599,7 +599,7 @@ def _serving_doc(plan: _ServingPlan, per_seed: dict[int, dict[str, Any]], timing
         "index": corpus_info,
         "catalogue": catalogue,
         "device": str(plan.dev),
-        "tie_seed": seed,
+        "tie_seed": tie_seed,
         "notes": plan.notes,
         "results": results,
         "per_seed": {str(s): per_seed[s] for s in seeds},
@@ -776,7 +776,7 @@ def run_serve_eval(args: argparse.Namespace) -> int:
     from lcron.serving.export import index_options_from_args
 
     doc = serving_evaluate(args.model, args.shards, day=args.day, k1=parse_k1(args.k1), index=args.index,
-                           batch_size=args.batch_size, device=args.device, seed=args.tie_seed,
+                           batch_size=args.batch_size, device=args.device, tie_seed=args.tie_seed,
                            index_options=index_options_from_args(args), out=args.out,
                            max_requests=args.max_requests, compile=args.compile, overwrite=args.overwrite,
                            recall_sample=args.recall_sample,

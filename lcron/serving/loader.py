@@ -152,14 +152,14 @@ def run_cascade(stage_fns: Sequence[StageFn], quotas: Sequence[int], request: Ma
     return survivors, stage_scores
 
 
-def tie_priority(shape: tuple[int, int], seed: int, device: "str | torch.device" = "cpu") -> Tensor:
+def tie_priority(shape: tuple[int, int], tie_seed: int, device: "str | torch.device" = "cpu") -> Tensor:
     """Seeded uniform priorities [B, K] for ties at a cut-off (lower wins).
 
     The same draw as the evaluation's score tie-break (``lcron.metrics.tie_priority``,
-    ``np.random.default_rng(seed)``), so serving and evaluation break a tie among the same
-    candidates the same way for the same seed (a test holds the two together). Written out
+    ``np.random.default_rng(tie_seed)``), so serving and evaluation break a tie among the same
+    candidates the same way for the same tie seed (a test holds the two together). Written out
     rather than imported: this file also runs on its own inside an exported folder."""
-    return torch.from_numpy(np.random.default_rng(int(seed)).random(shape)).to(device)
+    return torch.from_numpy(np.random.default_rng(int(tie_seed)).random(shape)).to(device)
 
 
 # ---------------------------------------------------------------- request checking
@@ -922,20 +922,20 @@ class ExportedCascade:
                 out.append(score_items(fn, r, r["items"], self.max_slots))
         return [z.float().cpu().numpy() for z in out]
 
-    def score(self, batch: Mapping[str, Any], k1: int, seed: int = 0) -> Scored:
+    def score(self, batch: Mapping[str, Any], k1: int, tie_seed: int = 0) -> Scored:
         """Serve: retrieve top-``k1``, run the later stages with their quotas.
 
         Returns the final survivors' video ids [B, q_last] (best first; 0 where a request
         has fewer survivors), the stage scores [B, K1] aligned with the retrieved ids
         (stage 0 = retrieval score; NaN where an earlier stage had cut the item), and the
-        retrieved ids. ``seed`` fixes the tie-break at the cut-offs.
+        retrieved ids. ``tie_seed`` fixes the tie-break at the cut-offs.
         """
         r = self.request(batch)
         got = self._retrieve(r, k1)
         rows = torch.from_numpy(got.rows).to(self.device)
         alive = rows >= 0
         items = self._features_t[rows.clamp_min(0)]
-        priority = tie_priority(tuple(rows.shape), seed, self.device)
+        priority = tie_priority(tuple(rows.shape), tie_seed, self.device)
         with torch.inference_mode():
             survivors, zs = run_cascade(self.stages, self.quotas[1:], r, items, alive, priority,
                                         max_slots=self.max_slots)

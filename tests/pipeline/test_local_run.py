@@ -65,8 +65,8 @@ def test_two_stage_run_local(package, tmp_path, capsys):
     served = json.loads((paths["serving"] / "serving.json").read_text())
     assert served["k1"] == [5, 50] and served["run_dir"] == str(paths["model"])
     for k in (5, 50):
-        e2e = latest["metrics"][f"serving/recall_e2e@K1={k}"]
-        assert e2e == pytest.approx(served["results"][str(k)]["recall_e2e"]["mean"]) and 0.0 <= e2e <= 1.0
+        e2e = latest["metrics"][f"serving/joint_recall@K1={k}"]
+        assert e2e == pytest.approx(served["results"][str(k)]["joint_recall"]["mean"]) and 0.0 <= e2e <= 1.0
         assert f"serving e2e K1={k}" in out
     assert f"serving            {paths['serving'] / 'serving.json'}" in out
     assert "## Serving-style evaluation" in paths["report_markdown"].read_text()

@@ -56,15 +56,15 @@ def test_serving_component_writes_serving_json_and_logs_the_means(served):
     assert doc["day"] == "2024-01-15" and doc["index"]["kind"] == "flat"
     logged = metrics.metadata
     assert set(logged) == {"serving/gt_in_corpus", "serving/gt_cold"} | {
-        f"serving/{name}@K1={k}" for k in (5, 20, 100) for name in ("recall_retrieval", "recall_e2e")}
+        f"serving/{name}@K1={k}" for k in (5, 20, 100) for name in ("recall_retrieval", "joint_recall")}
     assert logged["serving/gt_in_corpus"] == doc["results"]["gt_in_corpus"]["mean"]
     for k in (5, 20, 100):
         res = doc["results"][str(k)]
-        assert logged[f"serving/recall_e2e@K1={k}"] == res["recall_e2e"]["mean"]
+        assert logged[f"serving/joint_recall@K1={k}"] == res["joint_recall"]["mean"]
         assert logged[f"serving/recall_retrieval@K1={k}"] == res["recall_retrieval"]["mean"]
-        assert logged[f"serving/recall_e2e@K1={k}"] <= logged[f"serving/recall_retrieval@K1={k}"] + 1e-12
+        assert logged[f"serving/joint_recall@K1={k}"] <= logged[f"serving/recall_retrieval@K1={k}"] + 1e-12
     # K1 = 5 is below the pre-rank quota (20): the later stage keeps everything retrieved
-    assert logged["serving/recall_e2e@K1=5"] == logged["serving/recall_retrieval@K1=5"]
+    assert logged["serving/joint_recall@K1=5"] == logged["serving/recall_retrieval@K1=5"]
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 and math.isfinite(v) for v in logged.values())
     assert serving.metadata == {"skipped": False, "day": "2024-01-15", "k1": [5, 20, 100], "index": "flat",
                                 "seeds": [1]}

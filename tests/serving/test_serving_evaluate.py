@@ -52,7 +52,7 @@ def test_logged_gt_is_the_valid_top_group_by_video_id():
     label = np.where(mask > 0, 5, 0)
     label[:, :10] = np.where(mask[:, :10] > 0, 30 - np.arange(10), 0)
     arrays = {"items": items, "mask": mask, "label": label}
-    gt = logged_gt(arrays, slice(0, 2), TWO_STAGE, seed=0)
+    gt = logged_gt(arrays, slice(0, 2), TWO_STAGE, tie_seed=0)
     assert gt.shape == (2, 10)
     assert gt[0].tolist() == list(range(101, 111))
     assert sorted(gt[1][gt[1] >= 0].tolist()) == [101, 105, 108]
@@ -61,7 +61,7 @@ def test_logged_gt_is_the_valid_top_group_by_video_id():
                "label": np.full((1, 50), 5)}
     arrays3["items"][0, :, 0] = np.arange(1, 51)
     arrays3["label"][0, :10] = 30 - np.arange(10)
-    assert logged_gt(arrays3, slice(0, 1), THREE_STAGE, seed=0)[0].tolist() == list(range(1, 11))
+    assert logged_gt(arrays3, slice(0, 1), THREE_STAGE, tie_seed=0)[0].tolist() == list(range(1, 11))
 
 
 def test_two_stage_serving_shares_are_consistent(run_2: Path, tmp_path: Path):
@@ -74,14 +74,14 @@ def test_two_stage_serving_shares_are_consistent(run_2: Path, tmp_path: Path):
     res = doc["results"]
     in_corpus = _share(res["gt_in_corpus"])
     retrieval = [_share(res[str(k)]["recall_retrieval"]) for k in doc["k1"]]
-    e2e = [_share(res[str(k)]["recall_e2e"]) for k in doc["k1"]]
+    e2e = [_share(res[str(k)]["joint_recall"]) for k in doc["k1"]]
     for v in [in_corpus] + retrieval + e2e:
         assert 0.0 <= v <= 1.0
     assert retrieval == sorted(retrieval)                       # monotone in K1
     assert all(e <= r + 1e-12 for e, r in zip(e2e, retrieval))  # the later stage only removes
     assert retrieval[-1] == pytest.approx(in_corpus)            # K1 = whole corpus retrieves every GT item in it
     assert e2e[0] == retrieval[0]                                # K1 = 5 < quota 20: the pre-rank keeps all 5
-    assert res["100"]["recall_e2e"] == res["100"]["recall_after/prerank"]
+    assert res["100"]["joint_recall"] == res["100"]["recall_after/prerank"]
     assert "index_recall" not in res["100"]
 
 
@@ -91,7 +91,7 @@ def test_three_stage_and_approximate_indexes(run_3: Path, tmp_path: Path):
         r = doc["results"][k]
         ret, pre, rank = (_share(r[key]) for key in ("recall_retrieval", "recall_after/prerank", "recall_after/rank"))
         assert 0.0 <= rank <= pre <= ret <= 1.0
-        assert r["recall_e2e"] == r["recall_after/rank"]
+        assert r["joint_recall"] == r["recall_after/rank"]
         # the default nprobe (16) covers every cell of this small corpus: an exhaustive search
         assert doc["index"]["nprobe"] == doc["index"]["nlist"]
         assert _share(r["index_recall"]) == pytest.approx(1.0)
@@ -199,12 +199,12 @@ def test_serving_evaluation_matches_the_exported_cascade(run_2: Path, exported_2
     arrays = shards.load_day(shards.days[-1])
     served = load_exported(exported_2)
     res = served.score({k: np.asarray(arrays[k]) for k in ("context", "user", "seq", "seq_mask")}, 100)
-    gt = logged_gt(arrays, slice(0, None), shards.setting, seed=0)
+    gt = logged_gt(arrays, slice(0, None), shards.setting, tie_seed=0)
     n_gt = (gt >= 0).sum(1)
     ok = n_gt > 0
     e2e = rows_in(gt, np.where(res.video_ids > 0, res.video_ids, -1)).sum(1)[ok] / n_gt[ok]
     retrieved = rows_in(gt, res.retrieved).sum(1)[ok] / n_gt[ok]
-    assert _share(doc["results"]["100"]["recall_e2e"]) == pytest.approx(e2e.mean(), abs=1e-12)
+    assert _share(doc["results"]["100"]["joint_recall"]) == pytest.approx(e2e.mean(), abs=1e-12)
     assert _share(doc["results"]["100"]["recall_retrieval"]) == pytest.approx(retrieved.mean(), abs=1e-12)
 
 

@@ -110,15 +110,15 @@ def test_serving_and_evaluation_break_the_same_ties_the_same_way():
     z2 = rng.integers(0, 2, (b, k)).astype(np.float32)
     alive = np.ones((b, k), bool)
     for seed in (0, 7):
-        want = metrics.cascade_survivors([z1, z2], alive, quotas, seed=seed)
+        want = metrics.cascade_survivors([z1, z2], alive, quotas, tie_seed=seed)
         priority = tie_priority((b, k), seed)
         np.testing.assert_array_equal(priority.numpy(), metrics.tie_priority((b, k), seed))
         first = keep_top(torch.from_numpy(z1), torch.from_numpy(alive), quotas[0], priority)
         second = keep_top(torch.from_numpy(z2), first, quotas[1], priority)
         np.testing.assert_array_equal(first.numpy(), want[0])
         np.testing.assert_array_equal(second.numpy(), want[1])
-    other = metrics.cascade_survivors([z1, z2], alive, quotas, seed=7)[1]
-    assert (other != metrics.cascade_survivors([z1, z2], alive, quotas, seed=0)[1]).any()
+    other = metrics.cascade_survivors([z1, z2], alive, quotas, tie_seed=7)[1]
+    assert (other != metrics.cascade_survivors([z1, z2], alive, quotas, tie_seed=0)[1]).any()
 
 
 def test_the_stand_alone_loader_names_the_request_inputs_of_the_library():
