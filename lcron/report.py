@@ -330,7 +330,7 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
 
     The serving section is there when a serving.json is found (:func:`find_serving`: in
     ``serving_dir``, else in the evaluation folder); it must describe the same setting."""
-    from . import plots, provenance
+    from . import provenance
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
@@ -344,6 +344,22 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
     summaries = read_summaries(run_dir, seeds)
     curves = read_train_logs(run_dir, seeds)
     title = f"lcron report: {m['method']} ({m['setting']})"
+
+    sections = _evaluation_sections(cfg, m, eval_dir) + _training_sections(summaries, curves, m["method"])
+    serving_path, serving = _serving_evaluation(serving_dir, eval_dir, m)
+    if serving is not None:
+        sections.append(serving_section(serving, serving_path))
+    prov = dict(m.get("provenance") or {})
+    report_prov = provenance.collect(data_fingerprint=m.get("data_fingerprint"), device=m.get("device"))
+    sections.append(_provenance_section(prov, report_prov))
+    doc = _report_doc(run_dir, eval_dir, m, inputs, prov, report_prov, serving_path, serving)
+    return write_page(out, "report", title, sections, doc, subtitle=f"run {run_dir}")
+
+
+def _evaluation_sections(cfg: Mapping[str, Any], m: Mapping[str, Any], eval_dir: Path) -> list[Section]:
+    """The sections of the run's evaluation, in report order: configuration, metrics, GT
+    funnel, quota sweep, and streaming when the evaluation streamed (and left its results)."""
+    from . import plots
 
     sections = [Section("config", "Configuration", tables=[_config_table(cfg, m)])]
     sections.append(Section("metrics", "Metrics", tables=[_metric_table(m)],
@@ -365,14 +381,30 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
     if m.get("streaming") and stream_path.is_file():
         sections.append(Section("streaming", "Streaming evaluation",
                                 tables=[_streaming_table(read_json(stream_path, "streaming results"), m)]))
+    return sections
+
+
+def _training_sections(summaries: Mapping[int, Mapping[str, Any]], curves: Mapping[str, Any],
+                       method: str) -> list[Section]:
+    """The sections of the run's training: the loss curves (with a table of the seeds'
+    training when they left summaries) and the learned loss weights, when the method learns any."""
+    from . import plots
+
     train_tables = [_training_table(summaries)] if summaries else []
-    loss_png = plots.loss_curves_png(curves, title=f"training loss, {m['method']}")
-    sections.append(Section("training-loss", "Training loss", tables=train_tables,
-                            text=[] if curves else ["No training steps were logged."],
-                            images=[("loss_curves.png", "Training loss per loss part, one line per seed", loss_png)]))
+    loss_png = plots.loss_curves_png(curves, title=f"training loss, {method}")
+    sections = [Section("training-loss", "Training loss", tables=train_tables,
+                        text=[] if curves else ["No training steps were logged."],
+                        images=[("loss_curves.png", "Training loss per loss part, one line per seed", loss_png)])]
     weights = _weights_table(summaries)
     if weights is not None:
         sections.append(Section("loss-weights", "Learned loss weights", tables=[weights]))
+    return sections
+
+
+def _serving_evaluation(serving_dir: str | Path | None, eval_dir: Path,
+                 m: Mapping[str, Any]) -> tuple[Path | None, dict[str, Any] | None]:
+    """The serving evaluation to report (:func:`find_serving`) and its path, or (None, None);
+    one of another setting than the run's evaluation is refused, not reported beside it."""
     serving_path = find_serving(serving_dir, eval_dir)
     serving = load_serving(serving_path) if serving_path is not None else None
     if serving is not None:
@@ -380,12 +412,20 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
             raise DataError(f"{serving_path} is a serving evaluation of setting {serving.get('setting')!r} "
                             f"(stages {serving['stage_names']}); the run's evaluation is {m['setting']!r} "
                             f"(stages {m['stage_names']})")
-        sections.append(serving_section(serving, serving_path))
-    prov = dict(m.get("provenance") or {})
-    report_prov = provenance.collect(data_fingerprint=m.get("data_fingerprint"), device=m.get("device"))
-    sections.append(Section("provenance", "Provenance", tables=[_provenance_table(prov or report_prov)],
-                            text=[f"Evaluated {prov.get('date_utc', 'n/a')}; report written {report_prov['date_utc']}."]))
+    return serving_path, serving
 
+
+def _provenance_section(prov: Mapping[str, Any], report_prov: Mapping[str, Any]) -> Section:
+    """Provenance: the evaluation's (the report's own when the evaluation recorded none), and
+    when the evaluation and the report were made."""
+    return Section("provenance", "Provenance", tables=[_provenance_table(prov or report_prov)],
+                   text=[f"Evaluated {prov.get('date_utc', 'n/a')}; report written {report_prov['date_utc']}."])
+
+
+def _report_doc(run_dir: Path, eval_dir: Path, m: Mapping[str, Any], inputs: Mapping[str, Any],
+                prov: dict[str, Any], report_prov: dict[str, Any], serving_path: Path | None,
+                serving: Mapping[str, Any] | None) -> dict[str, Any]:
+    """report.json's content: what the report shows, for machines (and the inputs it was made from)."""
     doc = {"kind": REPORT_KIND, "run_dir": str(run_dir), "eval_dir": str(eval_dir), "method": m["method"],
            "setting": m["setting"], "reference_quirks": bool(m.get("reference_quirks")), "metrics": m["metrics"],
            "provenance": prov, "report_provenance": report_prov, "inputs": inputs}
@@ -393,7 +433,7 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None,
         doc["serving"] = {"path": str(serving_path), "day": serving.get("day"), "k1": list(serving["k1"]),
                           "index": serving["index"], "seeds": list(serving["seeds"]),
                           "results": serving["results"], "metrics": serving_metric_means(serving)}
-    return write_page(out, "report", title, sections, doc, subtitle=f"run {run_dir}")
+    return doc
 
 
 # --------------------------------------------------------------------------- CLI

@@ -292,19 +292,11 @@ def _reduce(cr: ColumnReader, read: set[str], index_labels: tuple[str, ...],
     where = cr.where
     specs = [c for c in S.all_stage_columns(required_only=True) if c["name"] in read]
     # Flags whose index column is read: their masks are kept until that column is checked.
-    masked_flags = {flag for flag, col in S.INDEX_COLUMNS.items() if col in read and flag in read}
-    index_of = {S.INDEX_COLUMNS[lb]: lb for lb in index_labels}
+    kept = _Reduction(index_labels=index_labels,
+                      masked_flags={flag for flag, col in S.INDEX_COLUMNS.items() if col in read and flag in read},
+                      index_of={S.INDEX_COLUMNS[lb]: lb for lb in index_labels})
     rows: int | None = None
-    rid = video = None
-    groups: _Groups | None = None
-    masks: dict[str, np.ndarray] = {}
-    request_columns: dict[str, np.ndarray] = {}
-    flagged: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    null_problems: list[str] = []
-    value_problems: list[str] = []
-    not_constant: dict[str, str] = {}
     for c in specs:
-        name = c["name"]
         values, n, null_problem = cr.read(c, rows)
         if rows is None:
             rows = n
@@ -312,41 +304,80 @@ def _reduce(cr: ColumnReader, read: set[str], index_labels: tuple[str, ...],
                 return AllStageDay(rows=0, request_id=None, first=None, request_columns={},
                                    problems=[f"{where}: file has no rows"])
         if null_problem is not None:
-            null_problems.append(null_problem)
+            kept.null_problems.append(null_problem)
             continue
         assert values is not None
-        if name == "request_id":
-            rid, groups = values, group_requests(values)
-        if "checked_where" in c:  # index columns: only where the stage flag is 1
-            flag_col = c["checked_where"].split(" ")[0]
-            problem = None
-            if flag_col in masks:
-                m = masks[flag_col]
-                problem = range_problem(values[m], where=where, column=f"{name} (where {c['checked_where']})",
-                                        check=c["check"], id_field=c.get("id_field"), id_counts=id_counts,
-                                        example_ids=rid[m] if rid is not None else None)
-        else:
-            problem = range_problem(values, where=where, column=name, check=c["check"], id_field=c.get("id_field"),
-                                    id_counts=id_counts, example_ids=rid)
+        if c["name"] == "request_id":
+            kept.rid, kept.groups = values, group_requests(values)
+        problem = _value_problem(c, values, kept.masks, kept.rid, where, id_counts)
         if problem is not None:
-            value_problems.append(problem)
+            kept.value_problems.append(problem)
             continue
-        if groups is not None and rid is not None and name in S.REQUEST_COLUMNS[1:]:
-            msg = _not_constant(values, groups, rid, where, name)
-            if msg is not None:
-                not_constant[name] = msg
-            request_columns[name] = values[groups.first]
-        if name == "video_id" and index_labels:
-            video = values
-        if name in masked_flags:
-            masks[name] = values == 1
-        if name in index_of:
-            lb = index_of[name]
-            if lb in masks and video is not None and groups is not None:
-                rows_flagged = np.flatnonzero(masks[lb])
-                flagged[lb] = (groups.of_rows(rows_flagged), video[rows_flagged], values[rows_flagged])
+        kept.add(c["name"], values, where)
         del values
-    problems = [*null_problems, *value_problems, *(not_constant[n] for n in S.REQUEST_COLUMNS[1:] if n in not_constant)]
-    return AllStageDay(rows=rows or 0, request_id=groups.ids if groups is not None else None,
-                       first=groups.first.astype(np.int64, copy=False) if groups is not None else None,
-                       request_columns=request_columns, flagged=flagged, problems=problems)
+    return kept.day(rows or 0)
+
+
+def _value_problem(spec: dict[str, Any], values: np.ndarray, masks: dict[str, np.ndarray], rid: np.ndarray | None,
+                   where: str, id_counts: dict[str, int]) -> str | None:
+    """What is wrong with the values of column ``spec`` (:func:`range_problem`). An index
+    column is checked only where its stage flag is 1 (``masks``), so not at all when the
+    flag column could not be used."""
+    name = spec["name"]
+    if "checked_where" in spec:  # index columns: only where the stage flag is 1
+        flag_col = spec["checked_where"].split(" ")[0]
+        if flag_col not in masks:
+            return None
+        m = masks[flag_col]
+        return range_problem(values[m], where=where, column=f"{name} (where {spec['checked_where']})",
+                             check=spec["check"], id_field=spec.get("id_field"), id_counts=id_counts,
+                             example_ids=rid[m] if rid is not None else None)
+    return range_problem(values, where=where, column=name, check=spec["check"], id_field=spec.get("id_field"),
+                         id_counts=id_counts, example_ids=rid)
+
+
+@dataclass
+class _Reduction:
+    """What :func:`_reduce` keeps of the columns read so far: the request ids and their
+    grouping, video_id and the flag masks while a later column needs them, each request's
+    user columns, the index labels' flagged rows, and the problems by kind (reported nulls
+    first, then values, then user columns not constant)."""
+
+    index_labels: tuple[str, ...]
+    masked_flags: set[str]  # flag columns whose mask is kept for their index column
+    index_of: dict[str, str]  # index column -> its label (index labels only)
+    rid: np.ndarray | None = None
+    groups: _Groups | None = None
+    video: np.ndarray | None = None
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    request_columns: dict[str, np.ndarray] = field(default_factory=dict)
+    flagged: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    null_problems: list[str] = field(default_factory=list)
+    value_problems: list[str] = field(default_factory=list)
+    not_constant: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, values: np.ndarray, where: str) -> None:
+        """Keep what the reader needs of column ``name``, whose values passed their check."""
+        if self.groups is not None and self.rid is not None and name in S.REQUEST_COLUMNS[1:]:
+            msg = _not_constant(values, self.groups, self.rid, where, name)
+            if msg is not None:
+                self.not_constant[name] = msg
+            self.request_columns[name] = values[self.groups.first]
+        if name == "video_id" and self.index_labels:
+            self.video = values
+        if name in self.masked_flags:
+            self.masks[name] = values == 1
+        if name in self.index_of:
+            lb = self.index_of[name]
+            if lb in self.masks and self.video is not None and self.groups is not None:
+                rows_flagged = np.flatnonzero(self.masks[lb])
+                self.flagged[lb] = (self.groups.of_rows(rows_flagged), self.video[rows_flagged], values[rows_flagged])
+
+    def day(self, rows: int) -> AllStageDay:
+        """The reduced file, its problems in the documented order."""
+        problems = [*self.null_problems, *self.value_problems,
+                    *(self.not_constant[n] for n in S.REQUEST_COLUMNS[1:] if n in self.not_constant)]
+        groups = self.groups
+        return AllStageDay(rows=rows, request_id=groups.ids if groups is not None else None,
+                           first=groups.first.astype(np.int64, copy=False) if groups is not None else None,
+                           request_columns=self.request_columns, flagged=self.flagged, problems=problems)

@@ -379,6 +379,65 @@ def _sorted_unique(ids: np.ndarray) -> np.ndarray:
     return ids
 
 
+@dataclass
+class _DayRead:
+    """One :meth:`RecFlowReader.read_day` between its phases: what it was asked for, the day's
+    files, the problems so far, and each pickled dict while it is alive. A dict is referenced
+    here only, so the phase done with it frees it by setting its field to None (a local of
+    ``read_day`` would hold it until the day is read): one pickled dict is alive at a time."""
+
+    day: str
+    labels: tuple[str, ...]
+    index_labels: tuple[str, ...]
+    limit: int
+    files: dict[str, str]
+    counts: dict[str, int]
+    where_all_stage: str
+    where_request_dict: str
+    where_seq_dict: str
+    rows_checked: int  # stored rows per label whose ids are checked
+    problems: _Problems
+    # request_id_dict's problems, reported after all_stage's and the day identity's
+    request_dict_problems: _Problems = field(default_factory=lambda: _Problems(True))
+    request_dict: dict | None = None
+    request_keys: np.ndarray | None = None
+    seq_dict: dict | None = None
+    seq_keys: np.ndarray | None = None
+
+
+@dataclass
+class _RequestOrder:
+    """all_stage's distinct requests in output order: by request time, ties by first appearance
+    in all_stage, so that "latest seen" is simply "last in the day"."""
+
+    count: int  # distinct requests of all_stage
+    timestamp: np.ndarray  # [U] request_timestamp of each distinct request (all_stage order)
+    user: np.ndarray  # [U, 5] fields.USER_FIELDS of each distinct request (all_stage order)
+    order: np.ndarray  # [U] the distinct request of each output request
+    request_id: np.ndarray  # [U] request ids in output order
+
+    @classmethod
+    def of(cls, table: AllStageDay) -> "_RequestOrder":
+        """The order of ``table``'s requests (a checked all_stage, every request column read)."""
+        assert table.request_id is not None and table.first is not None
+        timestamp = table.request_columns["request_timestamp"]
+        user = np.stack([table.request_columns[name] for name in fields.USER_FIELDS], axis=1)
+        order = np.lexsort((table.first, timestamp))  # time order, ties by first appearance
+        return cls(count=table.num_requests, timestamp=timestamp, user=user, order=order,
+                   request_id=table.request_id[order])
+
+
+@dataclass
+class _Joined:
+    """The requests (output order) that both pickled dicts hold, and their candidates."""
+
+    in_request_dict: np.ndarray  # [U] bool: request_id_dict holds the request
+    in_seq_dict: np.ndarray  # [U] bool: seq_effective_50_dict holds it
+    keep: np.ndarray  # [U] bool: both hold it
+    request_id: np.ndarray  # ids of the requests kept (after _drop_unusable: of the usable ones)
+    cands: dict[str, Candidates]  # label -> first ``limit`` rows of the requests kept
+
+
 class RecFlowReader:
     """Validating reader of a RecFlow root (local folder or ``gs://bucket/prefix``).
 
@@ -648,119 +707,157 @@ class RecFlowReader:
         ``collect=True`` (``lcron validate``): every stage is checked as far as the files
         allow, and every problem of the day is raised at the end as :class:`DayProblems`.
 
-        Memory: one pickled dict is alive at a time. request_id_dict is unpickled and
-        reduced to the first ``limit`` rows per label (for every request of all_stage it
-        holds) and dropped; then seq_effective_50_dict is unpickled, the sequences of the
-        usable requests stacked, and it is dropped. A label that is checked but not kept is
-        checked a slice of requests at a time.
+        Memory: one pickled dict is alive at a time. request_id_dict is unpickled and reduced to the
+        first ``limit`` rows per label (for every request of all_stage it holds) and dropped; then
+        seq_effective_50_dict is unpickled, the sequences of the usable requests stacked, and it is
+        dropped. A label that is checked but not kept is checked a slice of requests at a time.
         """
-        labels = tuple(labels)
-        unknown = [lb for lb in labels if lb not in S.STAGE_LABELS]
-        if unknown:
-            raise DataError(f"unknown stage label(s) {unknown}; known: {list(S.STAGE_LABELS)}")
-        if index_labels is None:
-            index_labels = tuple(lb for lb in labels if lb in S.INDEX_COLUMNS)
-        index_labels = tuple(index_labels)
-        bad_idx = [lb for lb in index_labels if lb not in S.INDEX_COLUMNS or lb not in labels]
-        if bad_idx:
-            raise DataError(f"index label(s) {bad_idx} must be among the labels read and have an index column "
-                            f"({sorted(S.INDEX_COLUMNS)})")
-        if inputs is None:
+        labels, index_labels = _label_arguments(labels, index_labels)
+        if inputs is None:  # fetch_day, the day identity and check_degenerate warn naming read_day's caller
             inputs = self.fetch_day(day, index_labels=index_labels, check_all_columns=check_all_columns,
                                     collect=collect)
+        run = self._start_day_read(day, labels, index_labels, limit, collect)
+        table = self._all_stage_after_request_dict(run, inputs)
+        if table is not None and table.request_id is not None:
+            run.problems.extend(self.identity.check(day, run.where_all_stage, table.request_id,
+                                                    table.request_columns.get("request_timestamp")))
+        table = self._usable_all_stage(run, table)
+        requests = _RequestOrder.of(table)
+        drafts, in_request_dict = self._check_stage_labels(run, requests.request_id)
+        joined = self._join_seq_dict(run, requests.request_id, in_request_dict, drafts)
+        missing_index, index_missing_rows = self._look_up_top_index(run, table, requests, joined)
+        stats, usable = self._count_usable(run, table.rows, requests.count, joined, missing_index)
+        sel = _drop_unusable(joined, usable, stats["dropped"]["total"], requests.order)
+        seq = self._stacked_sequences(run, joined.request_id)
+        stats.update(items_per_label=_items_per_label(joined.cands), top_index_missing_rows=index_missing_rows)
+        try:
+            stats["degenerate"] = check_degenerate(f"day {day} ({self.source.uri})", joined.cands, index_labels,
+                                                   self.max_no_gt_fraction)
+        except DataError as exc:
+            run.problems.add_error(exc)
+        run.problems.raise_if_any()
+        assert seq is not None
+        return RecFlowDay(day=day, request_id=joined.request_id, request_timestamp=requests.timestamp[sel],
+                          user=requests.user[sel], seq=seq, candidates=joined.cands, stats=stats)
+
+    def _start_day_read(self, day: str, labels: tuple[str, ...], index_labels: tuple[str, ...], limit: int,
+                        collect: bool) -> "_DayRead":
+        """The state :meth:`read_day` hands from phase to phase: the day's files, the id counts
+        and the problems found so far."""
         files = self.day_files(day)
         counts = self.id_counts()
-        where_as = self.source.describe(files["all_stage"])
-        where_rd = self.source.describe(files["request_id_dict"])
-        where_sq = self.source.describe(files["seq_effective_50_dict"])
-        rows_checked = max(int(limit), CHECKED_ROWS)
-        problems = _Problems(collect)
-        rd_problems = _Problems(True)
+        return _DayRead(day=day, labels=labels, index_labels=index_labels, limit=limit, files=files, counts=counts,
+                        where_all_stage=self.source.describe(files["all_stage"]),
+                        where_request_dict=self.source.describe(files["request_id_dict"]),
+                        where_seq_dict=self.source.describe(files["seq_effective_50_dict"]),
+                        rows_checked=max(int(limit), CHECKED_ROWS), problems=_Problems(collect))
 
-        # ---- request_id_dict (while all_stage may still be read in a helper thread)
-        rd, rd_keys = self._load_checked(files["request_id_dict"], rd_problems)
-        got = self._resolve(inputs, day)  # problems of all_stage are reported first
-        table = got.all_stage
-        problems.extend(got.problems)
-        problems.stop()
+    def _all_stage_after_request_dict(self, run: "_DayRead",
+                                      inputs: "DayInputs | Future[DayInputs]") -> AllStageDay | None:
+        """Unpickle request_id_dict first (while all_stage may still be read in a helper
+        thread), keeping its problems aside: the problems of all_stage are reported first, and
+        end the day unless collecting. Returns all_stage (None: unreadable)."""
+        run.request_dict, run.request_keys = self._load_checked(run.files["request_id_dict"],
+                                                                run.request_dict_problems)
+        got = self._resolve(inputs, run.day)
+        run.problems.extend(got.problems)
+        run.problems.stop()
+        return got.all_stage
 
-        # ---- the day identity: request times and request ids (the shared check)
-        if table is not None and table.request_id is not None:
-            problems.extend(self.identity.check(day, where_as, table.request_id,
-                                                table.request_columns.get("request_timestamp")))
-        problems.stop()
-        for m, exc in rd_problems.items:
-            problems.add(m, exc)
-        problems.stop()
-
+    def _usable_all_stage(self, run: "_DayRead", table: AllStageDay | None) -> AllStageDay:
+        """The end of the input checks, once the day identity is checked: its problems, then
+        request_id_dict's, each end the day unless collecting. Without a usable all_stage
+        (collect only) the pickles are checked alone and every problem is raised; a table
+        fetched without an index column needed is an error."""
+        run.problems.stop()
+        for m, exc in run.request_dict_problems.items:
+            run.problems.add(m, exc)
+        run.problems.stop()
         if table is None or table.problems:  # collect only: all_stage unusable, the pickles checked alone
-            self._check_pickles_alone(rd, rd_keys, files, rows_checked, counts, problems)
-            del rd
-            problems.raise_if_any()
+            self._check_pickles_alone(run.request_dict, run.request_keys, run.files, run.rows_checked, run.counts,
+                                      run.problems)
+            run.request_dict = None
+            run.problems.raise_if_any()
         assert table is not None and table.request_id is not None and table.first is not None
-
-        lacking = [lb for lb in index_labels if lb not in table.flagged]
+        lacking = [lb for lb in run.index_labels if lb not in table.flagged]
         if lacking:
-            raise DataError(f"day {day}: fetched without the index column(s) of {sorted(lacking)}")
-        n_all = table.num_requests
-        ts_u = table.request_columns["request_timestamp"]
-        user_u = np.stack([table.request_columns[name] for name in fields.USER_FIELDS], axis=1)
-        order = np.lexsort((table.first, ts_u))  # time order, ties by first appearance
-        req = table.request_id[order]  # request ids in output order
-        uidx = order  # index into the distinct requests of each output request
+            raise DataError(f"day {run.day}: fetched without the index column(s) of {sorted(lacking)}")
+        return table
 
-        # ---- every label's ids checked; the kept labels' first rows drafted
+    def _check_stage_labels(self, run: "_DayRead",
+                            request_id: np.ndarray) -> tuple[dict[str, Candidates], np.ndarray | None]:
+        """Every stage label's ids checked for the requests (output order) that request_id_dict
+        holds, the kept labels' first rows drafted; then the dict is dropped, so that it is
+        never alive next to seq_effective_50_dict. Returns the drafts and which requests the
+        dict holds (None: the dict is unusable)."""
         drafts: dict[str, Candidates] = {}
-        in_rd = None
-        if rd is not None:
-            in_rd = np.isin(req, rd_keys)
-            entries: list | None = [rd[r] for r in req[in_rd].tolist()]
-            del rd
-            req_rd = req[in_rd]
+        in_request_dict = None
+        request_dict, run.request_dict = run.request_dict, None  # this phase holds the only reference
+        if request_dict is not None:
+            in_request_dict = np.isin(request_id, run.request_keys)
+            entries: list | None = [request_dict[r] for r in request_id[in_request_dict].tolist()]
+            del request_dict
+            held = request_id[in_request_dict]
             for label in S.STAGE_LABELS:
-                cand, label_problems = self._label(entries, req_rd, label, rows_checked, where_rd, counts,
-                                                   keep=label in labels)
-                problems.extend(label_problems)
+                cand, label_problems = self._label(entries, held, label, run.rows_checked, run.where_request_dict,
+                                                   run.counts, keep=label in run.labels)
+                run.problems.extend(label_problems)
                 if cand is not None:
                     drafts[label] = cand
             entries = None  # the dict's arrays are freed here (seq_effective_50_dict reuses the heap)
-        else:
-            del rd
-        problems.stop()
+        run.problems.stop()
+        return drafts, in_request_dict
 
-        # ---- seq_effective_50_dict: which requests it holds
-        sd, sd_keys = self._load_checked(files["seq_effective_50_dict"], problems)
-        problems.stop()
-        if in_rd is None or sd is None or len(drafts) < len(labels):  # collect only: the dicts cannot be joined
-            if sd is not None:
-                _, seq_problems = self._sequences(sd, req[np.isin(req, sd_keys)], where_sq, counts)
-                problems.extend(seq_problems)
-            del sd
-            problems.raise_if_any()
-        assert in_rd is not None and sd is not None
-        in_sq = np.isin(req, sd_keys)
-        keep = in_rd & in_sq
-        kept_of_rd = in_sq[in_rd]
+    def _join_seq_dict(self, run: "_DayRead", request_id: np.ndarray, in_request_dict: np.ndarray | None,
+                       drafts: dict[str, Candidates]) -> "_Joined":
+        """Unpickle seq_effective_50_dict and keep the requests both dicts hold, with the first
+        ``limit`` rows of each kept label. When the dicts cannot be joined (collect only), the
+        sequences of the requests it holds are checked and every problem is raised."""
+        run.seq_dict, run.seq_keys = self._load_checked(run.files["seq_effective_50_dict"], run.problems)
+        run.problems.stop()
+        if in_request_dict is None or run.seq_dict is None or len(drafts) < len(run.labels):
+            if run.seq_dict is not None:
+                _, seq_problems = self._sequences(run.seq_dict, request_id[np.isin(request_id, run.seq_keys)],
+                                                  run.where_seq_dict, run.counts)
+                run.problems.extend(seq_problems)
+            run.seq_dict = None
+            run.problems.raise_if_any()
+        assert in_request_dict is not None and run.seq_dict is not None
+        in_seq_dict = np.isin(request_id, run.seq_keys)
+        keep = in_request_dict & in_seq_dict
+        kept_of_request_dict = in_seq_dict[in_request_dict]
+        request_id = request_id[keep]
+        cands = {label: _first_rows(_subset(drafts.pop(label), kept_of_request_dict), run.limit)
+                 for label in run.labels}
+        return _Joined(in_request_dict=in_request_dict, in_seq_dict=in_seq_dict, keep=keep, request_id=request_id,
+                       cands=cands)
 
-        # ---- candidates per label for the requests present in both dicts
-        req_k = req[keep]
-        cands = {label: _first_rows(_subset(drafts.pop(label), kept_of_rd), limit) for label in labels}
-
-        # ---- top-group positions from all_stage
-        missing_index = np.zeros(req_k.shape[0], dtype=bool)
+    def _look_up_top_index(self, run: "_DayRead", table: AllStageDay, requests: "_RequestOrder",
+                           joined: "_Joined") -> tuple[np.ndarray, dict[str, int]]:
+        """Each index label's stage positions from all_stage, set on its candidates. Returns which
+        joined requests have a top-group item without a position (they are unusable) and the
+        count of such rows per label."""
+        n_joined = joined.request_id.shape[0]
+        missing_index = np.zeros(n_joined, dtype=bool)
         index_missing_rows: dict[str, int] = {}
-        for label in index_labels:
-            cand = cands[label]
-            idx, found = self._lookup_index(table.flagged[label], n_all, uidx[keep], cand, label)
+        for label in run.index_labels:
+            cand = joined.cands[label]
+            idx, found = self._lookup_index(table.flagged[label], requests.count, requests.order[joined.keep], cand,
+                                            label)
             cand.top_index = idx
-            owner = np.repeat(np.arange(req_k.shape[0]), cand.lengths)
-            missing_index |= np.bincount(owner[~found], minlength=req_k.shape[0]) > 0
+            owner = np.repeat(np.arange(n_joined), cand.lengths)
+            missing_index |= np.bincount(owner[~found], minlength=n_joined) > 0
             index_missing_rows[label] = int((~found).sum())
-        n_rows = table.rows
-        del table
+        return missing_index, index_missing_rows
 
-        n_missing_rd = int((~in_rd).sum())
-        n_missing_sq = int((~in_sq).sum())
+    def _count_usable(self, run: "_DayRead", n_rows: int, n_all: int, joined: "_Joined",
+                      missing_index: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+        """The day's statistics so far and which joined requests are usable. Dropped requests
+        are a problem when none is left (raised) or when more than ``max_missing_fraction`` of
+        the day is dropped (ends the day unless collecting); a warning otherwise."""
+        day = run.day
+        n_missing_rd = int((~joined.in_request_dict).sum())
+        n_missing_sq = int((~joined.in_seq_dict).sum())
         n_missing_idx = int(missing_index.sum())
         final = ~missing_index
         n_usable = int(final.sum())
@@ -774,49 +871,32 @@ class RecFlowReader:
         }
         detail = (f"{n_missing_rd} missing from request_id_dict, {n_missing_sq} missing from "
                   f"seq_effective_50_dict, {n_missing_idx} with a top-group item that has no "
-                  f"{'/'.join(S.INDEX_COLUMNS[lb] for lb in index_labels) or 'index'} in all_stage")
+                  f"{'/'.join(S.INDEX_COLUMNS[lb] for lb in run.index_labels) or 'index'} in all_stage")
         if n_usable == 0:
-            problems.add(f"day {day} ({self.source.uri}): zero usable requests out of {n_all} ({detail})")
-            problems.raise_if_any()
+            run.problems.add(f"day {day} ({self.source.uri}): zero usable requests out of {n_all} ({detail})")
+            run.problems.raise_if_any()
         frac = n_dropped / n_all
         if frac > self.max_missing_fraction:
-            problems.add(f"day {day} ({self.source.uri}): {n_dropped} of {n_all} requests unusable "
-                         f"({frac:.2%} > max_missing_fraction {self.max_missing_fraction:.2%}): {detail}")
-            problems.stop()
+            run.problems.add(f"day {day} ({self.source.uri}): {n_dropped} of {n_all} requests unusable "
+                             f"({frac:.2%} > max_missing_fraction {self.max_missing_fraction:.2%}): {detail}")
+            run.problems.stop()
         elif n_dropped:
             msg = f"day {day}: dropped {n_dropped} of {n_all} requests ({frac:.2%}): {detail}"
-            warnings.warn(msg, RecFlowWarning, stacklevel=2)
-        if n_dropped:
-            for cand in cands.values():
-                row_keep = np.repeat(final, cand.lengths)
-                cand.rows = cand.rows[row_keep]
-                if cand.top_index is not None:
-                    cand.top_index = cand.top_index[row_keep]
-                cand.lengths, cand.stored = cand.lengths[final], cand.stored[final]
-            req_k = req_k[final]
-        idx_out = np.nonzero(keep)[0][final]
+            warnings.warn(msg, RecFlowWarning, stacklevel=3)  # the line that called read_day
+        return stats, final
 
-        # ---- sequences of the usable requests, stacked in request order
-        seq, seq_problems = self._sequences(sd, req_k, where_sq, counts)
-        del sd
+    def _stacked_sequences(self, run: "_DayRead", request_id: np.ndarray) -> np.ndarray | None:
+        """The sequences of the usable requests stacked in request order (None: they have a
+        problem, recorded; it ends the day unless collecting); seq_effective_50_dict is dropped
+        and the heap trimmed before anything else is built."""
+        seq_dict, run.seq_dict = run.seq_dict, None  # this phase holds the only reference
+        assert seq_dict is not None
+        seq, seq_problems = self._sequences(seq_dict, request_id, run.where_seq_dict, run.counts)
+        del seq_dict
         trim()
-        problems.extend(seq_problems)
-        problems.stop()
-        stats["items_per_label"] = {
-            lb: {"mean": float(c.stored.mean()), "max": int(c.stored.max(initial=0)),
-                 "requests_with_items": int((c.stored > 0).sum()), "kept_mean": float(c.lengths.mean())}
-            for lb, c in cands.items()}
-        stats["top_index_missing_rows"] = index_missing_rows
-        try:
-            stats["degenerate"] = check_degenerate(f"day {day} ({self.source.uri})", cands, index_labels,
-                                                   self.max_no_gt_fraction)
-        except DataError as exc:
-            problems.add_error(exc)
-        problems.raise_if_any()
-        assert seq is not None
-        sel = order[idx_out]
-        return RecFlowDay(day=day, request_id=req_k, request_timestamp=ts_u[sel], user=user_u[sel],
-                          seq=seq, candidates=cands, stats=stats)
+        run.problems.extend(seq_problems)
+        run.problems.stop()
+        return seq
 
     def _check_pickles_alone(self, rd: dict | None, rd_keys: np.ndarray | None, files: dict[str, str],
                              rows_checked: int, counts: dict[str, int], problems: "_Problems") -> None:
@@ -967,6 +1047,46 @@ def _first_rows(cand: Candidates, limit: int) -> Candidates:
         return cand
     within = np.arange(cand.rows.shape[0]) - np.repeat(cand.offsets, cand.lengths)
     return Candidates(lengths=np.minimum(cand.lengths, limit), stored=cand.stored, rows=cand.rows[within < limit])
+
+
+def _label_arguments(labels: Iterable[str],
+                     index_labels: Iterable[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """:meth:`RecFlowReader.read_day`'s labels and index labels as tuples (index labels by
+    default: those of ``labels`` with an index column), refused before any file is read."""
+    labels = tuple(labels)
+    unknown = [lb for lb in labels if lb not in S.STAGE_LABELS]
+    if unknown:
+        raise DataError(f"unknown stage label(s) {unknown}; known: {list(S.STAGE_LABELS)}")
+    if index_labels is None:
+        index_labels = tuple(lb for lb in labels if lb in S.INDEX_COLUMNS)
+    index_labels = tuple(index_labels)
+    bad_idx = [lb for lb in index_labels if lb not in S.INDEX_COLUMNS or lb not in labels]
+    if bad_idx:
+        raise DataError(f"index label(s) {bad_idx} must be among the labels read and have an index column "
+                        f"({sorted(S.INDEX_COLUMNS)})")
+    return labels, index_labels
+
+
+def _drop_unusable(joined: _Joined, usable: np.ndarray, dropped: int, order: np.ndarray) -> np.ndarray:
+    """Cut ``joined`` (in place) to its ``usable`` requests when the day dropped any
+    (``dropped``: requests of all_stage dropped in all). Returns the distinct request of each
+    usable request (``order``: of each output request), to pick their time and user columns."""
+    if dropped:
+        for cand in joined.cands.values():
+            row_keep = np.repeat(usable, cand.lengths)
+            cand.rows = cand.rows[row_keep]
+            if cand.top_index is not None:
+                cand.top_index = cand.top_index[row_keep]
+            cand.lengths, cand.stored = cand.lengths[usable], cand.stored[usable]
+        joined.request_id = joined.request_id[usable]
+    return order[np.nonzero(joined.keep)[0][usable]]
+
+
+def _items_per_label(cands: dict[str, Candidates]) -> dict[str, dict[str, Any]]:
+    """The day's statistics of each label's candidates: items stored and kept per request."""
+    return {lb: {"mean": float(c.stored.mean()), "max": int(c.stored.max(initial=0)),
+                 "requests_with_items": int((c.stored > 0).sum()), "kept_mean": float(c.lengths.mean())}
+            for lb, c in cands.items()}
 
 
 def _bad_candidates(entries: list, req: np.ndarray, label: str, where: str) -> str:

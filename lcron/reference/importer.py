@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
@@ -21,6 +21,11 @@ from lcron import atomic
 from lcron.errors import ConfigError, DataError
 from lcron.reference import mapping
 from lcron.reference_policy import mode
+
+if TYPE_CHECKING:
+    from lcron.data.shards import ShardSet
+    from lcron.models import Cascade
+    from lcron.settings import Setting
 
 FORMAT_VERSION = 1
 
@@ -58,21 +63,44 @@ def import_reference(stage_files: Mapping[str, str | Path], out: str | Path, *, 
     ``batch_size`` is what the reference protocol drops partial batches by (the published 1024).
     """
     from lcron.data.shards import ShardSet
-    from lcron.models import build_cascade
-    from lcron.settings import get_setting
-    from lcron.hashing import config_hash
 
     shard_set = ShardSet(shards) if shards is not None else None
+    setting = _import_setting(shard_set, stages, reference_quirks)
+    states, sizes = _load_stage_states(stage_files, setting, shard_set)
+    dim = int(states[setting.stage_names[0]]["uid_emb.weight"].shape[1])
+    cascade = _reference_cascade(setting, states, sizes, dim, reference_quirks)
+
+    out = Path(out)
+    if (out / "run.json").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a run; choose another --out or pass --overwrite")
+    run_cfg = _imported_run_config(stage_files, setting, sizes, dim, shard_set, reference_quirks=reference_quirks,
+                                   method=method, batch_size=batch_size)
+    _write_imported_run(out, run_cfg, cascade, seed=seed, method=method, setting_name=setting.name)
+    return out
+
+
+def _import_setting(shard_set: "ShardSet | None", stages: int | None, reference_quirks: bool) -> "Setting":
+    """The setting to import into: the shard set's (its mode must match, and ``stages``, if
+    given, its number of stages) or the built-in one of ``stages``."""
+    from lcron.settings import get_setting
+
     if shard_set is not None:
         mode.check_match(reference_quirks, shard_set.reference_quirks, step="import-reference",
                          what=f"shard set {shard_set.root}", fix="import in the shards' mode")
         setting = shard_set.setting
         if stages is not None and setting.num_stages != stages:
             raise ConfigError(f"--stages {stages} but shard set {shard_set.root} has {setting.num_stages} stages")
-    elif stages is not None:
-        setting = get_setting(stages)
-    else:
-        raise ConfigError("import-reference needs --shards DIR or --stages 2|3")
+        return setting
+    if stages is not None:
+        return get_setting(stages)
+    raise ConfigError("import-reference needs --shards DIR or --stages 2|3")
+
+
+def _load_stage_states(stage_files: Mapping[str, str | Path], setting: "Setting",
+                       shard_set: "ShardSet | None") -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, int]]:
+    """The state dict of each stage of ``setting`` and their vocabulary sizes, checked before
+    anything is built: one file per stage, each of the model kind its stage expects, all with
+    the same vocabulary, and that of the shard set if there is one."""
     if set(stage_files) != set(setting.stage_names):
         raise ConfigError(f"give one --stage file per stage of {setting.name}: {list(setting.stage_names)}; "
                           f"got {sorted(stage_files)}")
@@ -88,14 +116,27 @@ def import_reference(stage_files: Mapping[str, str | Path], out: str | Path, *, 
     if shard_set is not None and dict(shard_set.embedding_sizes) != sizes:
         diff = sorted(k for k in sizes if shard_set.embedding_sizes.get(k) != sizes[k])
         raise DataError(f"the reference models' vocabularies differ from shard set {shard_set.root} in {diff}")
-    dim = int(states[setting.stage_names[0]]["uid_emb.weight"].shape[1])
+    return states, sizes
+
+
+def _reference_cascade(setting: "Setting", states: Mapping[str, dict[str, torch.Tensor]], sizes: dict[str, int],
+                       dim: int, reference_quirks: bool) -> "Cascade":
+    """This project's cascade for ``setting`` holding the published weights of every stage."""
+    from lcron.models import build_cascade
+
     cascade = build_cascade(setting, sizes, dim=dim, reference_quirks=reference_quirks)
     for name in setting.stage_names:
         mapping.load_reference(cascade.stages[name], states[name])
+    return cascade
 
-    out = Path(out)
-    if (out / "run.json").exists() and not overwrite:
-        raise ConfigError(f"{out} already holds a run; choose another --out or pass --overwrite")
+
+def _imported_run_config(stage_files: Mapping[str, str | Path], setting: "Setting", sizes: dict[str, int], dim: int,
+                         shard_set: "ShardSet | None", *, reference_quirks: bool, method: str,
+                         batch_size: int) -> dict[str, Any]:
+    """run.json of the imported run (less its seed list): no training days, no learning rate,
+    and the files imported from; its config hash leaves out where the shards are."""
+    from lcron.hashing import config_hash
+
     run_cfg: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "method": method, "loss_options": {}, "setting": setting.to_dict(),
         "embedding_sizes": sizes, "train": {"batch_size": int(batch_size), "lr": None, "dim": dim, "shuffle": None,
@@ -107,16 +148,22 @@ def import_reference(stage_files: Mapping[str, str | Path], out: str | Path, *, 
     if reference_quirks:
         run_cfg[mode.KEY] = True
     run_cfg["config_hash"] = config_hash({k: v for k, v in run_cfg.items() if k != "shards"})
+    return run_cfg
+
+
+def _write_imported_run(out: Path, run_cfg: dict[str, Any], cascade: "Cascade", *, seed: int, method: str,
+                        setting_name: str) -> None:
+    """The seed's model file and summary (no training steps), then run.json, which lists the
+    seed: the files every reader of a run folder expects."""
     folder = out / f"seed-{seed}"
     payload = {"format_version": FORMAT_VERSION, "config": run_cfg, "seed": seed, "day": None, "day_index": -1,
                "step": 0, "requests": 0, "model_state": {k: v.detach().cpu() for k, v in cascade.state_dict().items()},
                "loss_state": {}}
     atomic.save_torch(folder / "model.pt", payload)
-    atomic.write_json(folder / "summary.json", {"seed": seed, "method": method, "setting": setting.name,
+    atomic.write_json(folder / "summary.json", {"seed": seed, "method": method, "setting": setting_name,
                                                 "config_hash": run_cfg["config_hash"], "imported": True, "steps": 0,
                                                 "requests": 0, "learned_weights": {}, "final_loss": None})
     atomic.write_json(out / "run.json", {**run_cfg, "seeds": [seed]})
-    return out
 
 
 def add_import_reference_arguments(parser: argparse.ArgumentParser) -> None:

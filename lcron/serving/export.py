@@ -258,58 +258,91 @@ def export_programs(cascade_models: list[nn.Module], inputs: Mapping[str, Mappin
     program takes its table as its first input."""
     from torch.export import Dim
 
-    batch, n = Dim("batch", min=1), Dim("candidates", min=1)
-    rows = Dim("table_rows", min=_ROWS_MIN)
+    dims = _Dims(batch=Dim("batch", min=1), candidates=Dim("candidates", min=1),
+                 table_rows=Dim("table_rows", min=_ROWS_MIN))
     ex = example_request(inputs, _EXAMPLE_B, _EXAMPLE_N, seed=0)
     check = example_request(inputs, _EXAMPLE_B + 4, _EXAMPLE_N + 6, seed=1)
-    from lcron.data import fields
+    tables = _DistinctTables()
+    first_model = cascade_models[0].cpu().eval()
+    first = _exportable(first_model)
+    t0 = tables.index_of(first_model)
+    out: dict[str, Any] = _tower_programs(first_model, first, tables.tables[t0], dims, ex, check)
+    stages, stage_tables = [], []
+    for s, model in enumerate(cascade_models[1:], start=1):
+        model = model.cpu().eval()
+        ts = tables.index_of(model)
+        stages.append(_stage_program(model, s, tables.tables[ts], dims, ex, check))
+        stage_tables.append(ts)
+    out["stages"] = stages
+    out["tables"] = tables.tables
+    out["table_of"] = {"user_tower": t0, "item_tower": t0, "stages": stage_tables}
+    return out
 
-    req = fields.REQUEST_INPUTS
-    tables: list[Tensor] = []
-    keys: list[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = []
 
-    def table_index(model: nn.Module) -> int:
+@dataclasses.dataclass(frozen=True)
+class _Dims:
+    """The symbolic dimensions the programs are captured with (torch.export ``Dim``\\ s)."""
+
+    batch: Any  # requests of a batch (items, for the item tower)
+    candidates: Any  # candidates per request
+    table_rows: Any  # rows of the embedding table input
+
+
+class _DistinctTables:
+    """The embedding tables the programs read, each distinct table once: two models that
+    share one embedding module share one entry, so the table is written and loaded once."""
+
+    def __init__(self) -> None:
+        self.tables: list[Tensor] = []
+        self._keys: list[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = []
+
+    def index_of(self, model: nn.Module) -> int:
+        """The index in ``tables`` of ``model``'s embedding table, added if new: the weight
+        itself, detached, never a copy; refused unless a float32 [rows, dim] CPU tensor."""
         weight = _embedding_of(model).weight.detach()
         if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2:
             raise ConfigError(f"{type(model).__name__}'s embedding table is {weight.dtype} {tuple(weight.shape)} on "
                               f"{weight.device}; the export writes float32 [rows, dim] tables from the CPU")
         key = (weight.untyped_storage().data_ptr(), weight.storage_offset(), tuple(weight.shape), weight.stride())
-        if key not in keys:
-            keys.append(key)
-            tables.append(weight)
-        return keys.index(key)
+        if key not in self._keys:
+            self._keys.append(key)
+            self.tables.append(weight)
+        return self._keys.index(key)
 
-    first_model = cascade_models[0].cpu().eval()
-    first = _exportable(first_model)
-    t0 = table_index(first_model)
-    table = tables[t0]
+
+def _tower_programs(first_model: nn.Module, first: nn.Module, table: Tensor, dims: _Dims,
+                    ex: Mapping[str, Tensor], check: Mapping[str, Tensor]) -> dict[str, Any]:
+    """The user and item tower programs of the retrieval model ``first_model`` (``first``: its
+    exportable clone), captured on ``ex`` and verified on ``check``."""
+    from lcron.data import fields
+
+    req = fields.REQUEST_INPUTS
     out: dict[str, Any] = {}
-
     out["user_tower"] = _capture(_UserTower(first), (table, *(ex[k] for k in req)),
-                                 ({0: rows},) + tuple({0: batch} for _ in req), "user tower")
+                                 ({0: dims.table_rows},) + tuple({0: dims.batch} for _ in req), "user tower")
     _verify(out["user_tower"], lambda *a: first_model.user_vectors(dict(zip(req, a))), table,
             tuple(check[k] for k in req), "user tower")
 
     items_flat = ex["items"].reshape(-1, ex["items"].shape[-1])
-    out["item_tower"] = _capture(_ItemTower(first), (table, items_flat), ({0: rows}, {0: batch}), "item tower")
+    out["item_tower"] = _capture(_ItemTower(first), (table, items_flat), ({0: dims.table_rows}, {0: dims.batch}),
+                                 "item tower")
     _verify(out["item_tower"], first_model.item_vectors, table,
             (check["items"].reshape(-1, check["items"].shape[-1]),), "item tower")
-
-    stages, stage_tables = [], []
-    for s, model in enumerate(cascade_models[1:], start=1):
-        model = model.cpu().eval()
-        ts = table_index(model)
-        wrapper = _Stage(_exportable(model))
-        dyn = ({0: rows},) + tuple({0: batch} for _ in req) + ({0: batch, 1: n},)
-        prog = _capture(wrapper, (tables[ts], *(ex[k] for k in req + ("items",))), dyn, f"stage {s} model")
-        _verify(prog, lambda *a, _m=model: _m(dict(zip(req + ("items",), a))), tables[ts],
-                tuple(check[k] for k in req + ("items",)), f"stage {s}")
-        stages.append(prog)
-        stage_tables.append(ts)
-    out["stages"] = stages
-    out["tables"] = tables
-    out["table_of"] = {"user_tower": t0, "item_tower": t0, "stages": stage_tables}
     return out
+
+
+def _stage_program(model: nn.Module, s: int, table: Tensor, dims: _Dims, ex: Mapping[str, Tensor],
+                   check: Mapping[str, Tensor]) -> Any:
+    """The program of later stage ``s`` (``model``), captured on ``ex`` and verified on ``check``."""
+    from lcron.data import fields
+
+    names = fields.REQUEST_INPUTS + ("items",)
+    wrapper = _Stage(_exportable(model))
+    dyn = ({0: dims.table_rows},) + tuple({0: dims.batch} for _ in fields.REQUEST_INPUTS) \
+        + ({0: dims.batch, 1: dims.candidates},)
+    prog = _capture(wrapper, (table, *(ex[k] for k in names)), dyn, f"stage {s} model")
+    _verify(prog, lambda *a: model(dict(zip(names, a))), table, tuple(check[k] for k in names), f"stage {s}")
+    return prog
 
 
 # ------------------------------------------------------------------------- export
