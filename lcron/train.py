@@ -41,7 +41,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -272,17 +272,11 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     ``max_steps_per_day`` caps the steps of each day (benchmarks and smoke tests).
     """
     from .data.shards import ShardSet
-    from .reference_policy import mode
 
     cfg.validate()
     device = resolve_device(cfg.device)  # first: a GPU that cannot be used is said before any data is read
     shard_set = shards if isinstance(shards, ShardSet) else ShardSet(shards)
-    mode.check_match(cfg.reference_quirks, shard_set.reference_quirks, step="train", what=f"shard set {shard_set.root}",
-                     fix="preprocess the data with the same --reference-quirks choice, or change it here")
-    cfg = dataclasses.replace(cfg, loss_options=mode.implied_loss_options(cfg.method, cfg.loss_options,
-                                                                         cfg.reference_quirks),
-                              embedding_optimizer=mode.implied_embedding_optimizer(cfg.embedding_optimizer,
-                                                                                   cfg.reference_quirks))
+    cfg = _reference_mode_config(cfg, shard_set)
     run_setting = _resolve_setting(shard_set.setting, setting, stages)
     cfg = dataclasses.replace(cfg, lr=float(cfg.lr),
                               loss_options=normalise_loss_options(cfg.method, cfg.loss_options, run_setting))
@@ -295,7 +289,37 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     check_table_memory(shard_set.embedding_sizes, run_setting.num_stages, cfg.dim, device,
                        where=str(Path(shard_set.root) / "dataset.json"))
     out = Path(out)
+    run_cfg = _run_config(cfg, run_setting, shard_set, days, batches, max_steps_per_day)
+    command = outputs.current_command(train_command(out, run_cfg, cfg.seeds))
+    with step_output(out, command, kind=RUN_KIND, ours=_is_run_folder, folder_what=RUN_FOLDER_WHAT) as step:
+        _claim_run_folder(step, run_cfg, cfg, overwrite)
+        step.begin()
+        results = []
+        with float32_matmul_precision(plan.tf32):
+            for seed in cfg.seeds:
+                results.append(_train_seed(shard_set, out, run_cfg, run_setting, days, cfg, seed, plan, progress,
+                                           max_steps_per_day))
+        _finish_run(step, run_cfg)
+    return results
 
+
+def _reference_mode_config(cfg: TrainConfig, shard_set: Any) -> TrainConfig:
+    """``cfg`` with what the reference-quirks mode implies for the loss options and the embedding
+    optimizer; refused when the shard set was preprocessed in the other mode (its data differ)."""
+    from .reference_policy import mode
+
+    mode.check_match(cfg.reference_quirks, shard_set.reference_quirks, step="train", what=f"shard set {shard_set.root}",
+                     fix="preprocess the data with the same --reference-quirks choice, or change it here")
+    return dataclasses.replace(cfg, loss_options=mode.implied_loss_options(cfg.method, cfg.loss_options,
+                                                                          cfg.reference_quirks),
+                               embedding_optimizer=mode.implied_embedding_optimizer(cfg.embedding_optimizer,
+                                                                                    cfg.reference_quirks))
+
+
+def _run_config(cfg: TrainConfig, run_setting: Setting, shard_set: Any, days: list[str], batches: BatchPlan,
+                max_steps_per_day: int | None) -> dict:
+    """run.json's content with its ``config_hash``: what decides whether a run folder's seeds are
+    this run's (resumed, skipped) or another's (refused unless overwriting)."""
     run_cfg = {
         "format_version": FORMAT_VERSION,
         "method": cfg.method,
@@ -313,17 +337,7 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     if cfg.reference_quirks:  # only when set, so default-mode runs keep their config hash
         run_cfg["reference_quirks"] = True
     run_cfg["config_hash"] = config_hash({k: v for k, v in run_cfg.items() if k != "shards"})
-    command = outputs.current_command(train_command(out, run_cfg, cfg.seeds))
-    with step_output(out, command, kind=RUN_KIND, ours=_is_run_folder, folder_what=RUN_FOLDER_WHAT) as step:
-        _claim_run_folder(step, run_cfg, cfg, overwrite)
-        step.begin()
-        results = []
-        with float32_matmul_precision(plan.tf32):
-            for seed in cfg.seeds:
-                results.append(_train_seed(shard_set, out, run_cfg, run_setting, days, cfg, seed, plan, progress,
-                                           max_steps_per_day))
-        _finish_run(step, run_cfg)
-    return results
+    return run_cfg
 
 
 #: What a run folder is, in the refusal of a non-empty folder that is not one.
@@ -484,18 +498,68 @@ def _resume(folder: Path, run_cfg: Mapping[str, Any], seed: int, device: torch.d
     return int(state["day_index"]) + 1, step, int(state["requests"]), records
 
 
+@dataclass
+class _SeedClock:
+    """Where a seed's wall time goes, for its summary.
+
+    The start-up steps - the first step (it compiles) or, with a CUDA graph, the eager warm-up
+    steps and the capture - are timed apart, like a compile; the steady rate counts the rest.
+    """
+
+    began: float
+    phases: dict[str, float]  # setup, data, checkpoints: seconds
+    startup_began: float | None = None
+    startup_steps: int = 0
+    first_step_seconds: float | None = None
+    steady_seconds: float = 0.0
+    steady_requests: int = 0
+
+
+@dataclass
+class _SeedRun:
+    """One seed's training as it moves through the days: its models and optimizers, where it
+    stands (step, requests, the log so far) and its clock."""
+
+    seed: int
+    folder: Path
+    first_day: int  # index of the first day to train: after the resumed one
+    cascade: Any
+    loss: torch.nn.Module
+    optimizers: dict[str, Any]
+    stepper: Any
+    id_table: Any  # every stage model has the same tables: one checks a day's ids
+    losses: LossLog
+    step: int
+    requests: int
+    records: list[dict]
+    clock: _SeedClock
+
+
 def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: list[str], cfg: TrainConfig,
                 seed: int, plan: StepPlan, progress: bool, max_steps_per_day: int | None) -> SeedResult:
-    device = plan.device
+    """One seed's folder: skipped when complete, else trained from its first day or from its
+    resume checkpoint, with a day's outputs written after each day."""
     t_seed = time.perf_counter()
     folder = out / f"seed-{seed}"
-    summary_path = folder / "summary.json"
     done = _completed_seed(folder, run_cfg)
     if done is not None:
         log(f"seed {seed}: complete in {folder}, skipped")
         return SeedResult(seed, folder, True, done)
-    ckpt_dir = folder / "checkpoints"
-    resume_path = folder / RESUME_FILE
+    run = _start_seed(folder, run_cfg, setting, cfg, seed, plan, t_seed)
+    for day_index in range(run.first_day, len(days)):
+        day = days[day_index]
+        t_data = time.perf_counter()
+        batches, ids_checked, n_batches = _day_batches(shard_set, day, day_index, run, cfg, plan, max_steps_per_day)
+        run.clock.phases["data"] += time.perf_counter() - t_data
+        _train_day(run, batches, ids_checked, n_batches, day, cfg, progress)
+        _write_day_outputs(shard_set, run, run_cfg, cfg, day, day_index, len(days))
+    return _finish_seed(run, run_cfg, setting, days, cfg, plan)
+
+
+def _start_seed(folder: Path, run_cfg: dict, setting: Setting, cfg: TrainConfig, seed: int, plan: StepPlan,
+                t_seed: float) -> _SeedRun:
+    """The seed's models, optimizers and stepper, restored from its resume checkpoint if it has one."""
+    device = plan.device
     cascade, loss, optimizers = build_training_objects(setting, run_cfg["embedding_sizes"], cfg, seed, device)
     start_day, step, requests, records = _resume(folder, run_cfg, seed, device, cascade, loss, optimizers)
 
@@ -505,117 +569,142 @@ def _train_seed(shard_set, out: Path, run_cfg: dict, setting: Setting, days: lis
         torch.cuda.reset_peak_memory_stats(device)
     cascade.train()
     stepper = make_stepper(TrainStep(cascade, loss, optimizers), plan)
-    embedding = embedding_tables(cascade)[0]  # every stage model has the same tables: one checks the ids
+    id_table = embedding_tables(cascade)[0]
     losses = LossLog(flush_every=cfg.log_every or device_defaults(device).loss_read_every)
-    # Start-up steps: the first step (compiles) or, with a CUDA graph, the eager warm-up steps and
-    # the capture; they are timed apart, like a compile, and the steady rate counts the rest.
-    timing = {"steady_seconds": 0.0, "steady_requests": 0, "first_step_seconds": None, "startup_steps": 0}
-    t_startup: float | None = None
-    phases = {"setup": time.perf_counter() - t_seed, "data": 0.0, "checkpoints": 0.0}
-    for day_index in range(start_day, len(days)):
-        day = days[day_index]
-        t_data = time.perf_counter()
-        arrays = shard_set.load_day(day)
-        order = day_order(len(arrays["label"]), seed, day_index, cfg.shuffle)
-        n_batches = len(order) // cfg.batch_size
-        if max_steps_per_day is not None:
-            n_batches = min(n_batches, max_steps_per_day)
-            order = order[: n_batches * cfg.batch_size]
-        if plan.device_resident:
-            resident = DeviceDay(arrays, device)
-            resident.check_ids(embedding)  # once per day, so no step needs to read ids back
-            batches = resident.batches(order, cfg.batch_size, drop_last=True)
-            checked = embedding_ids_prechecked()
-        else:
-            batches = iter_batches(arrays, order, cfg.batch_size, drop_last=True, device=device)
-            checked = contextlib.nullcontext()
-        phases["data"] += time.perf_counter() - t_data
-        bar = Progress(n_batches, f"train {cfg.method} seed {seed} day {day}", unit="batch", enabled=progress)
-        day_first_step, steady_from = step + 1, step + 1
-        t_start = time.perf_counter()
+    clock = _SeedClock(began=t_seed, phases={"setup": time.perf_counter() - t_seed, "data": 0.0, "checkpoints": 0.0})
+    return _SeedRun(seed, folder, start_day, cascade, loss, optimizers, stepper, id_table, losses, step, requests,
+                    records, clock)
 
-        def flush() -> None:
-            nonlocal day_first_step
-            if not len(losses):
-                return
-            rows = losses.read()
-            new = _log_records(rows, stepper.columns, day_first_step, cfg, seed, day)
-            records.extend(new)
-            day_first_step += len(new)
-            bar.postfix = f"loss {new[-1]['total']:.4f}"
 
-        with checked:
-            for batch in batches:
-                if t_startup is None:
-                    t_startup = time.perf_counter()
-                losses.append(stepper(batch))
-                step += 1
-                requests += cfg.batch_size
-                if timing["first_step_seconds"] is None:
-                    timing["startup_steps"] += 1
-                    if not getattr(stepper, "warming_up", False):
-                        flush()
-                        now = time.perf_counter()
-                        timing["first_step_seconds"] = now - t_startup
-                        t_start, steady_from = now, step + 1
-                    elif losses.full:  # a log read more often than the warm-up lasts
-                        flush()
-                elif losses.full:
+def _day_batches(shard_set, day: str, day_index: int, run: _SeedRun, cfg: TrainConfig, plan: StepPlan,
+                 max_steps_per_day: int | None
+                 ) -> tuple[Iterator[dict[str, torch.Tensor]], contextlib.AbstractContextManager, int]:
+    """The day's full batches in its shuffled order (a function of seed and day index only, so a
+    resumed seed sees what an uninterrupted one would), the context to step them in, and their
+    count. A day kept on the device has its ids checked once here, so no step reads ids back."""
+    arrays = shard_set.load_day(day)
+    order = day_order(len(arrays["label"]), run.seed, day_index, cfg.shuffle)
+    n_batches = len(order) // cfg.batch_size
+    if max_steps_per_day is not None:
+        n_batches = min(n_batches, max_steps_per_day)
+        order = order[: n_batches * cfg.batch_size]
+    if plan.device_resident:
+        resident = DeviceDay(arrays, plan.device)
+        resident.check_ids(run.id_table)
+        return resident.batches(order, cfg.batch_size, drop_last=True), embedding_ids_prechecked(), n_batches
+    batches = iter_batches(arrays, order, cfg.batch_size, drop_last=True, device=plan.device)
+    return batches, contextlib.nullcontext(), n_batches
+
+
+def _train_day(run: _SeedRun, batches: Iterator[dict[str, torch.Tensor]],
+               ids_checked: contextlib.AbstractContextManager, n_batches: int, day: str, cfg: TrainConfig,
+               progress: bool) -> None:
+    """Step through the day's batches. Loss rows are read back from the device only every so
+    often (each read synchronises) and checked for NaN as they are; all before the day ends."""
+    clock = run.clock
+    bar = Progress(n_batches, f"train {cfg.method} seed {run.seed} day {day}", unit="batch", enabled=progress)
+    day_first_step, steady_from = run.step + 1, run.step + 1
+    t_start = time.perf_counter()
+
+    def flush() -> None:
+        nonlocal day_first_step
+        if not len(run.losses):
+            return
+        rows = run.losses.read()
+        new = _log_records(rows, run.stepper.columns, day_first_step, cfg, run.seed, day)
+        run.records.extend(new)
+        day_first_step += len(new)
+        bar.postfix = f"loss {new[-1]['total']:.4f}"
+
+    with ids_checked:
+        for batch in batches:
+            if clock.startup_began is None:
+                clock.startup_began = time.perf_counter()
+            run.losses.append(run.stepper(batch))
+            run.step += 1
+            run.requests += cfg.batch_size
+            if clock.first_step_seconds is None:
+                clock.startup_steps += 1
+                if not getattr(run.stepper, "warming_up", False):
                     flush()
-                bar.update()
-        flush()  # the day's last rows: every step is checked before the day's checkpoint is written
-        if timing["first_step_seconds"] is not None:
-            timing["steady_seconds"] += time.perf_counter() - max(t_start, t_startup or t_start)
-            timing["steady_requests"] += max(step + 1 - steady_from, 0) * cfg.batch_size
-        bar.close()
-        t_ckpt = time.perf_counter()
-        _write_log(folder / "train_log.jsonl", records)
-        # The day snapshot first: a resume checkpoint past day t implies t's snapshot exists.
-        if cfg.day_snapshots:
-            _write_day_snapshot(shard_set, ckpt_dir, run_cfg, seed, day, day_index, step, requests, cascade, loss)
-        # The resume state every cfg.resume_every days, never after the last day (model.pt and
-        # summary.json supersede it there): at RecFlow vocabularies on a GPU it holds several GB
-        # of Adam state and takes longer to write than the day took to train (docs/benchmarks.md).
-        if (day_index + 1) % cfg.resume_every == 0 and day_index + 1 < len(days):
-            atomic.save_torch(resume_path, _checkpoint_payload(
-                run_cfg, seed, day, day_index, step, requests, cascade, loss, optimizers))
-        phases["checkpoints"] += time.perf_counter() - t_ckpt
+                    now = time.perf_counter()
+                    clock.first_step_seconds = now - clock.startup_began
+                    t_start, steady_from = now, run.step + 1
+                elif run.losses.full:  # a log read more often than the warm-up lasts
+                    flush()
+            elif run.losses.full:
+                flush()
+            bar.update()
+    flush()  # the day's last rows: every step is checked before the day's checkpoint is written
+    if clock.first_step_seconds is not None:
+        clock.steady_seconds += time.perf_counter() - max(t_start, clock.startup_began or t_start)
+        clock.steady_requests += max(run.step + 1 - steady_from, 0) * cfg.batch_size
+    bar.close()
 
-    final = _checkpoint_payload(run_cfg, seed, days[-1], len(days) - 1, step, requests, cascade, loss, optimizers,
-                                with_optim=False)
-    atomic.save_torch(folder / "model.pt", final)
-    steady = timing["steady_requests"] / timing["steady_seconds"] if timing["steady_seconds"] > 0 else None
-    summary = {
-        "seed": seed,
+
+def _write_day_outputs(shard_set, run: _SeedRun, run_cfg: dict, cfg: TrainConfig, day: str, day_index: int,
+                       n_days: int) -> None:
+    """After a day: the log so far, the day snapshot (if asked for) and the resume state (if due)."""
+    t_ckpt = time.perf_counter()
+    _write_log(run.folder / "train_log.jsonl", run.records)
+    # The day snapshot first: a resume checkpoint past day t implies t's snapshot exists.
+    if cfg.day_snapshots:
+        _write_day_snapshot(shard_set, run.folder / "checkpoints", run_cfg, run.seed, day, day_index, run.step,
+                            run.requests, run.cascade, run.loss)
+    # The resume state every cfg.resume_every days, never after the last day (model.pt and
+    # summary.json supersede it there): at RecFlow vocabularies on a GPU it holds several GB
+    # of Adam state and takes longer to write than the day took to train (docs/benchmarks.md).
+    if (day_index + 1) % cfg.resume_every == 0 and day_index + 1 < n_days:
+        atomic.save_torch(run.folder / RESUME_FILE, _checkpoint_payload(
+            run_cfg, run.seed, day, day_index, run.step, run.requests, run.cascade, run.loss, run.optimizers))
+    run.clock.phases["checkpoints"] += time.perf_counter() - t_ckpt
+
+
+def _finish_seed(run: _SeedRun, run_cfg: dict, setting: Setting, days: list[str], cfg: TrainConfig,
+                 plan: StepPlan) -> SeedResult:
+    """model.pt, then summary.json - the seed's completion - then the resume state goes."""
+    final = _checkpoint_payload(run_cfg, run.seed, days[-1], len(days) - 1, run.step, run.requests, run.cascade,
+                                run.loss, run.optimizers, with_optim=False)
+    atomic.save_torch(run.folder / "model.pt", final)
+    summary = _seed_summary(run, run_cfg, setting, days, cfg, plan)
+    atomic.write_json(run.folder / "summary.json", summary)
+    (run.folder / RESUME_FILE).unlink(missing_ok=True)  # model.pt + summary.json supersede it
+    log(f"seed {run.seed}: trained {run.step} steps on {len(days)} day(s); model in {run.folder / 'model.pt'}")
+    return SeedResult(run.seed, run.folder, False, summary)
+
+
+def _seed_summary(run: _SeedRun, run_cfg: dict, setting: Setting, days: list[str], cfg: TrainConfig,
+                  plan: StepPlan) -> dict:
+    """summary.json: what was trained, how fast and on what, and the learned loss weights."""
+    device, clock = plan.device, run.clock
+    steady = clock.steady_requests / clock.steady_seconds if clock.steady_seconds > 0 else None
+    return {
+        "seed": run.seed,
         "method": cfg.method,
         "setting": setting.name,
         "config_hash": run_cfg["config_hash"],
         "days": days,
-        "steps": step,
-        "requests": requests,
-        "first_step_seconds": timing["first_step_seconds"],
-        "startup_steps": timing["startup_steps"],
+        "steps": run.step,
+        "requests": run.requests,
+        "first_step_seconds": clock.first_step_seconds,
+        "startup_steps": clock.startup_steps,
         "steady_requests_per_s": steady,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "compile": plan.compile,
         "cuda_graph": plan.cuda_graph,
-        "step_mode": getattr(stepper, "mode", "eager"),
+        "step_mode": getattr(run.stepper, "mode", "eager"),
         "tf32": plan.tf32,
         "peak_device_memory_mb": (round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
                                   if device.type == "cuda" else None),
-        "learned_weights": learned_weights(loss),
-        "final_loss": records[-1]["total"] if records else None,
+        "learned_weights": learned_weights(run.loss),
+        "final_loss": run.records[-1]["total"] if run.records else None,
         **run_cfg.get("batch_plan", {}),
         # Where the seed's wall time went: building models/optimizers (and resuming), loading and
         # placing the days' data, writing the daily checkpoints, and the seed's whole time.
-        "timing": {**{f"{k}_seconds": round(v, 3) for k, v in phases.items()},
-                   "seed_seconds": round(time.perf_counter() - t_seed, 3)},
+        "timing": {**{f"{k}_seconds": round(v, 3) for k, v in clock.phases.items()},
+                   "seed_seconds": round(time.perf_counter() - clock.began, 3)},
     }
-    atomic.write_json(summary_path, summary)
-    resume_path.unlink(missing_ok=True)  # model.pt + summary.json supersede it
-    log(f"seed {seed}: trained {step} steps on {len(days)} day(s); model in {folder / 'model.pt'}")
-    return SeedResult(seed, folder, False, summary)
 
 
 def _write_day_snapshot(shard_set, ckpt_dir: Path, run_cfg: dict, seed: int, day: str, day_index: int, step: int,
