@@ -61,6 +61,7 @@ from .logs import get_logger
 from .progress import Progress
 from .run_folder import RUN_KIND, load_checkpoint, load_state, seed_complete, train_command
 from .settings import Setting, get_setting
+from .step_config import add_arguments, check_options, from_args, integer_at_least, integer_in, option, positive_number
 from .step_output import StepOutput, step_output
 
 FORMAT_VERSION = 1
@@ -81,57 +82,92 @@ def log(msg: str) -> None:
     get_logger(__name__).info(msg)
 
 
-@dataclass
-class TrainConfig:
-    """What a user chooses for one training run (all seeds share it)."""
+def _known_method(method: Any) -> str | None:
+    from .losses import METHODS
 
-    method: str = TRAIN.method
-    loss_options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = TRAIN.batch_size
-    lr: float = TRAIN.lr
-    seeds: tuple[int, ...] = TRAIN.seeds
-    days: str | None = None  # "FIRST:LAST" of the shard set; default: every day but the last (the test day)
-    device: str = "auto"
-    compile: bool | None = None     # None: the device's default (lcron.train_step.DEVICE_DEFAULTS)
-    cuda_graph: bool | None = None  # None: the device's default (on for CUDA)
-    tf32: bool | None = None        # None: the device's default (off)
-    dim: int = TRAIN.dim
+    return None if method in METHODS else f"unknown method {method!r}; known methods: {', '.join(METHODS)}"
+
+
+def _seed_list(seeds: Any) -> str | None:
+    if not seeds:
+        return "at least one seed is needed"
+    if len(set(seeds)) != len(seeds):
+        return f"seeds repeat: {list(seeds)}"
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED]
+    return f"seeds must be integers in [0, {MAX_SEED}], got {bad}" if bad else None
+
+
+def _device_name(device: Any) -> str | None:
+    ok = device in ("auto", "cpu", "cuda") or str(device).startswith("cuda:")
+    return None if ok else f"device must be auto, cpu or cuda, got {device!r}"
+
+
+def _embedding_optimizer(name: Any) -> str | None:
+    try:
+        check_embedding_optimizer(name)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a user chooses for one training run (all seeds share it); checked when made.
+
+    Each field with :func:`~lcron.step_config.option` is a ``lcron train`` option of the same
+    name (``--batch-size`` for ``batch_size``) and a parameter of the train component
+    (tests/test_step_configs.py); ``shuffle`` and ``log_every`` are library-only knobs.
+    """
+
+    method: str = option(TRAIN.method, "training method (listed below with their options)", required=True,
+                         metavar="METHOD", check=_known_method)
+    loss_options: dict[str, Any] = option(
+        help="an option of the method, e.g. reference_quirks=true or k=30,20 (repeatable)", flag="--loss-option",
+        metavar="KEY=VALUE", append=True, default_factory=dict, convert=lambda items: parse_loss_options(items))
+    batch_size: int = option(TRAIN.batch_size, "requests per step", metavar="N",
+                             check=integer_at_least(1, "batch size"))
+    lr: float = option(TRAIN.lr, "Adam learning rate", check=positive_number("learning rate"))
+    seeds: tuple[int, ...] = option(TRAIN.seeds, "comma-separated seeds, one model folder each", metavar="S1,S2,...",
+                                    convert=lambda text: parse_seeds(text), check=_seed_list)
+    # "FIRST:LAST" of the shard set; default: every day but the last (the test day)
+    days: str | None = option(None, "training days FIRST:LAST (inclusive); default every day but the last",
+                              metavar="FIRST:LAST")
+    device: str = option("auto", "auto (CUDA when present), cpu or cuda (default auto)", check=_device_name)
+    # None: the device's default (lcron.train_step.DEVICE_DEFAULTS)
+    compile: bool | None = option(None, "torch.compile DIN's attention core (default: on for CPU, off for CUDA, "
+                                        "where eager kernels in a CUDA graph measured faster)")
+    cuda_graph: bool | None = option(None, "capture the training step as one CUDA graph (default: on for CUDA)")
+    tf32: bool | None = option(None, "TF32 tensor-core matmuls on CUDA (default: off)")
+    dim: int = option(TRAIN.dim, "embedding dimension", metavar="N", check=integer_in(1, MAX_DIM, "embedding dim"))
     shuffle: bool = True
-    log_every: int | None = None  # loss rows read back every this many steps and at day end; None: the device's
-    reference_quirks: bool = False  # the published models' quirks (docs/reference.md); needs reference shards
-    embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER  # "auto", "dense" or "lazy" (lcron.optim)
+    # loss rows read back every this many steps and at day end; None: the device's
+    log_every: int | None = option(None, "", cli=False, check=integer_at_least(1, "log_every", optional=True))
+    reference_quirks: bool = option(
+        False, "the published models' quirks (unmasked sequence mean, cat1 padding row 2, uniform DIN attention "
+               "without history; implies ICC's reference_quirks loss option); needs shards preprocessed with "
+               "--reference-quirks (docs/reference.md)")
+    embedding_optimizer: str = option(
+        DEFAULT_EMBEDDING_OPTIMIZER, "embedding tables: 'lazy' updates only the rows a batch touches (row-wise "
+        "Adam), 'dense' is Adam on every row, as the reference; 'auto' (default) is dense on CUDA and for small "
+        "tables, lazy on CPU from 1M rows per model, always dense with --reference-quirks "
+        "(docs/embedding_optimizer.md)", choices=EMBEDDING_OPTIMIZERS, check=_embedding_optimizer)
     # checkpoints/<day>.pt, read only by streaming evaluation (~200 MiB a day at RecFlow
-    # vocabularies, docs/scale.md): written only when asked for (--day-snapshots; the pipeline
-    # asks when streaming=true)
-    day_snapshots: bool = False
-    resume_every: int = 1  # resume.pt (weights + optimizer state) after every this many training days
+    # vocabularies, docs/scale.md): written only when asked for (the pipeline asks when streaming=true)
+    day_snapshots: bool = option(
+        False, "write checkpoints/DAY.pt after each training day: the per-day snapshots that `lcron evaluate "
+               "--streaming` reads (~200 MiB a day at RecFlow vocabularies; default off)")
+    resume_every: int = option(
+        1, "write the resume checkpoint (weights and optimizer state) after every N training days (default 1: "
+           "each day but the last); an interrupted run resumes after the last one written. On a GPU at RecFlow "
+           "vocabularies each one takes longer to write than a day takes to train (docs/benchmarks.md, GPU)",
+        metavar="N", check=integer_at_least(1, "resume_every", "days"))
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
-        from .losses import METHODS
-
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; known methods: {', '.join(METHODS)}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be a positive number, got {self.lr!r}")
-        if not self.seeds:
-            raise ConfigError("at least one seed is needed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds repeat: {list(self.seeds)}")
-        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED]
-        if bad:
-            raise ConfigError(f"seeds must be integers in [0, {MAX_SEED}], got {bad}")
-        if not isinstance(self.dim, int) or isinstance(self.dim, bool) or not 1 <= self.dim <= MAX_DIM:
-            raise ConfigError(f"embedding dim must be an integer in [1, {MAX_DIM}], got {self.dim!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.log_every is not None and (isinstance(self.log_every, bool) or not isinstance(self.log_every, int)
-                                           or self.log_every < 1):
-            raise ConfigError(f"log_every must be an integer >= 1, got {self.log_every!r}")
-        check_embedding_optimizer(self.embedding_optimizer)
-        if isinstance(self.resume_every, bool) or not isinstance(self.resume_every, int) or self.resume_every < 1:
-            raise ConfigError(f"resume_every must be an integer >= 1 (days), got {self.resume_every!r}")
+        """Every field's check (lcron.step_config.check_options); a ConfigError names the first bad one."""
+        check_options(self)
 
 
 def normalise_loss_options(method: str, options: Mapping[str, Any], setting: Setting) -> dict[str, Any]:
@@ -798,7 +834,6 @@ def add_train_arguments(parser) -> None:
     import shutil
     import textwrap
 
-    from .losses import METHODS
     from .losses.registry import LISTING_HEADING, describe_methods
 
     # The registered methods and their options, generated from the registry (a method added as
@@ -810,55 +845,15 @@ def add_train_arguments(parser) -> None:
     parser.epilog = heading + "\n" + describe_methods(width=width)
     parser.add_argument("--shards", required=True, help="shard folder written by `lcron preprocess`")
     parser.add_argument("--out", required=True, help="run folder (one seed-<n>/ subfolder per seed)")
-    parser.add_argument("--method", required=True, metavar="METHOD",
-                        help=f"training method: {', '.join(METHODS)} (listed below with their options)")
     parser.add_argument("--stages", type=int, choices=(2, 3), help="check the shards hold this built-in setting")
     parser.add_argument("--setting", help="setting file (JSON/YAML) overriding the shard set's setting, e.g. other quotas")
-    seeds = ",".join(map(str, TRAIN.seeds))
-    parser.add_argument("--seeds", default=seeds, help=f"comma-separated seeds, one model folder each (default {seeds})")
-    parser.add_argument("--loss-option", action="append", metavar="KEY=VALUE",
-                        help="an option of the method, e.g. reference_quirks=true or k=30,20 (repeatable)")
-    parser.add_argument("--batch-size", type=int, default=TRAIN.batch_size,
-                        help=f"requests per step (default {TRAIN.batch_size})")
-    parser.add_argument("--lr", type=float, default=TRAIN.lr, help=f"Adam learning rate (default {TRAIN.lr})")
-    parser.add_argument("--embedding-optimizer", choices=EMBEDDING_OPTIMIZERS, default=DEFAULT_EMBEDDING_OPTIMIZER,
-                        help="embedding tables: 'lazy' updates only the rows a batch touches (row-wise Adam), "
-                        "'dense' is Adam on every row, as the reference; 'auto' (default) is dense on CUDA and "
-                        "for small tables, lazy on CPU from 1M rows per model, always dense with --reference-quirks "
-                        "(docs/embedding_optimizer.md)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--day-snapshots", action=argparse.BooleanOptionalAction, default=False,
-                        help="write checkpoints/DAY.pt after each training day: the per-day snapshots that "
-                             "`lcron evaluate --streaming` reads (~200 MiB a day at RecFlow vocabularies; "
-                             "default off)")
-    parser.add_argument("--resume-every", type=int, default=1, metavar="N",
-                        help="write the resume checkpoint (weights and optimizer state) after every N training days "
-                             "(default 1: each day but the last); an interrupted run resumes after the last one "
-                             "written. On a GPU at RecFlow vocabularies each one takes longer to write than a day "
-                             "takes to train (docs/benchmarks.md, GPU)")
-    parser.add_argument("--days", help="training days FIRST:LAST (inclusive); default every day but the last")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile DIN's attention core (default: on for CPU, off for CUDA, where eager "
-                        "kernels in a CUDA graph measured faster)")
-    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                        help="capture the training step as one CUDA graph (default: on for CUDA)")
-    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
-                        help="TF32 tensor-core matmuls on CUDA (default: off)")
+    add_arguments(parser, TrainConfig)  # the configuration's own options: one per TrainConfig field
     parser.add_argument("--max-steps-per-day", type=int, help="cap the steps of each day (smoke tests)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run with another configuration in --out")
-    parser.add_argument("--reference-quirks", action="store_true",
-                        help="the published models' quirks (unmasked sequence mean, cat1 padding row 2, uniform DIN "
-                             "attention without history; implies ICC's reference_quirks loss option); needs shards "
-                             "preprocessed with --reference-quirks (docs/reference.md)")
 
 
 def run_train(args) -> int:
-    cfg = TrainConfig(method=args.method, loss_options=parse_loss_options(args.loss_option),
-                      batch_size=args.batch_size, lr=args.lr, seeds=parse_seeds(args.seeds), days=args.days,
-                      device=args.device, compile=args.compile, cuda_graph=args.cuda_graph, tf32=args.tf32,
-                      reference_quirks=getattr(args, "reference_quirks", False),
-                      embedding_optimizer=args.embedding_optimizer, day_snapshots=args.day_snapshots,
-                      resume_every=args.resume_every)
+    cfg = from_args(TrainConfig, args)
     results = train(args.shards, args.out, cfg, setting=args.setting, stages=args.stages, overwrite=args.overwrite,
                     progress=not args.quiet, max_steps_per_day=args.max_steps_per_day)
     for r in results:
