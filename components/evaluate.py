@@ -7,6 +7,8 @@ metadata (lcron.evaluation.results.kfp_metrics), so the KFP UI compares runs col
 column; the full evaluation (per seed, per request, quota sweep) is the Dataset artifact.
 """
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
@@ -25,10 +27,10 @@ def evaluate(
     tie_seed: int,
     evaluation: Output[Dataset],
     metrics: Output[Metrics],
-    reference_quirks: bool = False,
+    reference_quirks: Optional[bool] = None,
 ):
     """Evaluate the run in ``model`` on ``shards``; ``days`` "" = the shard set's last day,
-    ``batch_size`` 0 = the device's default."""
+    ``batch_size`` 0 = the device's default, ``reference_quirks`` None = the run's mode."""
     from lcron.evaluate import evaluate as run_evaluation
     from lcron.evaluation.results import kfp_metrics
 

@@ -33,7 +33,7 @@ def train(
     run_record: Output[Dataset],
     reference_quirks: bool = False,
     embedding_optimizer: str = "auto",
-    day_snapshots: bool = True,
+    day_snapshots: bool = False,
 ):
     """Train ``method`` for each seed; ``days`` "" = every shard day but the last; ``max_steps_per_day`` 0 = no cap.
     ``run_record``: the run's configuration, summaries and logs for the report, without weights."""

@@ -43,6 +43,7 @@ import argparse
 import math
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -62,12 +63,49 @@ from .logs import get_logger
 from .progress import Progress
 from .run_folder import FinishedRun, load_cascade, seed_number
 from .settings import Setting
+from .step_config import add_arguments, check_options, from_args, option
 from .step_output import StepOutput, step_output
 
 
 def log(msg: str) -> None:
     """A progress fact on the ``lcron`` logger (stderr; ``lcron -q`` silences it)."""
     get_logger(__name__).info(msg)
+
+
+# --------------------------------------------------------------------------- configuration
+def _batch_size(value: Any) -> str | None:
+    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    return None if ok else f"--batch-size must be >= 1, got {value}"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The choices of one evaluation besides its inputs (run, shards, output folder); checked
+    when made. Each field is an ``lcron evaluate`` option and a keyword of :func:`evaluate` with
+    the same default, and the evaluate component's parameter of that name
+    (tests/test_step_configs.py)."""
+
+    days: str | None = option(None, "test day(s) (default: the shard set's last day; streaming: every day after "
+                                    "a trained day)", metavar="DAY|FIRST:LAST")
+    streaming: bool = option(False, "score each test day t with the checkpoint saved after day t-1")
+    batch_size: int | None = option(None, "requests per inference batch (default: the device's, 512 on CPU, 4096 "
+                                          "on CUDA)", metavar="N", check=_batch_size)
+    device: str = option("auto", "auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    compile: bool | None = option(None, "torch.compile DIN's attention core (default: on CPU from 200,000 requests "
+                                        "x seeds, where compiling pays for its start-up; never on CUDA)")
+    quota_grid: str | None = option(None, "quota tuples of the sweep, e.g. '30,20;25,20;40,20' (default: a grid "
+                                          "around the setting's)", metavar="Q1,Q2;...")
+    tie_seed: int = option(0, "seed of the metric tie-breaks", metavar="N")
+    reference_quirks: bool | None = option(
+        None, "the reference's evaluation protocol (drop the last partial batch, padding selectable, recall / 10); "
+              "a run trained with --reference-quirks uses it anyway, a default run refuses it (default: the run's)")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields as :func:`evaluate`'s keywords."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 # --------------------------------------------------------------------------- planning
@@ -161,6 +199,9 @@ def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = N
     The output folder (``out``, default ``<run_dir>/eval``) follows lcron.step_output: locked
     for the step, skipped when it holds this evaluation, refused when it holds another.
     """
+    # the choices checked once, before the output folder is touched (EvaluateConfig's own checks)
+    EvaluateConfig(days=days, streaming=streaming, batch_size=batch_size, device=device, compile=compile,
+                   quota_grid=quota_grid, tie_seed=tie_seed, reference_quirks=reference_quirks)
     out = Path(out) if out is not None else Path(run_dir) / "eval"
     command = outputs.current_command(f"lcron evaluate --model {run_dir} --out {out}")
     with step_output(out, command, kind=EVALUATION_KIND, ours=is_eval_folder,
@@ -507,34 +548,16 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="RUN_DIR", help="training run folder (holds run.json)")
     parser.add_argument("--shards", default=None, metavar="DIR", help="shard set (default: the run's own)")
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RUN_DIR/eval)")
-    parser.add_argument("--days", default=None, metavar="DAY|FIRST:LAST",
-                        help="test day(s) (default: the shard set's last day; streaming: every day after a trained day)")
-    parser.add_argument("--streaming", action="store_true",
-                        help="score each test day t with the checkpoint saved after day t-1")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="requests per inference batch (default: the device's, 512 on CPU, 4096 on CUDA)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile DIN's attention core (default: on CPU from 200,000 requests x seeds, "
-                             "where compiling pays for its start-up; never on CUDA)")
-    parser.add_argument("--quota-grid", default=None, metavar="Q1,Q2;...",
-                        help="quota tuples of the sweep, e.g. '30,20;25,20;40,20' (default: a grid around the setting's)")
-    parser.add_argument("--tie-seed", type=int, default=0, help="seed of the metric tie-breaks (default 0)")
+    add_arguments(parser, EvaluateConfig)  # one option per EvaluateConfig field
     parser.add_argument("--overwrite", action="store_true", help="replace an evaluation made with other inputs")
-    parser.add_argument("--reference-quirks", action="store_true", default=None,
-                        help="the reference's evaluation protocol (drop the last partial batch, padding selectable, "
-                             "recall / 10); a run trained with --reference-quirks uses it anyway, a default run refuses it")
     # -q/--quiet (no progress output) is added to every subcommand by lcron.cli.
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``lcron evaluate``: evaluate a run and print where the outputs are."""
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    res = evaluate(args.model, args.shards, args.out, days=args.days, streaming=args.streaming,
-                   batch_size=args.batch_size, device=args.device, compile=args.compile, quota_grid=args.quota_grid,
-                   tie_seed=args.tie_seed, overwrite=args.overwrite, progress=not getattr(args, "quiet", False),
-                   reference_quirks=getattr(args, "reference_quirks", None))
+    config = from_args(EvaluateConfig, args)
+    res = evaluate(args.model, args.shards, args.out, **config.as_kwargs(), overwrite=args.overwrite,
+                   progress=not getattr(args, "quiet", False))
     out = Path(res["out"])
     print(f"metrics: {out / 'metrics.json'}")
     for key, name in res.get("files", {}).items():
