@@ -63,7 +63,7 @@ from .logs import get_logger
 from .progress import Progress
 from .run_folder import FinishedRun, load_cascade, seed_number
 from .settings import Setting
-from .step_config import add_arguments, check_options, from_args, option
+from .step_config import add_arguments, check_options, from_args, integer_at_least, option
 from .step_output import StepOutput, step_output
 
 
@@ -73,11 +73,6 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- configuration
-def _batch_size(value: Any) -> str | None:
-    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
-    return None if ok else f"--batch-size must be >= 1, got {value}"
-
-
 @dataclass(frozen=True)
 class EvaluateConfig:
     """The choices of one evaluation besides its inputs (run, shards, output folder); checked
@@ -89,7 +84,8 @@ class EvaluateConfig:
                                     "a trained day)", metavar="DAY|FIRST:LAST")
     streaming: bool = option(False, "score each test day t with the checkpoint saved after day t-1")
     batch_size: int | None = option(None, "requests per inference batch (default: the device's, 512 on CPU, 4096 "
-                                          "on CUDA)", metavar="N", check=_batch_size)
+                                          "on CUDA)", metavar="N",
+                                  check=integer_at_least(1, "batch size", optional=True))
     device: str = option("auto", "auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
     compile: bool | None = option(None, "torch.compile DIN's attention core (default: on CPU from 200,000 requests "
                                         "x seeds, where compiling pays for its start-up; never on CUDA)")

@@ -36,10 +36,9 @@ import contextlib
 import dataclasses
 import gc
 import json
-import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -61,7 +60,8 @@ from .logs import get_logger
 from .progress import Progress
 from .run_folder import RUN_KIND, load_checkpoint, load_state, seed_complete, train_command
 from .settings import Setting, get_setting
-from .step_config import add_arguments, check_options, from_args, integer_at_least, integer_in, option, positive_number
+from .step_config import (add_arguments, check_options, from_args, integer_at_least, integer_in, option,
+                          positive_number)
 from .step_output import StepOutput, step_output
 
 FORMAT_VERSION = 1

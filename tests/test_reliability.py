@@ -355,7 +355,7 @@ def test_evaluate_batch_size_below_1(trained, tmp_path, capsys):
     out = tmp_path / "eval"
     code, _, err = _cli(capsys, "evaluate", "--model", str(trained), "--out", str(out), "--batch-size", "0", "-q")
     assert code == 2
-    assert _error_line(err, "evaluate") == "lcron evaluate: error: --batch-size must be >= 1, got 0"
+    assert _error_line(err, "evaluate") == "lcron evaluate: error: batch size must be an integer >= 1, got 0"
     with pytest.raises(ConfigError, match=r"batch size must be an integer >= 1, got -3"):
         evaluate(trained, out=out, batch_size=-3, progress=False)
     assert not out.exists()

@@ -13,14 +13,12 @@ import pytest
 from lcron.errors import ConfigError
 from lcron.evaluate import EvaluateConfig, add_evaluate_arguments
 from lcron.evaluate import evaluate as evaluate_function
-from lcron.step_config import add_arguments, field_type, from_args, option, option_fields
+from lcron.step_config import add_arguments, from_args, option, option_fields
 from lcron.train import TrainConfig, add_train_arguments
 
+from step_config_checks import assert_component_matches
+
 kfp = pytest.importorskip("kfp")
-
-#: KFP's parameter types and the field types they carry (a list travels as a tuple field).
-KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "Dict": dict, "List": tuple}
-
 
 def _steps():
     from components.evaluate import evaluate
@@ -35,18 +33,7 @@ def _steps():
 
 @pytest.mark.parametrize("index", [0, 1], ids=["train", "evaluate"])
 def test_every_component_parameter_is_a_field_of_the_same_type_and_default(index):
-    component, config, not_config = _steps()[index]
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    for name, spec in component.component_spec.inputs.items():
-        if spec.type.startswith("system.") or name in not_config:
-            continue  # an artifact, or a declared non-configuration parameter
-        assert name in fields, f"{component.name}: parameter {name} is no field of {config.__name__}"
-        kind, _ = field_type(config, name)
-        assert KFP_TYPES[spec.type] is kind, f"{component.name}.{name}: {spec.type} vs {kind}"
-        if spec.optional:
-            default = fields[name].default if fields[name].default is not dataclasses.MISSING \
-                else fields[name].default_factory()
-            assert spec.default == default, f"{component.name}.{name}: default {spec.default!r} vs {default!r}"
+    assert_component_matches(*_steps()[index])
 
 
 @pytest.mark.parametrize("config", [TrainConfig, EvaluateConfig], ids=lambda c: c.__name__)
@@ -93,7 +80,7 @@ def test_evaluate_keywords_are_the_configuration_with_its_defaults():
     (lambda: TrainConfig(method="bce", seeds=(1, 1)), r"seeds repeat: \[1, 1\]"),
     (lambda: TrainConfig(method="bce", log_every=0), "log_every must be an integer >= 1, got 0"),
     (lambda: TrainConfig(method="bce", embedding_optimizer="adagrad"), "unknown embedding optimizer 'adagrad'"),
-    (lambda: EvaluateConfig(batch_size=0), "--batch-size must be >= 1, got 0"),
+    (lambda: EvaluateConfig(batch_size=0), "batch size must be an integer >= 1, got 0"),
 ])
 def test_a_configuration_is_checked_when_made(make, message):
     with pytest.raises(ConfigError, match=message):
