@@ -39,7 +39,7 @@ def test_training_and_preprocessing_defaults_everywhere():
     assert (cfg.method, cfg.batch_size, cfg.lr, cfg.dim, cfg.seeds) == (TRAIN.method, TRAIN.batch_size, TRAIN.lr,
                                                                       TRAIN.dim, TRAIN.seeds)
     args = _parse("train", "--shards", "s", "--out", "o", "--method", "bce")
-    assert (args.batch_size, args.lr, args.seeds) == (TRAIN.batch_size, TRAIN.lr, ",".join(map(str, TRAIN.seeds)))
+    assert (args.batch_size, args.lr, args.seeds) == (TRAIN.batch_size, TRAIN.lr, TRAIN.seeds)
     args = _parse("preprocess", "--source", "s", "--out", "o", "--stages", "2")
     assert (args.tz_offset_hours, args.max_missing_fraction) == (PREPROCESS.tz_offset_hours,
                                                                  PREPROCESS.max_missing_fraction)

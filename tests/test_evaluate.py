@@ -313,7 +313,7 @@ def test_cli_functions_and_user_quota_grid(world, tmp_path, capsys):
     assert res["quota_sweep"][0]["joint_recall"] == world.res["metrics"]["joint_recall"]
     assert res["metrics"] == world.res["metrics"]  # the inference batch size changes nothing
     bad = parser.parse_args(["--model", str(world.run), "--batch-size", "0"])
-    with pytest.raises(ConfigError, match="batch-size"):
+    with pytest.raises(ConfigError, match="batch size must be an integer >= 1, got 0"):
         run_evaluate(bad)
 
 
