@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, Sequence
 
-from lcron.defaults import PREPROCESS
+from lcron.data.step_configs import GenerateConfig, PreprocessConfig, ValidateConfig
 from lcron.errors import LcronError
 from lcron.settings import SettingError
+from lcron.step_config import add_arguments, from_args
 
 __all__ = ["Command", "COMMANDS", "build_parser", "main"]
 
@@ -102,30 +103,18 @@ def _serving_export() -> ModuleType:
 
 # ------------------------------------------------------------------------ generate
 def _generate_args(p: argparse.ArgumentParser) -> None:
-    from lcron.defaults import SYNTHETIC as D
-
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the RecFlow layout into")
-    p.add_argument("--num-days", type=int, default=D.num_days, metavar="N", help=f"number of days (default {D.num_days})")
-    p.add_argument("--start-date", default=D.start_date, metavar="YYYY-MM-DD", help=f"first day (default {D.start_date})")
-    p.add_argument("--requests-per-day", type=int, default=D.requests_per_day, metavar="N",
-                   help=f"requests per day (default {D.requests_per_day})")
-    p.add_argument("--users", type=int, default=D.users, metavar="N", help=f"number of users (default {D.users})")
-    p.add_argument("--items", type=int, default=D.items, metavar="N", help=f"number of items (default {D.items})")
-    p.add_argument("--seed", type=int, default=D.seed, metavar="N", help=f"random seed (default {D.seed})")
-    p.add_argument("--authors", type=int, default=None, metavar="N",
-                   help="number of authors (default items / 10; RecFlow has about 2.1M for its 9M videos)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="days simulated at once in worker processes; the files are the same for any N (default: "
-                        "one per CPU as memory allows, from 20,000 requests a day)")
+    add_arguments(p, GenerateConfig)  # one option per GenerateConfig field
 
 
 def _generate_run(a: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from lcron.data.synthetic import generate
 
-    out = generate(a.out, num_days=a.num_days, start_date=a.start_date, requests_per_day=a.requests_per_day,
-                   users=a.users, items=a.items, seed=a.seed, progress=not a.quiet, workers=a.workers,
-                   authors=a.authors)
-    print(f"wrote synthetic RecFlow data ({a.num_days} days x {a.requests_per_day} requests) to {out}")
+    cfg = from_args(GenerateConfig, a)
+    out = generate(a.out, progress=not a.quiet, **asdict(cfg))
+    print(f"wrote synthetic RecFlow data ({cfg.num_days} days x {cfg.requests_per_day} requests) to {out}")
     return 0
 
 
@@ -133,26 +122,11 @@ def _generate_run(a: argparse.Namespace) -> int:
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, metavar="DIR_OR_GS_URI",
                    help="RecFlow root: a local folder, gs://bucket/prefix or s3://bucket/prefix")
-    p.add_argument("--days", default=None, metavar="FIRST:LAST",
-                   help="days to use, inclusive (YYYY-MM-DD:YYYY-MM-DD, or one day); default: all")
-    p.add_argument("--max-missing-fraction", type=float, default=PREPROCESS.max_missing_fraction, metavar="F",
-                   help="largest fraction of a day's requests that may be dropped for missing from a pkl "
-                        f"(default {PREPROCESS.max_missing_fraction})")
-    p.add_argument("--max-no-gt-fraction", type=float, default=PREPROCESS.max_no_gt_fraction, metavar="F",
-                   help="largest fraction of a day's requests that may have no item of the ground-truth "
-                        f"(top) group; more is an error, fewer a warning with the count "
-                        f"(default {PREPROCESS.max_no_gt_fraction})")
-
-
-def _tz_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tz-offset-hours", type=int, default=PREPROCESS.tz_offset_hours, metavar="H",
-                   help="time zone of the data for weekday/hour/minute features and the day check "
-                        f"(default {PREPROCESS.tz_offset_hours} = UTC+{PREPROCESS.tz_offset_hours})")
 
 
 def _validate_args(p: argparse.ArgumentParser) -> None:
     _source_args(p)
-    _tz_arg(p)
+    add_arguments(p, ValidateConfig)  # one option per ValidateConfig field
 
 
 def _preprocess_args(p: argparse.ArgumentParser) -> None:
@@ -161,26 +135,19 @@ def _preprocess_args(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--stages", type=int, choices=(2, 3), help="built-in two- or three-stage setting")
     which.add_argument("--setting", metavar="FILE", help="a setting file (JSON/YAML) or a built-in setting name")
-    _tz_arg(p)
+    add_arguments(p, PreprocessConfig)  # one option per PreprocessConfig field
     p.add_argument("--overwrite", action="store_true",
                    help="rebuild the folder even if it holds shards of another setting/configuration")
-    p.add_argument("--reference-quirks", action="store_true",
-                   help="build the features as the published experiments did (cat1 unshifted, padded steps' cat1 0, "
-                        "padding slots' cat1 2; docs/reference.md); train and evaluate with --reference-quirks too")
-    p.add_argument("--prefetch-budget-mb", type=int, default=PREPROCESS.prefetch_budget_mb, metavar="MB",
-                   help="read the next day ahead while one is parsed only when its files total at most MB MiB "
-                        f"(default {PREPROCESS.prefetch_budget_mb}; 0: never), so two big days are never in "
-                        "memory together (docs/scale.md, Preprocessing memory)")
 
 
 def _preprocess_run(a: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from lcron.data.shards import preprocess
 
+    cfg = from_args(PreprocessConfig, a)  # checked here, before anything is read or written
     setting = a.stages if a.stages is not None else a.setting
-    shards = preprocess(a.source, a.out, setting, a.days, tz_offset_hours=a.tz_offset_hours,
-                        max_missing_fraction=a.max_missing_fraction, overwrite=a.overwrite, progress=not a.quiet,
-                        max_no_gt_fraction=a.max_no_gt_fraction, reference_quirks=a.reference_quirks,
-                        prefetch_budget_mb=a.prefetch_budget_mb)
+    shards = preprocess(a.source, a.out, setting, overwrite=a.overwrite, progress=not a.quiet, **asdict(cfg))
     total = sum(shards.num_requests(d) for d in shards.days)
     print(f"{shards.root}: setting {shards.setting.name}, {len(shards.days)} day(s), {total} requests, "
           f"N = {shards.setting.list_size}{', reference mode' if shards.reference_quirks else ''}")
@@ -189,11 +156,12 @@ def _preprocess_run(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------ validate
 def _validate_run(a: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from lcron.data.validate import format_summary, validate
 
-    summaries = validate(a.source, a.days, max_missing_fraction=a.max_missing_fraction,
-                         max_no_gt_fraction=a.max_no_gt_fraction, progress=not a.quiet,
-                         tz_offset_hours=a.tz_offset_hours)
+    cfg = from_args(ValidateConfig, a)
+    summaries = validate(a.source, progress=not a.quiet, **asdict(cfg))
     print(format_summary(summaries))
     bad = [s["day"] for s in summaries if not s["ok"]]
     if bad:

@@ -56,14 +56,16 @@ from .errors import ConfigError, DataError, OutputExistsError
 from .data.source import INGEST_KIND as MANIFEST_KIND
 from .data.source import INGEST_MANIFEST as MANIFEST_NAME
 from .data.source import REFERENCE_MODE, read_ingest_manifest
+from .data.step_configs import SYNTHETIC_SOURCE, IngestConfig, SourceConfig
 from .progress import Progress
+from .step_config import add_arguments, from_args
 from .step_output import StepOutput
 
 __all__ = ["SYNTHETIC", "MANIFEST_NAME", "REFERENCE_MODE", "COPY_MODE", "VIDEO_INFO", "IngestResult", "is_synthetic",
            "synthetic_config", "source_fingerprint", "ingest", "read_manifest", "add_ingest_arguments", "run_ingest",
            "add_fingerprint_arguments", "run_fingerprint"]
 
-SYNTHETIC = "synthetic"
+SYNTHETIC = SYNTHETIC_SOURCE
 COPY_MODE = "copy"
 #: The pending-record kind of an unfinished staging (`_pending-ingest.json`, lcron.outputs).
 INGEST_KIND = "ingest"
@@ -405,38 +407,16 @@ def _reuse(out: Path, old: dict[str, Any], source: str) -> IngestResult:
 
 
 # --------------------------------------------------------------------------- CLI
-def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", default=SYNTHETIC, metavar="DIR|gs://BUCKET/PREFIX|s3://BUCKET/PREFIX|synthetic",
-                        help="RecFlow root (default: the built-in synthetic data)")
-    parser.add_argument("--days", default=None, metavar="DAY|FIRST:LAST", help="days to stage (default: all)")
-    from lcron.defaults import SYNTHETIC as D
-
-    parser.add_argument("--synthetic-days", type=int, default=D.num_days,
-                        help=f"synthetic data: number of days (default {D.num_days})")
-    parser.add_argument("--synthetic-requests", type=int, default=D.requests_per_day,
-                        help=f"synthetic data: requests per day (default {D.requests_per_day})")
-    parser.add_argument("--synthetic-users", type=int, default=D.users, help=f"synthetic data: users (default {D.users})")
-    parser.add_argument("--synthetic-items", type=int, default=D.items, help=f"synthetic data: items (default {D.items})")
-    parser.add_argument("--synthetic-seed", type=int, default=D.seed, help=f"synthetic data: seed (default {D.seed})")
-
-
-def _synthetic_args(args: argparse.Namespace) -> dict[str, Any] | None:
-    if not is_synthetic(args.source):
-        return None
-    return {"num_days": args.synthetic_days, "requests_per_day": args.synthetic_requests,
-            "users": args.synthetic_users, "items": args.synthetic_items, "seed": args.synthetic_seed}
+def _synthetic_args(config: SourceConfig) -> dict[str, Any] | None:
+    return config.synthetic() if is_synthetic(config.source) else None
 
 
 def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``lcron ingest``."""
-    _add_source_arguments(parser)
+    """Arguments of ``lcron ingest``: one option per :class:`IngestConfig` field, and where to."""
+    add_arguments(parser, IngestConfig)
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="local folder for ingest.json (and, with --copy, the staged files); later steps "
                              "(lcron preprocess --source DIR) read the days through it")
-    parser.add_argument("--copy", action="store_true",
-                        help="copy the chosen files into --out instead of referencing the source (for a source "
-                             "the later steps cannot read, or one that may change meanwhile); the synthetic "
-                             "source is always copied")
     parser.add_argument("--expect-fingerprint", default=None, metavar="HEX",
                         help="fail if the source's fingerprint is not this one (it changed since)")
     parser.add_argument("--overwrite", action="store_true", help="replace a folder holding other staged data")
@@ -444,8 +424,9 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_ingest(args: argparse.Namespace) -> int:
     """``lcron ingest``: reference (or stage) the days; print the folder and the fingerprint."""
-    res = ingest(args.source, args.out, days=args.days, synthetic=_synthetic_args(args),
-                 expected_fingerprint=args.expect_fingerprint, copy=args.copy, overwrite=args.overwrite,
+    cfg = from_args(IngestConfig, args)
+    res = ingest(cfg.source, args.out, days=cfg.days, synthetic=_synthetic_args(cfg),
+                 expected_fingerprint=args.expect_fingerprint, copy=cfg.copy, overwrite=args.overwrite,
                  progress=not args.quiet)
     what = "staged" if res.mode == COPY_MODE else f"referenced {res.source}"
     state = f"already {what}" if res.skipped else what
@@ -455,11 +436,12 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 
 def add_fingerprint_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``lcron fingerprint``."""
-    _add_source_arguments(parser)
+    """Arguments of ``lcron fingerprint``: one option per :class:`SourceConfig` field."""
+    add_arguments(parser, SourceConfig)
 
 
 def run_fingerprint(args: argparse.Namespace) -> int:
     """``lcron fingerprint``: print the fingerprint of the chosen days of a source."""
-    print(source_fingerprint(args.source, args.days, synthetic=_synthetic_args(args)))
+    cfg = from_args(SourceConfig, args)
+    print(source_fingerprint(cfg.source, cfg.days, synthetic=_synthetic_args(cfg)))
     return 0

@@ -29,7 +29,7 @@ def test_synthetic_defaults_everywhere():
     assert (args.num_days, args.start_date, args.requests_per_day, args.users, args.items, args.seed) == tuple(
         fields.values())
     args = _parse("ingest", "--out", "x")
-    assert (args.synthetic_days, args.synthetic_requests, args.synthetic_users, args.synthetic_items,
+    assert (args.synthetic_days, args.synthetic_requests_per_day, args.synthetic_users, args.synthetic_items,
             args.synthetic_seed) == (SYNTHETIC.num_days, SYNTHETIC.requests_per_day, SYNTHETIC.users,
                                      SYNTHETIC.items, SYNTHETIC.seed)
 

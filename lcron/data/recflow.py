@@ -49,6 +49,7 @@ from lcron.data import fields
 from lcron.data import schemas as S
 from lcron.data.all_stage import AllStageDay, ColumnReader, group_requests, range_problem, read_all_stage
 from lcron.data.source import Source, open_source
+from lcron.data.step_configs import check_tz_offset_hours, fraction
 from lcron.defaults import PREPROCESS
 from lcron.errors import ConfigError, DataError, RecFlowWarning
 from lcron.memtrim import trim
@@ -447,13 +448,11 @@ class RecFlowReader:
     def __init__(self, source: "str | Source", *, max_missing_fraction: float = PREPROCESS.max_missing_fraction,
                  max_no_gt_fraction: float = PREPROCESS.max_no_gt_fraction,
                  tz_offset_hours: int = PREPROCESS.tz_offset_hours) -> None:
-        if not 0.0 <= max_missing_fraction <= 1.0:
-            raise ConfigError(f"max_missing_fraction must be in [0, 1], got {max_missing_fraction}")
-        if not 0.0 <= max_no_gt_fraction <= 1.0:
-            raise ConfigError(f"max_no_gt_fraction must be in [0, 1], got {max_no_gt_fraction}")
-        if not isinstance(tz_offset_hours, int) or isinstance(tz_offset_hours, bool) \
-                or not -12 <= tz_offset_hours <= 14:
-            raise ConfigError(f"tz_offset_hours must be an integer in [-12, 14], got {tz_offset_hours!r}")
+        # the checks of ValidateConfig (the same sentences when a configuration is made)
+        problem = (fraction("max_missing_fraction")(max_missing_fraction)
+                   or fraction("max_no_gt_fraction")(max_no_gt_fraction) or check_tz_offset_hours(tz_offset_hours))
+        if problem:
+            raise ConfigError(problem)
         self.max_no_gt_fraction = float(max_no_gt_fraction)
         self.source = open_source(source)
         self.max_missing_fraction = float(max_missing_fraction)

@@ -49,6 +49,7 @@ from lcron.atomic import save_npy, write_json
 from lcron.data import fields
 from lcron.data import schemas as S
 from lcron.data.recflow import DayInputs, RecFlowDay, RecFlowReader, select_days
+from lcron.data.step_configs import check_prefetch_budget_mb, check_tz_offset_hours
 from lcron.defaults import PREPROCESS
 from lcron.errors import ConfigError, DataError
 from lcron.progress import Progress
@@ -664,14 +665,16 @@ def preprocess(source: "str | Path", out: str | Path, setting: "str | int | Sett
 
 def _checked_options(setting: "str | int | Setting | Path", tz_offset_hours: int, prefetch_budget_mb: int) -> Setting:
     """The setting; a bad option is a ConfigError before any data is read."""
-    if not isinstance(prefetch_budget_mb, int) or isinstance(prefetch_budget_mb, bool) or prefetch_budget_mb < 0:
-        raise ConfigError(f"prefetch_budget_mb must be an integer >= 0, got {prefetch_budget_mb!r}")
+    problem = check_prefetch_budget_mb(prefetch_budget_mb)  # PreprocessConfig's checks, the same sentences
+    if problem:
+        raise ConfigError(problem)
     try:
         st = get_setting(setting)
     except SettingError as exc:
         raise ConfigError(str(exc)) from None
-    if not isinstance(tz_offset_hours, int) or not -12 <= tz_offset_hours <= 14:
-        raise ConfigError(f"tz_offset_hours must be an integer in [-12, 14], got {tz_offset_hours!r}")
+    problem = check_tz_offset_hours(tz_offset_hours)
+    if problem:
+        raise ConfigError(problem)
     return st
 
 
