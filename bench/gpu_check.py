@@ -19,7 +19,7 @@ a run cut short still reports what it measured):
                end-to-end recall side by side, with a second CUDA seed as the seed noise;
                `lcron evaluate` of the 2-seed CUDA run as a whole process
 6. tf32        the reference loss cases (losses.json) on CUDA with TF32 off and on, against
-               the tolerance of tests/losses/test_reference_cases.py; trained models' logits
+               the tolerance of tests/reference/test_reference_cases.py; trained models' logits
                on CUDA (float32 and TF32) against CPU
 7. startup     where a whole `lcron train` process spends its time: fresh processes timing
                import torch / CUDA initialisation / import lcron.train, and one whole training

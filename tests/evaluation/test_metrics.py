@@ -27,7 +27,7 @@ from lcron.metrics import (
 )
 from lcron.settings import get_setting
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared/spec/reference_cases/metrics.json"
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared/spec/reference_cases/metrics.json"
 
 
 def two_stage_labels(n_requests: int = 1) -> np.ndarray:

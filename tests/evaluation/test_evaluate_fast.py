@@ -4,7 +4,7 @@ The fast path (issue 19): DIN scores with one compiled inference graph of its at
 core, the day is scored in even batches with the scores kept on the device until one
 copy at the end, the provenance record and the plotting import run in a helper thread.
 The reference here is the plain eager model scoring one request at a time, with the
-metrics computed by the same oracle-tested functions (tests/test_metrics.py).
+metrics computed by the same oracle-tested functions (tests/evaluation/test_metrics.py).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 
 from lcron.losses import build_loss
 
-from .spec import EIGHT  # the spec's eight (METHODS.md section 5); other registered methods have no cases
+from losses.spec import EIGHT  # tests/losses/spec.py: the spec's eight (METHODS.md section 5); other registered methods have no cases
 
 CASES_FILE = Path(__file__).resolve().parents[2].parent / "shared/spec/reference_cases/losses.json"
 
@@ -25,6 +25,15 @@ def _cases() -> list[dict]:
 
 
 CASES = _cases()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one intra-op thread, as for the other loss tests (tests/losses/conftest.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_reference_file_is_present_and_complete():

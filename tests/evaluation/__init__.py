@@ -1,0 +1,1 @@
+"""Tests of the evaluation: lcron/evaluate.py, lcron/metrics.py and lcron/evaluation/."""
