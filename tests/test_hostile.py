@@ -21,7 +21,7 @@ import pytest
 
 from cli_helpers import error_line as _error_line, run_cli as _cli
 from lcron import atomic, outputs
-from lcron.errors import IncompleteOutputError, OutputExistsError, OutputLockedError
+from lcron.errors import IncompleteOutputError, OutputLockedError
 from lcron.train import TrainConfig, train
 
 

@@ -98,7 +98,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import json
 import multiprocessing
 import os
 import pickle

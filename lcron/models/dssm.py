@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lcron.data import fields
 from lcron.models.embeddings import float_mask, require

@@ -529,7 +529,7 @@ def _build_staging(staging: Path, held: dict[str, Any], meta: dict[str, Any], se
         setting=setting.name, stages=" -> ".join(f"{n} ({m})" for n, m in zip(setting.stage_names,
                                                                              setting.stage_models)),
         run_dir=run_dir, seed=meta["source"]["seed"], method=cfg.get("method"),
-        funnel=f"retrieve K1 -> " + " -> ".join(f"{n} keeps {q}" for n, q in
+        funnel="retrieve K1 -> " + " -> ".join(f"{n} keeps {q}" for n, q in
                                                zip(setting.stage_names[1:], setting.quotas[1:])),
         items=meta["corpus_size"], index=index, torch_version=torch.__version__.split("+")[0],
         last=setting.quotas[-1], tz=shard_set.tz_offset_hours))

@@ -120,7 +120,7 @@ def test_a_copied_day_is_refused_by_validate_and_preprocess_with_the_same_messag
     assert problems[0].startswith(
         f"{root}/all_stage/{d3}.feather: column request_timestamp: 60 of 60 requests (100.00%) are more than 12 h "
         f"outside day {d3} (UTC+8), e.g. request_id ")
-    assert problems[0].endswith(f"is the file a copy of another day, or named after the wrong day?")
+    assert problems[0].endswith("is the file a copy of another day, or named after the wrong day?")
     assert f"the requests span {d1} " in problems[0]
     first = _request_ids(root, d3)[0]
     assert problems[1] == (f"{root}/all_stage/{d3}.feather: column request_id: 60 of 60 requests (100.00%) of day "
