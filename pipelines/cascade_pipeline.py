@@ -57,6 +57,7 @@ from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 from components import evaluate, fingerprint, ingest, preprocess, report, serving, train
 from components.common import CPU_IMAGE
 from lcron.defaults import PREPROCESS, SYNTHETIC, TRAIN
+from lcron.serving.config import ServeEvalConfig
 from pipelines import kubernetes as k8s
 from pipelines import resources as step_resources
 
@@ -148,11 +149,11 @@ def build_pipeline(image: str = CPU_IMAGE, *, accelerator_type: str | None = Non
         eval_batch_size: int = 0,  # 0: the device's default (lcron.devices.DEVICE_DEFAULTS)
         tie_seed: int = 0,
         serving_eval: bool = False,
-        serving_k1: list = [100, 500, 1000],  # noqa: B006
-        serving_index: str = "auto",
+        serving_k1: list = list(ServeEvalConfig.k1),  # noqa: B008 - KFP reads the default from the signature
+        serving_index: str = ServeEvalConfig.index,
         serving_index_options: dict = {},  # noqa: B006
         serving_day: str = "",
-        serving_batch_size: int = 1024,
+        serving_batch_size: int = ServeEvalConfig.batch_size,
         reference_quirks: bool = False,
         shared_shards: str = "",
     ) -> Outputs:

@@ -1,5 +1,7 @@
 """Serving-style evaluation and export of a trained cascade.
 
+* :mod:`lcron.serving.config`   - the serve-eval and export configurations (no torch: the
+  pipeline reads its serving defaults from here).
 * :mod:`lcron.serving.index`    - embed the item corpus with the DSSM item tower, faiss index.
 * :mod:`lcron.serving.evaluate` - retrieve top-K1 from the whole corpus per test request,
   run the later stages, measure GT survival (``serving.json``); ``bench_serving``.

@@ -50,40 +50,26 @@ import torch
 from lcron import atomic, outputs
 from lcron.data import fields
 from lcron.devices import device_defaults, resolve_device
-from lcron.errors import ConfigError, DataError
+from lcron.errors import DataError
 from lcron.evaluation.results import is_eval_folder, summarize_seeds
 from lcron.evaluation.serving_results import FORMAT_VERSION, KIND
 from lcron.hashing import config_hash
 from lcron.logs import get_logger
 from lcron.progress import Progress
 from lcron.run_folder import FinishedRun, load_cascade, seed_number
-from lcron.serving.index import (AUTO_FLAT_MAX_ITEMS, Corpus, IndexOptions, build_corpus, build_index, check_kind,
-                                 clamp_k1, overlap_recall, resolve_index_kind, retrieval_tower, rows_in, search,
-                                 stage_modules, user_vectors)
+from lcron.serving.config import ServeEvalConfig, parse_k1  # parse_k1 is read from here too
+from lcron.serving.index import (Corpus, IndexOptions, build_corpus, build_index, clamp_k1, overlap_recall,
+                                 resolve_index_kind, retrieval_tower, rows_in, search, stage_modules, user_vectors)
 from lcron.serving.loader import DEFAULT_MAX_SLOTS, run_cascade, score_items
 from lcron.settings import Setting
+from lcron.step_config import add_arguments, from_args
 from lcron.step_output import step_output
 
-
-
-#: Requests on which an approximate index is compared with the exact search by default.
-DEFAULT_RECALL_SAMPLE = 2048
 
 
 def log(msg: str) -> None:
     """A progress fact on the ``lcron`` logger (stderr; ``lcron -q`` silences it)."""
     get_logger(__name__).info(msg)
-
-
-def parse_k1(text: "str | Sequence[int]") -> tuple[int, ...]:
-    """``"100,500,1000"`` (or a sequence) -> sorted distinct positive K1 values."""
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()] if isinstance(text, str) else [int(v) for v in text]
-    except (TypeError, ValueError):
-        raise ConfigError(f"--k1 must be comma-separated positive integers, got {text!r}") from None
-    if not vals or any(v < 1 for v in vals):
-        raise ConfigError(f"--k1 must be comma-separated positive integers, got {text!r}")
-    return tuple(sorted(set(vals)))
 
 
 # ------------------------------------------------------------------ ground truth
@@ -386,12 +372,15 @@ class _ServingPlan:
     inputs_hash: str
 
 
-def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = None,
-                     k1: "Sequence[int] | str" = (100, 500, 1000), index: str = "auto", batch_size: int = 1024,
-                     device: str = "auto", tie_seed: int = 0, index_options: "Mapping[str, Any] | None" = None,
-                     out: "str | Path | None" = None, max_requests: int | None = None, compile: bool | None = None,
-                     max_slots: int | None = None, progress: bool = True, overwrite: bool = False,
-                     recall_sample: int = DEFAULT_RECALL_SAMPLE) -> dict[str, Any]:
+def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | None = ServeEvalConfig.day,
+                     k1: "Sequence[int] | str" = ServeEvalConfig.k1, index: str = ServeEvalConfig.index,
+                     batch_size: int = ServeEvalConfig.batch_size, device: str = ServeEvalConfig.device,
+                     tie_seed: int = ServeEvalConfig.tie_seed,
+                     index_options: "Mapping[str, Any] | None" = ServeEvalConfig.index_options,
+                     out: "str | Path | None" = None, max_requests: int | None = ServeEvalConfig.max_requests,
+                     compile: bool | None = ServeEvalConfig.compile, max_slots: int | None = None,
+                     progress: bool = True, overwrite: bool = False,
+                     recall_sample: int = ServeEvalConfig.recall_sample) -> dict[str, Any]:
     """Serving-style evaluation of every completed seed of a run; writes ``serving.json``.
 
     ``shards`` defaults to the run's shard set, ``day`` to its last day (the test day);
@@ -406,8 +395,13 @@ def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | No
     is an :class:`OutputExistsError` unless ``overwrite``, as with every other step's output;
     the same inputs are evaluated again (a stopped run's saved batches are kept). The output
     folder is locked for the step (lcron.step_output); serving.json is one atomic file, so its
-    presence is its completion marker.
+    presence is its completion marker. The keywords besides ``out``, ``max_slots``, ``progress``
+    and ``overwrite`` are :class:`ServeEvalConfig`'s fields, checked before anything is written.
     """
+    ServeEvalConfig(day=day, k1=k1, index=index, batch_size=batch_size, device=device, tie_seed=tie_seed,
+                    index_options=index_options, max_requests=max_requests, compile=compile,
+                    recall_sample=recall_sample)
+    IndexOptions.from_mapping(index_options)
     out_dir = Path(out) if out is not None else Path(run_dir) / "eval"
     command = outputs.current_command(f"lcron serve-eval --model {run_dir} --out {out_dir}")
     with step_output(out_dir, command, ours=_is_ours, folder_what="an lcron evaluation folder") as step:
@@ -437,16 +431,10 @@ def serving_evaluate(run_dir: "str | Path", shards: Any = None, *, day: str | No
 def _plan_serving(run_dir: "str | Path", shards: Any, day: str | None, k1: "Sequence[int] | str", index: str,
                   index_options: "Mapping[str, Any] | None", batch_size: int, device: str, compile: bool | None,
                   max_slots: int | None, tie_seed: int, max_requests: int | None, recall_sample: int) -> _ServingPlan:
-    """Check the options, open the run and its test day, prepare the device, clamp K1 to the
-    corpus and name the inputs."""
-    if index != "auto":
-        check_kind(index)
-    if isinstance(recall_sample, bool) or not isinstance(recall_sample, int) or recall_sample < 0:
-        raise ConfigError(f"recall sample must be an integer >= 0 (requests), got {recall_sample!r}")
+    """Open the run and its test day (the options were checked as a ServeEvalConfig), prepare
+    the device, clamp K1 to the corpus and name the inputs."""
     opts = IndexOptions.from_mapping(index_options)
     k1_req = parse_k1(k1)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
     run = FinishedRun.open(run_dir)
     cfg, shard_set = run.config, run.shards(shards)
     test_day, notes = _test_day(shard_set, day, cfg)
@@ -715,32 +703,15 @@ def _bench_serving(shards: Any, run_dir: "str | Path", k1_list: Sequence[int], *
 
 # ---------------------------------------------------------------------------- CLI
 def add_serve_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """``lcron serve-eval --model RUN_DIR [--shards DIR] [--day DAY] [--k1 100,500,1000] ...``."""
+    """``lcron serve-eval --model RUN_DIR [--shards DIR] [--days DAY] [--k1 K1,...] ...``: the inputs,
+    one option per :class:`ServeEvalConfig` field and the index options."""
     from lcron.serving.export import add_index_option_arguments
 
     parser.add_argument("--model", required=True, metavar="RUN_DIR", help="training run folder (holds run.json)")
     parser.add_argument("--shards", default=None, metavar="DIR", help="shard set (default: the run's)")
-    parser.add_argument("--days", "--day", dest="day", default=None, metavar="DAY",
-                        help="test day YYYY-MM-DD, one day (default: the shard set's last day); --days like every "
-                             "other command, --day still accepted")
-    parser.add_argument("--k1", default="100,500,1000", help="retrieval sizes, comma-separated (default 100,500,1000)")
-    parser.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
-                        help=f"faiss index: flat = exact, ivf/hnsw approximate (they also report their recall against "
-                             f"the exact search on a sample); auto (default): flat up to {AUTO_FLAT_MAX_ITEMS:,} corpus "
-                             "items, ivf above")
-    parser.add_argument("--recall-sample", type=int, default=DEFAULT_RECALL_SAMPLE, metavar="N",
-                        help=f"requests on which an approximate index is compared with the exact search (default "
-                             f"{DEFAULT_RECALL_SAMPLE}; the exact search is the cost the index avoids)")
-    add_index_option_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=1024, help="requests per batch (default 1024)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--tie-seed", type=int, default=0, help="seed of the GT and cut-off tie-breaks (default 0)")
-    parser.add_argument("--max-requests", type=int, default=None, help="evaluate only the first N requests")
     parser.add_argument("--out", default=None, metavar="DIR", help="folder for serving.json (default RUN_DIR/eval)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="compile the later stage models with torch.compile (default: on for CPU, about 10x "
-                             "faster scoring of K1 candidates per request for a compile of a few seconds; off for "
-                             "CUDA, where eager scoring measured faster; --no-compile runs eager)")
+    add_arguments(parser, ServeEvalConfig)
+    add_index_option_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
     parser.add_argument("--overwrite", action="store_true", help="replace a serving.json made from other inputs")
 
@@ -775,11 +746,8 @@ def format_table(doc: Mapping[str, Any]) -> str:
 def run_serve_eval(args: argparse.Namespace) -> int:
     from lcron.serving.export import index_options_from_args
 
-    doc = serving_evaluate(args.model, args.shards, day=args.day, k1=parse_k1(args.k1), index=args.index,
-                           batch_size=args.batch_size, device=args.device, tie_seed=args.tie_seed,
-                           index_options=index_options_from_args(args), out=args.out,
-                           max_requests=args.max_requests, compile=args.compile, overwrite=args.overwrite,
-                           recall_sample=args.recall_sample,
+    config = from_args(ServeEvalConfig, args, index_options=index_options_from_args(args))
+    doc = serving_evaluate(args.model, args.shards, **config.as_kwargs(), out=args.out, overwrite=args.overwrite,
                            progress=not (args.no_progress or getattr(args, "quiet", False)))
     print(format_table(doc))
     out_dir = Path(args.out) if args.out else Path(args.model) / "eval"

@@ -71,7 +71,9 @@ from torch import Tensor, nn
 from lcron import atomic, memtrim, outputs
 from lcron.errors import ConfigError, LcronError, OutputExistsError
 from lcron.serving import loader
+from lcron.serving.config import ExportConfig
 from lcron.serving.loader import ExportedCascade, ExportError, load_exported
+from lcron.step_config import add_arguments, from_args, option_fields
 from lcron.step_output import step_output
 
 __all__ = ["export_cascade", "load_exported", "ExportedCascade", "ExportError",
@@ -422,9 +424,10 @@ def _check_output(out: Path, overwrite: bool) -> None:
                             f"another --out")
 
 
-def export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | None = None, index: str = "flat",
-                   index_options: "Mapping[str, Any] | None" = None, shards: "str | Path | None" = None,
-                   overwrite: bool = False) -> Path:
+def export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | None = ExportConfig.seed,
+                   index: str = ExportConfig.index,
+                   index_options: "Mapping[str, Any] | None" = ExportConfig.index_options,
+                   shards: "str | Path | None" = None, overwrite: bool = False) -> Path:
     """Export seed ``seed`` (default: the first completed) of a training run into ``out``.
 
     The corpus is the item table of ``shards`` (default: the run's shard set);
@@ -438,14 +441,16 @@ def export_cascade(run_dir: "str | Path", out: "str | Path", *, seed: int | None
     Order, for memory (see the module docstring): every program is captured and verified,
     then the tables and programs are written and the later stage models released, then the
     corpus is embedded, indexed and written with the retrieval model alone in memory.
+    ``seed``, ``index`` and ``index_options`` are :class:`ExportConfig`'s fields, checked before
+    anything is written.
     """
     from lcron.run_folder import FinishedRun, load_cascade
-    from lcron.serving.index import IndexOptions, check_kind, retrieval_tower, stage_modules
+    from lcron.serving.index import IndexOptions, retrieval_tower, stage_modules
 
+    ExportConfig(seed=seed, index=index, index_options=index_options)
+    opts = IndexOptions.from_mapping(index_options)
     with step_output(out, outputs.current_command(f"lcron export --model {run_dir} --out {out}")):
         run_dir, out = Path(run_dir), Path(out)
-        check_kind(index)
-        opts = IndexOptions.from_mapping(index_options)
         _check_output(out, overwrite)
         run = FinishedRun.open(run_dir)
         seed_dir = run.seed_dirs[0] if seed is None else run.seed_dir(seed)
@@ -664,12 +669,11 @@ def _write_index(path: Path, index: Any) -> None:
 
 # ---------------------------------------------------------------------------- CLI
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """``lcron export --model RUN_DIR --out DIR [--seed N] [--index flat|ivf|hnsw]``."""
+    """``lcron export --model RUN_DIR --out DIR [--seed N] [--index flat|ivf|hnsw]``: the inputs, one
+    option per :class:`ExportConfig` field and the index options."""
     parser.add_argument("--model", required=True, metavar="RUN_DIR", help="training run folder (holds run.json)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write the exported cascade to")
-    parser.add_argument("--seed", type=int, default=None, help="which seed's model (default: the first completed)")
-    parser.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat",
-                        help="faiss index over the corpus (default flat = exact)")
+    add_arguments(parser, ExportConfig)
     parser.add_argument("--shards", default=None, metavar="DIR",
                         help="shard set whose item table is the corpus (default: the run's)")
     add_index_option_arguments(parser)
@@ -678,28 +682,23 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_index_option_arguments(parser: argparse.ArgumentParser) -> None:
-    """The approximate-index knobs shared by ``export`` and ``serve-eval``."""
-    from lcron.serving.index import DEFAULT_NPROBE, HNSW_QUANTIZER_MIN_NLIST, QUANTIZERS
+    """The approximate-index knobs shared by ``export`` and ``serve-eval``: one option per
+    command-line field of :class:`lcron.serving.index.IndexOptions`."""
+    from lcron.serving.index import IndexOptions
 
-    parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4 sqrt(corpus))")
-    parser.add_argument("--nprobe", type=int, default=DEFAULT_NPROBE,
-                        help=f"IVF cells searched per query (default {DEFAULT_NPROBE})")
-    parser.add_argument("--quantizer", choices=QUANTIZERS, default="auto",
-                        help="how IVF finds the cells to probe: flat (exact), hnsw (a graph over the centroids: "
-                             f"a much faster build) or auto (hnsw from {HNSW_QUANTIZER_MIN_NLIST:,} cells; default)")
-    parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node (default 32)")
-    parser.add_argument("--ef-search", type=int, default=128, help="HNSW search beam (default 128)")
+    add_arguments(parser, IndexOptions)
 
 
 def index_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {"nlist": args.nlist, "nprobe": args.nprobe, "hnsw_m": args.hnsw_m, "ef_search": args.ef_search,
-            "quantizer": args.quantizer}
+    """The index options given on the command line (every command-line field of IndexOptions)."""
+    from lcron.serving.index import IndexOptions
+
+    return {f.name: getattr(args, f.name) for f, opt in option_fields(IndexOptions) if opt.cli}
 
 
 def run_export(args: argparse.Namespace) -> int:
-    folder = export_cascade(args.model, args.out, seed=args.seed, index=args.index,
-                            index_options=index_options_from_args(args), shards=args.shards,
-                            overwrite=args.overwrite)
+    config = from_args(ExportConfig, args, index_options=index_options_from_args(args))
+    folder = export_cascade(args.model, args.out, **config.as_kwargs(), shards=args.shards, overwrite=args.overwrite)
     meta = json.loads((folder / loader.META_FILE).read_text())
     print(f"exported {meta['setting']['name']} cascade (seed {meta['source']['seed']}, "
           f"{meta['corpus_size']} items, index {meta['index']['kind']}) to {folder}", file=sys.stderr)

@@ -39,9 +39,10 @@ from torch import nn
 
 from lcron.data import fields
 from lcron.errors import ConfigError, DataError
+from lcron.serving.config import AUTO_FLAT_MAX_ITEMS, check_kind
 from lcron.settings import Setting
+from lcron.step_config import option
 
-INDEX_KINDS = ("flat", "ivf", "hnsw")
 # Items embedded per forward pass of the item tower (memory: ~ this x 64 floats of activations).
 ITEM_BATCH = 65536
 
@@ -88,13 +89,17 @@ class IndexOptions:
     ``hnsw_m`` links per node; ``ef_search`` / ``ef_construction`` beam widths.
     """
 
-    nlist: int | None = None
-    nprobe: int = DEFAULT_NPROBE
-    hnsw_m: int = 32
-    ef_search: int = 128
+    # The fields with option() are options of ``lcron export`` and ``lcron serve-eval``
+    # (lcron.serving.export.add_index_option_arguments); the others are library-only.
+    nlist: int | None = option(None, "IVF cells (default 4 sqrt(corpus))")
+    nprobe: int = option(DEFAULT_NPROBE, "IVF cells searched per query")
+    hnsw_m: int = option(32, "HNSW links per node")
+    ef_search: int = option(128, "HNSW search beam")
     ef_construction: int = 80
     train_points_per_cell: int = DEFAULT_TRAIN_POINTS_PER_CELL
-    quantizer: str = "auto"
+    quantizer: str = option("auto", "how IVF finds the cells to probe: flat (exact), hnsw (a graph over the "
+                                    "centroids: a much faster build) or auto (hnsw from "
+                                    f"{HNSW_QUANTIZER_MIN_NLIST:,} cells; default)", choices=QUANTIZERS)
     quantizer_ef: int = DEFAULT_QUANTIZER_EF
 
     def __post_init__(self) -> None:
@@ -135,28 +140,13 @@ class IndexOptions:
         return "hnsw" if nlist >= HNSW_QUANTIZER_MIN_NLIST else "flat"
 
 
-#: ``auto``: exact (flat) search up to this many corpus items, IVF above. Measured on the
-#: 2-core machine (bench/serving_index.py, docs/serving.md "Catalogue scale"; K1 = 1000):
-#: exact search ran 6,146 requests/s over 20,000 items, 1,646 over 200,000, 294 over 1M and
-#: 48 - 58 over 6.79M; an IVF built in 3.5 s at 200,000 items and 40 - 44 s at 6.79M (157 s
-#: before its coarse quantizer became a graph at that size). Up to
-#: 200,000 items the exact search of a 250,000-request test day takes ~2.5 minutes here,
-#: affordable for an exact answer; beyond, the IVF is many times faster.
-AUTO_FLAT_MAX_ITEMS = 200_000
-
-
 def resolve_index_kind(kind: str, items: int) -> str:
     """The index kind to build for a corpus of ``items``: ``kind`` itself, or for ``auto``
-    flat up to :data:`AUTO_FLAT_MAX_ITEMS` items and ivf above."""
+    flat up to :data:`AUTO_FLAT_MAX_ITEMS` items (lcron.serving.config, with its measurements;
+    read from this module, where tests lower it) and ivf above."""
     if kind == "auto":
         return "flat" if items <= AUTO_FLAT_MAX_ITEMS else "ivf"
     return check_kind(kind)
-
-
-def check_kind(kind: str) -> str:
-    if kind not in INDEX_KINDS:
-        raise ConfigError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
-    return kind
 
 
 # ---------------------------------------------------------------------- the towers
