@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -117,6 +118,40 @@ def _memory_by_category(prof: Any) -> dict[str, float]:
     return out
 
 
+@dataclass
+class _Session:
+    """What every profiled phase shares: the trainer's step object, its loss (instrumented
+    while profiling) and one endless batch stream, so the phases see consecutive batches as
+    the trainer would."""
+
+    shard_set: Any
+    device: Any
+    train_step: TrainStep
+    loss: Any
+    batches: Iterator[dict[str, Any]]
+
+    def plain_step(self) -> None:
+        """One trainer step on the next batch, without profiler labels."""
+        _train_step(self.train_step, self.batches, lambda _: nullcontext())
+
+
+def _open_session(shards: str | Path, method: str, batch_size: int, compile: bool) -> _Session:
+    """Build the trainer's objects for ``method`` on the shard set (the trainer's own
+    builder and configuration checks) in train mode on the automatically chosen device."""
+    from lcron.data.shards import ShardSet
+    from lcron.devices import resolve_device
+    from lcron.train import TrainConfig, build_training_objects
+
+    shard_set = ShardSet(shards)
+    cfg = TrainConfig(method=method, batch_size=batch_size, compile=compile)
+    cfg.validate()
+    device = resolve_device("auto")
+    cascade, loss, optimizers = build_training_objects(shard_set.setting, shard_set.embedding_sizes, cfg, 1, device)
+    cascade.train()
+    return _Session(shard_set, device, TrainStep(cascade, loss, optimizers), loss,
+                    _endless_batches(shard_set, batch_size, device))
+
+
 def profile_training(shards: str | Path, method: str, *, batch_size: int = 1024, steps: int = 3, warmup: int = 2,
                      compile: bool = True, top: int = 20, memory: bool = False,
                      small_batch: int = 8) -> dict[str, Any]:
@@ -135,35 +170,44 @@ def profile_training(shards: str | Path, method: str, *, batch_size: int = 1024,
     every step, so the step times are complete. Everything runs in this process.
     """
     import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    from lcron.data.fields import MODEL_INPUTS
-    from lcron.data.shards import ShardSet
-    from lcron.devices import resolve_device
-    from lcron.train import TrainConfig, build_training_objects
 
     if steps < 1 or warmup < 1:
         raise ConfigError(f"profile: steps and warmup must be >= 1, got steps={steps}, warmup={warmup}")
-    shard_set = ShardSet(shards)
-    cfg = TrainConfig(method=method, batch_size=batch_size, compile=compile)
-    cfg.validate()
-    device = resolve_device("auto")
-    cascade, loss, optimizers = build_training_objects(shard_set.setting, shard_set.embedding_sizes, cfg, 1, device)
-    cascade.train()
-    train_step = TrainStep(cascade, loss, optimizers)
-    batches = _endless_batches(shard_set, batch_size, device)
-
-    def plain() -> None:
-        _train_step(train_step, batches, lambda _: nullcontext())
-
-    warm = _timed_steps(warmup, plain)
-    timed = _timed_steps(steps, plain)
+    session = _open_session(shards, method, batch_size, compile)
+    warm = _timed_steps(warmup, session.plain_step)
+    timed = _timed_steps(steps, session.plain_step)
     step_s = sorted(timed)[len(timed) // 2]
+    events = _profiled_events(session, steps)
+    operators = _operator_report(events, steps, top)
+    ids = _batch_ids(session)
+    result: dict[str, Any] = {
+        "method": method, "setting": session.shard_set.setting.name, "batch_size": batch_size,
+        "device": str(session.device), "threads": torch.get_num_threads(), "compile": compile,
+        "load_1m": loadavg(), "first_step_s": round(warm[0], 3), "step_s": round(step_s, 4),
+        "timed_steps_s": [round(t, 4) for t in timed], "requests_per_s": round(batch_size / step_s, 1),
+        **operators, **ids,
+    }
+    if memory:
+        result.update(_memory_report(session))
+    if small_batch:
+        result["fixed_step_ms"] = _fixed_step_ms(session, small_batch, steps)
+    return result
 
-    with _instrument(loss), profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+
+def _profiled_events(session: _Session, steps: int) -> Any:
+    """``steps`` trainer steps under torch.profiler (CPU activities, FLOP counts), each phase
+    labelled ``phase/<name>`` and the loss's sorting helpers ``fn/<name>``; the averaged events."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with _instrument(session.loss), profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         for _ in range(steps):
-            _train_step(train_step, batches, lambda ph: record_function(f"phase/{ph}"))
-    events = prof.key_averages()
+            _train_step(session.train_step, session.batches, lambda ph: record_function(f"phase/{ph}"))
+    return prof.key_averages()
+
+
+def _operator_report(events: Any, steps: int, top: int) -> dict[str, Any]:
+    """The profiled time per step: in total, outside any operator (Python), per phase, per
+    top operator and autograd node, of the instrumented helpers, and the matmul FLOPs."""
     profiled_us = sum(e.self_cpu_time_total for e in events)
     per_step = lambda us: round(us / steps / 1000.0, 2)  # noqa: E731 - µs over the profiled steps -> ms/step
 
@@ -173,17 +217,7 @@ def profile_training(shards: str | Path, method: str, *, batch_size: int = 1024,
     nodes = [e for e in events if e.key.startswith("autograd::engine::evaluate_function: ")]
     nodes.sort(key=lambda e: -e.cpu_time_total)
     flops = sum(e.flops or 0 for e in events)
-
-    sample = next(batches)
-    model_ids = {k: int(sample[k].numel()) for k in MODEL_INPUTS if k != "seq_mask"}
-    lookups = sum(model_ids.values())
-    n_models = len(shard_set.setting.stage_names)
-
-    result: dict[str, Any] = {
-        "method": method, "setting": shard_set.setting.name, "batch_size": batch_size, "device": str(device),
-        "threads": torch.get_num_threads(), "compile": compile, "load_1m": loadavg(),
-        "first_step_s": round(warm[0], 3), "step_s": round(step_s, 4), "timed_steps_s": [round(t, 4) for t in timed],
-        "requests_per_s": round(batch_size / step_s, 1),
+    return {
         "profiled_ms_per_step": per_step(profiled_us),
         # Self time of the phase labels: time inside the loop body spent outside every
         # operator - the Python of models, losses and trainer (plus the profiler's own cost).
@@ -198,31 +232,56 @@ def profile_training(shards: str | Path, method: str, *, batch_size: int = 1024,
         "instrumented": {e.key.split("/", 1)[1]: {"calls": e.count / steps, "ms": per_step(e.cpu_time_total)}
                          for e in events if e.key.startswith("fn/")},
         "matmul_gflop_per_step": round(flops / steps / 1e9, 3),
+    }
+
+
+def _batch_ids(session: _Session) -> dict[str, Any]:
+    """The ids one batch (the stream's next) feeds each model and all stage models together,
+    and the batch's tensor bytes: the embedding lookups a step costs."""
+    from lcron.data.fields import MODEL_INPUTS
+
+    sample = next(session.batches)
+    model_ids = {k: int(sample[k].numel()) for k in MODEL_INPUTS if k != "seq_mask"}
+    lookups = sum(model_ids.values())
+    n_models = len(session.shard_set.setting.stage_names)
+    return {
         "ids_per_batch": {**model_ids, "embedding_lookups_per_model": lookups,
                           "embedding_lookups_per_step": lookups * n_models,
                           "batch_bytes": int(sum(t.element_size() * t.numel() for t in sample.values()))},
         "stage_models": n_models,
     }
-    if memory:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                     with_stack=True) as mprof:
-            plain()
-        result["memory_mb"] = _memory_by_category(mprof)
-        if device.type == "cuda":  # the CPU timeline misses device tensors: the allocator's own peak
-            torch.cuda.reset_peak_memory_stats(device)
-            plain()
-            result["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-            result["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
-    if small_batch:
-        small = _endless_batches(shard_set, small_batch, device)
 
-        def tiny() -> None:
-            _train_step(train_step, small, lambda _: nullcontext())
 
-        _timed_steps(2, tiny)  # a new shape compiles the fused kernels once more
-        ts = sorted(_timed_steps(max(steps, 3), tiny))
-        result["fixed_step_ms"] = {"batch_size": small_batch, "ms": round(ts[len(ts) // 2] * 1000, 2)}
-    return result
+def _memory_report(session: _Session) -> dict[str, Any]:
+    """One step under the memory profiler: the peak live tensor memory by category; on CUDA,
+    where the CPU timeline misses device tensors, also the allocator's peak of one more step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as mprof:
+        session.plain_step()
+    report: dict[str, Any] = {"memory_mb": _memory_by_category(mprof)}
+    device = session.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        session.plain_step()
+        report["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        report["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+    return report
+
+
+def _fixed_step_ms(session: _Session, small_batch: int, steps: int) -> dict[str, Any]:
+    """The median step time at ``small_batch`` requests (at least 3 steps, after 2 that
+    compile the new shape): the per-step cost that does not scale with the batch."""
+    small = _endless_batches(session.shard_set, small_batch, session.device)
+
+    def tiny() -> None:
+        _train_step(session.train_step, small, lambda _: nullcontext())
+
+    _timed_steps(2, tiny)  # a new shape compiles the fused kernels once more
+    ts = sorted(_timed_steps(max(steps, 3), tiny))
+    return {"batch_size": small_batch, "ms": round(ts[len(ts) // 2] * 1000, 2)}
 
 
 def format_profile(res: dict[str, Any]) -> str:

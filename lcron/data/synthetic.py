@@ -532,13 +532,54 @@ def _simulate_day(world: _World, cfg: SyntheticConfig, day_index: int, rng: np.r
         yield _simulate_part(world, cfg, rng, users[s:e], bucket[s:e], t_ms[s:e], request_id[s:e])
 
 
+@dataclass
+class _Cascade:
+    """One part's simulated cascade: the retrieval pool and each later stage's ranking of its
+    input, as pool slots (column indices into ``pool``), best first.
+
+    Kept together because flags, indices, stored lists and feedback all read the same
+    rankings; the arrays are the ones the stages produced (views, no copies)."""
+
+    pool: np.ndarray      # [R, P] item ids, in random order
+    rel: np.ndarray       # [R, P] float64 relevance of the pool items
+    pre: np.ndarray       # [R, P] pre-rank's input (the pool) sorted by its score
+    coarse: np.ndarray    # [R, prerank_keep] coarse's input sorted by its score
+    rank: np.ndarray      # [R, coarse_keep]
+    rerank: np.ndarray    # [R, rank_keep]
+    n_shown: np.ndarray   # [R] how many of the rerank top are shown (1..max_shown)
+
+
 def _simulate_part(world: _World, cfg: SyntheticConfig, rng: np.random.Generator, users: np.ndarray,
                    bucket: np.ndarray, t_ms: np.ndarray, request_id: np.ndarray) -> _DayPart:
-    """The cascade, feedback, stored lists and sequences of the requests given (time order)."""
-    R, P = len(users), cfg.pool_size
+    """The cascade, feedback, stored lists and sequences of the requests given (time order).
 
-    # retrieval: the pool is the top P of all items by a noisy relevance (row order randomised)
-    sigma = cfg.stage_noise
+    The phases draw from ``rng`` in this fixed order (retrieval, stage noise, shown counts,
+    feedback, list shuffles, stored counts, empty-label omission): the order is part of the
+    output, since the same configuration must give byte-identical files."""
+    pool, rel = _retrieve_pool(world, cfg, rng, users, bucket)
+    cascade = _rank_stages(cfg, pool, rel, rng)
+    flags, rank_index, rerank_index = _slot_outcomes(cfg, cascade)
+    feedback = _feedback(world, pool, rel, rng)
+    lists = _stored_lists(cfg, cascade, rng)
+    counts = _stored_counts(cfg, lists, cascade.n_shown, rng)
+    stored = _stored_slots(lists, counts, pool.shape)
+    viewed = feedback["effective_view"] & (flags["realshow"] == 1)   # only shown items have feedback
+    request_dict = _request_dict(world, pool, lists, counts, viewed, request_id, rng)
+    seq = _sequences(world, users, t_ms)
+    seq_dict = {rid: np.ascontiguousarray(seq[r]) for r, rid in enumerate(request_id.tolist())}
+    table = _all_stage_table(world, cfg, stored, pool, users, t_ms, request_id, flags, rank_index,
+                             rerank_index, feedback)
+    return _DayPart(table, request_dict, seq_dict)
+
+
+def _retrieve_pool(world: _World, cfg: SyntheticConfig, rng: np.random.Generator, users: np.ndarray,
+                   bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Retrieval: each request's pool is the top ``pool_size`` items by a noisy relevance,
+    returned as (item ids [R, P], their float64 relevance [R, P]) in a random column order.
+
+    Chunked so the [requests, items] relevance matrix stays about ``_CHUNK_CELLS`` cells; a
+    large catalogue scores a uniform sample per chunk instead of every item."""
+    R, P = len(users), cfg.pool_size
     pool = np.empty((R, P), np.int64)
     rel = np.empty((R, P), np.float64)                              # relevance of the pool items
     scanned = _scanned(cfg)
@@ -551,27 +592,38 @@ def _simulate_part(world: _World, cfg: SyntheticConfig, rng: np.random.Generator
         else:  # a large catalogue: this group of requests retrieves from a uniform sample of it
             sample = _catalogue_sample(cfg, rng)
             rel_all = world.relevance_of(users[s:e], sample, bucket[s:e])
-        noisy = rel_all + np.float32(sigma[0]) * rng.standard_normal(rel_all.shape, dtype=np.float32)
+        noisy = rel_all + np.float32(cfg.stage_noise[0]) * rng.standard_normal(rel_all.shape, dtype=np.float32)
         top = np.argpartition(noisy, width - P, axis=1)[:, width - P:]
         rel[s:e] = np.take_along_axis(rel_all, top, axis=1)
         pool[s:e] = top if scanned else sample[top]
     shuffle = np.argsort(rng.random((R, P)), axis=1)
-    pool, rel = np.take_along_axis(pool, shuffle, axis=1), np.take_along_axis(rel, shuffle, axis=1)
+    return np.take_along_axis(pool, shuffle, axis=1), np.take_along_axis(rel, shuffle, axis=1)
 
-    # pre-rank -> coarse -> rank -> rerank; ranked[s] = stage s's input sorted by its score
+
+def _rank_stages(cfg: SyntheticConfig, pool: np.ndarray, rel: np.ndarray, rng: np.random.Generator) -> _Cascade:
+    """pre-rank -> coarse -> rank -> rerank: each stage sorts its input by ``rel`` plus its
+    own noise and passes its top ``keep`` on; then how many rerank items are shown."""
+    R, P = pool.shape
     keeps = (cfg.prerank_keep, cfg.coarse_keep, cfg.rank_keep, cfg.rerank_keep)
     ranked: list[np.ndarray] = []
     current = np.broadcast_to(np.arange(P), (R, P))
     for stage, keep in enumerate(keeps):
-        noise = sigma[stage + 1] * rng.standard_normal(current.shape)
+        noise = cfg.stage_noise[stage + 1] * rng.standard_normal(current.shape)
         score = np.take_along_axis(rel, current, axis=1) + noise
         current = np.take_along_axis(current, np.argsort(-score, axis=1, kind="stable"), axis=1)
         ranked.append(current)
         current = current[:, :keep]
     pre, coarse, rank, rerank = ranked
     n_shown = rng.integers(1, cfg.max_shown + 1, R)
+    return _Cascade(pool, rel, pre, coarse, rank, rerank, n_shown)
 
-    # per pool slot: flags, indices, feedback
+
+def _slot_outcomes(cfg: SyntheticConfig,
+                   cascade: _Cascade) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Per pool slot, the true cascade outcome: the 0/1 stage flags ({label: int8 [R, P]}),
+    rank_index and rerank_index (int64 [R, P]; 0 where the item did not reach the stage)."""
+    R, P = cascade.pool.shape
+    pre, coarse, rank, rerank = cascade.pre, cascade.coarse, cascade.rank, cascade.rerank
     rows_r = np.arange(R)[:, None]
     flags = {name: np.zeros((R, P), np.int8) for name in FLAG_COLUMNS}
     flags["prerank_neg"][rows_r, pre[:, cfg.prerank_keep:]] = 1
@@ -580,7 +632,7 @@ def _simulate_part(world: _World, cfg: SyntheticConfig, rng: np.random.Generator
     flags["rank_pos"][rows_r, rank[:, :cfg.rank_keep]] = 1
     flags["rerank_neg"][rows_r, rerank[:, cfg.rerank_keep:]] = 1
     flags["rerank_pos"][rows_r, rerank[:, :cfg.rerank_keep]] = 1
-    shown_mask = np.arange(cfg.rerank_keep)[None, :] < n_shown[:, None]
+    shown_mask = np.arange(cfg.rerank_keep)[None, :] < cascade.n_shown[:, None]
     np.put_along_axis(flags["realshow"], rerank[:, :cfg.rerank_keep], shown_mask.astype(np.int8), axis=1)
     rank_index = np.zeros((R, P), np.int64)
     np.put_along_axis(rank_index, rank[:, :cfg.rank_keep],
@@ -588,10 +640,14 @@ def _simulate_part(world: _World, cfg: SyntheticConfig, rng: np.random.Generator
     rerank_index = np.zeros((R, P), np.int64)
     np.put_along_axis(rerank_index, rerank[:, :cfg.rerank_keep],
                       np.broadcast_to(np.arange(cfg.rerank_keep), (R, cfg.rerank_keep)), axis=1)
-    feedback = _feedback(world, pool, rel, rng)
+    return flags, rank_index, rerank_index
 
-    # what request_id_dict stores: lists of pool slots, stored order, and how many per request
-    lists = {
+
+def _stored_lists(cfg: SyntheticConfig, cascade: _Cascade, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Each label's pool slots in the order request_id_dict stores them: positives in index
+    order (so the first rows have index 0, 1, ...), negatives shuffled per request."""
+    pre, coarse, rank, rerank = cascade.pre, cascade.coarse, cascade.rank, cascade.rerank
+    return {
         "realshow": rerank[:, :cfg.max_shown],
         "rerank_pos": rerank[:, :cfg.rerank_keep],
         "rerank_neg": _row_shuffle(rerank[:, cfg.rerank_keep:], rng),
@@ -600,25 +656,34 @@ def _simulate_part(world: _World, cfg: SyntheticConfig, rng: np.random.Generator
         "coarse_neg": _row_shuffle(coarse[:, cfg.coarse_keep:], rng),
         "prerank_neg": _row_shuffle(pre[:, cfg.prerank_keep:], rng),
     }
-    counts = _stored_counts(cfg, lists, n_shown, rng)
 
-    stored = np.zeros((R, P), bool)
+
+def _stored_slots(lists: dict[str, np.ndarray], counts: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """[R, P] bool: the pool slots some label stores (the first ``counts`` of its list);
+    all_stage has a row for exactly these."""
+    stored = np.zeros(shape, bool)
     for label in STAGE_LABELS:
         valid = np.arange(lists[label].shape[1])[None, :] < counts[label][:, None]
         r_idx, j_idx = np.nonzero(valid)
         stored[r_idx, lists[label][r_idx, j_idx]] = True
+    return stored
 
-    request_dict: dict[int, dict[str, np.ndarray]] = {}
+
+def _request_dict(world: _World, pool: np.ndarray, lists: dict[str, np.ndarray], counts: dict[str, np.ndarray],
+                  viewed: np.ndarray, request_id: np.ndarray,
+                  rng: np.random.Generator) -> dict[int, dict[str, np.ndarray]]:
+    """request_id_dict's entries: per request, each label's first ``counts`` items as
+    [n, 8] rows (column 7 = effective_view); an empty label is left out half the time."""
+    R = len(request_id)
     omit_empty = rng.random((R, len(STAGE_LABELS))) < 0.5
-    viewed = feedback["effective_view"] & (flags["realshow"] == 1)   # only shown items have feedback
     label_arrays = {}
     for label in STAGE_LABELS:
         slots = lists[label][:, : int(counts[label].max(initial=0))]
         arr = _item_rows(world, np.take_along_axis(pool, slots, axis=1))  # [R, n, 8], column 7 below
         arr[..., 7] = np.take_along_axis(viewed, slots, axis=1)
         label_arrays[label] = arr
-    rid_list = request_id.tolist()
-    for r, rid in enumerate(rid_list):  # building the per-request dicts is the only per-request loop
+    request_dict: dict[int, dict[str, np.ndarray]] = {}
+    for r, rid in enumerate(request_id.tolist()):  # building the per-request dicts is the only per-request loop
         entry: dict[str, np.ndarray] = {}
         for k, label in enumerate(STAGE_LABELS):
             n = int(counts[label][r])
@@ -626,13 +691,7 @@ def _simulate_part(world: _World, cfg: SyntheticConfig, rng: np.random.Generator
                 continue
             entry[label] = np.ascontiguousarray(label_arrays[label][r, :n])
         request_dict[rid] = entry
-
-    seq = _sequences(world, users, t_ms)
-    seq_dict = {rid: np.ascontiguousarray(seq[r]) for r, rid in enumerate(rid_list)}
-
-    table = _all_stage_table(world, cfg, stored, pool, users, t_ms, request_id, flags, rank_index,
-                             rerank_index, feedback)
-    return _DayPart(table, request_dict, seq_dict)
+    return request_dict
 
 
 def _stored_counts(cfg: SyntheticConfig, lists: dict[str, np.ndarray], n_shown: np.ndarray,

@@ -756,6 +756,47 @@ class TableBound:
         return self.program(self.table, *arrays)
 
 
+def _read_meta(meta_path: Path, folder: Path) -> dict[str, Any]:
+    """cascade.json, read only once its size is within MAX_META_BYTES and checked to be this
+    loader's format and version (an old version is told to export again), so nothing of a
+    foreign or outdated folder is opened."""
+    try:
+        size = meta_path.stat().st_size
+    except FileNotFoundError:
+        raise ExportError(f"{meta_path} is missing: {folder} is not an exported cascade") from None
+    if size > MAX_META_BYTES:
+        raise ExportError(f"{meta_path}: {size} bytes, more than the {MAX_META_BYTES} a {META_FILE} may have")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{meta_path} is missing: {folder} is not an exported cascade") from None
+    except (ValueError, RecursionError) as exc:
+        raise ExportError(f"{meta_path}: not valid JSON ({exc})") from None
+    if isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("format_version") in _OLD_VERSIONS:
+        version = meta["format_version"]
+        raise ExportError(f"{meta_path}: an export of format version {version} ({_OLD_VERSIONS[version]}); "
+                          f"this loader reads version {FORMAT_VERSION}, where each embedding table is a file "
+                          f"shared by the programs: export the run again (lcron export --overwrite)")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        found = meta if not isinstance(meta, dict) else meta.get("format")
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise ExportError(f"{meta_path}: format {found!r} version {version!r}; "
+                          f"this loader reads {FORMAT!r} version {FORMAT_VERSION}")
+    return meta
+
+
+def _listed_files(meta: Mapping[str, Any], meta_path: Path) -> dict[str, Any]:
+    """cascade.json's ``files``, checked to name every single file (_FILE_KEYS) and the
+    lists of stage programs and tables (_LIST_KEYS) as strings, before any path is used."""
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(files.get(k), str) for k in _FILE_KEYS) \
+            or not all(isinstance(files.get(k), list) and all(isinstance(f, str) for f in files[k])
+                       for k in _LIST_KEYS):
+        raise ExportError(f"{meta_path}: 'files' must name {', '.join(_FILE_KEYS)} and the lists of "
+                          f"{' and '.join(repr(k) for k in _LIST_KEYS)}")
+    return files
+
+
 class ExportedCascade:
     """An exported cascade: the towers, the later stage models, the faiss index and the item table.
 
@@ -772,34 +813,8 @@ class ExportedCascade:
                  max_slots: int | None = None) -> None:
         self.folder = Path(folder)
         meta_path = self.folder / META_FILE
-        try:
-            size = meta_path.stat().st_size
-        except FileNotFoundError:
-            raise ExportError(f"{meta_path} is missing: {self.folder} is not an exported cascade") from None
-        if size > MAX_META_BYTES:
-            raise ExportError(f"{meta_path}: {size} bytes, more than the {MAX_META_BYTES} a {META_FILE} may have")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise ExportError(f"{meta_path} is missing: {self.folder} is not an exported cascade") from None
-        except (ValueError, RecursionError) as exc:
-            raise ExportError(f"{meta_path}: not valid JSON ({exc})") from None
-        if isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("format_version") in _OLD_VERSIONS:
-            version = meta["format_version"]
-            raise ExportError(f"{meta_path}: an export of format version {version} ({_OLD_VERSIONS[version]}); "
-                              f"this loader reads version {FORMAT_VERSION}, where each embedding table is a file "
-                              f"shared by the programs: export the run again (lcron export --overwrite)")
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            found = meta if not isinstance(meta, dict) else meta.get("format")
-            version = meta.get("format_version") if isinstance(meta, dict) else None
-            raise ExportError(f"{meta_path}: format {found!r} version {version!r}; "
-                              f"this loader reads {FORMAT!r} version {FORMAT_VERSION}")
-        files = meta.get("files")
-        if not isinstance(files, dict) or not all(isinstance(files.get(k), str) for k in _FILE_KEYS) \
-                or not all(isinstance(files.get(k), list) and all(isinstance(f, str) for f in files[k])
-                           for k in _LIST_KEYS):
-            raise ExportError(f"{meta_path}: 'files' must name {', '.join(_FILE_KEYS)} and the lists of "
-                              f"{' and '.join(repr(k) for k in _LIST_KEYS)}")
+        meta = _read_meta(meta_path, self.folder)
+        files = _listed_files(meta, meta_path)
         table_of = self._program_tables(meta, meta_path, len(files["stages"]), len(files["tables"]))
         shape = table_shape(meta)
         programs = [files["user_tower"], files["item_tower"], *files["stages"]]
@@ -813,17 +828,7 @@ class ExportedCascade:
         self.stage_names: list[str] = list(meta["stage_names"])
         self.quotas: list[int] = [int(q) for q in meta["quotas"]]
         self.inputs: dict[str, dict[str, Any]] = meta["inputs"]
-        try:
-            self.video_ids = np.load(self.folder / files["item_ids"], allow_pickle=False)
-            self.features = np.load(self.folder / files["item_features"], allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ExportError(f"{self.folder}: item table is not readable ({exc})") from None
-        if self.video_ids.shape[0] != self.features.shape[0]:
-            raise ExportError(f"{self.folder}: item_ids has {self.video_ids.shape[0]} rows, item_features "
-                              f"{self.features.shape[0]}")
-        # the exported arrays are int64 already: on the CPU the tensors share their memory
-        self._features_t = torch.from_numpy(self.features.astype(np.int64, copy=False)).to(self.device)
-        self._ids_t = torch.from_numpy(self.video_ids.astype(np.int64, copy=False)).to(self.device)
+        self._load_item_table(files)
         self.index_kind = str(meta["index"]["kind"])
         self.index = self._load_index(self.folder / files["index"])
         if int(self.index.ntotal) != len(self.video_ids):
@@ -838,6 +843,21 @@ class ExportedCascade:
         self.user_tower = bound(files["user_tower"], table_of["user_tower"])
         self.item_tower = bound(files["item_tower"], table_of["item_tower"])
         self.stages = [bound(f, t) for f, t in zip(files["stages"], table_of["stages"])]
+
+    def _load_item_table(self, files: Mapping[str, Any]) -> None:
+        """The corpus: ``video_ids`` and ``features`` (numpy, rows aligned) and their tensors
+        on the device, which retrieval and the later stages index by corpus row."""
+        try:
+            self.video_ids = np.load(self.folder / files["item_ids"], allow_pickle=False)
+            self.features = np.load(self.folder / files["item_features"], allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"{self.folder}: item table is not readable ({exc})") from None
+        if self.video_ids.shape[0] != self.features.shape[0]:
+            raise ExportError(f"{self.folder}: item_ids has {self.video_ids.shape[0]} rows, item_features "
+                              f"{self.features.shape[0]}")
+        # the exported arrays are int64 already: on the CPU the tensors share their memory
+        self._features_t = torch.from_numpy(self.features.astype(np.int64, copy=False)).to(self.device)
+        self._ids_t = torch.from_numpy(self.video_ids.astype(np.int64, copy=False)).to(self.device)
 
     @staticmethod
     def _program_tables(meta: Mapping[str, Any], meta_path: Path, stages: int, tables: int) -> dict[str, Any]:
