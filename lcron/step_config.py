@@ -42,11 +42,12 @@ class Option:
     ``flag``: the option's spelling (default ``--`` + the field name with ``-`` for ``_``);
     ``aliases``: older spellings that still work and are not shown. ``convert`` turns what
     ``argparse`` stored (a string, or the list of an ``append`` option) into the field's value;
-    it must also accept the field's own default. ``help`` is the sentence shown by ``--help``;
-    ``(default X)`` is added unless the sentence speaks of its default itself.
+    it must also accept the field's own default. ``help`` is the sentence shown by ``--help``
+    (or a function making it when the parser is built, for a list filled at run time such as
+    the registered methods); ``(default X)`` is added unless the sentence speaks of its default.
     """
 
-    help: str
+    help: str | Callable[[], str]
     flag: str | None = None
     aliases: tuple[str, ...] = ()
     metavar: str | None = None
@@ -107,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         kind, _ = field_type(cls, f.name)
         default = _default(f)
-        text = opt.help
+        text = opt.help() if callable(opt.help) else opt.help
         if "default" not in text and default is not None and not (opt.required or opt.append):
             text = f"{text} (default {_shown(default)})"
         flags = [opt.flag or "--" + f.name.replace("_", "-")]

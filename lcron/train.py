@@ -82,10 +82,16 @@ def log(msg: str) -> None:
     get_logger(__name__).info(msg)
 
 
-def _known_method(method: Any) -> str | None:
+def _methods() -> tuple[str, ...]:
+    """The registered methods (read when asked: a method file in lcron/losses/ is found at import)."""
     from .losses import METHODS
 
-    return None if method in METHODS else f"unknown method {method!r}; known methods: {', '.join(METHODS)}"
+    return tuple(METHODS)
+
+
+def _known_method(method: Any) -> str | None:
+    known = _methods()
+    return None if method in known else f"unknown method {method!r}; known methods: {', '.join(known)}"
 
 
 def _seed_list(seeds: Any) -> str | None:
@@ -119,7 +125,8 @@ class TrainConfig:
     (tests/test_step_configs.py); ``shuffle`` and ``log_every`` are library-only knobs.
     """
 
-    method: str = option(TRAIN.method, "training method (listed below with their options)", required=True,
+    method: str = option(TRAIN.method, lambda: f"training method: {', '.join(_methods())} (listed below with their "
+                                               "options)", required=True,
                          metavar="METHOD", check=_known_method)
     loss_options: dict[str, Any] = option(
         help="an option of the method, e.g. reference_quirks=true or k=30,20 (repeatable)", flag="--loss-option",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -166,8 +167,7 @@ def test_default_run_keeps_its_hash_and_refuses_the_reference_protocol(both_mode
 def test_switch_implies_the_icc_loss_option(both_modes, tmp_path):
     train(both_modes[True], tmp_path / "icc", _cfg(True, "icc"), progress=False)
     assert json.loads((tmp_path / "icc" / "run.json").read_text())["loss_options"] == {"reference_quirks": True}
-    explicit = _cfg(True, "icc")
-    explicit.loss_options = {"reference_quirks": "false"}
+    explicit = dataclasses.replace(_cfg(True, "icc"), loss_options={"reference_quirks": "false"})
     train(both_modes[True], tmp_path / "icc2", explicit, progress=False)
     # Loss options are stored as typed values (so "false" and False are one configuration).
     assert json.loads((tmp_path / "icc2" / "run.json").read_text())["loss_options"] == {"reference_quirks": False}
@@ -186,7 +186,6 @@ def test_reference_mode_keeps_the_published_dense_embedding_adam(both_modes, tmp
     assert json.loads((tmp_path / "default" / "run.json").read_text())["train"]["embedding_optimizer"] == "lazy"
     train(both_modes[True], tmp_path / "reference", _cfg(True), progress=False)
     assert json.loads((tmp_path / "reference" / "run.json").read_text())["train"]["embedding_optimizer"] == "dense"
-    explicit = _cfg(True)
-    explicit.embedding_optimizer = "lazy"
+    explicit = dataclasses.replace(_cfg(True), embedding_optimizer="lazy")
     train(both_modes[True], tmp_path / "lazy", explicit, progress=False)
     assert json.loads((tmp_path / "lazy" / "run.json").read_text())["train"]["embedding_optimizer"] == "lazy"
