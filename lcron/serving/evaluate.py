@@ -672,33 +672,34 @@ def _bench_serving(shards: Any, run_dir: "str | Path", k1_list: Sequence[int], *
         one_pass()  # warm-up (and compile)
         warmup = time.perf_counter() - t0
         passes = [one_pass() for _ in range(max(1, repeats))]
-        best_ret = min(p[0] for p in passes)
-        best_score = min(p[1] for p in passes)
-        best_total = min(p[0] + p[1] for p in passes)
-        best_cpu = min(p[2] for p in passes)
-        threads = torch.get_num_threads()
-        rows_out.append({
-            "name": f"serving {setting.name} K1={k}",
-            "setting": setting.name,
-            "k1": k,
-            "k1_requested": int(k_req),
-            "corpus_items": corpus.size,
-            "requests": n,
-            "batch_requests": per_batch,
-            "index": "flat",
-            "device": "cpu",
-            "threads": threads,
-            "compile": compile,
-            "warmup_s": warmup,
-            "retrieval_requests_per_s": n / best_ret if best_ret > 0 else None,
-            "scoring_requests_per_s": n / best_score if best_score > 0 else None,
-            "requests_per_s": n / best_total if best_total > 0 else None,
-            # Wall-clock rates suffer when other processes share the cores; this one counts the
-            # process's own CPU seconds spread over its threads (an estimate for dedicated cores,
-            # pessimistic where idle worker threads spin).
-            "requests_per_cpu_s_per_thread": n * threads / best_cpu if best_cpu > 0 else None,
-        })
+        rows_out.append({"name": f"serving {setting.name} K1={k}", "setting": setting.name, "k1": k,
+                         "k1_requested": int(k_req), "corpus_items": corpus.size, "requests": n,
+                         "batch_requests": per_batch, **_bench_rates(n, passes, compile, warmup)})
     return rows_out
+
+
+def _bench_rates(n: int, passes: list[tuple[float, float, float]], compile: bool, warmup: float) -> dict[str, Any]:
+    """A serving benchmark row's rates from its timed passes (retrieval, scoring, CPU seconds):
+    the best pass of each."""
+    best_ret = min(p[0] for p in passes)
+    best_score = min(p[1] for p in passes)
+    best_total = min(p[0] + p[1] for p in passes)
+    best_cpu = min(p[2] for p in passes)
+    threads = torch.get_num_threads()
+    return {
+        "index": "flat",
+        "device": "cpu",
+        "threads": threads,
+        "compile": compile,
+        "warmup_s": warmup,
+        "retrieval_requests_per_s": n / best_ret if best_ret > 0 else None,
+        "scoring_requests_per_s": n / best_score if best_score > 0 else None,
+        "requests_per_s": n / best_total if best_total > 0 else None,
+        # Wall-clock rates suffer when other processes share the cores; this one counts the
+        # process's own CPU seconds spread over its threads (an estimate for dedicated cores,
+        # pessimistic where idle worker threads spin).
+        "requests_per_cpu_s_per_thread": n * threads / best_cpu if best_cpu > 0 else None,
+    }
 
 
 # ---------------------------------------------------------------------------- CLI
