@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/published_comparison.py --published PATH [--out build/published-comparison]
         [--stages 2,3] [--methods bce,...,lcron] [--repeats 4] [--batch-size 256] [--jobs 2]
+    .venv/bin/python bench/published_comparison.py --out DIR --table-only
 
 ``--published`` is a checkout of the published experiments (github.com/kwai/LCRON) or its
 bare git directory. The tool never imports that code: it extracts a copy under
@@ -20,7 +21,10 @@ reference mode's mean lies within the published runs' range, Welch's t, and over
 the mean difference, how many differences are positive, and a two-sided sign test.
 
 Everything is reused when rerun (finished published runs are read from their logs,
-finished project runs skip). docs/reference.md holds the table this produced.
+finished project runs skip; a larger ``--repeats`` adds runs). ``--table-only`` runs nothing
+and prints the table over every finished run under ``--out``, so methods that were given
+more repeats (``--methods icc --repeats 8``) count all of theirs. docs/reference.md holds
+the tables this produced.
 """
 
 from __future__ import annotations
@@ -189,6 +193,24 @@ def compare(published: dict[str, list[float]], ours: dict[str, list[float]]) -> 
             "within_range": sum(r["within_published_range"] for r in rows.values())}
 
 
+def finished_runs(out: Path, stages: int, methods: list[str]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Every finished run under ``out`` for one setting, whatever ``--repeats`` each had: the
+    published runs' results (``published/<S>stage/<method>/r<k>/result.json``) and, per
+    method, reference mode's evaluation with the most seeds (``ours/<S>stage/<method>/eval-seeds-*``)."""
+    published: dict[str, list[float]] = {}
+    ours: dict[str, list[float]] = {}
+    for method in methods:
+        runs = sorted((out / "published" / f"{stages}stage" / method).glob("r*/result.json"),
+                      key=lambda p: int(p.parent.name[1:]))
+        published[method] = [json.loads(p.read_text())["joint_recall"] for p in runs]
+        evals = [p for p in (out / "ours" / f"{stages}stage" / method).glob("eval-seeds-*/metrics.json")]
+        if evals:
+            best = max(evals, key=lambda p: len(p.parent.name.split("-")) - 2)
+            doc = json.loads(best.read_text())
+            ours[method] = [float(v) for v in doc["metrics"]["joint_recall"]["per_seed"]]
+    return published, ours
+
+
 def table(stages: int, cmp: dict) -> str:
     lines = [f"{stages}-stage | published code (mean ± std, n) | reference mode (mean ± std, n) | difference | "
              "Welch t | inside published range",
@@ -204,9 +226,22 @@ def table(stages: int, cmp: dict) -> str:
     return "\n".join("| " + line + " |" for line in lines)
 
 
+def print_finished(out: Path, stages_list: list[int], methods: list[str]) -> int:
+    """``--table-only``: the table per setting over the finished runs, written to
+    ``<out>/result-finished.json`` too."""
+    doc = {}
+    for stages in stages_list:
+        cmp = compare(*finished_runs(out, stages, methods))
+        doc[str(stages)] = cmp
+        if cmp["n"]:
+            print(table(stages, cmp) + "\n")
+    (out / "result-finished.json").write_text(json.dumps({"settings": doc}, indent=1))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--published", required=True, type=Path, help="kwai/LCRON checkout or bare git directory")
+    ap.add_argument("--published", type=Path, help="kwai/LCRON checkout or bare git directory (needed unless --table-only)")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "published-comparison")
     ap.add_argument("--data", type=Path, help="RecFlow-layout folder (default: generate one under --out)")
     ap.add_argument("--stages", default="2,3")
@@ -218,7 +253,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--tz-offset-hours", type=int, default=8, help="the data's time zone (both sides)")
     ap.add_argument("--only", choices=("published", "ours"), help="run one side only (the table needs both)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: the table of every finished run under --out (any number of repeats per method)")
     a = ap.parse_args(argv)
+    if a.table_only:
+        return print_finished(a.out.resolve(), [int(x) for x in a.stages.split(",") if x],
+                              [m for m in a.methods.split(",") if m])
+    if a.published is None:
+        ap.error("--published is required (the published code to run), unless --table-only")
 
     out = a.out.resolve()
     data = a.data.resolve() if a.data else out / "data"

@@ -125,3 +125,23 @@ def test_compare_hand_checked(tool):
     text = tool.table(2, cmp)
     assert "| bce | 0.6100 ± 0.0141 (2) | 0.6400 ± 0.0141 (2) | +0.0300 | +2.1 | no |" in text
     assert "1 of 2 above, sign test p = 1.000" in text
+
+
+def test_table_only_counts_every_finished_run_and_the_largest_evaluation(tool, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    for k, value in enumerate([0.70, 0.72, 0.74, 0.76], start=1):
+        run = out / "published" / "3stage" / "icc" / f"r{k}"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text(json.dumps({"joint_recall": value, "seconds": 1.0}))
+    (out / "published" / "3stage" / "icc" / "r5").mkdir()  # unfinished: no result.json
+    for seeds, values in (("1-2", [0.1, 0.2]), ("1-2-3", [0.73, 0.75, 0.77])):
+        folder = out / "ours" / "3stage" / "icc" / f"eval-seeds-{seeds}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"metrics": {"joint_recall": {"per_seed": values}}}))
+    assert tool.main(["--out", str(out), "--stages", "3", "--methods", "icc", "--table-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "| icc | 0.7300 ± 0.0258 (4) | 0.7500 ± 0.0200 (3) | +0.0200 |" in printed
+    doc = json.loads((out / "result-finished.json").read_text())["settings"]["3"]
+    assert doc["methods"]["icc"]["published"] == [0.70, 0.72, 0.74, 0.76] and doc["positive"] == 1
+    with pytest.raises(SystemExit):
+        tool.main(["--out", str(out)])  # running needs the published code
