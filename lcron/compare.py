@@ -46,6 +46,7 @@ import contextlib
 import json
 import math
 import tempfile
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -62,6 +63,7 @@ from .evaluation.serving_results import SERVING_FILE, load_serving, serving_metr
 from .jsonfile import read_json
 from .remote import RemoteFolder, is_remote, size_text
 from .render import Section, Table, format_cell, guard_page, write_page
+from .step_config import add_arguments, check_options, from_args, integer_at_least, option
 
 COMPARE_KIND = "lcron-comparison"
 HEADLINE = "joint_recall"
@@ -83,6 +85,25 @@ class Evaluation:
     @property
     def eval_dir(self) -> Path:
         return self.metrics_path.parent
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class CompareConfig:
+    """The choices of one comparison besides its inputs (the paths, the output folder); checked
+    when made. Each field is an ``lcron compare`` option and a keyword of :func:`compare` with
+    the same default (tests/test_step_configs_report.py)."""
+
+    setting: str | None = option(None, "only this setting (e.g. two_stage)", metavar="NAME")
+    bootstrap: int = option(1000, "bootstrap resamples", check=integer_at_least(1, "bootstrap"))
+    seed: int = option(0, "seed of the bootstrap")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields as :func:`compare`'s keywords."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 # --------------------------------------------------------------------------- discovery
@@ -425,8 +446,7 @@ def compare(paths: Sequence[str | Path], out: str | Path, *, setting: str | None
     A comparison of other inputs (paths, setting, bootstrap) already in ``out`` is refused
     unless ``overwrite``; the same comparison is simply refreshed. ``gs://`` and ``s3://``
     paths are read as the module docstring says (``progress``: a progress line per download)."""
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 1:
-        raise ConfigError(f"bootstrap must be an integer >= 1, got {bootstrap!r}")
+    CompareConfig(setting=setting, bootstrap=bootstrap, seed=seed)  # the choices checked before --out is touched
     if not paths:
         raise ConfigError("compare: give at least one run, evaluation folder or root")
     inputs = {"paths": sorted(p.rstrip("/") if is_remote(p) else str(Path(p).resolve()) for p in paths),
@@ -578,15 +598,14 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run folders, evaluation folders or roots searched for metrics.json: local, "
                              "gs://bucket/prefix or s3://bucket/prefix (only the evaluation files are downloaded)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--setting", default=None, metavar="NAME", help="only this setting (e.g. two_stage)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    add_arguments(parser, CompareConfig)  # --setting, --bootstrap, --seed: one option per CompareConfig field
     parser.add_argument("--overwrite", action="store_true", help="replace a comparison of other inputs in --out")
 
 
 def run_compare(args: argparse.Namespace) -> int:
     """``lcron compare``: write the comparison and print where it is."""
-    res = compare(args.paths, args.out, setting=args.setting, bootstrap=args.bootstrap, seed=args.seed,
+    config = from_args(CompareConfig, args)
+    res = compare(args.paths, args.out, **config.as_kwargs(),
                   overwrite=getattr(args, "overwrite", False), progress=not getattr(args, "quiet", False))
     print(f"comparison: {res['paths']['html']}")
     print(f"  markdown: {res['paths']['markdown']}")

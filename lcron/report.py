@@ -22,7 +22,9 @@ pipeline's report step gets its input without downloading every seed's weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -33,12 +35,32 @@ from .evaluation.serving_results import SERVING_FILE, find_serving, load_serving
 from .jsonfile import read_json
 from .render import Section, Table, count_value, guard_page, write_page
 from .run_folder import read_run_config, read_summaries, read_train_logs
+from .step_config import add_arguments, from_args, option
 
 REPORT_KIND = "lcron-report"
 #: What the report reads of each seed folder of a run, besides the run's run.json
 #: (:func:`build_report`: training table and learned weights from the summary, loss curves
 #: from the log). Model files, day snapshots and resume checkpoints are not among them.
 RUN_RECORD_FILES = ("summary.json", "train_log.jsonl")
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class ReportConfig:
+    """The choices of one report besides the run folder(s), the report folder and --overwrite:
+    which evaluation and which serving evaluation to show. Each field is an ``lcron report``
+    option and a keyword of :func:`build_report` with the same default
+    (tests/test_step_configs_report.py)."""
+
+    eval_dir: str | Path | None = option(None, "evaluation folder (default: RUN_DIR/eval; only with one run)",
+                                         flag="--eval", metavar="DIR")
+    serving_dir: str | Path | None = option(
+        None, "folder holding serving.json (default: the evaluation folder; only with one run)",
+        flag="--serving", metavar="DIR")
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields as :func:`build_report`'s keywords."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def _mean_std(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -440,21 +462,19 @@ def _report_doc(run_dir: Path, eval_dir: Path, m: Mapping[str, Any], inputs: Map
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``lcron report``."""
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated training run folder(s)")
-    parser.add_argument("--eval", dest="eval_dir", default=None, metavar="DIR",
-                        help="evaluation folder (default: RUN_DIR/eval; only with one run)")
+    add_arguments(parser, ReportConfig)  # --eval, --serving: one option per ReportConfig field
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="report folder (default: RUN_DIR/report; with several runs: DIR/<run name>)")
-    parser.add_argument("--serving", dest="serving_dir", default=None, metavar="DIR",
-                        help="folder holding serving.json (default: the evaluation folder; only with one run)")
     parser.add_argument("--overwrite", action="store_true", help="replace a report of another run in --out")
 
 
 def run_report(args: argparse.Namespace) -> int:
     """``lcron report``: write each run's report and print where it is."""
+    config = from_args(ReportConfig, args)
     runs = [Path(p) for p in args.run_dirs]
-    if args.eval_dir is not None and len(runs) > 1:
+    if config.eval_dir is not None and len(runs) > 1:
         raise ConfigError("--eval names one evaluation folder; give one RUN_DIR with it")
-    serving_dir = getattr(args, "serving_dir", None)
+    serving_dir = config.serving_dir
     if serving_dir is not None and len(runs) > 1:
         raise ConfigError("--serving names one serving folder; give one RUN_DIR with it")
     names = [p.resolve().name for p in runs]
@@ -466,7 +486,7 @@ def run_report(args: argparse.Namespace) -> int:
         out = None
         if args.out is not None:
             out = Path(args.out) if len(runs) == 1 else Path(args.out) / run.resolve().name
-        paths = build_report(run, args.eval_dir, out, serving_dir, overwrite=getattr(args, "overwrite", False))
+        paths = build_report(run, out=out, **config.as_kwargs(), overwrite=getattr(args, "overwrite", False))
         print(f"report: {paths['html']}")
         print(f"  markdown: {paths['markdown']}")
         print(f"  json: {paths['json']}")
