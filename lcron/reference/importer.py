@@ -12,6 +12,8 @@ forward (masked mean, zero padding) on default shards.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -21,6 +23,7 @@ from lcron import atomic
 from lcron.errors import ConfigError, DataError
 from lcron.reference import mapping
 from lcron.reference_policy import mode
+from lcron.step_config import add_arguments, check_options, from_args, integer_at_least, option
 
 if TYPE_CHECKING:
     from lcron.data.shards import ShardSet
@@ -28,6 +31,28 @@ if TYPE_CHECKING:
     from lcron.settings import Setting
 
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ImportReferenceConfig:
+    """The choices of one import besides its inputs (the --stage files, --shards, --out); checked
+    when made. Each field is an ``lcron import-reference`` option and a keyword of
+    :func:`import_reference` with the same default (tests/reference/test_import_reference_config.py)."""
+
+    stages: int | None = option(None, "built-in setting (without --shards)", choices=(2, 3))
+    reference_quirks: bool = option(False, "keep the published models' behaviour (for reference-mode shards); "
+                                           "without it the weights run through the faithful models")
+    method: str = option("reference", "the method name to record (default 'reference')")
+    seed: int = option(1, "the seed folder to write (default 1)")
+    batch_size: int = option(1024, "the training batch of the published run (the reference protocol's batch; "
+                                   "default 1024)", check=integer_at_least(1, "batch size"))
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields as :func:`import_reference`'s keywords."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def load_reference_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -64,6 +89,9 @@ def import_reference(stage_files: Mapping[str, str | Path], out: str | Path, *, 
     """
     from lcron.data.shards import ShardSet
 
+    # the choices checked once, before anything is read or written (ImportReferenceConfig's own checks)
+    ImportReferenceConfig(stages=stages, reference_quirks=reference_quirks, method=method, seed=seed,
+                          batch_size=batch_size)
     shard_set = ShardSet(shards) if shards is not None else None
     setting = _import_setting(shard_set, stages, reference_quirks)
     states, sizes = _load_stage_states(stage_files, setting, shard_set)
@@ -167,25 +195,20 @@ def _write_imported_run(out: Path, run_cfg: dict[str, Any], cascade: "Cascade", 
 
 
 def add_import_reference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``lcron import-reference``."""
     parser.add_argument("--stage", action="append", required=True, metavar="STAGE=PATH",
                         help="a published stage model's state dict, e.g. retrieval=dssm.pt (one per stage)")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
     parser.add_argument("--shards", metavar="DIR", help="the shard set to evaluate on (gives the setting; checked)")
-    parser.add_argument("--stages", type=int, choices=(2, 3), help="built-in setting (without --shards)")
-    parser.add_argument("--reference-quirks", action="store_true",
-                        help="keep the published models' behaviour (for reference-mode shards); without it the "
-                             "weights run through the faithful models")
-    parser.add_argument("--method", default="reference", help="the method name to record (default 'reference')")
-    parser.add_argument("--seed", type=int, default=1, help="the seed folder to write (default 1)")
-    parser.add_argument("--batch-size", type=int, default=1024,
-                        help="the training batch of the published run (the reference protocol's batch; default 1024)")
+    add_arguments(parser, ImportReferenceConfig)  # one option per ImportReferenceConfig field
     parser.add_argument("--overwrite", action="store_true", help="replace a run in --out")
 
 
 def run_import_reference(args: argparse.Namespace) -> int:
-    out = import_reference(parse_stage_files(args.stage), args.out, stages=args.stages, shards=args.shards,
-                           reference_quirks=args.reference_quirks, method=args.method, seed=args.seed,
-                           batch_size=args.batch_size, overwrite=args.overwrite)
-    print(f"imported the reference models into {out} ({mode.mode_name(args.reference_quirks)} mode); "
+    """``lcron import-reference``: write the run folder and print how to evaluate it."""
+    config = from_args(ImportReferenceConfig, args)
+    out = import_reference(parse_stage_files(args.stage), args.out, shards=args.shards, **config.as_kwargs(),
+                           overwrite=args.overwrite)
+    print(f"imported the reference models into {out} ({mode.mode_name(config.reference_quirks)} mode); "
           f"evaluate with: lcron evaluate --model {out}" + ("" if args.shards else " --shards DIR"))
     return 0
