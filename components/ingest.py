@@ -29,11 +29,12 @@ def fingerprint(
     synthetic_seed: int,
 ) -> str:
     """Fingerprint of the chosen days of ``source`` (a folder, gs://bucket/prefix or "synthetic")."""
+    from lcron.data.step_configs import SourceConfig
     from lcron.ingest import source_fingerprint
 
-    synthetic = {"num_days": synthetic_days, "start_date": synthetic_start_date,
-                 "requests_per_day": synthetic_requests_per_day, "users": synthetic_users,
-                 "items": synthetic_items, "seed": synthetic_seed}
+    synthetic = SourceConfig(synthetic_days=synthetic_days, synthetic_start_date=synthetic_start_date,
+                             synthetic_requests_per_day=synthetic_requests_per_day, synthetic_users=synthetic_users,
+                             synthetic_items=synthetic_items, synthetic_seed=synthetic_seed).synthetic()
     return source_fingerprint(source, days or None, synthetic=synthetic)
 
 
@@ -53,11 +54,12 @@ def ingest(
 ):
     """Check the chosen days and reference them in ``raw_data`` (``copy``: stage a copy there);
     fail if they no longer match ``fingerprint``."""
+    from lcron.data.step_configs import SourceConfig
     from lcron.ingest import ingest as stage
 
-    synthetic = {"num_days": synthetic_days, "start_date": synthetic_start_date,
-                 "requests_per_day": synthetic_requests_per_day, "users": synthetic_users,
-                 "items": synthetic_items, "seed": synthetic_seed}
+    synthetic = SourceConfig(synthetic_days=synthetic_days, synthetic_start_date=synthetic_start_date,
+                             synthetic_requests_per_day=synthetic_requests_per_day, synthetic_users=synthetic_users,
+                             synthetic_items=synthetic_items, synthetic_seed=synthetic_seed).synthetic()
     # The artifact folder belongs to this execution: leftovers of a failed attempt are replaced.
     staged = stage(source, raw_data.path, days=days or None, synthetic=synthetic,
                    expected_fingerprint=fingerprint or None, copy=copy, overwrite=True)
