@@ -46,7 +46,6 @@ import contextlib
 import json
 import math
 import tempfile
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -63,7 +62,7 @@ from .evaluation.serving_results import SERVING_FILE, load_serving, serving_metr
 from .jsonfile import read_json
 from .remote import RemoteFolder, is_remote, size_text
 from .render import Section, Table, format_cell, guard_page, write_page
-from .step_config import add_arguments, check_options, from_args, integer_at_least, option
+from .step_config import StepConfig, add_arguments, from_args, integer_at_least, option
 
 COMPARE_KIND = "lcron-comparison"
 HEADLINE = "joint_recall"
@@ -89,7 +88,7 @@ class Evaluation:
 
 # --------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(StepConfig):
     """The choices of one comparison besides its inputs (the paths, the output folder); checked
     when made. Each field is an ``lcron compare`` option and a keyword of :func:`compare` with
     the same default (tests/test_step_configs_report.py)."""
@@ -97,13 +96,6 @@ class CompareConfig:
     setting: str | None = option(None, "only this setting (e.g. two_stage)", metavar="NAME")
     bootstrap: int = option(1000, "bootstrap resamples", check=integer_at_least(1, "bootstrap"))
     seed: int = option(0, "seed of the bootstrap")
-
-    def __post_init__(self) -> None:
-        check_options(self)
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The fields as :func:`compare`'s keywords."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 # --------------------------------------------------------------------------- discovery

@@ -43,7 +43,6 @@ import argparse
 import math
 import time
 import warnings
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -63,7 +62,7 @@ from .logs import get_logger
 from .progress import Progress
 from .run_folder import FinishedRun, load_cascade, seed_number
 from .settings import Setting
-from .step_config import add_arguments, check_options, from_args, integer_at_least, option
+from .step_config import StepConfig, add_arguments, from_args, integer_at_least, option
 from .step_output import StepOutput, step_output
 
 
@@ -74,7 +73,7 @@ def log(msg: str) -> None:
 
 # --------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(StepConfig):
     """The choices of one evaluation besides its inputs (run, shards, output folder); checked
     when made. Each field is an ``lcron evaluate`` option and a keyword of :func:`evaluate` with
     the same default, and the evaluate component's parameter of that name
@@ -91,17 +90,11 @@ class EvaluateConfig:
                                         "x seeds, where compiling pays for its start-up; never on CUDA)")
     quota_grid: str | None = option(None, "quota tuples of the sweep, e.g. '30,20;25,20;40,20' (default: a grid "
                                           "around the setting's)", metavar="Q1,Q2;...")
-    tie_seed: int = option(0, "seed of the metric tie-breaks", metavar="N")
+    tie_seed: int = option(0, "seed of the metric tie-breaks", metavar="N",
+                          check=integer_at_least(0, "tie seed"))
     reference_quirks: bool | None = option(
         None, "the reference's evaluation protocol (drop the last partial batch, padding selectable, recall / 10); "
               "a run trained with --reference-quirks uses it anyway, a default run refuses it (default: the run's)")
-
-    def __post_init__(self) -> None:
-        check_options(self)
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The fields as :func:`evaluate`'s keywords."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 # --------------------------------------------------------------------------- planning
@@ -202,7 +195,7 @@ def evaluate(run_dir: str | Path, shards: Any = None, out: str | Path | None = N
     command = outputs.current_command(f"lcron evaluate --model {run_dir} --out {out}")
     with step_output(out, command, kind=EVALUATION_KIND, ours=is_eval_folder,
                      folder_what="an lcron evaluation folder") as step:
-        plan = _plan_evaluation(run_dir, shards, days, streaming, batch_size, quota_grid, tie_seed, reference_quirks)
+        plan = _plan_evaluation(run_dir, shards, days, streaming, quota_grid, tie_seed, reference_quirks)
         claim = step.claim("metrics.json", plan.inputs, plan.inputs_hash, overwrite,
                            held="an evaluation with other inputs")
         if claim.same and not overwrite and is_complete_evaluation(out):
@@ -260,15 +253,12 @@ class EvaluationPlan:
         return int(self.cfg["train"]["batch_size"]) if self.reference else None
 
 
-def _plan_evaluation(run_dir: str | Path, shards: Any, days: str | None, streaming: bool, batch_size: int | None,
-                     quota_grid: Any, tie_seed: int, reference_quirks: bool | None) -> EvaluationPlan:
-    """Check the options and the run, choose the units; the inputs and their hash name the evaluation."""
+def _plan_evaluation(run_dir: str | Path, shards: Any, days: str | None, streaming: bool, quota_grid: Any,
+                     tie_seed: int, reference_quirks: bool | None) -> EvaluationPlan:
+    """Check the run (the options were checked by EvaluateConfig), choose the units; the inputs and
+    their hash name the evaluation."""
     from .reference_policy import mode
 
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
-    if isinstance(tie_seed, bool) or not isinstance(tie_seed, int) or tie_seed < 0:
-        raise ConfigError(f"tie seed must be an integer >= 0, got {tie_seed!r}")
     run = FinishedRun.open(run_dir)
     run_dir, cfg, setting, seed_dirs, seeds = run.root, run.config, run.setting, run.seed_dirs, run.seeds
     shard_set = run.shards(shards)

@@ -22,7 +22,6 @@ pipeline's report step gets its input without downloading every seed's weights.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from .evaluation.serving_results import SERVING_FILE, find_serving, load_serving
 from .jsonfile import read_json
 from .render import Section, Table, count_value, guard_page, write_page
 from .run_folder import read_run_config, read_summaries, read_train_logs
-from .step_config import add_arguments, from_args, option
+from .step_config import StepConfig, add_arguments, from_args, option
 
 REPORT_KIND = "lcron-report"
 #: What the report reads of each seed folder of a run, besides the run's run.json
@@ -46,7 +45,7 @@ RUN_RECORD_FILES = ("summary.json", "train_log.jsonl")
 
 # --------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(StepConfig):
     """The choices of one report besides the run folder(s), the report folder and --overwrite:
     which evaluation and which serving evaluation to show. Each field is an ``lcron report``
     option and a keyword of :func:`build_report` with the same default
@@ -57,10 +56,6 @@ class ReportConfig:
     serving_dir: str | Path | None = option(
         None, "folder holding serving.json (default: the evaluation folder; only with one run)",
         flag="--serving", metavar="DIR")
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The fields as :func:`build_report`'s keywords."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def _mean_std(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator
 
 from lcron.errors import ConfigError
 
-__all__ = ["Option", "option", "option_fields", "add_arguments", "from_args", "check_options", "field_type",
-           "integer_at_least", "integer_in", "positive_number", "one_of"]
+__all__ = ["Option", "StepConfig", "option", "option_fields", "add_arguments", "from_args", "check_options", "field_type",
+           "integer_at_least", "integer_in", "positive_number", "raised"]
 
 _KEY = "lcron.option"
 
@@ -57,6 +57,19 @@ class Option:
     append: bool = False
     required: bool = False
     cli: bool = True
+
+
+class StepConfig:
+    """Base of a step's configuration (a frozen dataclass of :func:`option` fields): it checks
+    itself when made (:func:`check_options`), and :meth:`as_kwargs` gives its fields as the
+    keywords of the step's library function, which has the same names and defaults."""
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields as the library function's keywords."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
 
 def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, **how: Any) -> Any:
@@ -182,10 +195,14 @@ def positive_number(what: str) -> Check:
     return check
 
 
-def one_of(choices: Any, what: str) -> Check:
-    """``what must be one of A, B, got X``; ``choices`` may be a callable (read when checking,
-    e.g. a registry filled by plug-in discovery)."""
+def raised(validate: Callable[[Any], Any]) -> Check:
+    """A check from a function that raises :class:`ConfigError` for a bad value (a parser or
+    a library's own check): its message, or None - so the configuration and the library
+    refuse with the same sentence."""
     def check(value: Any) -> str | None:
-        known = tuple(choices() if callable(choices) else choices)
-        return None if value in known else f"{what} must be one of {', '.join(map(str, known))}, got {value!r}"
+        try:
+            validate(value)
+        except ConfigError as exc:
+            return str(exc)
+        return None
     return check

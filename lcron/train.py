@@ -60,8 +60,8 @@ from .logs import get_logger
 from .progress import Progress
 from .run_folder import RUN_KIND, load_checkpoint, load_state, seed_complete, train_command
 from .settings import Setting, get_setting
-from .step_config import (add_arguments, check_options, from_args, integer_at_least, integer_in, option,
-                          positive_number)
+from .step_config import (StepConfig, add_arguments, check_options, from_args, integer_at_least, integer_in,
+                          option, positive_number, raised)
 from .step_output import StepOutput, step_output
 
 FORMAT_VERSION = 1
@@ -108,16 +108,8 @@ def _device_name(device: Any) -> str | None:
     return None if ok else f"device must be auto, cpu or cuda, got {device!r}"
 
 
-def _embedding_optimizer(name: Any) -> str | None:
-    try:
-        check_embedding_optimizer(name)
-    except ConfigError as exc:
-        return str(exc)
-    return None
-
-
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(StepConfig):
     """What a user chooses for one training run (all seeds share it); checked when made.
 
     Each field with :func:`~lcron.step_config.option` is a ``lcron train`` option of the same
@@ -157,7 +149,7 @@ class TrainConfig:
         DEFAULT_EMBEDDING_OPTIMIZER, "embedding tables: 'lazy' updates only the rows a batch touches (row-wise "
         "Adam), 'dense' is Adam on every row, as the reference; 'auto' (default) is dense on CUDA and for small "
         "tables, lazy on CPU from 1M rows per model, always dense with --reference-quirks "
-        "(docs/embedding_optimizer.md)", choices=EMBEDDING_OPTIMIZERS, check=_embedding_optimizer)
+        "(docs/embedding_optimizer.md)", choices=EMBEDDING_OPTIMIZERS, check=raised(check_embedding_optimizer))
     # checkpoints/<day>.pt, read only by streaming evaluation (~200 MiB a day at RecFlow
     # vocabularies, docs/scale.md): written only when asked for (the pipeline asks when streaming=true)
     day_snapshots: bool = option(
@@ -168,9 +160,6 @@ class TrainConfig:
            "each day but the last); an interrupted run resumes after the last one written. On a GPU at RecFlow "
            "vocabularies each one takes longer to write than a day takes to train (docs/benchmarks.md, GPU)",
         metavar="N", check=integer_at_least(1, "resume_every", "days"))
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
         """Every field's check (lcron.step_config.check_options); a ConfigError names the first bad one."""

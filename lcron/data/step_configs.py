@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lcron.defaults import PREPROCESS, SYNTHETIC
-from lcron.step_config import Check, check_options, integer_at_least, integer_in, option
+from lcron.step_config import Check, StepConfig, integer_at_least, integer_in, option
 
 __all__ = ["ValidateConfig", "PreprocessConfig", "GenerateConfig", "SourceConfig", "IngestConfig",
            "SYNTHETIC_SOURCE", "fraction", "check_tz_offset_hours",
@@ -40,7 +40,7 @@ check_prefetch_budget_mb = integer_at_least(0, "prefetch_budget_mb")
 
 
 @dataclass(frozen=True)
-class ValidateConfig:
+class ValidateConfig(StepConfig):
     """How RecFlow days are read and checked (``lcron validate``; the first fields of
     :class:`PreprocessConfig`)."""
 
@@ -60,9 +60,6 @@ class ValidateConfig:
         "time zone of the data for weekday/hour/minute features and the day check "
         f"(default {PREPROCESS.tz_offset_hours} = UTC+{PREPROCESS.tz_offset_hours})",
         metavar="H", check=check_tz_offset_hours)
-
-    def __post_init__(self) -> None:
-        check_options(self)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ forward (masked mean, zero padding) on default shards.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -23,7 +22,7 @@ from lcron import atomic
 from lcron.errors import ConfigError, DataError
 from lcron.reference import mapping
 from lcron.reference_policy import mode
-from lcron.step_config import add_arguments, check_options, from_args, integer_at_least, option
+from lcron.step_config import StepConfig, add_arguments, from_args, integer_at_least, option
 
 if TYPE_CHECKING:
     from lcron.data.shards import ShardSet
@@ -34,7 +33,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class ImportReferenceConfig:
+class ImportReferenceConfig(StepConfig):
     """The choices of one import besides its inputs (the --stage files, --shards, --out); checked
     when made. Each field is an ``lcron import-reference`` option and a keyword of
     :func:`import_reference` with the same default (tests/reference/test_import_reference_config.py)."""
@@ -46,13 +45,6 @@ class ImportReferenceConfig:
     seed: int = option(1, "the seed folder to write (default 1)")
     batch_size: int = option(1024, "the training batch of the published run (the reference protocol's batch; "
                                    "default 1024)", check=integer_at_least(1, "batch size"))
-
-    def __post_init__(self) -> None:
-        check_options(self)
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The fields as :func:`import_reference`'s keywords."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def load_reference_state(path: str | Path) -> dict[str, torch.Tensor]:

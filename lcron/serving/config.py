@@ -14,12 +14,11 @@ its defaults without loading the serving code.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from lcron.errors import ConfigError
-from lcron.step_config import check_options, integer_at_least, option
+from lcron.step_config import StepConfig, integer_at_least, option, raised
 
 __all__ = ["INDEX_KINDS", "AUTO_FLAT_MAX_ITEMS", "DEFAULT_RECALL_SAMPLE", "check_kind", "parse_k1",
            "ServeEvalConfig", "ExportConfig"]
@@ -57,17 +56,6 @@ def parse_k1(text: "str | Sequence[int]") -> tuple[int, ...]:
 
 
 # ------------------------------------------------------------------------- checks
-def _complaint(parse: Any) -> Any:
-    """A check from a function that raises ConfigError: its message, or None."""
-    def check(value: Any) -> str | None:
-        try:
-            parse(value)
-        except ConfigError as exc:
-            return str(exc)
-        return None
-    return check
-
-
 def _kind_or_auto(kind: str) -> str:
     return kind if kind == "auto" else check_kind(kind)
 
@@ -76,15 +64,9 @@ def _positive_batch(value: Any) -> str | None:
     return None if isinstance(value, int) and value >= 1 else f"batch size must be a positive integer, got {value!r}"
 
 
-class _Keywords:
-    def as_kwargs(self) -> dict[str, Any]:
-        """The fields as the library function's keywords."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-
-
 # ------------------------------------------------------------------ the configurations
 @dataclass(frozen=True)
-class ServeEvalConfig(_Keywords):
+class ServeEvalConfig(StepConfig):
     """The choices of one serving evaluation besides its inputs (run, shards, output folder);
     checked when made. ``index_options`` (a dict of :class:`lcron.serving.index.IndexOptions`
     fields, None = its defaults) is on the command line as those fields' own options."""
@@ -93,11 +75,11 @@ class ServeEvalConfig(_Keywords):
                                    "every other command, --day still accepted",
                              flag="--days", aliases=("--day",), metavar="DAY")
     k1: tuple[int, ...] = option((100, 500, 1000), "retrieval sizes, comma-separated", convert=parse_k1,
-                                 check=_complaint(parse_k1))
+                                 check=raised(parse_k1))
     index: str = option("auto", "faiss index: flat = exact, ivf/hnsw approximate (they also report their recall "
                                 "against the exact search on a sample); auto (default): flat up to "
                                 f"{AUTO_FLAT_MAX_ITEMS:,} corpus items, ivf above",
-                        choices=("auto", *INDEX_KINDS), check=_complaint(_kind_or_auto))
+                        choices=("auto", *INDEX_KINDS), check=raised(_kind_or_auto))
     recall_sample: int = option(DEFAULT_RECALL_SAMPLE, "requests on which an approximate index is compared with the "
                                 f"exact search (default {DEFAULT_RECALL_SAMPLE}; the exact search is the cost the "
                                 "index avoids)", metavar="N",
@@ -112,19 +94,13 @@ class ServeEvalConfig(_Keywords):
                                         "--no-compile runs eager)")
     index_options: dict[str, Any] | None = None  # IndexOptions' fields; their options are IndexOptions' own
 
-    def __post_init__(self) -> None:
-        check_options(self)
-
 
 @dataclass(frozen=True)
-class ExportConfig(_Keywords):
+class ExportConfig(StepConfig):
     """The choices of one export besides its inputs (run, shards, output folder); checked when
     made. ``index_options`` as in :class:`ServeEvalConfig`."""
 
     seed: int | None = option(None, "which seed's model (default: the first completed)")
     index: str = option("flat", "faiss index over the corpus (default flat = exact)", choices=INDEX_KINDS,
-                        check=_complaint(check_kind))
+                        check=raised(check_kind))
     index_options: dict[str, Any] | None = None  # IndexOptions' fields; their options are IndexOptions' own
-
-    def __post_init__(self) -> None:
-        check_options(self)
