@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 #: The completion-marker kind of a run folder (``_complete-run.json``).
 RUN_KIND = "run"
+#: How a refusal names a run folder (the output protocol's ``folder_what``).
+RUN_FOLDER_WHAT = "an lcron run folder (run.json of lcron train)"
 #: A seed's folder: ``seed-<n>`` (other names in a run folder are not seeds).
 _SEED_FOLDER = re.compile(r"seed-\d{1,9}")
 
@@ -127,6 +129,18 @@ def seed_complete(folder: Path, chash: Any) -> bool:
     except (OSError, ValueError, RecursionError):
         return False
     return isinstance(summary, dict) and summary.get("config_hash") == chash and (folder / "model.pt").is_file()
+
+
+def is_run_folder(out: Path) -> bool:
+    """Whether ``out`` is a run folder lcron made - by training or import-reference - (its
+    marker, or a run.json of a run's fields): the output protocol's ``ours`` test."""
+    if outputs.has_marker(out, [RUN_KIND]):
+        return True
+    try:
+        doc = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and {"method", "config_hash", "setting"} <= set(doc)
 
 
 def _legacy_run_problem(run_dir: Path) -> str | None:

@@ -58,7 +58,8 @@ from .optim import (DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_emb
                     check_embedding_optimizer, resolve_embedding_optimizer)
 from .logs import get_logger
 from .progress import Progress
-from .run_folder import RUN_KIND, load_checkpoint, load_state, seed_complete, train_command
+from .run_folder import (RUN_FOLDER_WHAT, RUN_KIND, is_run_folder, load_checkpoint, load_state, seed_complete,
+                         train_command)
 from .settings import Setting, get_setting
 from .step_config import (StepConfig, add_arguments, check_options, from_args, integer_at_least, integer_in,
                           option, positive_number, raised)
@@ -323,7 +324,7 @@ def train(shards: "str | Path | Any", out: str | Path, cfg: TrainConfig, *, sett
     out = Path(out)
     run_cfg = _run_config(cfg, run_setting, shard_set, days, batches, max_steps_per_day)
     command = outputs.current_command(train_command(out, run_cfg, cfg.seeds))
-    with step_output(out, command, kind=RUN_KIND, ours=_is_run_folder, folder_what=RUN_FOLDER_WHAT) as step:
+    with step_output(out, command, kind=RUN_KIND, ours=is_run_folder, folder_what=RUN_FOLDER_WHAT) as step:
         _claim_run_folder(step, run_cfg, cfg, overwrite)
         step.begin()
         results = []
@@ -373,9 +374,6 @@ def _run_config(cfg: TrainConfig, run_setting: Setting, shard_set: Any, days: li
 
 
 #: What a run folder is, in the refusal of a non-empty folder that is not one.
-RUN_FOLDER_WHAT = "an lcron run folder (run.json of lcron train)"
-
-
 def _finish_run(step: StepOutput, run_cfg: Mapping[str, Any]) -> None:
     """The run's completion marker: run.json and, of every seed run.json lists, model.pt,
     summary.json and train_log.jsonl (checkpoints stay out: they may be pruned)."""
@@ -769,17 +767,6 @@ def _write_day_snapshot(shard_set, ckpt_dir: Path, run_cfg: dict, seed: int, day
             "values": table.weight.detach().index_select(0, rows).cpu()}
     payload["rows_for_day"] = next_day
     atomic.save_torch(ckpt_dir / f"{day}.pt", payload)
-
-
-def _is_run_folder(out: Path) -> bool:
-    """Whether ``out`` is a run folder lcron train made (its marker, or a run.json of its fields)."""
-    if outputs.has_marker(out, [RUN_KIND]):
-        return True
-    try:
-        doc = json.loads((out / "run.json").read_text())
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(doc, dict) and {"method", "config_hash", "setting"} <= set(doc)
 
 
 def _read_json_or_fail(path: Path, remedy: str) -> dict:

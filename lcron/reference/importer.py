@@ -7,6 +7,10 @@ run folder with one seed: ``run.json`` (``method`` as given, no training days) a
 the models behave exactly as the published ones, and evaluate on reference-mode shards with
 the reference protocol; imported in default mode the same weights run through the faithful
 forward (masked mean, zero padding) on default shards.
+
+The folder follows every step's output protocol (:mod:`lcron.step_output`): locked while
+written, completion marker at the end; importing the same files (by content) the same way
+again writes nothing, and a folder holding another run is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from lcron import atomic
+from lcron import atomic, outputs
 from lcron.errors import ConfigError, DataError
 from lcron.reference import mapping
 from lcron.reference_policy import mode
+from lcron.run_folder import RUN_FOLDER_WHAT, RUN_KIND, is_run_folder, seed_complete
+from lcron.step_output import StepOutput, step_output
 from lcron.step_config import StepConfig, add_arguments, from_args, integer_at_least, option
 
 if TYPE_CHECKING:
@@ -91,12 +97,56 @@ def import_reference(stage_files: Mapping[str, str | Path], out: str | Path, *, 
     cascade = _reference_cascade(setting, states, sizes, dim, reference_quirks)
 
     out = Path(out)
-    if (out / "run.json").exists() and not overwrite:
-        raise ConfigError(f"{out} already holds a run; choose another --out or pass --overwrite")
     run_cfg = _imported_run_config(stage_files, setting, sizes, dim, shard_set, reference_quirks=reference_quirks,
                                    method=method, batch_size=batch_size)
-    _write_imported_run(out, run_cfg, cascade, seed=seed, method=method, setting_name=setting.name)
+    command = outputs.current_command(_import_command(stage_files, out, shards, setting, run_cfg, seed))
+    with step_output(out, command, kind=RUN_KIND, ours=is_run_folder, folder_what=RUN_FOLDER_WHAT) as step:
+        if _claim_import_folder(step, run_cfg, seed, overwrite):
+            return out  # the same files imported the same way: nothing to write
+        step.begin()
+        files = _write_imported_run(out, run_cfg, cascade, seed=seed, method=method, setting_name=setting.name)
+        step.finish(files, {"seeds": [seed]})
     return out
+
+
+def _claim_import_folder(step: StepOutput, run_cfg: dict[str, Any], seed: int, overwrite: bool) -> bool:
+    """The output protocol's claim on run.json: True when ``out`` already holds this import
+    (same configuration hash - which covers the files' contents - same seed, complete);
+    another run is refused unless overwriting, which removes its seed folders."""
+    import shutil
+
+    chash = run_cfg["config_hash"]
+    claim = step.claim(
+        "run.json", run_cfg, chash, overwrite, hash_field="config_hash", held="another run",
+        same=lambda old: old.get("config_hash") == chash and old.get("seeds") == [seed],
+        describe=lambda old: _import_difference(old, run_cfg, seed))
+    if claim.same and not overwrite and seed_complete(step.folder / f"seed-{seed}", chash):
+        return True
+    for child in step.folder.glob("seed-*"):
+        shutil.rmtree(child)
+    return False
+
+
+def _import_difference(old: Mapping[str, Any], run_cfg: Mapping[str, Any], seed: int) -> str:
+    """What differs between the run in the folder and this import (the refusal's parenthesis)."""
+    if not old.get("config_hash"):
+        return "a run.json without a configuration it can read"
+    if not old.get("imported_from"):
+        return f"a trained {old.get('method')!r} run, not an import"
+    keys = ("method", "reference_quirks", "imported_from", "imported_sha256", "train", "data_fingerprint")
+    diffs = [k for k in keys if old.get(k) != run_cfg.get(k)]
+    if old.get("seeds") != [seed]:
+        diffs.append(f"seeds {old.get('seeds')} -> [{seed}]")
+    return "differs in " + ", ".join(diffs or ["its configuration"])
+
+
+def _import_command(stage_files: Mapping[str, str | Path], out: Path, shards: str | Path | None,
+                    setting: "Setting", run_cfg: Mapping[str, Any], seed: int) -> str:
+    """The ``lcron import-reference`` command that writes this folder (for its lock and markers)."""
+    cmd = "lcron import-reference " + " ".join(f"--stage {k}={v}" for k, v in stage_files.items())
+    cmd += f" --out {out}" + (f" --shards {shards}" if shards is not None else f" --stages {setting.num_stages}")
+    cmd += f" --method {run_cfg['method']} --seed {seed} --batch-size {run_cfg['train']['batch_size']}"
+    return cmd + (" --reference-quirks" if run_cfg.get(mode.KEY) else "")
 
 
 def _import_setting(shard_set: "ShardSet | None", stages: int | None, reference_quirks: bool) -> "Setting":
@@ -164,6 +214,8 @@ def _imported_run_config(stage_files: Mapping[str, str | Path], setting: "Settin
         "days": [], "shards": str(shard_set.root) if shard_set is not None else "",
         "data_fingerprint": shard_set.fingerprint() if shard_set is not None else None,
         "imported_from": {k: str(v) for k, v in stage_files.items()},
+        # the files' contents, so that re-importing changed files at the same paths is not "the same inputs"
+        "imported_sha256": {k: outputs.file_sha256(v) for k, v in stage_files.items()},
     }
     if reference_quirks:
         run_cfg[mode.KEY] = True
@@ -172,9 +224,9 @@ def _imported_run_config(stage_files: Mapping[str, str | Path], setting: "Settin
 
 
 def _write_imported_run(out: Path, run_cfg: dict[str, Any], cascade: "Cascade", *, seed: int, method: str,
-                        setting_name: str) -> None:
+                        setting_name: str) -> list[Path]:
     """The seed's model file and summary (no training steps), then run.json, which lists the
-    seed: the files every reader of a run folder expects."""
+    seed: the files every reader of a run folder expects (returned for the completion marker)."""
     folder = out / f"seed-{seed}"
     payload = {"format_version": FORMAT_VERSION, "config": run_cfg, "seed": seed, "day": None, "day_index": -1,
                "step": 0, "requests": 0, "model_state": {k: v.detach().cpu() for k, v in cascade.state_dict().items()},
@@ -184,6 +236,7 @@ def _write_imported_run(out: Path, run_cfg: dict[str, Any], cascade: "Cascade", 
                                                 "config_hash": run_cfg["config_hash"], "imported": True, "steps": 0,
                                                 "requests": 0, "learned_weights": {}, "final_loss": None})
     atomic.write_json(out / "run.json", {**run_cfg, "seeds": [seed]})
+    return [out / "run.json", folder / "model.pt", folder / "summary.json"]
 
 
 def add_import_reference_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from lcron import outputs
 from lcron.cli import main
-from lcron.errors import ConfigError, DataError
+from lcron.errors import ConfigError, DataError, OutputExistsError
 from lcron.reference import mapping
 from lcron.reference.importer import import_reference, parse_stage_files
-from lcron.run_folder import load_cascade, run_seeds
+from lcron.run_folder import RUN_KIND, load_cascade, run_seeds
 from .test_reference_models import CASES, _inputs, _params
 
 
@@ -48,7 +49,7 @@ def test_cli_and_errors(tmp_path, tiny_shards_2, capsys):
     args += [f"--stage={k}={v}" for k, v in files.items()]
     assert main(args) == 0
     assert "reference mode" in capsys.readouterr().out
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(OutputExistsError, match=r"holds another run \(differs in reference_quirks"):
         import_reference(files, tmp_path / "run", stages=2)
     with pytest.raises(ConfigError, match="one --stage file per stage"):
         import_reference({"retrieval": files["retrieval"]}, tmp_path / "r2", stages=2)
@@ -63,3 +64,28 @@ def test_cli_and_errors(tmp_path, tiny_shards_2, capsys):
         import_reference({"retrieval": tmp_path / "bad.pt", "prerank": files["prerank"]}, tmp_path / "r6", stages=2)
     with pytest.raises(ConfigError, match="STAGE=PATH"):
         parse_stage_files(["retrieval"])
+
+
+def test_the_output_protocol_same_import_skips_other_is_refused(tmp_path):
+    case = CASES[0]  # two-stage: DSSM, DIN
+    files = _save_states(case, tmp_path)
+    run = tmp_path / "run"
+    import_reference(files, run, stages=2, reference_quirks=True)
+    assert outputs.is_complete(run, RUN_KIND)
+    written = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    # The same files imported the same way: nothing is written.
+    import_reference(files, run, stages=2, reference_quirks=True)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == written
+    # Another seed, or new contents at the same paths, are other inputs: refused, then replaced.
+    with pytest.raises(OutputExistsError, match=r"seeds \[1\] -> \[2\]"):
+        import_reference(files, run, stages=2, reference_quirks=True, seed=2)
+    torch.save({"state_dict": {k: v + 1 for k, v in _params(case, "prerank").items()}}, files["prerank"])
+    with pytest.raises(OutputExistsError, match="differs in imported_sha256"):
+        import_reference(files, run, stages=2, reference_quirks=True)
+    import_reference(files, run, stages=2, reference_quirks=True, seed=2, overwrite=True)
+    assert [p.name for p in run_seeds(run)] == ["seed-2"] and not (run / "seed-1").exists()
+    # A folder of something else is never written into, even with --overwrite.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not an lcron run folder"):
+        import_reference(files, tmp_path / "mine", stages=2, reference_quirks=True, overwrite=True)
