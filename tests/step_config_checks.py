@@ -1,9 +1,11 @@
-"""The check that holds a KFP component's parameters to a step configuration's fields."""
+"""The check that holds a KFP component's parameters to a step configuration's fields, and the
+table of which configuration each component step carries (shared by the component tests and
+the pipeline-parameter test)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from lcron.step_config import field_type
 
@@ -26,3 +28,39 @@ def assert_component_matches(component: Any, config: type, not_config: Mapping[s
             f = fields[name]
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             assert spec.default == default, f"{component.name}.{name}: default {spec.default!r} vs {default!r}"
+
+
+class StepConfiguration(NamedTuple):
+    component: Any
+    config: type
+    not_config: Mapping[str, str]  # component parameters that are no field of ``config`` -> why
+
+
+def component_configurations() -> dict[str, StepConfiguration]:
+    """Each pipeline step that runs a step of the library, by step (task) name: its component,
+    the step's configuration and the component's parameters that are not configuration."""
+    from components.evaluate import evaluate
+    from components.ingest import fingerprint, ingest
+    from components.preprocess import preprocess
+    from components.serving import serving
+    from components.train import train
+    from lcron.data.step_configs import IngestConfig, PreprocessConfig, SourceConfig
+    from lcron.evaluate import EvaluateConfig
+    from lcron.serving.config import ServeEvalConfig
+    from lcron.train import TrainConfig
+
+    return {
+        "fingerprint": StepConfiguration(fingerprint, SourceConfig, {}),
+        "ingest": StepConfiguration(ingest, IngestConfig, {
+            "fingerprint": "the fingerprint step's output: --expect-fingerprint"}),
+        "preprocess": StepConfiguration(preprocess, PreprocessConfig, {
+            "stages": "which built-in setting: the --stages choice, not a knob",
+            "setting": "overrides of the setting's fields (quotas), not a knob",
+            "shared_root": "where kfp.local shares shard sets, a deployment choice"}),
+        "train": StepConfiguration(train, TrainConfig, {
+            "max_steps_per_day": "a cap for smoke tests, a train() argument (0 = none)"}),
+        "evaluate": StepConfiguration(evaluate, EvaluateConfig, {}),
+        "serving": StepConfiguration(serving, ServeEvalConfig, {
+            "enabled": "the pipeline's serving_eval switch (the kfp.local package runs the step always); not a "
+                       "choice of the evaluation"}),
+    }

@@ -16,24 +16,13 @@ from lcron.evaluate import evaluate as evaluate_function
 from lcron.step_config import add_arguments, from_args, option, option_fields
 from lcron.train import TrainConfig, add_train_arguments
 
-from step_config_checks import assert_component_matches
+from step_config_checks import assert_component_matches, component_configurations
 
 kfp = pytest.importorskip("kfp")
 
-def _steps():
-    from components.evaluate import evaluate
-    from components.train import train
-
-    # (component, configuration, component parameters that are not configuration -> why)
-    return [
-        (train, TrainConfig, {"max_steps_per_day": "a cap for smoke tests, a train() argument (0 = none)"}),
-        (evaluate, EvaluateConfig, {}),
-    ]
-
-
-@pytest.mark.parametrize("index", [0, 1], ids=["train", "evaluate"])
-def test_every_component_parameter_is_a_field_of_the_same_type_and_default(index):
-    assert_component_matches(*_steps()[index])
+@pytest.mark.parametrize("step", ["train", "evaluate"])
+def test_every_component_parameter_is_a_field_of_the_same_type_and_default(step):
+    assert_component_matches(*component_configurations()[step])
 
 
 @pytest.mark.parametrize("config", [TrainConfig, EvaluateConfig], ids=lambda c: c.__name__)

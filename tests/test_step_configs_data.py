@@ -17,31 +17,17 @@ from lcron.defaults import PREPROCESS, SYNTHETIC
 from lcron.errors import ConfigError
 from lcron.step_config import from_args, option_fields
 
-from step_config_checks import assert_component_matches
+from step_config_checks import assert_component_matches, component_configurations
 
 
 def _parse(*argv: str) -> argparse.Namespace:
     return cli.build_parser(only=argv[0]).parse_args(list(argv))
 
 
-def _steps():
-    from components.ingest import fingerprint, ingest
-    from components.preprocess import preprocess
-
-    # (component, configuration, component parameters that are not configuration -> why)
-    return [
-        (preprocess, PreprocessConfig, {"stages": "which built-in setting: the --stages choice, not a knob",
-                                        "setting": "overrides of the setting's fields (quotas), not a knob",
-                                        "shared_root": "where kfp.local shares shard sets, a deployment choice"}),
-        (ingest, IngestConfig, {"fingerprint": "the fingerprint step's output: --expect-fingerprint"}),
-        (fingerprint, SourceConfig, {}),
-    ]
-
-
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["preprocess", "ingest", "fingerprint"])
-def test_every_component_parameter_is_a_field_of_the_same_type_and_default(index):
+@pytest.mark.parametrize("step", ["preprocess", "ingest", "fingerprint"])
+def test_every_component_parameter_is_a_field_of_the_same_type_and_default(step):
     pytest.importorskip("kfp")
-    assert_component_matches(*_steps()[index])
+    assert_component_matches(*component_configurations()[step])
 
 
 def test_the_defaults_are_read_from_lcron_defaults():

@@ -20,7 +20,7 @@ from lcron.serving.export import add_export_arguments, export_cascade, index_opt
 from lcron.serving.index import IndexOptions
 from lcron.step_config import add_arguments, from_args, option_fields
 
-from step_config_checks import assert_component_matches
+from step_config_checks import assert_component_matches, component_configurations
 
 
 def _parser(add) -> argparse.ArgumentParser:
@@ -31,11 +31,7 @@ def _parser(add) -> argparse.ArgumentParser:
 
 def test_the_serving_component_parameters_are_fields_of_the_same_type():
     pytest.importorskip("kfp")
-    from components.serving import serving
-
-    assert_component_matches(serving, ServeEvalConfig, {
-        "enabled": "the pipeline's serving_eval switch (the kfp.local package runs the step always); not a choice "
-                   "of the evaluation"})
+    assert_component_matches(*component_configurations()["serving"])
 
 
 def test_the_pipeline_serving_defaults_are_the_configuration_fields():
