@@ -104,6 +104,17 @@ class Setting:
         return self.bce_groups[stage] * self.group_size
 
     @property
+    def reference_padding_labels(self) -> tuple[int, ...]:
+        """The label the reference's data loader gives each slot when it is padding ``[N]``.
+
+        Its loader fills a group's empty slots with the group's default position, which for
+        the top group is position 0, so padding there is graded ``top_label_base`` (the best
+        label a request can have); every other group's padding gets that group's label. Only
+        losses reproducing a reference quirk that lets padding through read this."""
+        per_group = [self.top_label_base] + [int(self.group_labels[g]) for g in self.groups[1:]]
+        return tuple(label for label in per_group for _ in range(self.group_size))
+
+    @property
     def icc_reference_cutoffs(self) -> tuple[int, ...]:
         """The reference ICC's cut-offs: the last stage reuses the previous stage's quota."""
         if self.num_stages < 2:

@@ -8,7 +8,9 @@ ranges, ICC coefficients) is read from the setting; no loss branches on the stag
 
 Padding never contributes (METHODS.md section 7): :meth:`CascadeLoss.forward` zeroes the
 logits of padding slots before a loss sees them, so no gradient reaches them, and the
-helpers below average pointwise terms over valid slots only.
+helpers below average pointwise terms over valid slots only. The one exception is opt-in:
+a loss reproducing a reference quirk that let padding through reads
+:attr:`LossInputs.raw_logits` (ICC with ``reference_quirks``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ class LossInputs:
 
     ``logits`` have padding entries set to 0 (finite, no gradient to padding); ``labels``
     are float; ``mask`` is bool and ``maskf`` the same as 0/1 floats; ``counts`` is the
-    number of valid slots per request ``[B]`` (float).
+    number of valid slots per request ``[B]`` (float). ``raw_logits`` are the logits as the
+    models gave them, padding included: only a loss reproducing a reference quirk that lets
+    padding through (ICC's ``reference_quirks``) reads them.
     """
 
     logits: tuple[Tensor, ...]
@@ -50,6 +54,7 @@ class LossInputs:
     mask: Tensor
     maskf: Tensor
     counts: Tensor
+    raw_logits: tuple[Tensor, ...] = ()
 
     @property
     def batch_size(self) -> int:
@@ -181,7 +186,8 @@ class CascadeLoss(nn.Module):
         maskf = valid.to(dtype)
         zs = tuple(z.masked_fill(~valid, 0.0) for z in logits)
         y = labels.to(dtype).masked_fill(~valid, 0.0)
-        return LossInputs(logits=zs, labels=y, mask=valid, maskf=maskf, counts=maskf.sum(dim=-1))
+        return LossInputs(logits=zs, labels=y, mask=valid, maskf=maskf, counts=maskf.sum(dim=-1),
+                          raw_logits=tuple(logits))
 
 
 class SameLossEveryStage(CascadeLoss):

@@ -14,9 +14,15 @@ pairwise over valid slot pairs ``i < j`` (slot order):
 
     L = sum_{i<j valid} BCE(e_i - e_j, 1[y_i > y_j]) / #pairs.
 
-Default cut-offs are the quotas. ``reference_quirks=True`` reproduces the reference exactly:
-cut-offs ``setting.icc_reference_cutoffs`` ((30, 30) / (40, 30, 30)) and the pair sum divided
-by ``B * N * N`` instead of the number of pairs.
+Default cut-offs are the quotas. ``reference_quirks=True`` reproduces the reference exactly,
+its three quirks together: cut-offs ``setting.icc_reference_cutoffs`` ((30, 30) /
+(40, 30, 30)); the pair sum divided by ``B * N * N`` instead of the number of pairs; and
+padding let through - the cut-offs and the pairs run over all ``N`` slots, with the models'
+own logits for the padding candidates and the labels the reference's loader gives padding
+(``setting.reference_padding_labels``: the top label ``top_label_base`` in the top group,
+the group's label elsewhere). So a request with a padded top-group slot teaches the
+cascade to rank the padding candidate first, which the reference evaluation, where padding
+can take a quota place, then pays for.
 """
 
 from __future__ import annotations
@@ -54,18 +60,20 @@ class ICCLoss(CascadeLoss):
         self.reference_quirks = reference_quirks
         self.cutoff_tau = positive("icc", "cutoff_tau", cutoff_tau)
         self.cutoffs = tuple(setting.icc_reference_cutoffs if reference_quirks else setting.quotas)
+        # The reference's padding labels are per slot group, so its lists must have the setting's layout.
+        self.uses_slot_groups = reference_quirks
 
     def extra_repr(self) -> str:
         return f"setting={self.setting.name!r}, cutoffs={self.cutoffs}, reference_quirks={self.reference_quirks}"
 
-    def ensemble(self, inputs: LossInputs) -> Tensor:
-        """The ensemble score ``e`` ``[B, N]``."""
+    def ensemble(self, logits: tuple[Tensor, ...], mask: Tensor) -> Tensor:
+        """The ensemble score ``e`` ``[B, N]`` of per-stage ``logits``, cut-offs over ``mask``'s slots."""
         coefficients = self.setting.icc_coefficients
         last = self.setting.num_stages - 1
-        passed = torch.ones_like(inputs.labels)  # prod_{t<s} I_t
-        e = torch.zeros_like(inputs.labels)
-        for s, z in enumerate(inputs.logits):
-            kappa = kth_largest(z, inputs.mask, self.cutoffs[s])
+        passed = torch.ones_like(logits[0])  # prod_{t<s} I_t
+        e = torch.zeros_like(logits[0])
+        for s, z in enumerate(logits):
+            kappa = kth_largest(z, mask, self.cutoffs[s])
             gate = torch.sigmoid((z - kappa.unsqueeze(-1)) / self.cutoff_tau)
             if s < last:
                 e = e + coefficients[s] * passed * (1.0 - gate) * z
@@ -74,14 +82,24 @@ class ICCLoss(CascadeLoss):
                 e = e + coefficients[s] * passed * gate * z
         return e
 
+    def scored_slots(self, inputs: LossInputs) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """The logits, labels and slot mask the loss runs over: the valid slots, or in
+        reference mode every slot with the reference's padding labels (module docstring)."""
+        if not self.reference_quirks:
+            return inputs.logits, inputs.labels, inputs.mask
+        padding_labels = torch.tensor(self.setting.reference_padding_labels, dtype=inputs.labels.dtype,
+                                      device=inputs.labels.device)
+        labels = torch.where(inputs.mask, inputs.labels, padding_labels)
+        return inputs.raw_logits, labels, torch.ones_like(inputs.mask)
+
     def compute(self, inputs: LossInputs) -> LossOutput:
-        e = self.ensemble(inputs)
-        y = inputs.labels
+        logits, y, mask = self.scored_slots(inputs)
+        e = self.ensemble(logits, mask)
         diff = e.unsqueeze(-1) - e.unsqueeze(-2)  # [B, i, j]
         target = (y.unsqueeze(-1) > y.unsqueeze(-2)).to(e.dtype)
         n_slots = inputs.list_size
         upper = torch.ones(n_slots, n_slots, dtype=torch.bool, device=e.device).triu(diagonal=1)
-        pairs = (inputs.mask.unsqueeze(-1) & inputs.mask.unsqueeze(-2) & upper).to(e.dtype)
+        pairs = (mask.unsqueeze(-1) & mask.unsqueeze(-2) & upper).to(e.dtype)
         summed = (bce_with_logits(diff, target) * pairs).sum()
         if self.reference_quirks:
             denominator = float(inputs.batch_size * n_slots * n_slots)

@@ -169,19 +169,28 @@ def icc_ensemble(zb, n_valid_idx, cutoffs, coefs, ctau):
     return e
 
 
+def reference_padding_label(st, slot: int) -> int:
+    """The reference loader's label for an empty slot: its group's default position, which is
+    position 0 (label top_label_base) in the top group."""
+    group = slot // st.group_size
+    return st.top_label_base if group == 0 else st.group_labels[st.groups[group]]
+
+
 def icc_loss(z, y, mask, st, reference_quirks=False, cutoff_tau=1e-3) -> float:
+    """In reference mode every slot takes part, padding with its own logit and the loader's label."""
     cutoffs = st.icc_reference_cutoffs if reference_quirks else st.quotas
     num = den = 0.0
     B, N = len(y), len(y[0])
     for b in range(B):
-        idx = valid_index(mask[b])
+        idx = list(range(N)) if reference_quirks else valid_index(mask[b])
         if not idx:
             continue
+        yb = [y[b][i] if mask[b][i] else reference_padding_label(st, i) for i in range(N)]
         zb = [[z[s][b][i] for i in idx] for s in range(st.num_stages)]
         e = icc_ensemble(zb, idx, cutoffs, st.icc_coefficients, cutoff_tau)
         for a in range(len(idx)):
             for c in range(a + 1, len(idx)):
-                t = 1.0 if y[b][idx[a]] > y[b][idx[c]] else 0.0
+                t = 1.0 if yb[idx[a]] > yb[idx[c]] else 0.0
                 num += bce(e[a] - e[c], t)
                 den += 1
     if reference_quirks:

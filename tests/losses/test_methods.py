@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from lcron.errors import DataError
 from lcron.losses import build_loss
 from lcron.settings import TWO_STAGE
 
@@ -45,6 +46,15 @@ VARIANTS = [
     ("lcron", {"k": 3, "tau": 2.0, "hard_labels": True}, {"k": 3, "tau": 2.0, "hard": True}),
     ("lcron", {"k": 3, "tau": 2.0, "hard_labels": False}, {"k": 3, "tau": 2.0, "hard": False}),
 ]
+
+
+# Variants that reproduce a reference quirk letting padding through: their padding logits
+# count (and get gradient), so they are not replaced by garbage below.
+PADDING_COUNTS = {("icc", "reference_quirks")}
+
+
+def _lets_padding_through(method, options) -> bool:
+    return any((method, k) in PADDING_COUNTS and str(v).lower() == "true" for k, v in options.items())
 
 
 def test_every_method_of_the_spec_has_a_loop_implementation_and_variants():
@@ -83,10 +93,11 @@ def test_loss_and_gradient_match_loop_implementation(setting_name, method, optio
     z, y, mask = batch(setting_name, seed=7)
     loss = build_loss(method, setting=setting, **options)
     zt, yt, mt = as_tensors(z, y, mask)
-    # Padding logits hold garbage that must not matter.
-    with torch.no_grad():
-        for t in zt:
-            t.masked_fill_(mt == 0, 1e3)
+    padding_counts = _lets_padding_through(method, options)
+    if not padding_counts:  # padding logits hold garbage that must not matter
+        with torch.no_grad():
+            for t in zt:
+                t.masked_fill_(mt == 0, 1e3)
     out = loss(zt, yt, mt)
     out.total.backward()
     fn = _loop_fn(method, z, y, mask, setting, loop_kw)
@@ -95,7 +106,10 @@ def test_loss_and_gradient_match_loop_implementation(setting_name, method, optio
     for s, t in enumerate(zt):
         np.testing.assert_allclose(t.grad.numpy(), expected[s], rtol=1e-5, atol=1e-7,
                                    err_msg=f"{method} stage {setting.stage_names[s]}")
-        assert torch.all(t.grad[mt == 0] == 0), "padding received gradient"
+        if not padding_counts:
+            assert torch.all(t.grad[mt == 0] == 0), "padding received gradient"
+    if padding_counts:
+        assert any(torch.any(t.grad[mt == 0] != 0) for t in zt), "padding should take part here"
     assert all(torch.isfinite(v) for v in out.parts.values())
 
 
@@ -177,11 +191,11 @@ def test_icc_ensemble_by_hand_and_fewer_slots_than_the_cutoff():
     inputs = CascadeLoss.prepare(loss, [z_ret, z_pre], torch.tensor([[30, 29, 7, 7, 6, 6]]), None)
     # kappa_ret = 1 -> I_ret = (1, 1, 1, .5, 0, 0); kappa_pre = 50 -> I_pre = (0, 0, 0, 0, .5, 1);
     # e = (1 - I_ret) z_ret + I_ret I_pre z_pre.
-    torch.testing.assert_close(loss.ensemble(inputs)[0], torch.tensor([0, 0, 0, 0.5, 0, -1], dtype=torch.float64))
+    torch.testing.assert_close(loss.ensemble(inputs.logits, inputs.mask)[0], torch.tensor([0, 0, 0, 0.5, 0, -1], dtype=torch.float64))
     # 3 valid slots < cut-off 4: kappa_ret is the smallest valid score, so everything passes.
     mask = torch.tensor([[1, 0, 1, 0, 1, 0]])
     inputs = CascadeLoss.prepare(loss, [z_ret, z_pre], torch.tensor([[30, 29, 7, 7, 6, 6]]), mask)
-    e = loss.ensemble(inputs)[0]
+    e = loss.ensemble(inputs.logits, inputs.mask)[0]
     # I_ret = (1, ., 1, ., .5, .); kappa_pre = 30 (2nd of 10, 30, 50) -> I_pre = (0, ., .5, ., 1, .)
     torch.testing.assert_close(e[[0, 2, 4]], torch.tensor([0.0, 15.0, 0.5 * 0 + 0.5 * 50], dtype=torch.float64))
 
@@ -253,3 +267,28 @@ def test_three_stage_defaults_follow_the_setting_table():
     assert build_loss("icc", stages=3, reference_quirks=True).cutoffs == (40, 30, 30)
     assert build_loss("rankflow", stages=3).ranking_terms and not build_loss("rankflow", stages=2).ranking_terms
     assert build_loss("arf", stages=2).k == TWO_STAGE.gt_size == 10
+
+
+def test_icc_reference_mode_lets_padding_through_with_the_loaders_labels():
+    from lcron.settings import get_setting
+
+    # The reference loader's label for an empty slot: the top group's position 0, else the group's label.
+    assert get_setting(stages=2).reference_padding_labels == (30,) * 10 + (7,) * 10 + (6,) * 10 + (5,) * 10
+    assert get_setting(stages=3).reference_padding_labels == (30,) * 10 + (8,) * 10 + (7,) * 10 + (6,) * 10 + (5,) * 10
+    # All logits 0: every pair's BCE is ln 2. One request, top-group slot 1 padded: the default
+    # mode averages the 10 valid pairs; reference mode sums all 15 pairs over B N N = 36.
+    zeros = [torch.zeros(1, 6, dtype=torch.float64) for _ in TINY2.stage_names]
+    labels, mask = torch.tensor([[29, 0, 7, 7, 6, 6]]), torch.tensor([[1, 0, 1, 1, 1, 1]])
+    assert build_loss("icc", setting=TINY2)(zeros, labels, mask).total.item() == pytest.approx(LN2)
+    quirks = build_loss("icc", setting=TINY2, reference_quirks=True)
+    assert quirks(zeros, labels, mask).total.item() == pytest.approx(15 * LN2 / 36)
+    # Reference mode scores a padded slot exactly as a valid one carrying the loader's label
+    # (30 in the top group, above the real top item's 29) and the model's logit for it.
+    low = [torch.tensor([[0.0, -5.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64) for _ in TINY2.stage_names]
+    relabelled = labels.clone()
+    relabelled[0, 1] = 30
+    full = torch.ones_like(mask)
+    assert quirks(low, labels, mask).total.item() == pytest.approx(quirks(low, relabelled, full).total.item())
+    # Lists without the setting's slot layout cannot carry its padding labels.
+    with pytest.raises(DataError, match="list size N = 5"):
+        quirks([torch.zeros(1, 5)] * 2, torch.ones(1, 5), None)
