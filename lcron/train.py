@@ -373,7 +373,6 @@ def _run_config(cfg: TrainConfig, run_setting: Setting, shard_set: Any, days: li
     return run_cfg
 
 
-#: What a run folder is, in the refusal of a non-empty folder that is not one.
 def _finish_run(step: StepOutput, run_cfg: Mapping[str, Any]) -> None:
     """The run's completion marker: run.json and, of every seed run.json lists, model.pt,
     summary.json and train_log.jsonl (checkpoints stay out: they may be pruned)."""
