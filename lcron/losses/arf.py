@@ -19,6 +19,12 @@ the others the top ``m`` holds everything and the term is meaningless). With a l
 weight ``w_s`` (init 1) per stage:
 
     L_s = 0.5 / w_s^2 * L_global + L_relax + log w_s,        L = sum_s L_s.
+
+``reference_quirks=True`` reproduces how the published loss treats padding
+(:mod:`lcron.losses.published`): NeuralSort of all ``N`` raw logits and the label
+permutation of the published labels, kept on the rows and columns of the first ``count``
+slots; ``L_global`` only over requests without padding, ``L_global`` and ``L_relax`` as sums
+over all ``B * N * N`` and ``B * N`` entries. Without padding it is the default loss.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from lcron.settings import Setting
 
 from .base import CascadeLoss, LossInputs, LossOutput, masked_mean, stage_weights, uncertainty_weighted
 from .options import positive
+from .published import full_requests, mean_over_all, stage_permutations
 from .registry import register
-from .sorting import LABEL_TAU, gt_indicator, label_permutation, neural_sort, outside_topk_membership, topk_membership
+from .sorting import LABEL_TAU, gt_indicator, outside_topk_membership, topk_membership
 
 #: Added inside every logarithm of a probability so an exactly-zero entry stays finite.
 LOG_EPS = 1e-6
@@ -60,9 +67,11 @@ def relax_two_sided(perm: Tensor, m: int, t_in: Tensor, t_out: Tensor) -> Tensor
     return two_sided_terms(topk_membership(perm, m), outside_topk_membership(perm, m), t_in, t_out)
 
 
-def eligible_slots(inputs: LossInputs, m: int) -> Tensor:
-    """0/1 weights ``[B, N]``: valid slots of requests with more than ``m`` valid slots."""
-    return inputs.maskf * (inputs.counts > m).to(inputs.maskf.dtype).unsqueeze(-1)
+def eligible_slots(inputs: LossInputs, m: int, slots: Tensor | None = None) -> Tensor:
+    """0/1 weights ``[B, N]``: the ``slots`` (default: the valid ones) of requests with more
+    than ``m`` valid slots."""
+    slots = inputs.maskf if slots is None else slots
+    return slots * (inputs.counts > m).to(slots.dtype).unsqueeze(-1)
 
 
 class _ARFBase(CascadeLoss):
@@ -70,9 +79,12 @@ class _ARFBase(CascadeLoss):
     OPTION_CHECKS = {"tau": positive, "label_tau": positive, "k": positive}
 
     def __init__(self, setting: Setting, *, tau: float = 200.0, k: int | None = None,
-                 label_tau: float = LABEL_TAU) -> None:
+                 label_tau: float = LABEL_TAU, reference_quirks: bool = False) -> None:
         super().__init__(setting)
         name = self.method_name or type(self).__name__
+        self.reference_quirks = bool(reference_quirks)
+        # the published labels of padding are per slot group: lists must have the setting's layout
+        self.uses_slot_groups = self.reference_quirks
         self.tau = positive(name, "tau", tau)
         self.label_tau = positive(name, "label_tau", label_tau)
         self.k = setting.gt_size if k is None else int(positive(name, "k", k))
@@ -80,24 +92,31 @@ class _ARFBase(CascadeLoss):
         self.weights = stage_weights(setting)
 
     def extra_repr(self) -> str:
-        return f"setting={self.setting.name!r}, tau={self.tau}, k={self.k}, label_tau={self.label_tau}"
+        return (f"setting={self.setting.name!r}, tau={self.tau}, k={self.k}, label_tau={self.label_tau}, "
+                f"reference_quirks={self.reference_quirks}")
 
     def compute(self, inputs: LossInputs) -> LossOutput:
         dtype = inputs.labels.dtype
-        label_perm = label_permutation(inputs.labels, inputs.mask, tau=self.label_tau, dtype=dtype)
+        perms, label_perm, slots = stage_permutations(inputs, self.setting, tau=self.tau, label_tau=self.label_tau,
+                                                      hard=False, reference_quirks=self.reference_quirks)
         t_in, t_out = gt_indicator(label_perm, self.k)
-        valid_entries = (inputs.counts**2).sum()
+        if self.reference_quirks:  # the published global loss: full requests only, over B N N entries
+            global_labels = label_perm * full_requests(inputs)
+            valid_entries = torch.tensor(float(inputs.batch_size * inputs.list_size**2), dtype=dtype)
+            mean = mean_over_all
+        else:
+            global_labels, valid_entries, mean = label_perm, (inputs.counts**2).sum(), masked_mean
         total = inputs.labels.new_zeros(())
         parts: dict[str, Tensor] = {}
         for s, stage in enumerate(self.stage_names):
-            perm = neural_sort(inputs.logits[s], inputs.mask, self.tau)
-            glob = global_loss(perm, label_perm, valid_entries)
+            perm = perms[s]
+            glob = global_loss(perm, global_labels, valid_entries)
             m = self.setting.quotas[s]
             if self.two_sided:
                 per_item = relax_two_sided(perm, m, t_in, t_out)
             else:
                 per_item = relax_one_sided(perm, m, t_in)
-            relax = masked_mean(per_item, eligible_slots(inputs, m))
+            relax = mean(per_item, eligible_slots(inputs, m, slots))
             w = self.weights[stage].to(dtype)
             total = total + uncertainty_weighted(glob, w) + relax
             parts[f"global/{stage}"] = glob.detach()

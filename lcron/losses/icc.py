@@ -34,6 +34,7 @@ from lcron.settings import Setting
 
 from .base import CascadeLoss, LossInputs, LossOutput, bce_with_logits
 from .options import positive
+from .published import published_labels
 from .registry import register
 
 
@@ -87,10 +88,7 @@ class ICCLoss(CascadeLoss):
         reference mode every slot with the reference's padding labels (module docstring)."""
         if not self.reference_quirks:
             return inputs.logits, inputs.labels, inputs.mask
-        padding_labels = torch.tensor(self.setting.reference_padding_labels, dtype=inputs.labels.dtype,
-                                      device=inputs.labels.device)
-        labels = torch.where(inputs.mask, inputs.labels, padding_labels)
-        return inputs.raw_logits, labels, torch.ones_like(inputs.mask)
+        return inputs.raw_logits, published_labels(inputs, self.setting), torch.ones_like(inputs.mask)
 
     def compute(self, inputs: LossInputs) -> LossOutput:
         logits, y, mask = self.scored_slots(inputs)

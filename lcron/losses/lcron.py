@@ -24,6 +24,14 @@ and ``t'_i = sum_{r>=G} L[r, i]``. With the column-normalised memberships
 
 ``k_s`` defaults to 10 for every stage (the reference value); ``k="quotas"`` uses the
 cascade's real quotas, ``k="30,20"`` any per-stage values.
+
+``reference_quirks=True`` reproduces how the published loss treats padding
+(:mod:`lcron.losses.published`): NeuralSort of all ``N`` raw logits and the label
+permutation of the published labels, kept on the rows and columns of the first ``count``
+slots; single-stage terms weighted by that prefix (requests with more than ``k_s`` valid
+slots), both means over all ``B * N`` entries, and the non-GT weight ``1 - t_i`` of the
+end-to-end loss clamped to [0, 1] (it is negative for a hard-label tie straddling the GT
+boundary). Without padding and such ties it is the default loss.
 """
 
 from __future__ import annotations
@@ -36,8 +44,9 @@ from lcron.settings import Setting
 from .arf import LOG_EPS, eligible_slots, two_sided_terms
 from .base import CascadeLoss, LossInputs, LossOutput, masked_mean, stage_weights, uncertainty_weighted
 from .options import parse_stage_ints, positive, resolve_stage_ints
+from .published import mean_over_all, stage_permutations
 from .registry import register
-from .sorting import LABEL_TAU, gt_indicator, label_permutation, neural_sort, outside_topk_membership, topk_membership
+from .sorting import LABEL_TAU, gt_indicator, outside_topk_membership, topk_membership
 
 #: The reference's k_s for every stage.
 REFERENCE_K = 10
@@ -58,8 +67,12 @@ class LCRONLoss(CascadeLoss):
         hard_labels: bool | None = None,
         tau: float = 50.0,
         label_tau: float = LABEL_TAU,
+        reference_quirks: bool = False,
     ) -> None:
         super().__init__(setting)
+        self.reference_quirks = bool(reference_quirks)
+        # the published labels of padding are per slot group: lists must have the setting's layout
+        self.uses_slot_groups = self.reference_quirks
         self.k = resolve_stage_ints(REFERENCE_K if k is None else k, setting, method="lcron", option="k")
         self.hard_labels = setting.lcron_hard_labels if hard_labels is None else bool(hard_labels)
         self.tau = positive("lcron", "tau", tau)
@@ -68,31 +81,36 @@ class LCRONLoss(CascadeLoss):
 
     def extra_repr(self) -> str:
         return (f"setting={self.setting.name!r}, k={self.k}, hard_labels={self.hard_labels}, "
-                f"tau={self.tau}, label_tau={self.label_tau}")
+                f"tau={self.tau}, label_tau={self.label_tau}, reference_quirks={self.reference_quirks}")
 
     def compute(self, inputs: LossInputs) -> LossOutput:
-        dtype = inputs.labels.dtype
-        label_perm = label_permutation(inputs.labels, inputs.mask, tau=self.label_tau, hard=self.hard_labels,
-                                       dtype=dtype)
+        perms, label_perm, slots = stage_permutations(inputs, self.setting, tau=self.tau, label_tau=self.label_tau,
+                                                      hard=self.hard_labels, reference_quirks=self.reference_quirks)
+        mean = mean_over_all if self.reference_quirks else masked_mean
         t_in, t_out = gt_indicator(label_perm, self.setting.gt_size)
         p_joint = torch.ones_like(inputs.labels)
         q_joint = torch.ones_like(inputs.labels)
         total = inputs.labels.new_zeros(())
         parts: dict[str, Tensor] = {}
         for s, stage in enumerate(self.stage_names):
-            perm = neural_sort(inputs.logits[s], inputs.mask, self.tau)
+            perm = perms[s]
             k = self.k[s]
             inside = topk_membership(perm, k)
             outside = outside_topk_membership(perm, k)
             p_joint = p_joint * inside
             q_joint = q_joint * (1.0 - outside)
-            single = masked_mean(two_sided_terms(inside, outside, t_in, t_out), eligible_slots(inputs, k))
-            w = self.weights[stage].to(dtype)
+            single = mean(two_sided_terms(inside, outside, t_in, t_out), eligible_slots(inputs, k, slots))
+            w = self.weights[stage].to(inputs.labels.dtype)
             total = total + uncertainty_weighted(single, w)
             parts[f"single/{stage}"] = single.detach()
             parts[f"weight/{stage}"] = w.detach()
-        per_item = -torch.log(p_joint + LOG_EPS) * t_in - torch.log(1.0 - q_joint + LOG_EPS) * (1.0 - t_in)
-        e2e = masked_mean(per_item, inputs.maskf)
+        # 1 - t_i is negative for an item of a hard-label tie group straddling the GT boundary
+        # (t_i counts every GT row of its group); the published loss clamps it to [0, 1].
+        t_not = torch.clamp(1.0 - t_in, 0.0, 1.0) if self.reference_quirks else 1.0 - t_in
+        per_item = -torch.log(p_joint + LOG_EPS) * t_in - torch.log(1.0 - q_joint + LOG_EPS) * t_not
+        # the published mean runs over every column, also those its mask drops (each adds -log 1e-6)
+        e2e = mean_over_all(per_item, torch.ones_like(per_item)) if self.reference_quirks else masked_mean(
+            per_item, inputs.maskf)
         total = total + e2e
         parts["e2e"] = e2e.detach()
         return LossOutput(total, parts)
