@@ -144,11 +144,10 @@ def test_profile_training_counts_sorts_and_ids(quick_run, tmp_path):
     assert res["memory_mb"]["peak_total_mb"] > 0 and res["fixed_step_ms"]["batch_size"] == 4
     text = profiler.format_profile(res)
     assert "neural_sort 2 calls/step" in text and "9,248 lookups per model x 2 models = 18,496" in text
-    # The loss module's helpers are restored after profiling.
-    from lcron.losses import lcron as lcron_loss
-    from lcron.losses import sorting
+    # The helpers are restored after profiling.
+    from lcron.losses import published, sorting
 
-    assert lcron_loss.neural_sort is sorting.neural_sort
+    assert published.neural_sort is sorting.neural_sort and published.label_permutation is sorting.label_permutation
 
 
 def test_profile_training_needs_a_full_batch(quick_run, tmp_path):

@@ -63,12 +63,16 @@ def _train_step(step: TrainStep, batches: Iterator[dict[str, Any]], mark: Callab
 
 @contextmanager
 def _instrument(loss: Any) -> Iterator[None]:
-    """Put a profiler label ``fn/<name>`` around the sorting helpers the loss's module calls,
-    so the profile counts how often NeuralSort runs per step and what it costs."""
+    """Put a profiler label ``fn/<name>`` around the sorting helpers the loss calls - from its
+    own module or through :mod:`lcron.losses.published` (LCRON, ARF) - so the profile counts
+    how often NeuralSort runs per step and what it costs."""
     from torch.profiler import record_function
 
-    module = sys.modules[type(loss).__module__]
-    saved = {name: getattr(module, name) for name in _INSTRUMENTED if hasattr(module, name)}
+    from lcron.losses import published
+
+    modules = {sys.modules[type(loss).__module__], published}
+    saved = [(module, name, getattr(module, name)) for module in modules for name in _INSTRUMENTED
+             if hasattr(module, name)]
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def labelled(*args: Any, **kwargs: Any) -> Any:
@@ -76,12 +80,12 @@ def _instrument(loss: Any) -> Iterator[None]:
                 return fn(*args, **kwargs)
         return labelled
 
-    for name, fn in saved.items():
+    for module, name, fn in saved:
         setattr(module, name, wrap(name, fn))
     try:
         yield
     finally:
-        for name, fn in saved.items():
+        for module, name, fn in saved:
             setattr(module, name, fn)
 
 
