@@ -102,7 +102,7 @@ class _ARFBase(CascadeLoss):
         t_in, t_out = gt_indicator(label_perm, self.k)
         if self.reference_quirks:  # the published global loss: full requests only, over B N N entries
             global_labels = label_perm * full_requests(inputs)
-            valid_entries = torch.tensor(float(inputs.batch_size * inputs.list_size**2), dtype=dtype)
+            valid_entries = inputs.labels.new_tensor(float(inputs.batch_size * inputs.list_size**2))
             mean = mean_over_all
         else:
             global_labels, valid_entries, mean = label_perm, (inputs.counts**2).sum(), masked_mean

@@ -9,8 +9,8 @@ ranges, ICC coefficients) is read from the setting; no loss branches on the stag
 Padding never contributes (METHODS.md section 7): :meth:`CascadeLoss.forward` zeroes the
 logits of padding slots before a loss sees them, so no gradient reaches them, and the
 helpers below average pointwise terms over valid slots only. The one exception is opt-in:
-a loss reproducing a reference quirk that let padding through reads
-:attr:`LossInputs.raw_logits` (ICC with ``reference_quirks``).
+a loss reproducing the published code's padding reads :attr:`LossInputs.raw_logits`
+(ICC, LCRON, ARF and ARF-v2 with ``reference_quirks``; :mod:`lcron.losses.published`).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class LossInputs:
     ``logits`` have padding entries set to 0 (finite, no gradient to padding); ``labels``
     are float; ``mask`` is bool and ``maskf`` the same as 0/1 floats; ``counts`` is the
     number of valid slots per request ``[B]`` (float). ``raw_logits`` are the logits as the
-    models gave them, padding included: only a loss reproducing a reference quirk that lets
-    padding through (ICC's ``reference_quirks``) reads them.
+    models gave them, padding included: only a loss reproducing the published code's padding
+    (``reference_quirks`` of ICC, LCRON, ARF, ARF-v2) reads them.
     """
 
     logits: tuple[Tensor, ...]

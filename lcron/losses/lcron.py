@@ -109,8 +109,7 @@ class LCRONLoss(CascadeLoss):
         t_not = torch.clamp(1.0 - t_in, 0.0, 1.0) if self.reference_quirks else 1.0 - t_in
         per_item = -torch.log(p_joint + LOG_EPS) * t_in - torch.log(1.0 - q_joint + LOG_EPS) * t_not
         # the published mean runs over every column, also those its mask drops (each adds -log 1e-6)
-        e2e = mean_over_all(per_item, torch.ones_like(per_item)) if self.reference_quirks else masked_mean(
-            per_item, inputs.maskf)
+        e2e = per_item.mean() if self.reference_quirks else masked_mean(per_item, inputs.maskf)
         total = total + e2e
         parts["e2e"] = e2e.detach()
         return LossOutput(total, parts)
