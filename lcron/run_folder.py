@@ -143,6 +143,24 @@ def is_run_folder(out: Path) -> bool:
     return isinstance(doc, dict) and {"method", "config_hash", "setting"} <= set(doc)
 
 
+def config_difference(old: dict, new: dict, limit: int = 4) -> str:
+    """The hashed fields of two run configurations (run.json) that differ, as ``key: old -> new``
+    (nested keys dotted): the refusal's words when a folder holds another run."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}{key}.").items()} if d else {prefix: d}
+
+    skip = ("config_hash", "seeds", "shards", "batch_plan")
+    a = flat({k: v for k, v in old.items() if k not in skip})
+    b = flat({k: v for k, v in new.items() if k not in skip})
+    diffs = [f"{k.rstrip('.')}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+             for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
+    if not diffs:
+        return "the same fields, an older format"
+    return "differs in " + "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
 def _legacy_run_problem(run_dir: Path) -> str | None:
     """A run written before completion markers: complete when every seed that run.json
     lists has model.pt and a summary.json (written last) of the same configuration."""

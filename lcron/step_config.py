@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 from lcron.errors import ConfigError
 
 __all__ = ["Option", "StepConfig", "option", "option_fields", "add_arguments", "from_args", "check_options", "field_type",
-           "integer_at_least", "integer_in", "positive_number", "raised"]
+           "field_default", "integer_at_least", "integer_in", "positive_number", "raised"]
 
 _KEY = "lcron.option"
 
@@ -97,7 +97,8 @@ def field_type(cls: type, name: str) -> tuple[type, bool]:
     return (typing.get_origin(hint) or hint), optional
 
 
-def _default(f: Field) -> Any:
+def field_default(f: Field) -> Any:
+    """A field's default value (its factory called; None for a required field)."""
     if f.default is not MISSING:
         return f.default
     if f.default_factory is not MISSING:
@@ -120,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if not opt.cli:
             continue
         kind, _ = field_type(cls, f.name)
-        default = _default(f)
+        default = field_default(f)
         text = opt.help() if callable(opt.help) else opt.help
         if "default" not in text and default is not None and not (opt.required or opt.append):
             text = f"{text} (default {_shown(default)})"

@@ -58,8 +58,8 @@ from .optim import (DEFAULT_EMBEDDING_OPTIMIZER, EMBEDDING_OPTIMIZERS, build_emb
                     check_embedding_optimizer, resolve_embedding_optimizer)
 from .logs import get_logger
 from .progress import Progress
-from .run_folder import (RUN_FOLDER_WHAT, RUN_KIND, is_run_folder, load_checkpoint, load_state, seed_complete,
-                         train_command)
+from .run_folder import (RUN_FOLDER_WHAT, RUN_KIND, config_difference, is_run_folder, load_checkpoint, load_state,
+                         seed_complete, train_command)
 from .settings import Setting, get_setting
 from .step_config import (StepConfig, add_arguments, check_options, from_args, integer_at_least, integer_in,
                           option, positive_number, raised)
@@ -453,23 +453,6 @@ def _resolve_setting(shard_setting: Setting, override, stages: int | None) -> Se
     return setting
 
 
-def _config_diff(old: dict, new: dict, limit: int = 4) -> str:
-    """The hashed fields that differ, as ``key: old -> new`` (nested keys dotted), for the refusal."""
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix: d}
-        return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}{key}.").items()} if d else {prefix: d}
-
-    skip = ("config_hash", "seeds", "shards", "batch_plan")
-    a = flat({k: v for k, v in old.items() if k not in skip})
-    b = flat({k: v for k, v in new.items() if k not in skip})
-    diffs = [f"{k.rstrip('.')}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
-             for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
-    if not diffs:
-        return "the same fields, an older format"
-    return "differs in " + "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
-
-
 def _claim_run_folder(step: StepOutput, run_cfg: dict, cfg: TrainConfig, overwrite: bool) -> None:
     """Record the run's config (the output protocol's claim on run.json): the same configuration
     resumes and keeps the seeds it lists, another is refused unless overwriting, which removes
@@ -479,7 +462,7 @@ def _claim_run_folder(step: StepOutput, run_cfg: dict, cfg: TrainConfig, overwri
         "run.json", run_cfg, chash, overwrite, hash_field="config_hash", held="a run with a different configuration",
         read=lambda path: _read_json_or_fail(path, "--overwrite"),
         describe=lambda old: (f"method {old.get('method')!r}, config {old.get('config_hash')} vs {chash}; "
-                              f"{_config_diff(old, run_cfg)}"))
+                              f"{config_difference(old, run_cfg)}"))
     seeds = list(cfg.seeds)
     if claim.same:
         seeds = sorted(set(seeds) | set(claim.previous.get("seeds", [])))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, NamedTuple
 
-from lcron.step_config import field_type
+from lcron.step_config import field_default, field_type
 
 #: KFP's parameter types and the field types they carry (a list travels as a tuple field).
 KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "Dict": dict, "List": tuple}
@@ -26,7 +26,7 @@ def assert_component_matches(component: Any, config: type, not_config: Mapping[s
         assert KFP_TYPES[spec.type] is kind, f"{component.name}.{name}: {spec.type} vs {kind}"
         if spec.optional:
             f = fields[name]
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = field_default(f)
             assert spec.default == default, f"{component.name}.{name}: default {spec.default!r} vs {default!r}"
 
 

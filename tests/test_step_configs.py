@@ -13,7 +13,7 @@ import pytest
 from lcron.errors import ConfigError
 from lcron.evaluate import EvaluateConfig, add_evaluate_arguments
 from lcron.evaluate import evaluate as evaluate_function
-from lcron.step_config import add_arguments, from_args, option, option_fields
+from lcron.step_config import add_arguments, field_default, from_args, option, option_fields
 from lcron.train import TrainConfig, add_train_arguments
 
 from step_config_checks import assert_component_matches, component_configurations
@@ -37,7 +37,7 @@ def test_the_command_line_has_one_option_per_field_with_its_default(config):
         action = by_dest[f.name]
         assert action.option_strings[0] == "--" + f.name.replace("_", "-") or action.option_strings[0] == opt.flag
         if not (opt.required or opt.append):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = field_default(f)
             assert action.default == default, f.name
 
 

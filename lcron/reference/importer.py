@@ -26,7 +26,7 @@ from lcron import atomic, outputs
 from lcron.errors import ConfigError, DataError
 from lcron.reference import mapping
 from lcron.reference_policy import mode
-from lcron.run_folder import RUN_FOLDER_WHAT, RUN_KIND, is_run_folder, seed_complete
+from lcron.run_folder import RUN_FOLDER_WHAT, RUN_KIND, config_difference, is_run_folder, seed_complete
 from lcron.step_output import StepOutput, step_output
 from lcron.step_config import StepConfig, add_arguments, from_args, integer_at_least, option
 
@@ -133,11 +133,9 @@ def _import_difference(old: Mapping[str, Any], run_cfg: Mapping[str, Any], seed:
         return "a run.json without a configuration it can read"
     if not old.get("imported_from"):
         return f"a trained {old.get('method')!r} run, not an import"
-    keys = ("method", "reference_quirks", "imported_from", "imported_sha256", "train", "data_fingerprint")
-    diffs = [k for k in keys if old.get(k) != run_cfg.get(k)]
-    if old.get("seeds") != [seed]:
-        diffs.append(f"seeds {old.get('seeds')} -> [{seed}]")
-    return "differs in " + ", ".join(diffs or ["its configuration"])
+    if old.get("config_hash") == run_cfg["config_hash"]:
+        return f"differs in seeds {old.get('seeds')} -> [{seed}]"
+    return config_difference(old, run_cfg)
 
 
 def _import_command(stage_files: Mapping[str, str | Path], out: Path, shards: str | Path | None,

@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from lcron.step_config import field_type
+from lcron.step_config import field_default, field_type
 
 from step_config_checks import KFP_TYPES, component_configurations
 from .compiled import container_tasks, documents, parameter_source
@@ -61,7 +61,7 @@ def wiring(tmp_path_factory):
 
 def _field_default(config: type, name: str):
     f = next(f for f in dataclasses.fields(config) if f.name == name)
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return field_default(f)
 
 
 def test_every_pipeline_parameter_reaches_a_step(wiring):
