@@ -97,8 +97,8 @@ class _ARFBase(CascadeLoss):
 
     def compute(self, inputs: LossInputs) -> LossOutput:
         dtype = inputs.labels.dtype
-        perms, label_perm, slots = stage_permutations(inputs, self.setting, tau=self.tau, label_tau=self.label_tau,
-                                                      hard=False, reference_quirks=self.reference_quirks)
+        sort, label_perm, slots = stage_permutations(inputs, self.setting, tau=self.tau, label_tau=self.label_tau,
+                                                     hard=False, reference_quirks=self.reference_quirks)
         t_in, t_out = gt_indicator(label_perm, self.k)
         if self.reference_quirks:  # the published global loss: full requests only, over B N N entries
             global_labels = label_perm * full_requests(inputs)
@@ -109,7 +109,7 @@ class _ARFBase(CascadeLoss):
         total = inputs.labels.new_zeros(())
         parts: dict[str, Tensor] = {}
         for s, stage in enumerate(self.stage_names):
-            perm = perms[s]
+            perm = sort(s)
             glob = global_loss(perm, global_labels, valid_entries)
             m = self.setting.quotas[s]
             if self.two_sided:

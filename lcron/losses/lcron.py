@@ -84,8 +84,8 @@ class LCRONLoss(CascadeLoss):
                 f"tau={self.tau}, label_tau={self.label_tau}, reference_quirks={self.reference_quirks}")
 
     def compute(self, inputs: LossInputs) -> LossOutput:
-        perms, label_perm, slots = stage_permutations(inputs, self.setting, tau=self.tau, label_tau=self.label_tau,
-                                                      hard=self.hard_labels, reference_quirks=self.reference_quirks)
+        sort, label_perm, slots = stage_permutations(inputs, self.setting, tau=self.tau, label_tau=self.label_tau,
+                                                     hard=self.hard_labels, reference_quirks=self.reference_quirks)
         mean = mean_over_all if self.reference_quirks else masked_mean
         t_in, t_out = gt_indicator(label_perm, self.setting.gt_size)
         p_joint = torch.ones_like(inputs.labels)
@@ -93,7 +93,7 @@ class LCRONLoss(CascadeLoss):
         total = inputs.labels.new_zeros(())
         parts: dict[str, Tensor] = {}
         for s, stage in enumerate(self.stage_names):
-            perm = perms[s]
+            perm = sort(s)
             k = self.k[s]
             inside = topk_membership(perm, k)
             outside = outside_topk_membership(perm, k)
